@@ -1,0 +1,1 @@
+"""cli layer of aofd (see docs/architecture.md)."""

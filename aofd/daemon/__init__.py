@@ -1,0 +1,1 @@
+"""daemon layer of aofd (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""reconcile layer of aofd (see docs/architecture.md)."""

@@ -1,0 +1,195 @@
+"""The daemon configuration (`aofd serve --config FILE`): frozen pydantic models.
+
+The contract is DESIGN.md section 4: `sources[]`, listen addresses, `state_dir`,
+`audit_dir`, the substitution allow-list; more sections grow here (executables for the
+command guard, model providers, platform base URLs). Every model forbids unknown keys:
+a typo in the daemon config is an error with file:line, never a silently ignored setting.
+
+Loading the YAML (with positions) happens in `aofd.daemon.config`; this module only
+declares shapes and defaults, so every layer can read settings without doing I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The kinds a source may define (kept here as plain strings: settings sits below resources).
+ALL_KIND_NAMES: tuple[str, ...] = (
+    "Context",
+    "Agent",
+    "AgentFleet",
+    "AgentFlow",
+    "Trigger",
+    "FlowBinding",
+    "Workflow",
+)
+
+DEFAULT_SUBSTITUTION_ALLOW: tuple[str, ...] = (
+    "KUBECONFIG*",
+    "AOF_*",
+    "AOFD_*",
+    "SLACK_*",
+    "TELEGRAM_*",
+    "WHATSAPP_*",
+    "PAGERDUTY_*",
+    "GITHUB_*",
+    "WEBHOOK_*",
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """`60s`, `5m`, `1h`, `250ms` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            number = float(m.group(1))
+            unit = m.group(2) or "s"
+            return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {value!r}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GitRef(_Strict):
+    branch: str | None = None
+    tag: str | None = None
+    commit: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> GitRef:
+        given = [k for k in ("branch", "tag", "commit") if getattr(self, k)]
+        if len(given) > 1 and set(given) != {"branch", "commit"}:
+            raise ValueError(f"ref must name one of branch, tag or commit, not {' and '.join(given)}")
+        return self
+
+    def describe(self) -> str:
+        if self.commit:
+            return f"commit {self.commit}"
+        if self.tag:
+            return f"tag {self.tag}"
+        return f"branch {self.branch or 'main'}"
+
+
+class GitAuth(_Strict):
+    """Credentials are always read from files, re-read on every fetch (rotation works)."""
+
+    token_file: Path | None = None
+    username: str | None = None
+    username_file: Path | None = None
+    password_file: Path | None = None
+    ssh_key_file: Path | None = None
+    ssh_public_key_file: Path | None = None
+    ssh_passphrase_file: Path | None = None
+    known_hosts_file: Path | None = None
+
+
+class GitSourceSpec(_Strict):
+    url: str
+    ref: GitRef = GitRef(branch="main")
+    path: str = "."
+    interval: Annotated[float, Field(gt=0)] = 60.0
+    timeout: Annotated[float, Field(gt=0)] = 60.0
+    auth: GitAuth | None = None
+
+    @field_validator("interval", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not re.match(r"^(file|https?|ssh|git)://", value):
+            raise ValueError("url must start with file://, https://, http://, ssh:// or git://")
+        return value
+
+
+class DirectorySourceSpec(_Strict):
+    path: Path
+    watch: bool = True
+
+
+class SourceSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    git: GitSourceSpec | None = None
+    directory: DirectorySourceSpec | None = None
+    kinds: tuple[str, ...] = ALL_KIND_NAMES
+    webhook_secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        if (self.git is None) == (self.directory is None):
+            raise ValueError("a source has exactly one of git: or directory:")
+        unknown = [k for k in self.kinds if k not in ALL_KIND_NAMES]
+        if unknown:
+            raise ValueError(f"unknown kind(s) {unknown}; kinds are {list(ALL_KIND_NAMES)}")
+        return self
+
+
+class SubstitutionSpec(_Strict):
+    allow: tuple[str, ...] = DEFAULT_SUBSTITUTION_ALLOW
+
+
+class ExecutablesSpec(_Strict):
+    """Bare tool names -> pinned absolute paths. Only these can ever be executed."""
+
+    paths: dict[str, Path] = Field(default_factory=dict)
+    helpers_dir: Path | None = None
+    allowed_credential_plugins: tuple[str, ...] = ()
+    command_timeout: float = 60.0
+    max_output_bytes: int = 1024 * 1024
+
+
+class ModelsSpec(_Strict):
+    """Model provider settings; keys come from files or the environment, never from resources."""
+
+    anthropic_api_key_file: Path | None = None
+    anthropic_base_url: str | None = None
+    openai_api_key_file: Path | None = None
+    openai_base_url: str | None = None
+    google_api_key_file: Path | None = None
+    request_timeout: float = 120.0
+    max_retries: int = 4
+
+
+class PlatformsSpec(_Strict):
+    """Base URLs of chat platform APIs (tests and proxies point these at other servers)."""
+
+    slack_api_url: str = "https://slack.com/api/"
+    telegram_api_url: str = "https://api.telegram.org"
+    whatsapp_api_url: str = "https://graph.facebook.com/v19.0"
+
+
+class DaemonConfig(_Strict):
+    sources: tuple[SourceSpec, ...] = ()
+    listen: str = "127.0.0.1:8080"
+    admin: str = "127.0.0.1:8081"
+    state_dir: Path = Path("/var/lib/aofd")
+    audit_dir: Path = Path("/var/log/aofd")
+    substitution: SubstitutionSpec = SubstitutionSpec()
+    executables: ExecutablesSpec = ExecutablesSpec()
+    models: ModelsSpec = ModelsSpec()
+    platforms: PlatformsSpec = PlatformsSpec()
+    drain_grace_seconds: float = 30.0
+    run_history: int = 200
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> DaemonConfig:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        return self

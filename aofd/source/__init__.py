@@ -1,0 +1,1 @@
+"""source layer of aofd (see docs/architecture.md)."""
