@@ -1,0 +1,43 @@
+"""`aofctl`: the kubectl-style client. Each subcommand lives in its own `*_cmd` module that
+exposes `register(subparsers)`; this module only assembles them.
+
+Exit codes: 0 success, 1 the command ran and found a problem (invalid input, a failed
+run), 2 usage error (argparse's own convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from aofd import __version__
+
+COMMAND_MODULES: tuple[ModuleType, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aofctl", description="Client for aofd and AOF resource repos.")
+    parser.add_argument("--version", action="version", version=f"aofctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
