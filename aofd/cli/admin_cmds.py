@@ -1,0 +1,241 @@
+"""`aofctl get`, `describe`, `diff` and `reconcile`: commands that talk to a running aofd.
+
+kubectl-style kinds (`ctx`, `ag`, `fl`, `fw`, `tr`, `fb`, plurals and full names) are
+accepted. `diff PATH` sends the candidate tree to the daemon, which plans it against what
+runs with the same pure planner it uses itself (other sources and substitution variables
+are the daemon's), and prints the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from aofd.cli import client as client_mod
+from aofd.cli import output
+from aofd.resources import ids, snapshot
+from aofd.source import directory
+
+
+def _add_admin(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin", help="admin address HOST:PORT or unix:PATH (default: discovered)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("get", help="list resources the daemon runs, with their status")
+    p.add_argument("kind", help="context|agent|fleet|flow|trigger|binding (or ctx, ag, fl, fw, tr, fb)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", choices=("wide", "json", "yaml", "name"), default=None)
+    _add_admin(p)
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("describe", help="show one resource: status, revision, what it resolves to, runs")
+    p.add_argument("kind")
+    p.add_argument("name")
+    _add_admin(p)
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("diff", help="the plan PATH would cause against the running daemon")
+    p.add_argument("path", type=Path)
+    p.add_argument("--source", help="the daemon source PATH stands for (default: the only or first one)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _add_admin(p)
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("reconcile", help="fetch now and run a reconcile pass")
+    p.add_argument("--source", help="wake only this source")
+    _add_admin(p)
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("status", help="the daemon's status: revisions, sources, last pass, errors")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _add_admin(p)
+    p.set_defaults(func=cmd_status)
+
+
+def _client(args: argparse.Namespace) -> client_mod.AdminClient:
+    return client_mod.AdminClient(client_mod.resolve_address(args.admin))
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _kind(text: str) -> ids.Kind | None:
+    kind = ids.parse_kind_name(text)
+    if kind is None:
+        print(f"error: unknown kind {text!r}", file=sys.stderr)
+    return kind
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    if kind is None:
+        return 2
+    path = f"/api/v1/resources/{kind.value}" + (f"/{args.name}" if args.name else "")
+    try:
+        data = _client(args).get(path)
+        status = _client(args).get("/api/v1/status")
+    except client_mod.AdminError as exc:
+        return _fail(str(exc))
+    items: list[dict[str, Any]] = data.get("items", [])
+    if args.output == "json":
+        print(json.dumps(items if not args.name else items[0], indent=2))
+        return 0
+    if args.output == "yaml":
+        print(output.to_yaml(items if not args.name else items[0]))
+        return 0
+    if args.output == "name":
+        for item in items:
+            print(f"{kind.value.lower()}/{item['name']}")
+        return 0
+    headers = ["NAME", "STATUS", "REASON", "REVISION", "AGE"]
+    wide = args.output == "wide"
+    if kind is ids.Kind.BINDING:
+        headers[1:1] = ["FLOW", "CONTEXT", "TRIGGER"]
+    if wide:
+        headers += ["SOURCE", "FILE"]
+    rows = []
+    for item in items:
+        st = item.get("status") or {}
+        row = [
+            item["name"],
+            st.get("phase", "-"),
+            st.get("reason", "-"),
+            _short(st.get("observedRevision", "")),
+            output.age(st.get("since")),
+        ]
+        if kind is ids.Kind.BINDING:
+            res = item.get("resolves") or {}
+            row[1:1] = [res.get("flow") or "-", res.get("context") or "-", res.get("trigger") or "-"]
+        if wide:
+            row += [item.get("source", "-"), f"{item.get('path', '-')}:{item.get('line', 0)}"]
+        rows.append(row)
+    if rows:
+        print(output.table(headers, rows))
+    else:
+        print(f"No {kind.value} resources.")
+    _print_rejection(status)
+    return 0
+
+
+def _short(revision: str) -> str:
+    return revision if len(revision) <= 40 else revision[:37] + "..."
+
+
+def _print_rejection(status: dict[str, Any]) -> None:
+    rejected = status.get("lastRejected")
+    if not rejected:
+        return
+    print(
+        f"\nWARNING: revision {rejected.get('revision')} was rejected; still running "
+        f"{status.get('appliedRevision') or 'nothing'}:",
+        file=sys.stderr,
+    )
+    for line in rejected.get("errors", [])[:20]:
+        print(f"  {line}", file=sys.stderr)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    kind = _kind(args.kind)
+    if kind is None:
+        return 2
+    try:
+        data = _client(args).get(f"/api/v1/resources/{kind.value}/{args.name}")
+    except client_mod.AdminError as exc:
+        return _fail(str(exc))
+    item = data["items"][0]
+    st = item.get("status") or {}
+    print(f"Name:       {item['name']}")
+    print(f"Kind:       {item['kind']}")
+    print(f"Namespace:  {item.get('namespace', 'default')}")
+    print(f"Source:     {item.get('source', '-')}  {item.get('path', '-')}:{item.get('line', 0)}")
+    print(f"Digest:     {item.get('digest', '-')}")
+    print("Status:")
+    print(f"  Phase:     {st.get('phase', '-')}")
+    print(f"  Reason:    {st.get('reason', '-')}")
+    print(f"  Message:   {st.get('message', '-')}")
+    print(f"  Revision:  {st.get('observedRevision', '-')}")
+    if item.get("resolves"):
+        print("Resolves to:")
+        print(output.to_yaml(item["resolves"], 1))
+    if item.get("usedBy"):
+        print("Used by:")
+        for name in item["usedBy"]:
+            print(f"  - {name}")
+    print("Spec:")
+    print(output.to_yaml(item.get("spec", {}), 1))
+    runs = item.get("runs") or []
+    if runs:
+        print("Recent runs:")
+        for run in runs[:10]:
+            print(f"  {run.get('run_id')}  {run.get('status')}  {run.get('started_at', '')}  {run.get('error') or ''}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if not path.exists():
+        print(f"error: {path}: no such file or directory", file=sys.stderr)
+        return 2
+    if path.is_dir():
+        snap = directory.read_tree(path)
+        files = {p: f.content for p, f in snap.files.items()}
+    else:
+        files = {path.name: path.read_bytes()}
+    body = {"source": args.source, "files": {p: base64.b64encode(c).decode() for p, c in files.items()}}
+    try:
+        status_code, data = _client(args).request("POST", "/api/v1/diff", body)
+    except client_mod.AdminError as exc:
+        return _fail(str(exc))
+    if status_code >= 400:
+        return _fail(str(data.get("error") if isinstance(data, dict) else data))
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        for line in data.get("errors", []):
+            print(line)
+        print(data.get("text", "").rstrip())
+    return 1 if data.get("errors") else 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    address = client_mod.resolve_address(args.admin)
+    query = f"?source={args.source}" if args.source else ""
+    try:
+        status_code, data = client_mod.AdminClient(address).request("POST", f"/api/v1/reconcile{query}")
+    except client_mod.AdminError as exc:
+        return _fail(str(exc))
+    if status_code >= 400:
+        return _fail(str(data.get("error") if isinstance(data, dict) else data))
+    print(f"reconcile requested ({', '.join(data.get('sources', [])) or 'all sources'})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        data = _client(args).get("/api/v1/status")
+    except client_mod.AdminError as exc:
+        return _fail(str(exc))
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"Ready:             {data.get('ready')}  {data.get('readyReason', '')}")
+    print(f"Applied revision:  {data.get('appliedRevision') or '-'}")
+    print(f"PID:               {data.get('pid')}")
+    for src in data.get("sources", []):
+        print(f"Source {src['name']}: applied {src.get('lastApplied') or '-'}, attempted {src.get('lastAttempted') or '-'}"
+              + (f", error: {src['lastError']}" if src.get("lastError") else ""))
+    last = data.get("lastPass") or {}
+    if last:
+        print(f"Last pass:         {last.get('outcome')} {last.get('revision')} in {last.get('duration_ms')} ms")
+    _print_rejection(data)
+    return 0
+
+
+_ = snapshot  # directory.read_tree returns snapshot.Snapshot

@@ -1,0 +1,262 @@
+"""Process wiring for `aofd serve`: one TaskGroup owns every long-lived task.
+
+Start-up order (readiness is signalled, never assumed):
+  1. take the state-dir lock (a second aofd on the same state dir exits with a clear message),
+  2. configure logging, open the audit log (tail recovery happens here),
+  3. build sources and the runtime (trigger server, guard, flow starter),
+  4. restore the last good snapshot from the state dir and apply it, so a restart with
+     every remote unreachable comes up with the same policy,
+  5. start the admin API and the sources' loops; once a revision is applied, listeners are
+     up and audit files are open: `READY=1`.
+
+Signals: SIGHUP fetches every source now and re-reads the daemon config; SIGTERM/SIGINT stop
+taking events, let runs in flight finish within `drain_grace_seconds`, record the rest as
+cancelled, and exit 0; a second SIGTERM stops at once (audit lines are written whole or not
+at all, so nothing is torn either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from aofd import __version__, errors, settings
+from aofd.audit import journal
+from aofd.audit import logging as audit_logging
+from aofd.daemon import admin, notify, variables, wiring
+from aofd.daemon import config as config_mod
+from aofd.reconcile import loop, state
+from aofd.resources import ids
+from aofd.source import runner as source_runner
+
+log = structlog.get_logger("aofd.daemon")
+
+WATCHDOG_STUCK_PASS_S = 300.0
+
+
+class Daemon:
+    """Owns the lifecycle; everything it starts is a child of one TaskGroup."""
+
+    def __init__(
+        self,
+        cfg: settings.DaemonConfig,
+        *,
+        config_path: Path | None = None,
+        overrides: config_mod.Overrides = config_mod.Overrides(),
+        notifier: notify.Notifier | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides
+        self.notifier = notifier or notify.Notifier()
+        self.stop = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+        self.started_at = time.time()
+        self.store = state.StateStore(cfg.state_dir)
+        self.lock = state.StateLock(cfg.state_dir)
+        self.audit: journal.AuditLog | None = None
+        self.sources: list[source_runner.Source] = []
+        self.runtime: wiring.Runtime | None = None
+        self.reconciler: loop.Reconciler | None = None
+        self.endpoints: dict[str, str] = {}
+        self._last_tick = time.monotonic()
+        self._pass_started: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.lock.acquire()
+        try:
+            return await self._run_locked()
+        finally:
+            self.lock.release()
+
+    async def _run_locked(self) -> int:
+        self.store.ensure()
+        self.cfg.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.audit = journal.AuditLog(self.cfg.audit_dir)
+        await self.audit.open()
+        self.notifier.status("loading the last good revision")
+        self.sources = [source_runner.build_source(spec, state_dir=self.cfg.state_dir) for spec in self.cfg.sources]
+        self.runtime = wiring.Runtime(self.cfg, audit=self.audit, sources=self.sources)
+        self.reconciler = loop.Reconciler(
+            sources=[
+                loop.SourcePolicy(s.name, frozenset(ids.Kind(k) for k in spec.kinds))
+                for s, spec in zip(self.sources, self.cfg.sources, strict=True)
+            ],
+            store=self.store,
+            applier=self.runtime,
+            audit=self.audit,
+            variables=self._variables,
+            allow=self.cfg.substitution.allow,
+            on_pass=self._on_pass,
+        )
+        self.runtime.attach(self.reconciler)
+        loop_ = asyncio.get_running_loop()
+        for sig, handler in (
+            (signal.SIGTERM, self._on_sigterm),
+            (signal.SIGINT, self._on_sigterm),
+            (signal.SIGHUP, self._on_sighup),
+        ):
+            loop_.add_signal_handler(sig, handler)
+        admin_runner = None
+        try:
+            listen = await self.runtime.start(self.cfg.listen)
+            self.endpoints["listen"] = listen
+            admin_app = admin.make_app(wiring.AdminView(self))
+            admin_runner, admin_address = await admin.start_site(admin_app, self.cfg.admin)
+            self.endpoints["admin"] = admin_address
+            self.endpoints["pid"] = str(os.getpid())
+            self.store.save_endpoints(self.endpoints)
+            await self._audit_all("daemon.started")
+            restored = self.reconciler.restore()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
+                for source in self.sources:
+                    tg.create_task(
+                        source.run(on_snapshot=self._on_snapshot, stop=self.stop), name=f"source:{source.name}"
+                    )
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._announce_ready(restored), name="readiness")
+                await self.stop.wait()
+                self.notifier.stopping("draining runs in flight")
+                log.info("stopping: no new events; draining runs", grace_s=self.cfg.drain_grace_seconds)
+                await self.runtime.stop_accepting()
+                drain = asyncio.create_task(self.runtime.drain(self.cfg.drain_grace_seconds))
+                hard = asyncio.create_task(self.hard_stop.wait())
+                await asyncio.wait({drain, hard}, return_when=asyncio.FIRST_COMPLETED)
+                if not drain.done():
+                    log.warning("second stop signal: cancelling runs now")
+                    drain.cancel()
+                    await self.runtime.cancel_all()
+                hard.cancel()
+                await asyncio.gather(drain, hard, return_exceptions=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._audit_all("daemon.stopping")
+            if self.runtime is not None:
+                await self.runtime.aclose()
+            if admin_runner is not None:
+                await admin_runner.cleanup()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop_.remove_signal_handler(sig)
+            if self.audit is not None:
+                await self.audit.aclose()
+        log.info("stopped")
+        return 0
+
+    async def _announce_ready(self, restored: bool) -> None:
+        assert self.reconciler is not None
+        self.notifier.status("restored last good revision; applying" if restored else "waiting for sources")
+        await self.reconciler.first_applied.wait()
+        applied = self.reconciler.applied
+        revision = applied.revision if applied is not None else ""
+        self.notifier.ready(f"serving revision {revision}")
+        log.info("ready", revision=revision, listen=self.endpoints.get("listen"), admin=self.endpoints.get("admin"))
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    async def _on_snapshot(self, snap: Any) -> None:
+        assert self.reconciler is not None
+        self.reconciler.offer(snap)
+
+    def _variables(self) -> dict[str, str]:
+        return variables.collect(self.cfg.substitution.allow)
+
+    async def _on_pass(self, summary: Any) -> None:
+        assert self.reconciler is not None
+        applied = self.reconciler.applied
+        revision = applied.revision if applied is not None else "-"
+        if summary.outcome == "rejected":
+            self.notifier.status(f"serving {revision}; revision {summary.revision} rejected")
+        else:
+            self.notifier.status(f"serving revision {revision}")
+
+    def _on_sigterm(self) -> None:
+        if self.stop.is_set():
+            self.hard_stop.set()
+        self.stop.set()
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: fetching every source now and re-reading the daemon config")
+        self.notifier.reloading()
+        if self.config_path is not None:
+            try:
+                new_cfg = config_mod.load(self.config_path, self.overrides)
+            except errors.ConfigError as exc:
+                log.error("daemon config reload failed; keeping the running config", error=str(exc),
+                          issues=[i.format() for i in exc.issues])
+            else:
+                if new_cfg.sources != self.cfg.sources or new_cfg.listen != self.cfg.listen:
+                    log.warning("sources or listen address changed in the daemon config: restart aofd to apply")
+                self.cfg = self.cfg.model_copy(update={"substitution": new_cfg.substitution})
+        self.request_reconcile(None)
+        applied = self.reconciler.applied if self.reconciler else None
+        self.notifier.send("READY=1", f"STATUS=serving revision {applied.revision if applied else '-'}")
+
+    def request_reconcile(self, source: str | None) -> list[str]:
+        woke = []
+        for src in self.sources:
+            if source is None or src.name == source:
+                src.wake()
+                woke.append(src.name)
+        if self.reconciler is not None and woke:
+            self.reconciler.request()
+        return woke
+
+    # -- watchdog ---------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Ping WATCHDOG=1 from the event loop, only while the loop and the reconciler progress."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            await self.stop.wait()
+            return
+        while not self.stop.is_set():
+            before = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+            lag = time.monotonic() - before - interval
+            if lag > interval:
+                log.warning("event loop stalled", lag_s=round(lag, 3))
+                continue
+            if self.healthy():
+                self.notifier.watchdog()
+
+    def healthy(self) -> bool:
+        if self.audit is not None and not self.audit.healthy():
+            return False
+        return self.runtime is None or self.runtime.healthy()
+
+    async def _audit_all(self, action: str) -> None:
+        if self.audit is None or self.reconciler is None:
+            return
+        applied = self.reconciler.applied
+        if applied is None:
+            return
+        for key in applied.resources:
+            if key.kind is ids.Kind.CONTEXT:
+                record = {
+                    "event": {"kind": "event", "category": ["process"], "type": ["info"], "action": action,
+                              "outcome": "success"},
+                    "aofd": {"version": __version__, "pid": os.getpid()},
+                    "context": key.name,
+                }
+                with contextlib.suppress(errors.AofdError):
+                    await self.audit.write(key.name, record)
+
+
+def serve(cfg: settings.DaemonConfig, **kwargs: Any) -> int:
+    daemon = Daemon(cfg, **kwargs)
+    try:
+        return asyncio.run(daemon.run())
+    except errors.Stalled as exc:
+        print(f"aofd: {exc}", flush=True)
+        return 1

@@ -1,0 +1,336 @@
+"""The reconcile loop: sources' snapshots -> desired state -> plan -> apply -> status.
+
+One pass at a time (single flight). Triggers that arrive during a pass - a new snapshot,
+`aofctl reconcile`, SIGHUP - coalesce into exactly one follow-up pass (kopf's "pressure"
+flag). A pass is transactional: any error in the new revision means nothing changes, the
+last good revision keeps running, and the status names every error with file:line and
+the revision (Flux: "by design transactional").
+
+Each pass is the same ordered list of steps - build, plan, apply, persist, record - and
+its outcome is recorded in a `finally` (status, one canonical log line, audit records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from aofd import errors
+from aofd.plan import desired as desired_mod
+from aofd.plan import diff as diff_mod
+from aofd.reconcile import state as state_mod
+from aofd.reconcile import status as status_mod
+from aofd.resources import ids, snapshot
+from aofd.runtime import ports
+
+log = structlog.get_logger("aofd.reconcile")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """What the runtime made of a revision: resources it could not run, and why."""
+
+    stalled: Mapping[ids.ResourceKey, str] = dataclasses.field(default_factory=dict)
+
+
+class Applier(Protocol):
+    """The effectful half of a pass: make the runtime match `desired` (make-before-break)."""
+
+    async def apply(self, desired: desired_mod.DesiredState, plan: diff_mod.Plan) -> ApplyOutcome: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourcePolicy:
+    name: str
+    kinds: frozenset[ids.Kind]
+
+
+class Reconciler:
+    """Owns the desired/applied state and runs passes; everything effectful is injected."""
+
+    def __init__(
+        self,
+        *,
+        sources: Sequence[SourcePolicy],
+        store: state_mod.StateStore,
+        applier: Applier,
+        audit: ports.AuditSink,
+        variables: Callable[[], Mapping[str, str]],
+        allow: Sequence[str],
+        on_pass: Callable[[status_mod.PassSummary], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self._sources = {s.name: s for s in sources}
+        self._store = store
+        self._applier = applier
+        self._audit = audit
+        self._variables = variables
+        self._allow = tuple(allow)
+        self._on_pass = on_pass
+        self._cache = desired_mod.ParseCache()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._snapshots: dict[str, snapshot.Snapshot] = {}
+        self._applied_snapshots: dict[str, snapshot.Snapshot] = {}
+        self.applied: desired_mod.DesiredState | None = None
+        self.inventory = diff_mod.Inventory.empty()
+        self.conditions: dict[ids.ResourceKey, status_mod.Condition] = {}
+        self.last_pass: status_mod.PassSummary | None = None
+        self.last_rejected: status_mod.PassSummary | None = None
+        self.records: dict[str, state_mod.SourceRecord] = store.load_sources()
+        self.passes = 0
+        self.first_applied = asyncio.Event()
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def offer(self, snap: snapshot.Snapshot) -> None:
+        """A source produced a snapshot; reconcile soon (coalesced with other triggers)."""
+        self._snapshots[snap.source] = snap
+        self.request()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    def restore(self) -> bool:
+        """Load the last good snapshot from the state dir (restart without network)."""
+        revision, snaps = self._store.load_snapshots()
+        known = {name: snap for name, snap in snaps.items() if name in self._sources}
+        if not known:
+            return False
+        for snap in known.values():
+            self._snapshots.setdefault(snap.source, snap)
+        self.inventory = diff_mod.Inventory.from_json(self._store.load_inventory())
+        log.info("restored last good snapshot", revision=revision, sources=sorted(known))
+        self.request()
+        return True
+
+    @property
+    def snapshots(self) -> Mapping[str, snapshot.Snapshot]:
+        return dict(self._snapshots)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self, *, stop: asyncio.Event) -> None:
+        """Run passes until `stop` is set; triggers during a pass give one follow-up pass."""
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                wake_wait = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({stop_wait, wake_wait}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not wake_wait.done():
+                        wake_wait.cancel()
+                        await asyncio.gather(wake_wait, return_exceptions=True)
+                if stop.is_set():
+                    break
+                self._wake.clear()
+                await self.reconcile_once()
+        finally:
+            stop_wait.cancel()
+            await asyncio.gather(stop_wait, return_exceptions=True)
+
+    async def reconcile_once(self) -> status_mod.PassSummary:
+        async with self._lock:
+            started = time.monotonic()
+            summary = status_mod.PassSummary(revision="", outcome="failed", at=time.time())
+            try:
+                summary = await self._pass(started)
+            except Exception as exc:  # a bug or an effect failed: keep the last good state
+                log.exception("reconcile pass failed")
+                issue = errors.Issue("<daemon>", 0, 0, "error", f"reconcile pass failed: {exc}", "internal")
+                summary = status_mod.PassSummary(
+                    revision=summary.revision,
+                    outcome="failed",
+                    issues=(issue,),
+                    duration_s=time.monotonic() - started,
+                    at=time.time(),
+                )
+            finally:
+                self.passes += 1
+                self.last_pass = summary
+                self._log_pass(summary)
+            if self._on_pass is not None:
+                result = self._on_pass(summary)
+                if result is not None:
+                    await result
+            return summary
+
+    async def _pass(self, started: float) -> status_mod.PassSummary:
+        missing = [name for name in self._sources if name not in self._snapshots]
+        if missing:
+            return status_mod.PassSummary(
+                revision="",
+                outcome="waiting",
+                issues=(
+                    errors.Issue(
+                        "<daemon>", 0, 0, "warning", f"waiting for the first snapshot of {missing}", "waiting"
+                    ),
+                ),
+                duration_s=time.monotonic() - started,
+                at=time.time(),
+            )
+        views = [
+            desired_mod.SourceView(name=name, kinds=policy.kinds, snapshot=self._snapshots[name])
+            for name, policy in self._sources.items()
+        ]
+        desired = desired_mod.build(
+            views,
+            variables=self._variables(),
+            allow=self._allow,
+            undefined="error",
+            cache=self._cache,
+        )
+        now = time.time()
+        for name, snap in self._snapshots.items():
+            old = self.records.get(name, state_mod.SourceRecord())
+            self.records[name] = dataclasses.replace(old, last_attempted=snap.revision, attempted_at=now)
+
+        if not desired.ok:
+            return await self._reject(desired, started)
+
+        plan = diff_mod.compute(desired, self.inventory)
+        counts = plan.counts()
+        if plan.is_noop() and self.applied is not None and self.applied.revision == desired.revision:
+            return status_mod.PassSummary(
+                revision=desired.revision,
+                outcome="unchanged",
+                unchanged=counts.get("unchanged", 0),
+                issues=tuple(i for i in desired.issues if not i.is_error),
+                duration_s=time.monotonic() - started,
+                at=time.time(),
+            )
+
+        outcome = await self._applier.apply(desired, plan)
+        previous = self.applied
+        self.applied = desired
+        self.inventory = diff_mod.Inventory.of(desired)
+        self._applied_snapshots = dict(self._snapshots)
+        self.conditions = status_mod.conditions_after_apply(
+            keys=desired.resources.keys(),
+            revision=desired.revision,
+            stalled=outcome.stalled,
+            previous=self.conditions,
+        )
+        for name, snap in self._snapshots.items():
+            old = self.records.get(name, state_mod.SourceRecord())
+            self.records[name] = dataclasses.replace(
+                old, last_applied=snap.revision, applied_at=now, last_error=""
+            )
+        self.last_rejected = None
+        await asyncio.to_thread(self._persist, desired)
+        await self._audit_applied(desired, plan, previous)
+        self.first_applied.set()
+        return status_mod.PassSummary(
+            revision=desired.revision,
+            outcome="applied",
+            created=counts.get("create", 0),
+            updated=counts.get("update", 0),
+            deleted=counts.get("delete", 0),
+            unchanged=counts.get("unchanged", 0),
+            failed=len(outcome.stalled),
+            issues=tuple(i for i in desired.issues if not i.is_error),
+            duration_s=time.monotonic() - started,
+            at=time.time(),
+        )
+
+    async def _reject(self, desired: desired_mod.DesiredState, started: float) -> status_mod.PassSummary:
+        errs = tuple(i for i in desired.issues if i.is_error)
+        for name in self._snapshots:
+            old = self.records.get(name, state_mod.SourceRecord())
+            self.records[name] = dataclasses.replace(
+                old, last_error=f"revision {desired.revision} rejected: {len(errs)} error(s)"
+            )
+        key_of_path: dict[str, list[ids.ResourceKey]] = {}
+        running = self.applied.resources if self.applied is not None else {}
+        for key, res in list(running.items()) + list(desired.resources.items()):
+            key_of_path.setdefault(res.path, []).append(key)
+        self.conditions = status_mod.mark_rejected(
+            self.conditions, revision=desired.revision, issues=errs, key_of_path=key_of_path
+        )
+        await asyncio.to_thread(self._store.save_sources, dict(self.records))
+        summary = status_mod.PassSummary(
+            revision=desired.revision,
+            outcome="rejected",
+            failed=len(errs),
+            issues=desired.issues,
+            duration_s=time.monotonic() - started,
+            at=time.time(),
+        )
+        self.last_rejected = summary
+        await self._audit_rejected(desired, errs)
+        return summary
+
+    # -- effects at the end of a pass -----------------------------------------------------
+
+    def _persist(self, desired: desired_mod.DesiredState) -> None:
+        self._store.ensure()
+        self._store.save_snapshots(self._applied_snapshots, revision=desired.revision)
+        self._store.save_inventory(self.inventory.to_json())
+        self._store.save_sources(dict(self.records))
+
+    async def _audit_applied(
+        self,
+        desired: desired_mod.DesiredState,
+        plan: diff_mod.Plan,
+        previous: desired_mod.DesiredState | None,
+    ) -> None:
+        touched = plan.touched_contexts(desired, previous)
+        for context, changes in sorted(touched.items()):
+            record: dict[str, Any] = {
+                "event": {
+                    "kind": "event",
+                    "category": ["configuration"],
+                    "type": ["change"],
+                    "action": "config.applied",
+                    "outcome": "success",
+                },
+                "aofd": {"revision": desired.revision, "changes": changes},
+                "context": context,
+                "status": "success",
+            }
+            await self._safe_audit(context, record)
+
+    async def _audit_rejected(self, desired: desired_mod.DesiredState, errs: Sequence[errors.Issue]) -> None:
+        contexts: set[str] = set()
+        if self.applied is not None:
+            contexts |= {k.name for k in self.applied.resources if k.kind is ids.Kind.CONTEXT}
+        contexts |= {k.name for k in desired.resources if k.kind is ids.Kind.CONTEXT}
+        for context in sorted(contexts):
+            record: dict[str, Any] = {
+                "event": {
+                    "kind": "event",
+                    "category": ["configuration"],
+                    "type": ["change", "denied"],
+                    "action": "config.rejected",
+                    "outcome": "failure",
+                },
+                "aofd": {"revision": desired.revision, "errors": [i.format() for i in errs[:50]]},
+                "context": context,
+                "status": "rejected",
+            }
+            await self._safe_audit(context, record)
+
+    async def _safe_audit(self, context: str, record: Mapping[str, Any]) -> None:
+        try:
+            await self._audit.write(context, record)
+        except errors.AofdError as exc:
+            log.warning("audit write failed", context=context, error=str(exc))
+
+    def _log_pass(self, summary: status_mod.PassSummary) -> None:
+        errs = [i.format() for i in summary.issues if i.is_error]
+        log.info(
+            "reconcile pass",
+            revision=summary.revision,
+            outcome=summary.outcome,
+            created=summary.created,
+            updated=summary.updated,
+            deleted=summary.deleted,
+            failed=summary.failed,
+            duration_ms=round(summary.duration_s * 1000, 2),
+            errors=errs[:20] if errs else None,
+        )
