@@ -1,0 +1,540 @@
+"""YAML bytes -> plain Python documents, with a source position for every value.
+
+This module owns reading repository YAML, which is hostile input (RELIABILITY.md section 4).
+It drives ruamel.yaml's C *event* parser and builds dicts, lists and scalars itself in one
+pass, so every cap is enforced while events are read, before anything could be expanded:
+
+- aliases and anchors are rejected (no billion laughs, no self-referential data),
+- nesting deeper than `Limits.max_depth`, more than `Limits.max_nodes_per_file` nodes,
+  scalars over `Limits.max_scalar_bytes` and files over `Limits.max_file_bytes` are rejected
+  (the file size is checked before any decoding or parsing),
+- duplicate keys, merge keys (`<<`), non-scalar keys and every tag outside the standard
+  `!!str !!int !!float !!bool !!null !!map !!seq` are rejected,
+- the bytes must be UTF-8 without NUL bytes (a UTF-8 BOM is allowed; UTF-16/32 are not).
+
+Plain scalars are resolved with the YAML 1.2 *core* schema whatever `%YAML` directive the file
+carries: `null ~` and empty are None; `true false` (also `True TRUE ...`) are bools; `no yes on
+off` stay strings; `010` is the int 10 (decimal, not octal), `0o10` is 8, `0x10` is 16;
+`.inf -.inf .nan` are floats; anything else (timestamps, `1_000`, `10:30`) is a string.
+Quoted and block scalars are always strings. Mapping keys are always strings: a scalar key is
+kept as its source text (`1: x` has the key "1", `true: x` the key "true").
+
+Positions are 1-based `(line, col)` of a node's first character; for a block scalar that is
+its `|` or `>` indicator. A location is a tuple of mapping keys and list indexes from the
+document root: `Document.positions[("spec", "agents", 0)]` is where that list item starts,
+`Document.key_positions[("spec", "agents")]` is where the key `agents` is written, and
+`positions[()]` is the root node.
+
+A file with any problem yields no documents, only issues; problems are data, never
+exceptions (RecursionError, MemoryError and every ruamel error are turned into issues).
+This module must not validate resource schemas, resolve references, substitute variables
+or do any I/O: it gets bytes and returns values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from ruamel.yaml import error as yaml_error
+from ruamel.yaml import events as yaml_events
+
+from aofd import errors
+from aofd.resources import snapshot
+
+try:  # the C event parser (ruamel.yaml.clib): ~30x faster than the pure-Python one
+    from ruamel.yaml.cyaml import CParser as _CParser  # type: ignore[attr-defined]
+except ImportError:
+    _CParser = None
+
+Location = tuple[str | int, ...]
+"""Path from a document's root to a node: mapping keys (str) and list indexes (int)."""
+
+Position = tuple[int, int]
+"""1-based `(line, col)`."""
+
+MAX_ISSUES_PER_FILE = 20
+"""Stop reading a file after this many problems; more would only repeat themselves."""
+
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
+_STR_TAG = _YAML_TAG_PREFIX + "str"
+_MAP_TAG = _YAML_TAG_PREFIX + "map"
+_SEQ_TAG = _YAML_TAG_PREFIX + "seq"
+_SCALAR_TAGS = frozenset(_YAML_TAG_PREFIX + name for name in ("str", "int", "float", "bool", "null"))
+
+# YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution).
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT_DEC = re.compile(r"[-+]?[0-9]+")
+_INT_OCT = re.compile(r"0o[0-7]+")
+_INT_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_FLOAT_SPECIAL = {
+    ".inf": math.inf,
+    ".Inf": math.inf,
+    ".INF": math.inf,
+    "+.inf": math.inf,
+    "+.Inf": math.inf,
+    "+.INF": math.inf,
+    "-.inf": -math.inf,
+    "-.Inf": -math.inf,
+    "-.INF": -math.inf,
+    ".nan": math.nan,
+    ".NaN": math.nan,
+    ".NAN": math.nan,
+}
+# A plain scalar starting with any other character is a string: skips the regexes.
+_NON_STR_FIRST_CHARS = frozenset("0123456789+-.~nNtTfF")
+
+_BAD_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xfe\xff", "UTF-16"),
+    (b"\xff\xfe", "UTF-16"),
+)
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+_NO_KEY: object = object()
+"""Marks a mapping frame that is waiting for its next key."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Document:
+    """One non-empty YAML document of a file, as plain data with positions.
+
+    `data` is built from dict (insertion ordered), list, str, int, float, bool and None only.
+    `positions` maps the location of every node (the root is `()`) to where its value starts;
+    `key_positions` maps the location of every mapping entry to where its key is written.
+    """
+
+    path: str
+    index: int
+    line: int
+    col: int
+    data: object
+    positions: Mapping[Location, Position]
+    key_positions: Mapping[Location, Position]
+
+    def position(self, loc: Sequence[str | int]) -> Position:
+        """Where the node at `loc` starts, or its nearest ancestor that exists (the root at worst)."""
+        positions = self.positions
+        loc = tuple(loc)
+        for end in range(len(loc), 0, -1):
+            found = positions.get(loc[:end])
+            if found is not None:
+                return found
+        return (self.line, self.col)
+
+    def key_position(self, loc: Sequence[str | int]) -> Position:
+        """Where the key of the entry at `loc` is written, else `position(loc)` (list items, root)."""
+        found = self.key_positions.get(tuple(loc))
+        return found if found is not None else self.position(loc)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParseResult:
+    """The documents of one file, or no documents and the issues that made the file bad."""
+
+    documents: tuple[Document, ...]
+    issues: tuple[errors.Issue, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+
+class _Stop(Exception):
+    """Reading the file cannot usefully continue (a cap was hit, or too many issues)."""
+
+
+def parse(path: str, content: bytes, *, limits: snapshot.Limits = snapshot.DEFAULT_LIMITS) -> ParseResult:
+    """Parse every YAML document in `content`; never raises for any input bytes.
+
+    Args:
+        path: how the file is shown to users; copied into documents and issues.
+        content: the file's bytes.
+        limits: caps on hostile input.
+
+    Returns:
+        The non-empty documents in file order, or (when anything is wrong anywhere in the
+        file) no documents and at least one error issue with the line and column of the problem.
+    """
+    text_or_issue = _decode(path, content, limits)
+    if isinstance(text_or_issue, errors.Issue):
+        return ParseResult((), (text_or_issue,))
+    reader = _Reader(path, text_or_issue, limits)
+    try:
+        reader.run()
+    except _Stop:
+        pass
+    except yaml_error.MarkedYAMLError as exc:
+        reader.add_syntax_issue(exc)
+    except yaml_error.YAMLError as exc:  # ReaderError: bad character, with an offset
+        reader.add_reader_issue(exc)
+    except RecursionError:
+        reader.issue(0, 0, f"nesting is deeper than {limits.max_depth} levels", "yaml-depth", fatal=False)
+    except MemoryError:
+        reader.issue(0, 0, "file needs too much memory to read", "too-large", fatal=False)
+    if reader.issues:
+        return ParseResult((), tuple(reader.issues))
+    return ParseResult(tuple(reader.documents), ())
+
+
+def _decode(path: str, content: bytes, limits: snapshot.Limits) -> str | errors.Issue:
+    """Check size and encoding before anything looks at the content."""
+    if len(content) > limits.max_file_bytes:
+        return errors.Issue(
+            path,
+            0,
+            0,
+            "error",
+            f"file is {len(content)} bytes; at most {limits.max_file_bytes} are allowed",
+            "too-large",
+        )
+    for bom, name in _BAD_BOMS:
+        if content.startswith(bom):
+            return errors.Issue(
+                path, 1, 1, "error", f"file is {name} (byte order mark); YAML files must be UTF-8", "encoding"
+            )
+    nul = content.find(b"\0")
+    if nul >= 0:
+        line, col = _byte_position(content, nul)
+        return errors.Issue(path, line, col, "error", "NUL byte; YAML files must be UTF-8 text", "encoding")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, col = _byte_position(content, exc.start)
+        return errors.Issue(
+            path,
+            line,
+            col,
+            "error",
+            f"invalid UTF-8 (byte 0x{content[exc.start]:02x}); YAML files must be UTF-8",
+            "encoding",
+        )
+    if content.startswith(_UTF8_BOM):
+        text = text[1:]
+    return text
+
+
+def _byte_position(content: bytes, offset: int) -> Position:
+    """1-based line and column (in characters) of a byte offset."""
+    line_start = content.rfind(b"\n", 0, offset) + 1
+    line = content.count(b"\n", 0, offset) + 1
+    col = len(content[line_start:offset].decode("utf-8", "replace")) + 1
+    return line, col
+
+
+def _text_position(text: str, offset: int) -> Position:
+    """1-based line and column of a character offset."""
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _resolve_plain(value: str) -> object:
+    """A plain (unquoted, untagged) scalar under the YAML 1.2 core schema."""
+    if not value:
+        return None
+    if value[0] not in _NON_STR_FIRST_CHARS:
+        return value
+    if value in _NULLS:
+        return None
+    boolean = _BOOLS.get(value)
+    if boolean is not None:
+        return boolean
+    if _INT_DEC.fullmatch(value):
+        return int(value, 10)
+    if _INT_OCT.fullmatch(value):
+        return int(value[2:], 8)
+    if _INT_HEX.fullmatch(value):
+        return int(value[2:], 16)
+    if _FLOAT.fullmatch(value):
+        return float(value)
+    special = _FLOAT_SPECIAL.get(value)
+    if special is not None:
+        return special
+    return value
+
+
+def _resolve_tagged(tag: str, value: str) -> tuple[object, bool]:
+    """A scalar with an explicit standard tag: `(value, True)`, or `(None, False)` when it does not fit."""
+    if tag == _STR_TAG:
+        return value, True
+    resolved = _resolve_plain(value)
+    kind = tag[len(_YAML_TAG_PREFIX) :]
+    if kind == "null":
+        return None, resolved is None
+    if kind == "bool":
+        return resolved, isinstance(resolved, bool)
+    if kind == "int":
+        return resolved, isinstance(resolved, int) and not isinstance(resolved, bool)
+    # float: YAML 1.2 allows an int-looking value ("!!float 1" is 1.0).
+    if isinstance(resolved, int | float) and not isinstance(resolved, bool):
+        return float(resolved), True
+    return None, False
+
+
+def _short_tag(tag: str) -> str:
+    if tag.startswith(_YAML_TAG_PREFIX):
+        return "!!" + tag[len(_YAML_TAG_PREFIX) :]
+    return tag
+
+
+def _event_source(text: str) -> Callable[[], Any]:
+    """A function returning the next parser event (the C parser when it is installed)."""
+    if _CParser is not None:
+        return _CParser(text).get_event  # type: ignore[no-any-return]
+    from ruamel.yaml import YAML  # fallback without ruamel.yaml.clib
+
+    return iter(YAML(typ="safe", pure=True).parse(text)).__next__  # type: ignore[no-any-return]
+
+
+class _Reader:
+    """One pass over the events of one file: builds the documents, records positions, enforces caps.
+
+    Invariant: `stack` holds one frame per open collection, innermost last; a frame is
+    `[container, location, pending_key]`, where `pending_key` is `_NO_KEY` for a mapping waiting
+    for its next key (and for every sequence, where it is unused).
+    """
+
+    __slots__ = ("documents", "issues", "limits", "path", "text")
+
+    def __init__(self, path: str, text: str, limits: snapshot.Limits) -> None:
+        self.path = path
+        self.text = text
+        self.limits = limits
+        self.documents: list[Document] = []
+        self.issues: list[errors.Issue] = []
+
+    def issue(self, line: int, col: int, message: str, code: str, *, fatal: bool) -> None:
+        """Record a problem; raise `_Stop` when reading cannot or need not continue."""
+        self.issues.append(errors.Issue(self.path, line, col, "error", message, code))
+        if fatal:
+            raise _Stop
+        if len(self.issues) >= MAX_ISSUES_PER_FILE:
+            self.issues.append(
+                errors.Issue(
+                    self.path, line, col, "error", f"stopped after {MAX_ISSUES_PER_FILE} problems", code
+                )
+            )
+            raise _Stop
+
+    def add_syntax_issue(self, exc: yaml_error.MarkedYAMLError) -> None:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        message = str(exc.problem or "invalid YAML")
+        if exc.context:
+            context_mark = exc.context_mark
+            where = ""
+            if context_mark is not None and (context_mark.line + 1, context_mark.column + 1) != (line, col):
+                where = f" started at line {context_mark.line + 1}, column {context_mark.column + 1}"
+            message = f"{message} ({exc.context}{where})"
+        self.issues.append(errors.Issue(self.path, line, col, "error", message, "yaml-syntax"))
+
+    def add_reader_issue(self, exc: yaml_error.YAMLError) -> None:
+        offset = getattr(exc, "position", None)
+        line, col = _text_position(self.text, offset) if isinstance(offset, int) else (0, 0)
+        reason = getattr(exc, "reason", None) or str(exc)
+        character = getattr(exc, "character", None)
+        if isinstance(character, int):
+            reason = f"{reason} (U+{character:04X})"
+        self.issues.append(errors.Issue(self.path, line, col, "error", str(reason), "yaml-syntax"))
+
+    def run(self) -> None:
+        """Read every event; one flat loop with the innermost collection in locals, for speed."""
+        limits = self.limits
+        max_depth = limits.max_depth
+        max_nodes = limits.max_nodes_per_file
+        max_scalar = limits.max_scalar_bytes
+        # A character is at most 4 UTF-8 bytes: only long scalars need encoding to be measured.
+        scalar_chars_unchecked = max_scalar // 4
+        scalar_cls = yaml_events.ScalarEvent
+        map_start_cls = yaml_events.MappingStartEvent
+        seq_start_cls = yaml_events.SequenceStartEvent
+        end_classes = (yaml_events.MappingEndEvent, yaml_events.SequenceEndEvent)
+        alias_cls = yaml_events.AliasEvent
+        doc_start_cls = yaml_events.DocumentStartEvent
+        doc_end_cls = yaml_events.DocumentEndEvent
+        stream_end_cls = yaml_events.StreamEndEvent
+        resolve_plain = _resolve_plain
+        non_str_first = _NON_STR_FIRST_CHARS
+        no_key = _NO_KEY
+        issue = self.issue
+
+        next_event = _event_source(self.text)
+        nodes = 0
+        doc_index = -1
+        # The innermost open collection lives in locals; `stack` saves the enclosing ones.
+        # Invariant: `cur` is None at document level; `pending` is the key whose value comes
+        # next in a mapping (`no_key` while a key is expected, and always in a sequence);
+        # `pending_loc` is `cur_loc + (pending,)`.
+        stack: list[tuple[Any, bool, Location]] = []
+        cur: Any = None
+        cur_is_map = False
+        cur_loc: Location = ()
+        pending: object = no_key
+        pending_loc: Location = ()
+        positions: dict[Location, Position] = {}
+        key_positions: dict[Location, Position] = {}
+        root: object = None
+        root_pos: Position = (0, 0)
+
+        while True:
+            event = next_event()
+            cls = type(event)
+            value: object
+            if cls is scalar_cls:
+                mark = event.start_mark
+                pos = (mark.line + 1, mark.column + 1)
+                nodes += 1
+                if nodes > max_nodes:
+                    issue(*pos, f"file has more than {max_nodes} YAML nodes", "yaml-nodes", fatal=True)
+                text: str = event.value
+                if len(text) > scalar_chars_unchecked and len(text.encode("utf-8")) > max_scalar:
+                    size = len(text.encode("utf-8"))
+                    message = f"scalar is {size} bytes; at most {max_scalar} are allowed"
+                    issue(*pos, message, "yaml-scalar-size", fatal=True)
+                if event.anchor is not None:
+                    self._anchor(pos, event.anchor)
+                tag = event.ctag  # the `tag` property builds a str; ctag is None when untagged
+                if tag is not None:
+                    tag = event.tag
+                if pending is no_key and cur_is_map:
+                    # A mapping key: always kept as its source text.
+                    if tag is not None and tag != _STR_TAG:
+                        message = (
+                            f"mapping keys must be strings; tag {_short_tag(tag)} is not allowed on a key"
+                        )
+                        issue(*pos, message, "yaml-key", fatal=False)
+                    elif text == "<<" and not event.style:
+                        issue(*pos, "merge keys (<<) are not allowed", "yaml-merge", fatal=False)
+                    pending = text
+                    pending_loc = (*cur_loc, text)
+                    if text in cur:
+                        first = key_positions[pending_loc][0]
+                        message = f"duplicate key {text!r}: first at line {first}, again at line {pos[0]}"
+                        issue(*pos, message, "yaml-duplicate-key", fatal=False)
+                    else:
+                        key_positions[pending_loc] = pos
+                    continue
+                if tag is None:
+                    # Plain style is '' (C parser) or None (pure parser); quoted and block scalars are str.
+                    if event.style or not text or text[0] not in non_str_first:
+                        value = text if text or event.style else None
+                    else:
+                        value = resolve_plain(text)
+                elif tag in _SCALAR_TAGS:
+                    value, fits = _resolve_tagged(tag, text)
+                    if not fits:
+                        issue(
+                            *pos, f"value {text!r} is not a valid {_short_tag(tag)}", "yaml-tag", fatal=False
+                        )
+                else:
+                    value = None
+                    issue(*pos, _tag_message(tag), "yaml-tag", fatal=False)
+            elif cls is map_start_cls or cls is seq_start_cls:
+                mark = event.start_mark
+                pos = (mark.line + 1, mark.column + 1)
+                nodes += 1
+                if nodes > max_nodes:
+                    issue(*pos, f"file has more than {max_nodes} YAML nodes", "yaml-nodes", fatal=True)
+                if len(stack) >= max_depth:
+                    message = f"nesting is deeper than {max_depth} levels (depth > {max_depth})"
+                    issue(*pos, message, "yaml-depth", fatal=True)
+                if event.anchor is not None:
+                    self._anchor(pos, event.anchor)
+                is_map = cls is map_start_cls
+                tag = event.ctag  # the `tag` property builds a str; ctag is None when untagged
+                if tag is not None:
+                    tag = event.tag
+                if tag is not None and tag != (_MAP_TAG if is_map else _SEQ_TAG):
+                    issue(*pos, _tag_message(tag), "yaml-tag", fatal=False)
+                container: Any = {} if is_map else []
+                if cur_is_map:
+                    if pending is no_key:
+                        kind = "mapping" if is_map else "list"
+                        message = f"mapping keys must be strings; found a {kind} used as a key"
+                        issue(*pos, message, "yaml-key", fatal=True)
+                    loc = pending_loc
+                    cur[pending] = container
+                elif cur is not None:
+                    loc = (*cur_loc, len(cur))
+                    cur.append(container)
+                else:
+                    loc = ()
+                    root = container
+                    root_pos = pos
+                positions[loc] = pos
+                # Save the enclosing collection (its pending key is now consumed) and descend.
+                stack.append((cur, cur_is_map, cur_loc))
+                cur, cur_is_map, cur_loc, pending = container, is_map, loc, no_key
+                continue
+            elif cls in end_classes:
+                cur, cur_is_map, cur_loc = stack.pop()
+                pending = no_key
+                continue
+            elif cls is alias_cls:
+                mark = event.start_mark
+                pos = (mark.line + 1, mark.column + 1)
+                nodes += 1
+                if nodes > max_nodes:
+                    issue(*pos, f"file has more than {max_nodes} YAML nodes", "yaml-nodes", fatal=True)
+                message = f"aliases and anchors are not allowed (alias *{event.anchor})"
+                issue(*pos, message, "yaml-alias", fatal=False)
+                if pending is no_key and cur_is_map:
+                    # An alias used as a key: keep the structure consistent so reading goes on.
+                    pending = f"*{event.anchor}"
+                    pending_loc = (*cur_loc, pending)
+                    continue
+                value = None
+            elif cls is doc_start_cls:
+                doc_index += 1
+                positions = {}
+                key_positions = {}
+                root = None
+                root_pos = (0, 0)
+                continue
+            elif cls is doc_end_cls:
+                if root is not None and not self.issues:
+                    self.documents.append(
+                        Document(
+                            path=self.path,
+                            index=doc_index,
+                            line=root_pos[0],
+                            col=root_pos[1],
+                            data=root,
+                            positions=MappingProxyType(positions),
+                            key_positions=MappingProxyType(key_positions),
+                        )
+                    )
+                continue
+            elif cls is stream_end_cls:
+                return
+            else:  # StreamStartEvent
+                continue
+
+            # A scalar or alias value: attach it to the open collection, or make it the root.
+            if cur_is_map:
+                positions[pending_loc] = pos
+                cur[pending] = value
+                pending = no_key
+            elif cur is not None:
+                positions[(*cur_loc, len(cur))] = pos
+                cur.append(value)
+            else:
+                positions[()] = pos
+                root = value
+                root_pos = pos
+
+    def _anchor(self, pos: Position, anchor: str) -> None:
+        self.issue(*pos, f"aliases and anchors are not allowed (anchor &{anchor})", "yaml-alias", fatal=False)
+
+
+def _tag_message(tag: str) -> str:
+    return (
+        f"tag {_short_tag(tag)} is not allowed; only the standard tags "
+        "!!str, !!int, !!float, !!bool, !!null, !!map and !!seq are"
+    )
