@@ -172,12 +172,39 @@ class PlatformsSpec(_Strict):
     whatsapp_api_url: str = "https://graph.facebook.com/v19.0"
 
 
+class AuditSpec(_Strict):
+    """The audit journal's tunables (maps onto `aofd.audit.segment.JournalOptions`)."""
+
+    hmac_key_file: Path | None = None
+    max_segment_bytes: Annotated[int, Field(gt=4096)] = 64 * 1024 * 1024
+    max_segment_age: float = 24 * 3600.0
+    retention: float | None = None
+    group_commit_interval: Annotated[float, Field(gt=0)] = 0.05
+    write_timeout: Annotated[float, Field(gt=0)] = 5.0
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("max_segment_age", "group_commit_interval", "write_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip().endswith("d"):
+            return float(value.strip()[:-1]) * 86400.0
+        return parse_duration(value)
+
+
 class DaemonConfig(_Strict):
     sources: tuple[SourceSpec, ...] = ()
     listen: str = "127.0.0.1:8080"
     admin: str = "127.0.0.1:8081"
     state_dir: Path = Path("/var/lib/aofd")
     audit_dir: Path = Path("/var/log/aofd")
+    audit: AuditSpec = AuditSpec()
     substitution: SubstitutionSpec = SubstitutionSpec()
     executables: ExecutablesSpec = ExecutablesSpec()
     models: ModelsSpec = ModelsSpec()

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from aofd import __version__
+from aofd.cli import admin_cmds, audit_cmd
 
-COMMAND_MODULES: tuple[ModuleType, ...] = ()
+COMMAND_MODULES: tuple[ModuleType, ...] = (admin_cmds, audit_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,391 @@
+"""The audit log of the daemon: one append-only, hash-chained JSONL journal per Context.
+
+This module owns the asynchronous front (`AuditLog`, which satisfies
+`aofd.runtime.ports.AuditSink` structurally) and the threads behind it. Disk I/O never
+runs on the event loop: each Context has one writer thread that owns its
+`aofd.audit.segment.ContextJournal`, takes requests from a queue, writes every line with
+one `os.write`, and commits in groups:
+
+- `durable=True` (a record that authorises an action, e.g. `command.started`) resolves
+  only after an fsync covering it; concurrent durable writes share one fsync. Any failure
+  raises `AuditUnavailable`: fail closed.
+- `durable=False` resolves once the line is written; an fsync follows within
+  `group_commit_interval` seconds or `group_commit_records` records.
+
+A write that does not finish within `write_timeout` raises `AuditUnavailable` (a hung
+disk becomes a refusal, not a hang). Counters and latency histograms live on
+`AuditLog.metrics` as plain attributes for the daemon to export.
+
+The files, the chain and recovery are `aofd.audit.segment`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import structlog
+
+from aofd import errors
+from aofd.audit import records, segment
+
+log = structlog.get_logger()
+
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds (seconds) of the write latency histograms, Prometheus style."""
+
+ROOT_LOCK_NAME: Final = ".aofd-audit.lock"
+
+
+@dataclasses.dataclass(slots=True)
+class Histogram:
+    """A Prometheus-style histogram: per-bucket counts (not cumulative), sum and count."""
+
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """`(le, count)` pairs including `+Inf`, as Prometheus exposes them."""
+        total = 0
+        out: list[tuple[float, int]] = []
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+@dataclasses.dataclass(slots=True)
+class AuditMetrics:
+    """What the daemon exports to Prometheus. Updated on the event loop, except `events`
+    (appended by writer threads under `lock`)."""
+
+    records_total: int = 0
+    durable_total: int = 0
+    failures_total: int = 0
+    timeouts_total: int = 0
+    truncated_total: int = 0
+    durable_latency: Histogram = dataclasses.field(default_factory=Histogram)
+    grouped_latency: Histogram = dataclasses.field(default_factory=Histogram)
+    segment_events: dict[str, int] = dataclasses.field(default_factory=dict)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def count_event(self, message: str) -> None:
+        """Count a journal event (rotation, recovery, failed fsync ...) by its message."""
+        with self.lock:
+            self.segment_events[message] = self.segment_events.get(message, 0) + 1
+
+
+@dataclasses.dataclass(slots=True)
+class _Request:
+    record: Mapping[str, Any]
+    durable: bool
+    future: asyncio.Future[bool]
+
+
+_STOP: Final = object()
+
+
+class _Writer:
+    """One Context's writer thread and its queue."""
+
+    def __init__(
+        self,
+        *,
+        journal: segment.ContextJournal,
+        options: segment.JournalOptions,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.journal = journal
+        self._options = options
+        self._loop = loop
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"aofd-audit-{journal.context}", daemon=True)
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._stopped: asyncio.Future[None] = loop.create_future()
+
+    async def start(self) -> None:
+        self._thread.start()
+        try:
+            await self._opened
+        except BaseException:
+            await asyncio.shield(self._stopped)
+            self._thread.join()
+            raise
+
+    def submit(self, request: _Request) -> None:
+        self._queue.put(request)
+
+    async def stop(self) -> None:
+        self._queue.put(_STOP)
+        await asyncio.shield(self._stopped)
+        self._thread.join()
+
+    # -- the thread --
+
+    def _run(self) -> None:
+        try:
+            self.journal.open()
+        except BaseException as exc:
+            self._resolve_fn(self._opened, exc)
+            self._resolve_fn(self._stopped, None)
+            return
+        self._resolve_fn(self._opened, None)
+        try:
+            self._loop_forever()
+        finally:
+            self.journal.close()
+            self._resolve_fn(self._stopped, None)
+
+    def _loop_forever(self) -> None:
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                self._sync_quietly()
+                deadline = None
+                continue
+            batch = [item]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 512:
+                    batch.append(self._queue.get_nowait())
+            stop = any(entry is _STOP for entry in batch)
+            self._process([entry for entry in batch if isinstance(entry, _Request)])
+            if stop:
+                return
+            if self.journal.unsynced >= self._options.group_commit_records:
+                self._sync_quietly()
+            if self.journal.unsynced and deadline is None:
+                deadline = time.monotonic() + self._options.group_commit_interval
+            elif not self.journal.unsynced:
+                deadline = None
+
+    def _process(self, batch: list[_Request]) -> None:
+        results: list[tuple[asyncio.Future[bool], bool | BaseException]] = []
+        durable: list[tuple[asyncio.Future[bool], bool]] = []
+        for request in batch:
+            try:
+                truncated = self.journal.append(request.record)
+            except errors.AuditUnavailable as exc:
+                results.append((request.future, exc))
+                continue
+            except Exception as exc:  # a bug or a record json cannot encode: fail this write only
+                results.append(
+                    (request.future, errors.AuditUnavailable(f"audit record not written: {exc!r}"))
+                )
+                continue
+            if request.durable:
+                durable.append((request.future, truncated))
+            else:
+                results.append((request.future, truncated))
+        if durable:
+            try:
+                self.journal.sync()
+            except errors.AuditUnavailable as exc:
+                results.extend((future, exc) for future, _ in durable)
+            else:
+                results.extend(durable)
+        if results:
+            self._loop_call(_resolve_all, results)
+
+    def _sync_quietly(self) -> None:
+        with contextlib.suppress(errors.AuditUnavailable):
+            self.journal.sync()  # the failure is recorded; the next write reports and recovers
+
+    def _resolve_fn(self, future: asyncio.Future[None], exc: BaseException | None) -> None:
+        def resolve() -> None:
+            if future.done():
+                return
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
+
+        self._loop_call(resolve)
+
+    def _loop_call(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+    for future, outcome in results:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+class AuditLog:
+    """The daemon's audit log: `<audit_dir>/<context>/audit-*.jsonl`, one writer per context.
+
+    Use as `async with AuditLog(audit_dir=...) as audit:` or call `open()`/`aclose()`.
+    `open()` takes a lock on the audit dir (a second daemon on the same dir fails there);
+    contexts open on first write or explicitly with `open_context` (readiness wants them
+    all open and tail-recovered before `READY=1`).
+    """
+
+    def __init__(
+        self,
+        *,
+        audit_dir: Path,
+        options: segment.JournalOptions | None = None,
+        origin: records.Origin | None = None,
+        clock: Callable[[], float] = time.time,
+        checkpoint_key: bytes | None = None,
+        on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.audit_dir = Path(audit_dir)
+        self.options = options or segment.JournalOptions()
+        self.metrics = AuditMetrics()
+        self._origin = origin or records.Origin()
+        self._clock = clock
+        self._checkpoint_key = checkpoint_key
+        self._on_event = on_event
+        self._writers: dict[str, _Writer] = {}
+        self._open_lock = asyncio.Lock()
+        self._root_lock_fd: int | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AuditLog:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def open(
+        self, contexts: Iterable[str] = (), *, log_paths: Mapping[str, str | None] | None = None
+    ) -> list[str]:
+        """Lock the audit dir and open `contexts`; return the reasons of ignored `log_paths`."""
+        if self._root_lock_fd is None:
+            self._root_lock_fd = await asyncio.to_thread(self._lock_root)
+        ignored: list[str] = []
+        for context in contexts:
+            reason = await self.open_context(context, log_path=(log_paths or {}).get(context))
+            if reason:
+                ignored.append(reason)
+        return ignored
+
+    def _lock_root(self) -> int:
+        try:
+            os.makedirs(self.audit_dir, mode=self.options.dir_mode, exist_ok=True)
+        except OSError as exc:
+            raise errors.AuditUnavailable(f"cannot create audit dir {self.audit_dir}: {exc}") from exc
+        return segment.take_lock(self.audit_dir / ROOT_LOCK_NAME, what=f"audit dir {self.audit_dir}")
+
+    async def open_context(self, context: str, *, log_path: str | None = None) -> str | None:
+        """Open (lock, recover, start a segment for) one context; idempotent.
+
+        Returns why the Context's `audit.log_path` was ignored, or None. Raises
+        `AuditUnavailable` for an invalid name, a symlinked segment, a held lock ...
+        """
+        if context in self._writers:
+            return None
+        directory, ignored = segment.resolve_log_dir(self.audit_dir, context, log_path)
+        async with self._open_lock:
+            if context in self._writers:
+                return None
+            if self._closed:
+                raise errors.AuditUnavailable("the audit log is closed")
+            if self._root_lock_fd is None:
+                self._root_lock_fd = await asyncio.to_thread(self._lock_root)
+            journal = segment.ContextJournal(
+                context=context,
+                directory=directory,
+                options=self.options,
+                origin=self._origin,
+                clock=self._clock,
+                checkpoint_key=self._checkpoint_key,
+                on_event=self._journal_event,
+            )
+            writer = _Writer(journal=journal, options=self.options, loop=asyncio.get_running_loop())
+            await writer.start()
+            self._writers[context] = writer
+        if ignored:
+            log.warning("audit log_path ignored", context=context, reason=ignored)
+        return ignored
+
+    def _journal_event(self, message: str, fields: Mapping[str, Any]) -> None:
+        self.metrics.count_event(message)
+        if self._on_event is not None:
+            self._on_event(message, fields)
+
+    async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
+        """Append `record` to `context`'s log; with `durable=True`, return only once fsynced.
+
+        Raises `AuditUnavailable` when the record could not be written (or made durable).
+        """
+        started = time.perf_counter()
+        try:
+            writer = self._writers.get(context)
+            if writer is None:
+                await self.open_context(context)
+                writer = self._writers[context]
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            writer.submit(_Request(record, durable, future))
+            try:
+                async with asyncio.timeout(self.options.write_timeout):
+                    truncated = await future
+            except TimeoutError:
+                self.metrics.timeouts_total += 1
+                raise errors.AuditUnavailable(
+                    f"audit write for context {context!r} did not finish within {self.options.write_timeout}s"
+                ) from None
+        except errors.AuditUnavailable:
+            self.metrics.failures_total += 1
+            raise
+        elapsed = time.perf_counter() - started
+        self.metrics.records_total += 1
+        if truncated:
+            self.metrics.truncated_total += 1
+        if durable:
+            self.metrics.durable_total += 1
+            self.metrics.durable_latency.observe(elapsed)
+        else:
+            self.metrics.grouped_latency.observe(elapsed)
+
+    def opened_contexts(self) -> tuple[str, ...]:
+        """The contexts whose logs are open, sorted."""
+        return tuple(sorted(self._writers))
+
+    def active_segment(self, context: str) -> Path | None:
+        """The segment `context` currently appends to (None if not open)."""
+        writer = self._writers.get(context)
+        return writer.journal.path if writer else None
+
+    def unavailable(self) -> dict[str, str]:
+        """Contexts whose log cannot be written right now, with the reason (for /readyz)."""
+        return {name: w.journal.failure for name, w in self._writers.items() if w.journal.failure}
+
+    async def aclose(self) -> None:
+        """Flush and fsync every context, stop the writer threads, release the locks."""
+        self._closed = True
+        writers = list(self._writers.values())
+        self._writers.clear()
+        await asyncio.gather(*(w.stop() for w in writers))
+        if self._root_lock_fd is not None:
+            os.close(self._root_lock_fd)
+            self._root_lock_fd = None

@@ -1,0 +1,460 @@
+"""Audit records: the ECS-shaped dictionaries one audit line is made of (RELIABILITY.md §1.5).
+
+This module owns the *shape* of a record and nothing else: the action vocabulary, the
+ECS categorization of each action, the seed's flat fields (`timestamp`, `context`,
+`agent`, `command`, `approved_by`, `cluster`, `namespace`, `status`), secret argv values
+replaced by `hmac-sha256:<hex>`, bodies (output excerpt, prompt text) carried with their
+digest and length, and `encode_line`, which turns a record into at most `MAX_LINE_BYTES`
+bytes by dropping bodies first and never dropping the record.
+
+It is pure: no file I/O, no clock except the `now` a caller passes (or `time.time()` as a
+default), no asyncio. The journal (`aofd.audit.segment`) fills `aofd.audit.{file_id, seq,
+prev}`; callers pass everything else.
+
+The seed's `user` field was a bare id string; here `user` is the ECS object and the
+seed's value is `user.id` (one key cannot be both).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shlex
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
+
+ECS_VERSION: Final = "8.11.0"
+SCHEMA: Final = "aofd.audit/v1"
+DATASET: Final = "aofd.audit"
+PROVIDER: Final = "aofd"
+MAX_LINE_BYTES: Final = 16 * 1024
+"""The cap on one line, newline included (Fluent Bit's 32k default and HTTP intakes stay safe)."""
+
+DEFAULT_EXCERPT_BYTES: Final = 4 * 1024
+"""How much command output a builder keeps as an excerpt before the journal's cap applies."""
+
+Outcome = Literal["success", "failure", "unknown"]
+
+# action -> (event.category, event.type), ECS allowed values only.
+ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "daemon.started": (("process",), ("start",)),
+    "daemon.stopping": (("process",), ("end",)),
+    "config.applied": (("configuration",), ("change",)),
+    "config.loaded": (("configuration",), ("change",)),
+    "config.rejected": (("configuration",), ("change", "denied")),
+    "trigger.received": (("api",), ("access",)),
+    "trigger.rejected": (("api",), ("access", "denied")),
+    "agent.run.started": (("process",), ("start",)),
+    "agent.run.finished": (("process",), ("end",)),
+    "command.requested": (("process",), ("info",)),
+    "command.denied": (("process",), ("denied",)),
+    "command.started": (("process",), ("start", "allowed")),
+    "command.finished": (("process",), ("end",)),
+    "command.abandoned": (("process",), ("end",)),
+    "approval.requested": (("iam",), ("info",)),
+    "approval.granted": (("iam",), ("info", "allowed")),
+    "approval.denied": (("iam",), ("info", "denied")),
+    "approval.expired": (("iam",), ("info", "denied")),
+    "ratelimit.exceeded": (("api",), ("denied",)),
+    "audit.file.opened": (("file",), ("creation",)),
+    "audit.file.rotated": (("file",), ("change",)),
+    "audit.recovered": (("file",), ("change",)),
+    "audit.checkpoint": (("file",), ("info",)),
+}
+
+BODY_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("aofd", "output", "excerpt"),
+    ("aofd", "prompt", "text"),
+    ("aofd", "trigger", "text"),
+    ("aofd", "error", "text"),
+)
+"""Fields the journal drops first when a line is over the cap; each parent keeps sha256 + bytes."""
+
+SECRET_FLAGS: Final[frozenset[str]] = frozenset(
+    {
+        "--token",
+        "--password",
+        "--passwd",
+        "--secret",
+        "--client-secret",
+        "--api-key",
+        "--apikey",
+        "--auth-token",
+        "--bearer-token",
+        "--access-token",
+        "--refresh-token",
+        "--private-key-data",
+        "--from-literal",
+        "--docker-password",
+        "--webhook-secret",
+        "--signing-secret",
+    }
+)
+"""Flags whose value is a secret; the value (next argv element or `=value`) is HMAC'd."""
+
+_SECRET_ENV_NAME = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(?:TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY)[A-Za-z0-9_]*=", re.I
+)
+_TOKEN_LIKE = re.compile(
+    r"(?:xox[abposr]-|xapp-|sk-ant-|sk-proj-|gh[pousr]_|github_pat_|glpat-|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{8,}\.)"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Actor:
+    """A user: the immutable platform id (never the display name), a name and a domain."""
+
+    id: str
+    name: str = ""
+    domain: str = ""  # "slack:T0001", "telegram", "whatsapp:<waba>", "pagerduty", "cli"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Origin:
+    """Who writes the records: `service.*` and `host.hostname` of every line."""
+
+    service_version: str = ""
+    hostname: str = dataclasses.field(default_factory=socket.gethostname)
+    service_name: str = "aofd"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Process:
+    """A command as audited: argv (already redacted), exit code, working directory."""
+
+    args: tuple[str, ...]
+    exit_code: int | None = None
+    working_directory: str | None = None
+    pid: int | None = None
+
+
+class ArgvRedactor:
+    """Replace secret argv values by `hmac-sha256:<hex>` (Vault's audit-hash convention).
+
+    With no configured key the values are hashed with a random per-daemon key and written
+    as `sha256:<hex>`: still not reversible, but not comparable across restarts either.
+    `process.args_count` stays truthful because elements are replaced, never removed.
+    """
+
+    def __init__(self, *, key: bytes | None = None) -> None:
+        self._key = key if key else secrets.token_bytes(32)
+        self._prefix = "hmac-sha256:" if key else "sha256:"
+
+    def digest(self, value: str) -> str:
+        """The redacted form of one secret value (what `aofctl audit-hash` would print)."""
+        mac = hmac.new(self._key, value.encode("utf-8", "surrogateescape"), hashlib.sha256)
+        return self._prefix + mac.hexdigest()
+
+    def redact(self, argv: Sequence[str]) -> tuple[str, ...]:
+        """Return argv with every secret value replaced; the length never changes."""
+        out: list[str] = []
+        hide_next = False
+        for arg in argv:
+            if hide_next:
+                out.append(self.digest(arg))
+                hide_next = False
+                continue
+            flag, eq, value = arg.partition("=")
+            if flag in SECRET_FLAGS:
+                if eq:
+                    out.append(f"{flag}={self.digest(value)}")
+                else:
+                    out.append(arg)
+                    hide_next = True
+            elif _SECRET_ENV_NAME.match(arg):
+                out.append(f"{flag}={self.digest(value)}")
+            elif _TOKEN_LIKE.search(arg):
+                out.append(self.digest(arg))
+            else:
+                out.append(arg)
+        return tuple(out)
+
+
+def rfc3339(ts: float) -> str:
+    """`2025-06-01T12:00:03.412918Z`: RFC 3339, UTC, microseconds."""
+    dt = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now: float | None = None) -> str:
+    """A ULID: 26 characters, sortable by creation time, 80 random bits."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def body(text: str | bytes, *, limit: int = DEFAULT_EXCERPT_BYTES) -> dict[str, Any]:
+    """`{excerpt, sha256, bytes}` for an output body: the digest and length cover all of it."""
+    raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    excerpt = raw[:limit].decode("utf-8", "replace")
+    result: dict[str, Any] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+    result["excerpt"] = excerpt
+    if len(raw) > limit:
+        result["excerpt_truncated"] = True
+    return result
+
+
+def build(
+    action: str,
+    *,
+    context: str,
+    outcome: Outcome = "success",
+    event_id: str | None = None,
+    reason: str | None = None,
+    duration_ns: int | None = None,
+    now: float | None = None,
+    origin: Origin | None = None,
+    user: Actor | None = None,
+    approver: Actor | None = None,
+    agent: str | None = None,
+    run_id: str | None = None,
+    trigger: Mapping[str, Any] | None = None,
+    decision: Mapping[str, Any] | None = None,
+    approval: Mapping[str, Any] | None = None,
+    process: Process | None = None,
+    cluster: str | None = None,
+    namespace: str | None = None,
+    resource_type: str | None = None,
+    revision: str | None = None,
+    trace_id: str | None = None,
+    output: str | bytes | None = None,
+    prompt: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build one record for `action` (a name from `ACTIONS`); unknown actions raise ValueError.
+
+    `process.args` must already be redacted (`ArgvRedactor.redact`). `extra` is merged into
+    the `aofd` object (for action-specific fields such as `aofd.file`).
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}; known: {sorted(ACTIONS)}")
+    ts = time.time() if now is None else now
+    stamp = rfc3339(ts)
+    categories, types = ACTIONS[action]
+    event: dict[str, Any] = {
+        "kind": "event",
+        "category": list(categories),
+        "type": list(types),
+        "action": action,
+        "outcome": outcome,
+        "id": event_id or new_id(ts),
+        "dataset": DATASET,
+        "provider": PROVIDER,
+        "created": stamp,
+    }
+    if reason is not None:
+        event["reason"] = reason
+    if duration_ns is not None:
+        event["duration"] = int(duration_ns)
+
+    aofd: dict[str, Any] = {"schema": SCHEMA, "context": context, "truncated": False}
+    if trigger is not None:
+        aofd["trigger"] = dict(trigger)
+    if decision is not None:
+        aofd["decision"] = dict(decision)
+    if approval is not None or approver is not None:
+        aofd["approval"] = dict(approval or {})
+        if approver is not None:
+            aofd["approval"]["approver"] = _actor(approver)
+    if agent is not None or run_id is not None:
+        aofd["agent"] = _compact({"name": agent, "run_id": run_id})
+    if revision is not None:
+        aofd["revision"] = revision
+    if output is not None:
+        aofd["output"] = body(output)
+    if prompt is not None:
+        aofd["prompt"] = body(prompt)
+    if extra:
+        aofd.update(extra)
+
+    record: dict[str, Any] = {
+        "@timestamp": stamp,
+        "ecs": {"version": ECS_VERSION},
+        "event": event,
+        "aofd": aofd,
+    }
+    related: list[str] = []
+    if user is not None:
+        record["user"] = _actor(user)
+        related.append(user.id)
+    if approver is not None:
+        related.append(approver.id)
+    if related:
+        record["related"] = {"user": list(dict.fromkeys(related))}
+    if process is not None:
+        record["process"] = _process(process)
+    if cluster is not None or namespace is not None or resource_type is not None:
+        record["orchestrator"] = _compact(
+            {
+                "type": "kubernetes",
+                "cluster": {"name": cluster} if cluster is not None else None,
+                "namespace": namespace,
+                "resource": {"type": resource_type} if resource_type is not None else None,
+            }
+        )
+    who = origin or Origin()
+    record["service"] = _compact({"name": who.service_name, "version": who.service_version or None})
+    record["host"] = {"hostname": who.hostname}
+    if trace_id is not None or run_id is not None:
+        record["trace"] = {"id": trace_id or run_id}
+    record["log"] = {"level": "warning" if outcome == "failure" or "denied" in types else "info"}
+
+    # The seed's flat audit line (composable-design "Audit Trail") is a subset of this one.
+    record["timestamp"] = stamp
+    record["context"] = context
+    if agent is not None:
+        record["agent"] = agent
+    if process is not None:
+        record["command"] = shlex.join(process.args)
+    if approver is not None:
+        record["approved_by"] = approver.id
+    if cluster is not None:
+        record["cluster"] = cluster
+    if namespace is not None:
+        record["namespace"] = namespace
+    record["status"] = "denied" if "denied" in types else outcome
+    return record
+
+
+def _actor(actor: Actor) -> dict[str, str]:
+    return {k: v for k, v in (("id", actor.id), ("name", actor.name), ("domain", actor.domain)) if v}
+
+
+def _process(process: Process) -> dict[str, Any]:
+    args = list(process.args)
+    out: dict[str, Any] = {
+        "executable": args[0] if args else "",
+        "args": args,
+        "args_count": len(args),
+        "command_line": shlex.join(args),
+    }
+    if process.exit_code is not None:
+        out["exit_code"] = process.exit_code
+    if process.working_directory is not None:
+        out["working_directory"] = process.working_directory
+    if process.pid is not None:
+        out["pid"] = process.pid
+    return out
+
+
+def _compact(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+_LONG_STRING = 512
+_LONG_LIST = 128
+
+
+def dumps(record: Mapping[str, Any]) -> bytes:
+    """One JSON line (newline included): compact, ASCII only, so no byte can split a line."""
+    text = json.dumps(record, ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+    return text.encode("ascii") + b"\n"
+
+
+def encode_line(record: Mapping[str, Any], *, max_bytes: int = MAX_LINE_BYTES) -> tuple[bytes, bool]:
+    """Encode `record` into at most `max_bytes`; return the line and whether it was truncated.
+
+    In order, until it fits: drop bodies (keeping their sha256 and length), shorten long
+    strings and lists to a digest marker, and finally keep only the skeleton (timestamps,
+    `event`, `aofd.{schema, context, audit}`) plus the digest and length of the full line.
+    The record itself is never dropped.
+    """
+    line = dumps(record)
+    if len(line) <= max_bytes:
+        return line, False
+    original = hashlib.sha256(line).hexdigest(), len(line)
+    slim: dict[str, Any] = copy.deepcopy(dict(record))
+    slim.setdefault("aofd", {})["truncated"] = True
+    for path in BODY_PATHS:
+        _drop_body(slim, path)
+    line = dumps(slim)
+    if len(line) <= max_bytes:
+        return line, True
+    slim = _shorten(slim)
+    line = dumps(slim)
+    if len(line) <= max_bytes:
+        return line, True
+    aofd = slim.get("aofd", {})
+    skeleton: dict[str, Any] = {
+        key: slim[key] for key in ("@timestamp", "ecs", "event", "timestamp", "context") if key in slim
+    }
+    skeleton["aofd"] = {key: aofd[key] for key in ("schema", "context", "audit") if key in aofd}
+    skeleton["aofd"]["truncated"] = True
+    skeleton["aofd"]["original"] = {"sha256": original[0], "bytes": original[1]}
+    line = dumps(skeleton)
+    if len(line) > max_bytes:  # only a pathological `event` can get here
+        skeleton["event"] = {k: skeleton.get("event", {}).get(k) for k in ("action", "id", "outcome")}
+        line = dumps(_shorten(skeleton))
+    return line, True
+
+
+def _drop_body(record: dict[str, Any], path: tuple[str, ...]) -> None:
+    parent: Any = record
+    for key in path[:-1]:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+        if parent is None:
+            return
+    if not isinstance(parent, dict) or path[-1] not in parent:
+        return
+    value = parent.pop(path[-1])
+    if "sha256" not in parent:
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else dumps(value)
+        parent["sha256"] = hashlib.sha256(raw).hexdigest()
+        parent["bytes"] = len(raw)
+    parent["dropped"] = True
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _LONG_STRING:
+        raw = value.encode("utf-8", "surrogateescape")
+        return f"[truncated {len(raw)} bytes sha256:{hashlib.sha256(raw).hexdigest()}]"
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_shorten(v) for v in value[:_LONG_LIST]]
+        if len(value) > _LONG_LIST:
+            items.append(f"[truncated {len(value) - _LONG_LIST} more items]")
+        return items
+    return value
+
+
+def action_of(record: Mapping[str, Any]) -> str:
+    """`event.action` of a parsed record, or "" when absent."""
+    event = record.get("event")
+    return str(event.get("action", "")) if isinstance(event, Mapping) else ""
+
+
+def event_id_of(record: Mapping[str, Any]) -> str:
+    """`event.id` of a parsed record, or "" when absent."""
+    event = record.get("event")
+    return str(event.get("id", "")) if isinstance(event, Mapping) else ""
+
+
+def unfinished_commands(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The `command.started` records with no later `command.finished`/`abandoned` of the same id."""
+    open_starts: dict[str, Mapping[str, Any]] = {}
+    for rec in lines:
+        action = action_of(rec)
+        if action == "command.started":
+            open_starts[event_id_of(rec)] = rec
+        elif action in ("command.finished", "command.abandoned"):
+            open_starts.pop(event_id_of(rec), None)
+    return list(open_starts.values())
