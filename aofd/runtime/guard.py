@@ -1,0 +1,549 @@
+"""The Context guard: every command an agent runs goes through `CommandGuard.run` (effects).
+
+This module owns the order of a command's life and its audit trail (RELIABILITY.md sections
+1.5 and 3.2; DESIGN.md section 2, "guard (context: policy, approval, limits) -> tools -> audit"):
+
+1. `command.requested` is audited (every attempt, even one that does not parse);
+2. the argv is tokenized and the policy evaluated (`aofd.runtime.policy`); a refusal is
+   audited as `command.denied` and returned as a `Denial` whose reason is safe to show;
+3. when the Context's approval rules ask for it, an `ApprovalRequest` is opened, posted to
+   the origin by `approval_requester`, and awaited; `approval.requested`, `approval.granted`,
+   `approval.denied` and `approval.expired` are audited (clicks that do not decide anything,
+   such as a non-approver's, are audited by `decide`);
+4. **the policy is checked again** against the Context as it is *now*
+   (`policy_provider(name)`): a hot swap that tightened it between request and approval wins,
+   and a grant is void if the command it covered would now run differently;
+5. the kubeconfig is checked (exec credential plugins and auth providers must be allow-listed);
+6. `command.started` is written **durable**; if that fails (`AuditUnavailable`) the command
+   does not run and the answer is "audit unavailable";
+7. the command runs (`aofd.runtime.commands`) and `command.finished` records the exit code,
+   duration, timeout, and the output digest and size; the output body only when the Context's
+   `audit.log_responses` (or upstream's `include_payload`) is set.
+
+`admit` applies the Context's rate limits to a whole request (an agent run), auditing
+`ratelimit.exceeded` once per window. Records are ECS-shaped mappings handed to the
+`AuditSink` port; the audit package adds timestamps, sequence numbers and the hash chain.
+This module never imports `aofd.audit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from aofd import errors
+from aofd.runtime import approvals, commands, limits, policy, ports
+
+ApprovalRequester = Callable[[approvals.ApprovalRequest], Awaitable[None]]
+"""Posts the approval prompt (argv rendered with `ApprovalRequest.rendered_argv()`) to its origin."""
+
+PolicyProvider = Callable[[str], policy.GuardPolicy | None]
+"""The policy of a Context *now*, by name (None when no such Context is loaded)."""
+
+AUDIT_UNAVAILABLE = "audit unavailable: the command was not run"
+MAX_AUDITED_OUTPUT = 8 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """One tool call of an agent: the argv (a list, or a string split once), who and where."""
+
+    context_name: str
+    argv: tuple[str, ...] | str
+    run_id: str
+    agent: str
+    user: ports.UserRef
+    origin: ports.ReplyTarget | None = None
+    tool: str = "kubectl"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Denial:
+    """A command that did not run, with a reason that is safe to show the user and the model.
+
+    `stage` is where it stopped: `context`, `syntax`, `policy`, `approval`, `recheck`,
+    `kubeconfig`, `audit`, `limits` or `start`.
+    """
+
+    reason: str
+    rule: str | None
+    stage: str
+    command_id: str = ""
+
+
+def _user(user: ports.UserRef) -> dict[str, str]:
+    out = {"id": user.id}
+    if user.name:
+        out["name"] = user.name
+    if user.domain:
+        out["domain"] = user.domain
+    return out
+
+
+class CommandGuard:
+    """Runs agents' commands under their Context's guardrails; one per daemon.
+
+    Collaborators (keyword-only): `runner` executes vetted argv, `limits` and `approvals` are
+    the daemon-wide registries (state keyed by Context name survives hot swaps), `audit` is the
+    per-Context audit port, `approval_requester` posts approval prompts, and `policy_provider`
+    returns the current policy of a Context by name.
+    """
+
+    def __init__(
+        self,
+        *,
+        runner: commands.CommandRunner,
+        limits: limits.RateLimits,
+        approvals: approvals.ApprovalStore,
+        audit: ports.AuditSink,
+        approval_requester: ApprovalRequester,
+        policy_provider: PolicyProvider,
+    ) -> None:
+        self._runner = runner
+        self._limits = limits
+        self._approvals = approvals
+        self._audit = audit
+        self._request_approval = approval_requester
+        self._policy = policy_provider
+
+    # ------------------------------------------------------------------ records
+
+    def _record(
+        self,
+        action: str,
+        req: CommandRequest,
+        cid: str,
+        *,
+        outcome: str = "success",
+        types: Sequence[str] = (),
+        reason: str | None = None,
+        category: str = "process",
+        pol: policy.GuardPolicy | None = None,
+        verdict: policy.Verdict | None = None,
+        extra: Mapping[str, Any] | None = None,
+        aofd: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "kind": "event",
+            "category": [category],
+            "type": list(types),
+            "action": action,
+            "outcome": outcome,
+            "id": cid,
+        }
+        if reason:
+            event["reason"] = reason
+        record: dict[str, Any] = {
+            "event": event,
+            "user": _user(req.user),
+            "related": {"user": [req.user.id]},
+            "trace": {"id": req.run_id},
+        }
+        body: dict[str, Any] = {
+            "context": req.context_name,
+            "agent": {"name": req.agent, "run_id": req.run_id},
+            "tool": req.tool,
+        }
+        if isinstance(req.argv, str):
+            record["process"] = {"command_line": req.argv}
+        if verdict is not None:
+            run_argv = verdict.exec_argv or verdict.argv
+            args = [str(verdict.executable) if verdict.executable else run_argv[0], *run_argv[1:]]
+            record["process"] = {
+                "executable": args[0],
+                "args": args,
+                "args_count": len(args),
+                "command_line": policy.render_argv(run_argv),
+            }
+            body["decision"] = {"result": "allow" if verdict.allowed else "deny", "rule": verdict.rule}
+            cmd = verdict.command
+            if cmd is not None and cmd.tool in policy.NAMESPACED_TOOLS:
+                orch: dict[str, Any] = {"type": "kubernetes", "namespace": cmd.namespace}
+                if pol is not None and pol.cluster:
+                    orch["cluster"] = {"name": pol.cluster}
+                if cmd.resource:
+                    orch["resource"] = {"type": cmd.resource}
+                if cmd.all_namespaces:
+                    orch["namespace"] = "*"
+                record["orchestrator"] = orch
+        if aofd:
+            body.update(aofd)
+        record["aofd"] = body
+        if extra:
+            record.update(extra)
+        return record
+
+    async def _write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
+        await self._audit.write(context, record, durable=durable)
+
+    async def _deny(
+        self,
+        req: CommandRequest,
+        cid: str,
+        reason: str,
+        rule: str | None,
+        stage: str,
+        *,
+        pol: policy.GuardPolicy | None = None,
+        verdict: policy.Verdict | None = None,
+    ) -> Denial:
+        record = self._record(
+            "command.denied",
+            req,
+            cid,
+            outcome="success",
+            types=["denied"],
+            reason=reason,
+            pol=pol,
+            verdict=verdict,
+            aofd={"decision": {"result": "deny", "rule": rule, "stage": stage}},
+        )
+        await self._write_quietly(req.context_name, record)  # refused either way
+        return Denial(reason, rule, stage, cid)
+
+    # ------------------------------------------------------------------ the command path
+
+    async def run(self, request: CommandRequest) -> commands.CommandResult | Denial:
+        """Check, (maybe) get approval for, audit and run one command. Never raises for bad input."""
+        cid = uuid.uuid4().hex
+        pol = self._policy(request.context_name)
+        if pol is None:
+            return Denial(f"no Context named {request.context_name!r} is loaded", "context", "context", cid)
+        try:
+            await self._write(
+                request.context_name, self._record("command.requested", request, cid, types=["info"])
+            )
+        except errors.AuditUnavailable:
+            return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
+        try:
+            argv = policy.tokenize(request.argv)
+        except errors.PolicyDenied as exc:
+            return await self._deny(request, cid, exc.reason, exc.rule, "syntax", pol=pol)
+        verdict = policy.evaluate(argv, policy=pol, executables=self._runner.executables.paths)
+        if not verdict.allowed:
+            return await self._deny(
+                request, cid, verdict.reason, verdict.rule, "policy", pol=pol, verdict=verdict
+            )
+
+        problem = await asyncio.to_thread(
+            commands.check_kubeconfig, pol.kubeconfig, self._runner.executables.allowed_credential_plugins
+        )
+        if problem is not None:  # checked again at execution; no approver should see a doomed command
+            return await self._deny(
+                request, cid, problem, "kubeconfig", "kubeconfig", pol=pol, verdict=verdict
+            )
+
+        approvers: tuple[ports.UserRef, ...] = ()
+        if verdict.needs_approval:
+            got = await self._approve(request, cid, pol, verdict)
+            if isinstance(got, Denial):
+                return got
+            approvers = got
+
+        # Re-check against the policy as it is now: a reload may have tightened it meanwhile.
+        now = self._policy(request.context_name)
+        if now is None:
+            return await self._deny(
+                request, cid, "the Context was removed", "context", "recheck", verdict=verdict
+            )
+        again = policy.evaluate(argv, policy=now, executables=self._runner.executables.paths)
+        if not again.allowed:
+            reason = f"the Context's policy changed: {again.reason}" if approvers else again.reason
+            return await self._deny(request, cid, reason, again.rule, "recheck", pol=now, verdict=again)
+        if again.needs_approval and not approvers:
+            reason = "the Context now requires approval for this command; ask again"
+            return await self._deny(request, cid, reason, "approval", "recheck", pol=now, verdict=again)
+        if approvers and again.exec_argv != verdict.exec_argv:
+            reason = "the Context changed how this command would run; the approval no longer applies"
+            return await self._deny(request, cid, reason, "approval", "recheck", pol=now, verdict=again)
+
+        problem = await asyncio.to_thread(
+            commands.check_kubeconfig, now.kubeconfig, self._runner.executables.allowed_credential_plugins
+        )
+        if problem is not None:
+            return await self._deny(request, cid, problem, "kubeconfig", "kubeconfig", pol=now, verdict=again)
+        env_problems = commands.env_problems(now.env_map)
+        if env_problems:
+            return await self._deny(request, cid, env_problems[0], "env", "policy", pol=now, verdict=again)
+
+        return await self._execute(request, cid, now, again, approvers)
+
+    async def _execute(
+        self,
+        req: CommandRequest,
+        cid: str,
+        pol: policy.GuardPolicy,
+        verdict: policy.Verdict,
+        approvers: tuple[ports.UserRef, ...],
+    ) -> commands.CommandResult | Denial:
+        approval_info: dict[str, Any] = {"required": verdict.needs_approval}
+        if approvers:
+            approval_info["approvers"] = [_user(u) for u in approvers]
+        started = self._record(
+            "command.started",
+            req,
+            cid,
+            types=["start", "allowed"],
+            reason=verdict.reason,
+            pol=pol,
+            verdict=verdict,
+            aofd={"approval": approval_info},
+            extra={"related": {"user": [req.user.id, *(u.id for u in approvers)]}} if approvers else None,
+        )
+        try:
+            await self._write(req.context_name, started, durable=True)
+        except errors.AuditUnavailable:
+            return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
+
+        time_limit = self._runner.executables.command_timeout
+        if pol.limits.max_execution_time_seconds is not None:
+            time_limit = min(time_limit, float(pol.limits.max_execution_time_seconds))
+        assert verdict.executable is not None  # allowed verdicts always carry it
+        try:
+            result = await self._runner.run(
+                verdict.exec_argv,
+                executable=verdict.executable,
+                pol=pol,
+                run_id=req.run_id,
+                time_limit=time_limit,
+            )
+        except (errors.PolicyDenied, commands.StartFailed) as exc:
+            reason = exc.reason if isinstance(exc, errors.PolicyDenied) else str(exc)
+            record = self._record(
+                "command.finished",
+                req,
+                cid,
+                outcome="failure",
+                types=["end"],
+                reason="start_failed",
+                pol=pol,
+                verdict=verdict,
+                aofd={"error": reason},
+            )
+            await self._write_quietly(req.context_name, record)
+            return Denial(reason, "start", "start", cid)
+
+        failed = result.timed_out or result.exit_code != 0
+        why: str | None = (
+            "timeout" if result.timed_out else (f"exit code {result.exit_code}" if failed else None)
+        )
+        output: dict[str, Any] = {
+            "sha256": result.output_sha256,
+            "bytes": result.output_bytes,
+            "stderr_bytes": result.stderr_bytes,
+        }
+        if pol.log_responses:
+            output["stdout"] = result.stdout[:MAX_AUDITED_OUTPUT]
+            output["stderr"] = result.stderr[:MAX_AUDITED_OUTPUT]
+        finished = self._record(
+            "command.finished",
+            req,
+            cid,
+            outcome="failure" if failed else "success",
+            types=["end"],
+            reason=why,
+            pol=pol,
+            verdict=verdict,
+            aofd={"output": output, "truncated": result.truncated, "timed_out": result.timed_out},
+            extra={"event_duration_ns": int(result.duration_s * 1e9)},
+        )
+        finished["event"]["duration"] = finished.pop("event_duration_ns")
+        finished["process"]["exit_code"] = result.exit_code
+        finished["process"]["working_directory"] = result.cwd
+        # The command already ran: if this write fails, the durable command.started record stands.
+        await self._write_quietly(req.context_name, finished)
+        return result
+
+    # ------------------------------------------------------------------ approvals
+
+    async def _approve(
+        self, req: CommandRequest, cid: str, pol: policy.GuardPolicy, verdict: policy.Verdict
+    ) -> tuple[ports.UserRef, ...] | Denial:
+        rules = pol.approval or policy.ApprovalPolicy()
+        pending = self._approvals.request(
+            context=req.context_name,
+            argv=verdict.exec_argv,
+            run_id=req.run_id,
+            requester=req.user,
+            allowed_users=rules.allowed_users,
+            min_approvers=rules.min_approvers,
+            allow_self_approval=rules.allow_self_approval,
+            timeout_seconds=rules.timeout_seconds,
+            agent=req.agent,
+            rule=verdict.approval_rule,
+            origin=req.origin,
+        )
+        info = {"id": pending.id, "required": True, "rule": verdict.approval_rule}
+
+        def approval_record(action: str, **kw: Any) -> dict[str, Any]:
+            extra_info = kw.pop("info", {})
+            return self._record(
+                action,
+                req,
+                cid,
+                category="iam",
+                pol=pol,
+                verdict=verdict,
+                aofd={"approval": {**info, **extra_info}},
+                **kw,
+            )
+
+        try:
+            await self._write(
+                req.context_name,
+                approval_record(
+                    "approval.requested",
+                    types=["creation"],
+                    info={
+                        "timeout_seconds": rules.timeout_seconds,
+                        "allowed_users": list(rules.allowed_users),
+                    },
+                ),
+            )
+            await self._request_approval(pending)
+        except errors.AuditUnavailable:
+            self._approvals.expire(pending.id, "audit unavailable")
+            return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
+        except Exception as exc:  # the platform failed to post the prompt: nobody can approve
+            self._approvals.expire(pending.id, "prompt failed")
+            return await self._deny(
+                req,
+                cid,
+                f"could not ask for approval: {type(exc).__name__}",
+                "approval",
+                "approval",
+                pol=pol,
+                verdict=verdict,
+            )
+        try:
+            outcome = await self._approvals.wait(pending.id)
+        finally:
+            self._approvals.expire(pending.id, "cancelled")  # no-op unless the run was cancelled
+
+        if outcome.state is approvals.State.GRANTED:
+            ids = [u.id for u in outcome.approvers]
+            record = approval_record(
+                "approval.granted",
+                types=["allowed"],
+                info={"approvers": [_user(u) for u in outcome.approvers]},
+                extra={"related": {"user": [req.user.id, *ids]}},
+            )
+            await self._write_quietly(req.context_name, record)
+            return outcome.approvers
+        if outcome.state is approvals.State.DENIED:
+            denier = outcome.denier
+            record = approval_record(
+                "approval.denied",
+                types=["denied"],
+                reason="denied",
+                info={"denier": _user(denier) if denier else None},
+                extra={"related": {"user": [req.user.id, denier.id]}} if denier else None,
+            )
+            await self._write_quietly(req.context_name, record)
+            who = f" by {denier.id}" if denier else ""
+            return await self._deny(
+                req, cid, f"approval denied{who}", "approval", "approval", pol=pol, verdict=verdict
+            )
+        record = approval_record("approval.expired", types=["end"], outcome="failure", reason=outcome.reason)
+        await self._write_quietly(req.context_name, record)
+        return await self._deny(
+            req,
+            cid,
+            f"approval expired ({outcome.reason}); the command was not run",
+            "approval",
+            "approval",
+            pol=pol,
+            verdict=verdict,
+        )
+
+    async def _write_quietly(self, context: str, record: Mapping[str, Any]) -> None:
+        """Write a record whose loss must not change the outcome (the gate is command.started)."""
+        with contextlib.suppress(errors.AuditUnavailable):
+            await self._write(context, record)
+
+    async def decide(
+        self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
+    ) -> approvals.Decision:
+        """Apply an approver's click (from Slack interactivity, a reaction, a CLI) and audit it.
+
+        Clicks that decide nothing final are audited here: a non-approver's or the requester's
+        attempt as `approval.denied` (the request stays pending), a vote that still needs more
+        approvers as `approval.granted` with `final: false`. The final grant, deny or expiry is
+        audited by the waiting `run`.
+        """
+        decision = self._approvals.decide(request_id, user, approve=approve, action_id=action_id)
+        pending = self._approvals.get(request_id)
+        if pending is None or decision not in (
+            approvals.Decision.NOT_ALLOWED,
+            approvals.Decision.SELF_NOT_ALLOWED,
+            approvals.Decision.PENDING_MORE,
+        ):
+            return decision
+        granted = decision is approvals.Decision.PENDING_MORE
+        record: dict[str, Any] = {
+            "event": {
+                "kind": "event",
+                "category": ["iam"],
+                "type": ["allowed" if granted else "denied"],
+                "action": "approval.granted" if granted else "approval.denied",
+                "outcome": "success" if granted else "failure",
+                "reason": decision.value,
+            },
+            "user": _user(user),
+            "related": {"user": [user.id, pending.requester.id]},
+            "trace": {"id": pending.run_id},
+            "process": {"command_line": pending.rendered_argv()},
+            "aofd": {
+                "context": pending.context,
+                "agent": {"name": pending.agent, "run_id": pending.run_id},
+                "approval": {
+                    "id": request_id,
+                    "final": False,
+                    "approver": _user(user),
+                    "action_id": action_id,
+                },
+            },
+        }
+        await self._write_quietly(pending.context, record)
+        return decision
+
+    # ------------------------------------------------------------------ limits
+
+    async def admit(
+        self, context_name: str, *, user: ports.UserRef, run_id: str, agent: str = ""
+    ) -> limits.Lease | Denial:
+        """Admit one request (an agent run) under the Context's rate limits, or refuse it.
+
+        The first refusal of a window is audited as `ratelimit.exceeded`; the rest are not.
+        """
+        pol = self._policy(context_name)
+        if pol is None:
+            return Denial(f"no Context named {context_name!r} is loaded", "context", "context")
+        got = self._limits.admit(context_name, pol.limits)
+        if isinstance(got, limits.Lease):
+            return got
+        if got.audit:
+            record = {
+                "event": {
+                    "kind": "event",
+                    "category": ["session"],
+                    "type": ["denied"],
+                    "action": "ratelimit.exceeded",
+                    "outcome": "failure",
+                    "reason": got.limit,
+                },
+                "user": _user(user),
+                "related": {"user": [user.id]},
+                "trace": {"id": run_id},
+                "aofd": {
+                    "context": context_name,
+                    "agent": {"name": agent, "run_id": run_id},
+                    "ratelimit": {"limit": got.limit, "retry_after": got.retry_after, "message": got.reason},
+                },
+            }
+            await self._write_quietly(context_name, record)
+        return Denial(got.reason, got.limit, "limits")

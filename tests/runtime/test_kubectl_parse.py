@@ -1,0 +1,151 @@
+"""kubectl argv parsing: flags anywhere, namespaces in every spelling, the closed verb list."""
+
+from __future__ import annotations
+
+import pytest
+
+from aofd import errors
+from aofd.runtime import kubectl
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-n", "prod", "delete", "pod", "x"],
+        ["delete", "-n", "prod", "pod", "x"],
+        ["delete", "pod", "x", "--namespace=prod"],
+        ["delete", "pod", "x", "--namespace", "prod"],
+        ["-nprod", "delete", "pod", "x"],
+        ["-n=prod", "delete", "pod", "x"],
+        ["delete", "pod", "x", "-n", "prod"],
+    ],
+)
+def test_namespace_and_verb_found_in_every_position(args: list[str]) -> None:
+    """Interspersed and glued namespace flags all yield verb `delete` in namespace `prod`."""
+    cmd = kubectl.parse(args, default_namespace="ops")
+    assert (cmd.verb, cmd.resource, cmd.names, cmd.namespace, cmd.namespace_flag) == (
+        "delete",
+        "pod",
+        ("x",),
+        "prod",
+        True,
+    )
+
+
+def test_default_namespace_and_all_namespaces() -> None:
+    """Without a flag the Context's namespace applies, else `default`; `-A` means all."""
+    assert kubectl.parse(["get", "pods"], default_namespace="ops").namespace == "ops"
+    assert kubectl.parse(["get", "pods"]).namespace == "default"
+    assert kubectl.parse(["get", "pods", "-A"]).all_namespaces
+    assert kubectl.parse(["--all-namespaces", "get", "pods"]).all_namespaces
+    assert not kubectl.parse(["get", "pods", "--all-namespaces=false"]).all_namespaces
+
+
+def test_shorthand_cluster_with_namespace() -> None:
+    """`exec -itn prod pod -- sh` is stdin+tty with namespace prod; tokens after `--` are kept apart."""
+    cmd = kubectl.parse(["exec", "-itn", "prod", "web", "--", "sh", "-c", "id"])
+    assert cmd.namespace == "prod"
+    assert ("--stdin", None) in cmd.flags
+    assert ("--tty", None) in cmd.flags
+    assert cmd.positionals == ("web",)
+    assert cmd.after_dashdash == ("sh", "-c", "id")
+    assert cmd.escapes == ("exec",)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--kubeconfig=/tmp/evil", "get", "pods"],
+        ["--kubeconfig", "/tmp/evil", "get", "pods"],
+        ["get", "pods", "--context", "other"],
+        ["--as", "system:admin", "get", "pods"],
+        ["--as-group=system:masters", "get", "pods"],
+        ["-s", "https://x", "get", "pods"],
+        ["get", "pods", "-shttps://x"],
+        ["get", "pods", "--server=https://x"],
+        ["get", "pods", "--token", "abc"],
+        ["get", "pods", "--insecure-skip-tls-verify"],
+        ["get", "pods", "--user=admin"],
+        ["get", "pods", "--cluster=other"],
+        ["get", "pods", "--certificate-authority=/tmp/ca"],
+        ["get", "pods", "--client-key=/tmp/k"],
+        ["get", "pods", "--cache-dir=/tmp/c"],
+        ["get", "pods", "--username=a", "--password=b"],
+        ["get", "pods", "--kuberc=/tmp/rc"],
+    ],
+)
+def test_identity_flags_refused(args: list[str]) -> None:
+    """Flags that change identity or target are refused wherever they appear."""
+    with pytest.raises(errors.PolicyDenied) as info:
+        kubectl.parse(args)
+    assert info.value.rule == "identity-flag"
+
+
+@pytest.mark.parametrize("verb", ["foo", "GET", "Delete", "krew", "ctx"])
+def test_unknown_verbs_refused(verb: str) -> None:
+    """Any verb outside the built-in list (a plugin, a case variant) is refused."""
+    with pytest.raises(errors.PolicyDenied, match="unknown kubectl verb"):
+        kubectl.parse([verb, "pods"])
+
+
+def test_unknown_flag_before_verb_refused() -> None:
+    """An unknown flag before the verb could shift which token kubectl takes as the verb."""
+    with pytest.raises(errors.PolicyDenied, match="before the verb"):
+        kubectl.parse(["--foo", "get", "pods"])
+
+
+def test_missing_value_and_conflicting_namespaces() -> None:
+    """A trailing `-n` and two different namespaces are refused; a bad namespace name too."""
+    with pytest.raises(errors.PolicyDenied, match="needs a value"):
+        kubectl.parse(["get", "pods", "-n"])
+    with pytest.raises(errors.PolicyDenied, match="conflicting namespaces"):
+        kubectl.parse(["-n", "a", "get", "pods", "--namespace=b"])
+    with pytest.raises(errors.PolicyDenied, match="invalid namespace"):
+        kubectl.parse(["-n", "Prod_EU", "get", "pods"])
+
+
+@pytest.mark.parametrize(
+    ("args", "escape"),
+    [
+        (["apply", "-f", "https://evil.example/x.yaml"], "--filename=url"),
+        (["apply", "--filename=http://evil/x.yaml"], "--filename=url"),
+        (["apply", "-f", "-"], "--filename=-"),
+        (["apply", "-k", "dir"], "--kustomize"),
+        (["get", "--raw", "/api/v1/secrets"], "--raw"),
+        (["cp", "a", "b"], "cp"),
+        (["port-forward", "pod/x", "8080"], "port-forward"),
+        (["proxy"], "proxy"),
+        (["debug", "node/x", "--image=busybox"], "debug"),
+        (["edit", "deploy", "x"], "edit"),
+        (["config", "view", "--raw"], "config"),
+        (["create", "token", "admin"], "create token"),
+        (["create", "secret", "generic", "x", "--from-file=/etc/shadow"], "--from-file=host-path"),
+        (["create", "configmap", "x", "--from-file", "k=../../etc/passwd"], "--from-file=host-path"),
+        (["apply", "-f", "/etc/aofd/secrets.yaml"], "--filename=host-path"),
+        (["get", "pods", "-o", "jsonpath-file=/etc/shadow"], "--output=file"),
+        (["auth", "can-i", "get", "pods"], "auth"),
+    ],
+)
+def test_escapes_reported(args: list[str], escape: str) -> None:
+    """Constructs that leave the read/write model are named in `escapes`."""
+    assert escape in kubectl.parse(args).escapes
+
+
+def test_plain_commands_have_no_escapes_and_flags_are_expanded() -> None:
+    """`get -o yaml -l app=x` has no escape, and short flags are stored under their long names."""
+    cmd = kubectl.parse(["get", "pods", "-o", "yaml", "-lapp=x", "--show-labels"])
+    assert cmd.escapes == ()
+    assert ("--output", "yaml") in cmd.flags
+    assert ("--selector", "app=x") in cmd.flags
+    assert ("--show-labels", None) in cmd.flags
+    assert kubectl.parse(["logs", "-f", "web", "-c", "app"]).flags == (
+        ("--follow", None),
+        ("--container", "app"),
+    )
+
+
+def test_subcommands_and_resource_types() -> None:
+    """`rollout restart deploy/x` has sub-command `restart`; aliases and lists are folded."""
+    cmd = kubectl.parse(["rollout", "restart", "deploy/web"])
+    assert (cmd.subcommand, cmd.resource, cmd.resource_types()) == ("restart", "deploy/web", ("deployments",))
+    assert kubectl.canonical_resources("po,svc,deployments.apps") == ("pods", "services", "deployments")
