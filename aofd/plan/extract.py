@@ -1,0 +1,376 @@
+"""What one resource says on its own: its references, its secret-bearing fields, its own checks; pure.
+
+This module owns the per-resource half of building the desired state, which runs once per
+file version (its results are cached with the parsed file by `aofd.plan.desired.ParseCache`):
+
+- `references()`: every by-name reference (Fleet members, Flow agents/fleets/agentRef/context,
+  Workflow steps, Trigger commands, Binding flow/context/trigger/agent/fleet), each with the
+  position of the field that makes it, as written (snake_case or camelCase keys);
+- `secrets()`: the secret-bearing strings where `${VAR}` substitution applies (Context
+  kubeconfig and env values, Trigger tokens and secrets) and nowhere else;
+- `own_issues()`: checks of one resource alone (DNS-1123 name, bidi and zero-width characters
+  in a Context's command patterns);
+- `replace()`: a copy of a frozen model tree with one value replaced (substitution results).
+
+Pure: no I/O, no logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from aofd import errors
+from aofd.resources import documents, ids, snapshot, validation
+from aofd.resources.kinds import base as kinds_base
+from aofd.resources.kinds import trigger as trigger_kind
+
+LoadedResource = kinds_base.LoadedResource
+Kind = ids.Kind
+Loc = tuple[str | int, ...]
+
+BUILTIN_AGENT = "builtin"
+"""Upstream's special Trigger `commands.X.agent` value: the built-in command parser, not a resource."""
+
+_FORMAT_CHARS = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+"""Bidi controls and zero-width characters (Trojan Source, CVE-2021-42574); category Cf is checked too."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reference:
+    """One by-name reference from a field of a resource to another resource.
+
+    `kinds` are the kinds the field may name (the first is the one named in messages);
+    `field` is the field as a user reads it (`spec.nodes[2].config.agent`).
+    """
+
+    field: str
+    name: str
+    kinds: tuple[Kind, ...]
+    line: int
+    col: int
+    hint: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecretField:
+    """A secret-bearing string of a resource: where it is in the model and in the file."""
+
+    attr: tuple[str | int, ...]
+    field: str
+    text: str
+    line: int
+    col: int
+
+
+def spec_of(resource: LoadedResource) -> Any:
+    return getattr(resource.model, "spec", None)
+
+
+def _written(doc_data: object, loc: Sequence[str | int]) -> Loc:
+    """`loc` (snake_case attribute names) as written in the document (snake_case or camelCase keys)."""
+    out: list[str | int] = []
+    node = doc_data
+    for part in loc:
+        if isinstance(part, int) or not isinstance(node, dict):
+            out.append(part)
+            node = (
+                node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+            )
+            continue
+        key = part
+        if part not in node:
+            camel = _camel(part)
+            if camel in node:
+                key = camel
+        out.append(key)
+        node = node.get(key)
+    return tuple(out)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _ref_at(
+    resource: LoadedResource,
+    loc: Sequence[str | int],
+    name: str,
+    kinds: tuple[Kind, ...],
+    *,
+    hint: str = "",
+) -> Reference:
+    written = _written(resource.doc.data, loc)
+    line, col = resource.position(written)
+    return Reference(_dotted(written), name, kinds, line, col, hint)
+
+
+def _name_loc(resource: LoadedResource, loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    """`loc + ("name",)` when the reference is written as `{name: x}`, else `loc` (a bare string)."""
+    written = _written(resource.doc.data, loc)
+    node: object = resource.doc.data
+    for part in written:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return tuple(loc)
+    if isinstance(node, dict) and "name" in node:
+        return (*loc, "name")
+    return tuple(loc)
+
+
+def references(resource: LoadedResource) -> Iterator[Reference]:
+    """Every by-name reference of a resource, pointing at the field that makes it."""
+    spec = spec_of(resource)
+    if spec is None:
+        return
+    kind = resource.kind
+    if kind is Kind.FLEET:
+        for i, member in enumerate(getattr(spec, "agents", ())):
+            if getattr(member, "is_reference", False):
+                yield _ref_at(resource, ("spec", "agents", i, "name"), member.name, (Kind.AGENT,))
+    elif kind is Kind.FLOW:
+        for i, ref in enumerate(getattr(spec, "agents", ())):
+            yield _ref_at(resource, _name_loc(resource, ("spec", "agents", i)), ref.name, (Kind.AGENT,))
+        context = getattr(spec, "context", None)
+        if context is not None and getattr(context, "name", None):
+            yield _ref_at(resource, _name_loc(resource, ("spec", "context")), context.name, (Kind.CONTEXT,))
+        for i, node in enumerate(getattr(spec, "nodes", ())):
+            config = node.config
+            base_loc: Loc = ("spec", "nodes", i, "config")
+            if config.agent:
+                yield _ref_at(resource, (*base_loc, "agent"), config.agent, (Kind.AGENT,))
+            if config.agent_ref is not None:
+                yield _agent_ref(resource, (*base_loc, "agent_ref"), config.agent_ref)
+            if config.fleet:
+                yield _ref_at(resource, (*base_loc, "fleet"), config.fleet, (Kind.FLEET,))
+    elif kind is Kind.WORKFLOW:
+        if getattr(spec, "fleet", None):
+            yield _ref_at(resource, ("spec", "fleet"), spec.fleet, (Kind.FLEET,))
+        for i, step in enumerate(getattr(spec, "steps", ())):
+            if step.agent is not None:
+                yield _agent_ref(resource, ("spec", "steps", i, "agent"), step.agent)
+            for j, branch in enumerate(step.branches):
+                for k, branch_step in enumerate(branch.steps):
+                    if branch_step.agent is not None:
+                        where: Loc = ("spec", "steps", i, "branches", j, "steps", k, "agent")
+                        yield _agent_ref(resource, where, branch_step.agent)
+    elif kind is Kind.TRIGGER:
+        for command, target in getattr(spec, "commands", {}).items():
+            loc: Loc = ("spec", "commands", command)
+            if target.agent and target.agent != BUILTIN_AGENT:
+                yield _ref_at(resource, (*loc, "agent"), target.agent, (Kind.AGENT,))
+            if target.fleet:
+                yield _ref_at(resource, (*loc, "fleet"), target.fleet, (Kind.FLEET,))
+            if target.flow:
+                yield _ref_at(resource, (*loc, "flow"), target.flow, (Kind.FLOW,))
+    elif kind is Kind.BINDING:
+        for attr, ref_kind in (
+            ("flow", Kind.FLOW),
+            ("context", Kind.CONTEXT),
+            ("trigger", Kind.TRIGGER),
+            ("agent", Kind.AGENT),
+            ("fleet", Kind.FLEET),
+        ):
+            ref = getattr(spec, attr, None)
+            if ref is not None:
+                yield _ref_at(resource, _name_loc(resource, ("spec", attr)), ref.name, (ref_kind,))
+
+
+def _agent_ref(resource: LoadedResource, loc: Loc, ref: Any) -> Reference:
+    """An `AgentRef` written as `name`, `{name, kind}` or `{agentRef: {name, kind}}`."""
+    written = _written(resource.doc.data, loc)
+    node: object = resource.doc.data
+    for part in written:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+    if isinstance(node, dict):
+        inner = next((k for k in ("agentRef", "agent_ref") if k in node), None)
+        written = (*written, inner, "name") if inner else (*written, "name")
+    return _ref_at(resource, written, ref.name, (Kind(ref.kind.value),))
+
+
+def wrong_kind_hint(ref: Reference, actual: Kind) -> str:
+    if ref.field.endswith(".agent") and actual is Kind.FLEET:
+        return f"; to run a fleet write `fleet: {ref.name}` (or agentRef with kind: AgentFleet)"
+    if ref.field.endswith(".fleet") and actual is Kind.AGENT:
+        return f"; to run an agent write `agent: {ref.name}`"
+    return ""
+
+
+def article(kind: Kind) -> str:
+    return "an" if kind.value[0] in "AEIOU" else "a"
+
+
+def secrets(resource: LoadedResource) -> Iterator[SecretField]:
+    """The secret-bearing strings of a Context or Trigger: the only places `${VAR}` is substituted."""
+    spec = spec_of(resource)
+    if spec is None:
+        return
+    candidates: list[tuple[tuple[str | int, ...], object]] = []
+    if resource.kind is Kind.CONTEXT:
+        candidates.append((("spec", "kubeconfig"), spec.kubeconfig))
+        connection = getattr(spec, "connection", None)
+        if connection is not None:
+            candidates.append((("spec", "connection", "kubeconfig"), connection.kubeconfig))
+        candidates.extend((("spec", "env", k), v) for k, v in spec.env.items())
+    elif resource.kind is Kind.TRIGGER:
+        config = spec.config
+        for name in trigger_kind.SECRET_FIELDS:
+            value = getattr(config, name, None)
+            if isinstance(value, tuple):
+                candidates.extend((("spec", "config", name, i), v) for i, v in enumerate(value))
+            else:
+                candidates.append((("spec", "config", name), value))
+    for attr, value in candidates:
+        if not isinstance(value, str):
+            continue
+        if "$" not in value:
+            continue
+        written = _written(resource.doc.data, attr)
+        line, col = resource.position(written)
+        yield SecretField(attr, _dotted(written), value, line, col)
+
+
+def replace(obj: Any, attr: Sequence[str | int], value: str) -> Any:
+    """A copy of a frozen model tree with the value at `attr` replaced."""
+    if not attr:
+        return value
+    head, rest = attr[0], attr[1:]
+    if isinstance(obj, BaseModel):
+        assert isinstance(head, str)
+        return obj.model_copy(update={head: replace(getattr(obj, head), rest, value)})
+    if isinstance(obj, tuple):
+        assert isinstance(head, int)
+        items = list(obj)
+        items[head] = replace(items[head], rest, value)
+        return tuple(items)
+    if isinstance(obj, Mapping):
+        copy = dict(obj)
+        copy[head] = replace(copy[head], rest, value)
+        return copy
+    raise TypeError(f"cannot replace {head!r} in {type(obj).__name__}")
+
+
+def own_issues(resource: LoadedResource) -> list[errors.Issue]:
+    """Checks of one resource alone that validation leaves to the planner: name, Context security."""
+    issues = []
+    problem = ids.name_problem(resource.key.name)
+    if problem is not None:
+        written = _written(resource.doc.data, ("metadata", "name"))
+        line, col = resource.position(written)
+        issues.append(
+            errors.Issue(resource.path, line, col, "error", f"{resource.kind.value}: {problem}", "name")
+        )
+    if resource.kind is Kind.CONTEXT:
+        issues.extend(_hidden_characters(resource))
+    return issues
+
+
+def _hidden_characters(resource: LoadedResource) -> Iterator[errors.Issue]:
+    """Bidi controls and zero-width characters in a Context's command patterns are errors."""
+    spec = spec_of(resource)
+    groups: list[tuple[tuple[str, ...], Sequence[str]]] = []
+    approval = getattr(spec, "approval", None)
+    if approval is not None:
+        groups.append((("spec", "approval", "require_for"), approval.require_for))
+        groups.append((("spec", "approval", "allowed_users"), approval.allowed_users))
+    security = getattr(spec, "security", None)
+    if security is not None:
+        groups.extend(
+            (("spec", "security", attr), getattr(security, attr))
+            for attr in ("allowed_commands", "blocked_commands", "allowed_namespaces")
+        )
+    for loc, patterns in groups:
+        for i, pattern in enumerate(patterns):
+            bad = _first_hidden(pattern)
+            if bad is None:
+                continue
+            written = _written(resource.doc.data, (*loc, i))
+            line, col = resource.position(written)
+            name = unicodedata.name(bad, "unnamed")
+            yield errors.Issue(
+                resource.path,
+                line,
+                col,
+                "error",
+                f"{resource.key}: {_dotted(written)} contains U+{ord(bad):04X} ({name}), a bidi or "
+                "zero-width character that can make a pattern read differently from what it matches",
+                "hidden-character",
+            )
+
+
+def _first_hidden(text: str) -> str | None:
+    match = _FORMAT_CHARS.search(text)
+    if match:
+        return match.group()
+    for ch in text:
+        if ord(ch) > 0x7F and unicodedata.category(ch) in ("Cf", "Cc", "Zl", "Zp"):
+            return ch
+    return None
+
+
+# --- one file ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """A validated resource of a file with everything build() derives from it alone."""
+
+    resource: LoadedResource
+    digest: ids.Digest
+    references: tuple[Reference, ...]
+    secrets: tuple[SecretField, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """The resources of one file, and the issues parsing and validating it found."""
+
+    entries: tuple[Entry, ...]
+    issues: tuple[errors.Issue, ...]
+
+
+def parse_file(
+    path: str, content: bytes, *, strict: bool = False, limits: snapshot.Limits = snapshot.DEFAULT_LIMITS
+) -> ParsedFile:
+    """Parse and validate one file, and derive what build() needs from each resource alone."""
+    result = documents.parse(path, content, limits=limits)
+    issues: list[errors.Issue] = list(result.issues)
+    entries: list[Entry] = []
+    for doc in result.documents:
+        validated = validation.validate_document(doc, strict=strict)
+        issues.extend(validated.issues)
+        resource = validated.resource
+        if resource is None:
+            continue
+        own = own_issues(resource)
+        issues.extend(own)
+        if any(i.is_error for i in own):
+            continue
+        entries.append(
+            Entry(
+                resource=resource,
+                digest=kinds_base.digest(resource.model),
+                references=tuple(references(resource)),
+                secrets=tuple(secrets(resource)),
+            )
+        )
+    return ParsedFile(tuple(entries), tuple(issues))
