@@ -140,10 +140,11 @@ async def start_site(app: web.Application, address: str) -> tuple[web.AppRunner,
     host, port = split_hostport(address)
     tcp = web.TCPSite(runner, host, port, reuse_address=True)
     await tcp.start()
-    server = tcp._server  # noqa: SLF001 - aiohttp exposes no public accessor for the bound port
     bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            bound = int(addr[1])
+            break
     return runner, f"{host}:{bound}"
 
 

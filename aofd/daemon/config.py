@@ -64,7 +64,8 @@ def load(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfi
         issue = errors.Issue(display, 1, 1, "error", "the daemon config must be one YAML mapping", "config")
         raise errors.ConfigError(f"{display}: invalid daemon config", (issue,))
     doc = parsed.documents[0]
-    data = _resolve_paths(copy.deepcopy(doc.data), base=path.resolve().parent)
+    raw: dict[str, Any] = copy.deepcopy(doc.data)  # type: ignore[arg-type]  # checked: a mapping
+    data = _resolve_paths(raw, base=path.resolve().parent)
     try:
         config = settings.DaemonConfig.model_validate(data)
     except pydantic.ValidationError as exc:

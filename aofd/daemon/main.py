@@ -28,8 +28,7 @@ from typing import Any
 import structlog
 
 from aofd import __version__, errors, settings
-from aofd.audit import journal
-from aofd.audit import logging as audit_logging
+from aofd.audit import journal, segment
 from aofd.daemon import admin, notify, variables, wiring
 from aofd.daemon import config as config_mod
 from aofd.reconcile import loop, state
@@ -81,7 +80,18 @@ class Daemon:
     async def _run_locked(self) -> int:
         self.store.ensure()
         self.cfg.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self.audit = journal.AuditLog(self.cfg.audit_dir)
+        a = self.cfg.audit
+        self.audit = journal.AuditLog(
+            audit_dir=self.cfg.audit_dir,
+            options=segment.JournalOptions(
+                max_segment_bytes=a.max_segment_bytes,
+                max_segment_age=a.max_segment_age,
+                retention_seconds=a.retention,
+                group_commit_interval=a.group_commit_interval,
+                write_timeout=a.write_timeout,
+                checkpoint_every=a.checkpoint_every,
+            ),
+        )
         await self.audit.open()
         self.notifier.status("loading the last good revision")
         self.sources = [source_runner.build_source(spec, state_dir=self.cfg.state_dir) for spec in self.cfg.sources]
@@ -115,7 +125,6 @@ class Daemon:
             self.endpoints["admin"] = admin_address
             self.endpoints["pid"] = str(os.getpid())
             self.store.save_endpoints(self.endpoints)
-            await self._audit_all("daemon.started")
             restored = self.reconciler.restore()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
@@ -158,6 +167,7 @@ class Daemon:
         await self.reconciler.first_applied.wait()
         applied = self.reconciler.applied
         revision = applied.revision if applied is not None else ""
+        await self._audit_all("daemon.started")
         self.notifier.ready(f"serving revision {revision}")
         log.info("ready", revision=revision, listen=self.endpoints.get("listen"), admin=self.endpoints.get("admin"))
 
@@ -231,7 +241,7 @@ class Daemon:
                 self.notifier.watchdog()
 
     def healthy(self) -> bool:
-        if self.audit is not None and not self.audit.healthy():
+        if self.audit is not None and self.audit.unavailable():
             return False
         return self.runtime is None or self.runtime.healthy()
 

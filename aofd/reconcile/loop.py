@@ -36,6 +36,7 @@ class ApplyOutcome:
     """What the runtime made of a revision: resources it could not run, and why."""
 
     stalled: Mapping[ids.ResourceKey, str] = dataclasses.field(default_factory=dict)
+    reasons: Mapping[ids.ResourceKey, str] = dataclasses.field(default_factory=dict)
 
 
 class Applier(Protocol):
@@ -214,6 +215,7 @@ class Reconciler:
             keys=desired.resources.keys(),
             revision=desired.revision,
             stalled=outcome.stalled,
+            reasons=outcome.reasons,
             previous=self.conditions,
         )
         for name, snap in self._snapshots.items():

@@ -79,6 +79,7 @@ def conditions_after_apply(
     revision: str,
     stalled: Mapping[ids.ResourceKey, str],
     previous: Mapping[ids.ResourceKey, Condition],
+    reasons: Mapping[ids.ResourceKey, str] | None = None,
     now: float | None = None,
 ) -> dict[ids.ResourceKey, Condition]:
     """Conditions for every resource of a freshly applied revision."""
@@ -86,7 +87,8 @@ def conditions_after_apply(
     out: dict[ids.ResourceKey, Condition] = {}
     for key in keys:
         if key in stalled:
-            cond = Condition(Phase.STALLED, "DependencyNotReady", stalled[key], revision, at)
+            reason = (reasons or {}).get(key, "NotRunnable")
+            cond = Condition(Phase.STALLED, reason, stalled[key], revision, at)
         else:
             cond = Condition(Phase.READY, "Applied", f"applied at revision {revision}", revision, at)
         old = previous.get(key)

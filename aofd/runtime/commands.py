@@ -67,7 +67,8 @@ RESERVED_ENV: frozenset[str] = frozenset(
 
 FORBIDDEN_ENV: frozenset[str] = frozenset(
     {
-        "KUBE_EDITOR", "EDITOR", "VISUAL", "PAGER", "BASH_ENV", "ENV", "SHELL", "IFS", "CDPATH",
+        "KUBE_EDITOR", "KUBECTL_EXTERNAL_DIFF", "KUBECTL_PLUGINS_PATH",
+        "EDITOR", "VISUAL", "PAGER", "BASH_ENV", "ENV", "SHELL", "IFS", "CDPATH",
         "GCONV_PATH", "NODE_OPTIONS", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS",
         "GIT_EXEC_PATH", "GIT_CONFIG_GLOBAL", "HELM_PLUGINS", "HELM_POST_RENDERER", "PROMPT_COMMAND",
         "TMPDIR",
@@ -75,8 +76,9 @@ FORBIDDEN_ENV: frozenset[str] = frozenset(
 )  # fmt: skip
 """Variables that make a program run another program or load code."""
 
+# Not "KUBECTL_": the seed's own Contexts set KUBECTL_READONLY, which kubectl ignores; the
+# kubectl variables that run programs are listed by name above.
 _FORBIDDEN_PREFIXES: tuple[str, ...] = (
-    "KUBECTL_",
     "LD_",
     "DYLD_",
     "PYTHON",

@@ -96,7 +96,7 @@ async def test_path_is_never_empty(tmp_path: Path, kubectl_path: Path) -> None:
 
 
 def test_context_env_may_not_override_or_inject() -> None:
-    """A Context env setting PATH, KUBE_EDITOR, LD_PRELOAD or KUBECTL_* is refused."""
+    """A Context env setting PATH, KUBE_EDITOR, LD_PRELOAD or KUBECTL_EXTERNAL_DIFF is refused; the seed's KUBECTL_READONLY is not."""
     problems = commands.env_problems(
         {
             "PATH": "/tmp",
@@ -109,6 +109,7 @@ def test_context_env_may_not_override_or_inject() -> None:
     )
     assert len(problems) == 5
     assert commands.env_problems({"ENVIRONMENT": "production", "HTTPS_PROXY": "http://proxy:3128"}) == []
+    assert commands.env_problems({"KUBECTL_READONLY": "true"}) == []
 
 
 async def test_runner_refuses_bad_context_env(tmp_path: Path, kubectl_path: Path) -> None:

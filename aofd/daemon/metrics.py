@@ -1,0 +1,162 @@
+"""Prometheus metrics for `/metrics`: one registry per daemon, no process-global state.
+
+Reconcile passes are observed as they happen; everything else (listeners, events, runs,
+tokens, approvals, rate-limit refusals, audit latency) is read from the components at
+scrape time through `Samples`, so the runtime and audit packages need not know Prometheus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistogramSample:
+    buckets: Sequence[tuple[float, int]]  # cumulative (le, count), +Inf last
+    total: float
+    count: int
+
+
+@dataclasses.dataclass(slots=True)
+class Samples:
+    """A point-in-time reading of the components, taken at scrape time."""
+
+    applied_revision: str = ""
+    ready: bool = False
+    sources: Mapping[str, Mapping[str, str | float]] = dataclasses.field(default_factory=dict)
+    listeners: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (platform, state)
+    events_received: Mapping[str, int] = dataclasses.field(default_factory=dict)  # platform
+    events_rejected: Mapping[tuple[str, str], int] = dataclasses.field(
+        default_factory=dict
+    )  # (platform, reason)
+    runs: Mapping[str, int] = dataclasses.field(default_factory=dict)  # outcome
+    runs_active: int = 0
+    model_tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)  # input / output
+    approvals_pending: int = 0
+    ratelimit_refusals: Mapping[str, int] = dataclasses.field(default_factory=dict)  # context
+    audit_records: int = 0
+    audit_failures: int = 0
+    audit_durable_latency: HistogramSample | None = None
+    audit_grouped_latency: HistogramSample | None = None
+
+
+class _Pull(Collector):
+    def __init__(self, read: Callable[[], Samples]) -> None:
+        self._read = read
+
+    def collect(
+        self,
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily | InfoMetricFamily]:
+        s = self._read()
+        info = InfoMetricFamily("aofd_applied_revision", "The revision aofd serves", labels=["revision"])
+        info.add_metric([s.applied_revision or ""], {"revision": s.applied_revision or ""})
+        yield info
+        ready = GaugeMetricFamily("aofd_ready", "1 once a revision is applied and listeners are up")
+        ready.add_metric([], 1.0 if s.ready else 0.0)
+        yield ready
+        src_info = GaugeMetricFamily(
+            "aofd_source_revision_info", "Last applied revision per source", labels=["source", "revision"]
+        )
+        src_fail = GaugeMetricFamily(
+            "aofd_source_consecutive_failures", "Failed fetches in a row per source", labels=["source"]
+        )
+        for name, data in sorted(s.sources.items()):
+            src_info.add_metric([name, str(data.get("revision", ""))], 1.0)
+            src_fail.add_metric([name], float(data.get("failures", 0) or 0))
+        yield src_info
+        yield src_fail
+        lst = GaugeMetricFamily(
+            "aofd_listeners", "Trigger listeners by platform and state", labels=["platform", "state"]
+        )
+        for (platform, state), n in sorted(s.listeners.items()):
+            lst.add_metric([platform, state], float(n))
+        yield lst
+        rec = CounterMetricFamily("aofd_events_received", "Events received per platform", labels=["platform"])
+        for platform, n in sorted(s.events_received.items()):
+            rec.add_metric([platform], float(n))
+        yield rec
+        rej = CounterMetricFamily(
+            "aofd_events_rejected", "Events rejected per platform and reason", labels=["platform", "reason"]
+        )
+        for (platform, reason), n in sorted(s.events_rejected.items()):
+            rej.add_metric([platform, reason], float(n))
+        yield rej
+        runs = CounterMetricFamily("aofd_runs", "Flow runs by outcome", labels=["outcome"])
+        for outcome, n in sorted(s.runs.items()):
+            runs.add_metric([outcome], float(n))
+        yield runs
+        active = GaugeMetricFamily("aofd_runs_active", "Flow runs in flight")
+        active.add_metric([], float(s.runs_active))
+        yield active
+        tokens = CounterMetricFamily("aofd_model_tokens", "Model tokens used", labels=["direction"])
+        for direction, n in sorted(s.model_tokens.items()):
+            tokens.add_metric([direction], float(n))
+        yield tokens
+        pending = GaugeMetricFamily("aofd_approvals_pending", "Approval requests waiting for a decision")
+        pending.add_metric([], float(s.approvals_pending))
+        yield pending
+        rl = CounterMetricFamily(
+            "aofd_ratelimit_refusals", "Requests refused by a Context's limits", labels=["context"]
+        )
+        for context, n in sorted(s.ratelimit_refusals.items()):
+            rl.add_metric([context], float(n))
+        yield rl
+        ar = CounterMetricFamily("aofd_audit_records", "Audit records written")
+        ar.add_metric([], float(s.audit_records))
+        yield ar
+        af = CounterMetricFamily("aofd_audit_failures", "Audit writes that failed (fail closed)")
+        af.add_metric([], float(s.audit_failures))
+        yield af
+        for name, sample in (
+            ("aofd_audit_durable_write_seconds", s.audit_durable_latency),
+            ("aofd_audit_grouped_write_seconds", s.audit_grouped_latency),
+        ):
+            if sample is None:
+                continue
+            hist = HistogramMetricFamily(name, "Audit write latency")
+            hist.add_metric(
+                [],
+                buckets=[("+Inf" if b == float("inf") else repr(b), float(c)) for b, c in sample.buckets],
+                sum_value=sample.total,
+            )
+            yield hist
+
+
+class Metrics:
+    """The daemon's registry: pass observations plus the pull collector."""
+
+    def __init__(self, read: Callable[[], Samples]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.passes = Counter(
+            "aofd_reconcile_passes", "Reconcile passes by outcome", ["outcome"], registry=self.registry
+        )
+        self.pass_seconds = Histogram(
+            "aofd_reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "aofd_reconcile_errors", "Errors found in rejected revisions", registry=self.registry
+        )
+        self.registry.register(_Pull(read))
+
+    def observe_pass(self, outcome: str, duration_s: float, errors: int) -> None:
+        self.passes.labels(outcome).inc()
+        self.pass_seconds.observe(duration_s)
+        if errors:
+            self.errors.inc(errors)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

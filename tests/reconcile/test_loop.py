@@ -1,0 +1,218 @@
+"""The reconcile loop with the real planner and a recording applier: transactional passes,
+last good revision kept, status on rejection, restart from the state dir, coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aofd.plan import desired as desired_mod
+from aofd.plan import diff as diff_mod
+from aofd.reconcile import loop, state
+from aofd.resources import ids, snapshot
+
+CONTEXT = """\
+apiVersion: aof.dev/v1
+kind: Context
+metadata: {name: prod}
+spec:
+  namespace: default
+  approval: {required: true, allowed_users: [U1], require_for: [kubectl delete]}
+"""
+AGENT = """\
+apiVersion: aof.dev/v1
+kind: Agent
+metadata: {name: k8s-ops}
+spec:
+  model: anthropic:claude-sonnet-4
+  instructions: You are a Kubernetes ops assistant.
+  tools: [kubectl]
+"""
+FLOW = """\
+apiVersion: aof.dev/v1
+kind: AgentFlow
+metadata: {name: ops-flow}
+spec:
+  agents:
+    - name: k8s-ops
+"""
+TRIGGER = """\
+apiVersion: aof.dev/v1
+kind: Trigger
+metadata: {name: hook}
+spec:
+  type: HTTP
+  config: {webhook_secret: s3cret}
+"""
+BINDING = """\
+apiVersion: aof.dev/v1
+kind: FlowBinding
+metadata: {name: prod-hook}
+spec:
+  flow: {name: ops-flow}
+  context: {name: prod}
+  trigger: {name: hook}
+"""
+
+
+def files(**overrides: str) -> dict[str, str]:
+    base = {
+        "contexts/prod.yaml": CONTEXT,
+        "agents/k8s-ops.yaml": AGENT,
+        "flows/ops.yaml": FLOW,
+        "triggers/hook.yaml": TRIGGER,
+        "bindings/prod.yaml": BINDING,
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v}
+
+
+def snap(contents: Mapping[str, str], name: str = "main") -> snapshot.Snapshot:
+    return snapshot.Snapshot.build(
+        source=name, files={p: snapshot.SourceFile.of(p, t.encode()) for p, t in contents.items()}
+    )
+
+
+class RecordingApplier:
+    """Records what it was asked to apply; can report stalled resources."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, dict[str, int]]] = []
+        self.stalled: dict[ids.ResourceKey, str] = {}
+        self.gate: asyncio.Event | None = None
+
+    async def apply(self, desired: desired_mod.DesiredState, plan: diff_mod.Plan) -> loop.ApplyOutcome:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.applied.append((desired.revision, plan.counts()))
+        return loop.ApplyOutcome(stalled=dict(self.stalled))
+
+
+class RecordingAudit:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
+        self.records.append((context, dict(record)))
+
+
+def make(tmp_path: Path, applier: RecordingApplier | None = None) -> tuple[loop.Reconciler, RecordingApplier, RecordingAudit]:
+    applier = applier or RecordingApplier()
+    audit = RecordingAudit()
+    rec = loop.Reconciler(
+        sources=[loop.SourcePolicy("main", frozenset(ids.Kind))],
+        store=state.StateStore(tmp_path / "state"),
+        applier=applier,
+        audit=audit,
+        variables=dict,
+        allow=("KUBECONFIG*",),
+    )
+    return rec, applier, audit
+
+
+async def test_first_revision_is_applied_and_audited(tmp_path: Path) -> None:
+    """A valid revision is applied, persisted, and `config.applied` lands in its context's log."""
+    rec, applier, audit = make(tmp_path)
+    rec.offer(snap(files()))
+
+    summary = await rec.reconcile_once()
+
+    assert "applied" == summary.outcome
+    assert 5 == summary.created
+    assert 1 == len(applier.applied)
+    assert ["config.applied"] == [r["event"]["action"] for c, r in audit.records if c == "prod"]
+    assert (tmp_path / "state" / state.SNAPSHOT_FILE).exists()
+    binding = ids.ResourceKey.of(ids.Kind.BINDING, "prod-hook")
+    assert "Ready" == rec.conditions[binding].phase.value
+
+
+async def test_broken_revision_keeps_the_last_good_one(tmp_path: Path) -> None:
+    """An invalid revision changes nothing; status names the error at file:line."""
+    rec, applier, audit = make(tmp_path)
+    rec.offer(snap(files()))
+    await rec.reconcile_once()
+    good = rec.applied
+
+    rec.offer(snap(files(**{"bindings/prod.yaml": BINDING.replace("ops-flow", "ops-flwo")})))
+    summary = await rec.reconcile_once()
+
+    assert "rejected" == summary.outcome
+    assert good is rec.applied
+    assert 1 == len(applier.applied)
+    assert any(i.path == "bindings/prod.yaml" and i.line > 0 for i in summary.issues if i.is_error)
+    binding = ids.ResourceKey.of(ids.Kind.BINDING, "prod-hook")
+    assert "NewRevisionRejected" == rec.conditions[binding].reason
+    assert "bindings/prod.yaml:" in rec.conditions[binding].message
+    assert "config.rejected" == audit.records[-1][1]["event"]["action"]
+
+
+async def test_noop_revision_does_not_apply(tmp_path: Path) -> None:
+    """The same content again is a no-op pass: nothing is applied twice."""
+    rec, applier, _ = make(tmp_path)
+    rec.offer(snap(files()))
+    await rec.reconcile_once()
+    rec.offer(snap(files()))
+
+    summary = await rec.reconcile_once()
+
+    assert "unchanged" == summary.outcome
+    assert 1 == len(applier.applied)
+
+
+async def test_restart_restores_the_last_good_snapshot(tmp_path: Path) -> None:
+    """A new reconciler on the same state dir comes up on the persisted revision with no source."""
+    rec, _, _ = make(tmp_path)
+    rec.offer(snap(files()))
+    await rec.reconcile_once()
+    revision = rec.applied.revision if rec.applied else ""
+
+    again, applier, _ = make(tmp_path)
+    assert again.restore()
+    summary = await again.reconcile_once()
+
+    assert "applied" == summary.outcome
+    assert revision == summary.revision
+    assert [] == [c for c in applier.applied[0][1].items() if c[0] in ("create", "update", "delete") and c[1]]
+
+
+async def test_stalled_resources_are_reported(tmp_path: Path) -> None:
+    """A binding the runtime cannot run is Stalled with the runtime's reason."""
+    applier = RecordingApplier()
+    binding = ids.ResourceKey.of(ids.Kind.BINDING, "prod-hook")
+    applier.stalled[binding] = "provider anthropic is not configured"
+    rec, _, _ = make(tmp_path, applier)
+    rec.offer(snap(files()))
+
+    await rec.reconcile_once()
+
+    assert "Stalled" == rec.conditions[binding].phase.value
+    assert "provider anthropic" in rec.conditions[binding].message
+
+
+async def test_triggers_during_a_pass_coalesce_into_one_follow_up(tmp_path: Path) -> None:
+    """Five triggers while a pass runs give exactly one more pass, never a queue."""
+    applier = RecordingApplier()
+    applier.gate = asyncio.Event()
+    rec, _, _ = make(tmp_path, applier)
+    stop = asyncio.Event()
+    task = asyncio.create_task(rec.run(stop=stop))
+    rec.offer(snap(files()))
+    while rec.passes == 0 and not applier.applied:
+        await asyncio.sleep(0.01)
+        if rec._lock.locked():
+            break
+    for i in range(5):
+        rec.offer(snap(files(**{"agents/k8s-ops.yaml": AGENT.replace("assistant", f"assistant {i}")})))
+    applier.gate.set()
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if rec.passes >= 2 and not rec._lock.locked():
+            break
+    await asyncio.sleep(0.05)
+    stop.set()
+    await task
+
+    assert 2 == rec.passes
+    assert 2 == len(applier.applied)
