@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from aofd import __version__
-from aofd.cli import admin_cmds, audit_cmd, graph_cmd, schema_cmd, validate_cmd
+from aofd.cli import admin_cmds, audit_cmd, graph_cmd, run_cmd, schema_cmd, validate_cmd
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (validate_cmd, schema_cmd, graph_cmd, admin_cmds, audit_cmd)
+COMMAND_MODULES: tuple[ModuleType, ...] = (validate_cmd, schema_cmd, graph_cmd, admin_cmds, run_cmd, audit_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

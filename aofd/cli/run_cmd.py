@@ -1,0 +1,165 @@
+"""`aofctl run agent|flow NAME --context CTX -i TEXT [PATH]`: one run, in this process, same engine.
+
+This module owns the direct-execution path of the seed's CLI: load the resources under PATH
+(the daemon's directory walker and planner), resolve the agent or flow and the Context by
+name, and run it with the daemon's engine, command guard and audit log (`--audit-dir`,
+default `./.aofd/audit`). Executables and model settings come from `--config` (a daemon
+config file) and the environment (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`, ...), never
+from a resource. Commands that need an approval are refused here (nobody can click in a
+terminal); the answer says so.
+
+Output: the answer as text (Response-node messages first), or the run record as JSON
+(`-o json`). Exit 0 completed, 1 the run did not complete or the resources are invalid,
+2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aofd import settings
+from aofd.audit import journal
+from aofd.cli import validate_cmd
+from aofd.daemon import config as daemon_config
+from aofd.plan import desired
+from aofd.resources import ids
+from aofd.runtime import agents, approvals, commands, engine, fleets, guard, limits, policy, ports, runs
+from aofd.runtime.providers import registry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("run", help="run an agent or a flow once, here, under a Context")
+    parser.add_argument("kind", choices=("agent", "flow"), help="what to run")
+    parser.add_argument("name", help="the Agent or AgentFlow name")
+    parser.add_argument(
+        "path", nargs="?", default=".", metavar="PATH", help="the resource repo dir (default .)"
+    )
+    parser.add_argument("--context", "-C", required=True, help="the Context to run under")
+    parser.add_argument("-i", "--input", required=True, help="the request text")
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    parser.add_argument("--audit-dir", type=Path, default=Path(".aofd/audit"), help="audit log dir")
+    parser.add_argument("--state-dir", type=Path, default=Path(".aofd"), help="cache and work dirs")
+    parser.add_argument("--config", type=Path, help="a daemon config (executables, models)")
+    parser.set_defaults(func=run)
+
+
+class _Collect:
+    """A Replier that keeps every message of the run (printed at the end)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    async def reply(self, target: ports.ReplyTarget, text: str) -> None:
+        self.messages.append(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = daemon_config.load(args.config) if args.config else settings.DaemonConfig()
+    except Exception as exc:
+        print(f"aofctl run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        views = validate_cmd.load_views([args.path])
+    except validate_cmd.UsageError as exc:
+        print(f"aofctl run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    state = desired.build(
+        views,
+        variables=validate_cmd.environment_variables(allow=cfg.substitution.allow),
+        allow=cfg.substitution.allow,
+    )
+    if not state.ok:
+        for issue in state.errors:
+            print(issue.format(), file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        plan, ctx = build_plan(state, kind=args.kind, name=args.name, context=args.context)
+    except LookupError as exc:
+        print(f"aofctl run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    record, messages = asyncio.run(execute(plan, ctx, text=args.input, cfg=cfg, args=args))
+    if args.output == "json":
+        out = record.as_dict() | {"messages": messages}
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    else:
+        for text in messages:
+            sys.stdout.write(text.rstrip("\n") + "\n")
+    return EXIT_OK if record.status is runs.RunStatus.COMPLETED else EXIT_FAILED
+
+
+def build_plan(
+    state: desired.DesiredState, *, kind: str, name: str, context: str
+) -> tuple[engine.RunPlan, Any]:
+    """The plan for `aofctl run`: every Agent and AgentFleet of the repo is available by name."""
+    ctx = state.get(ids.Kind.CONTEXT, context)
+    if ctx is None:
+        raise LookupError(f"no Context named {context!r} under this path")
+    agent_specs = {r.name: agents.agent_spec(r.name, r.model.spec) for r in state.of_kind(ids.Kind.AGENT)}  # type: ignore[attr-defined]
+    fleet_specs = {
+        r.name: fleets.fleet_spec(r.name, r.model.spec, agent_specs)  # type: ignore[attr-defined]
+        for r in state.of_kind(ids.Kind.FLEET)
+    }
+    view = engine.context_view(ctx.name, ctx.model.spec)  # type: ignore[attr-defined]
+    if kind == "agent":
+        if name not in agent_specs:
+            raise LookupError(f"no Agent named {name!r} under this path")
+        plan = engine.agent_plan(agent_specs[name], view)
+        return engine.RunPlan(plan.binding, plan.flow, agent_specs, fleet_specs, view), ctx
+    flow = state.get(ids.Kind.FLOW, name)
+    if flow is None:
+        raise LookupError(f"no AgentFlow named {name!r} under this path")
+    spec = engine.flow_spec(name, flow.model.spec)  # type: ignore[attr-defined]
+    return engine.RunPlan(f"run-flow-{name}", spec, agent_specs, fleet_specs, view), ctx
+
+
+async def execute(
+    plan: engine.RunPlan, ctx: Any, *, text: str, cfg: settings.DaemonConfig, args: argparse.Namespace
+) -> tuple[runs.RunRecord, list[str]]:
+    """Run `plan` once with the real guard and audit log; returns the record and the messages."""
+    collect = _Collect()
+    store = approvals.ApprovalStore()
+    policies: Mapping[str, policy.GuardPolicy] = {ctx.name: policy.policy_from_context(ctx.model)}
+
+    async def no_approvals(request: approvals.ApprovalRequest) -> None:
+        store.expire(request.id, "aofctl run cannot collect approvals")
+        collect.messages.append(f"approval needed for {request.rendered_argv()}: not available in aofctl run")
+
+    async with journal.AuditLog(audit_dir=args.audit_dir) as audit:
+        runner = commands.CommandRunner(
+            executables=cfg.executables, cache_dir=args.state_dir / "cache", work_dir=args.state_dir / "work"
+        )
+        command_guard = guard.CommandGuard(
+            runner=runner,
+            limits=limits.RateLimits(),
+            approvals=store,
+            audit=audit,
+            approval_requester=no_approvals,
+            policy_provider=policies.get,
+        )
+        providers = registry.Providers(models=cfg.models, environ=dict(os.environ))
+        eng = engine.Engine(
+            providers=providers,
+            commands=command_guard,
+            replier=collect,
+            history=runs.RunHistory(capacity=1),
+            audit=audit,
+            admission=command_guard,
+        )
+        user = ports.UserRef(getpass.getuser(), domain="cli")
+        message = ports.EventMessage(platform="cli", trigger="cli", text=text, user=user, channel_id="cli")
+        try:
+            record = await eng.run(plan, message)
+        finally:
+            await eng.aclose()
+    return record, collect.messages

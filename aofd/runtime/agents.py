@@ -1,0 +1,230 @@
+"""One agent answering one prompt: the model call and the tool-use loop.
+
+This module owns `AgentSpec` (the runtime's frozen view of an Agent, a fleet's inline agent
+or a flow's inline agent), `RunScope` (what one flow run lends its agents: run id,
+Context, user, origin, deadline, the Context's max-tokens cap and the usage tally) and
+`AgentRunner.run`, the loop: call the model with the instructions as system prompt and
+the built-in tools; run each requested tool through the guard (`tools.Toolbox`); feed the
+results back; stop at a final answer or after `max_iterations` model turns. Model errors
+are retried with backoff inside the run's deadline (`base.complete_with_retry`).
+
+It must not read the host environment, put a Context's env values into a prompt, or run
+anything itself: every command goes to the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from aofd.runtime import ports, tools
+from aofd.runtime.providers import base, registry
+
+log = structlog.get_logger()
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """An agent as the runtime needs it, whatever resource it came from."""
+
+    name: str
+    model: str
+    provider: str | None = None
+    instructions: str = ""
+    tools: tuple[Any, ...] = ()
+    max_iterations: int = 10
+    temperature: float | None = 0.7
+    max_tokens: int | None = None
+
+    @property
+    def model_ref(self) -> base.ModelRef:
+        return base.parse_model(self.model, self.provider)
+
+
+def agent_spec(name: str, spec: Any) -> AgentSpec:
+    """An `AgentSpec` from a pydantic spec (Agent, fleet inline, flow inline) or a plain mapping."""
+    data = as_data(spec)
+    return AgentSpec(
+        name=name,
+        model=str(data.get("model") or ""),
+        provider=_opt_str(data.get("provider")),
+        instructions=str(data.get("instructions") or data.get("system_prompt") or ""),
+        tools=tuple(data.get("tools") or ()),
+        max_iterations=int(data.get("max_iterations") or 10),
+        temperature=_opt_float(data.get("temperature", 0.7)),
+        max_tokens=_opt_int(data.get("max_tokens")),
+    )
+
+
+def as_data(obj: Any) -> Mapping[str, Any]:
+    """A pydantic model as its JSON-able snake_case dict; a mapping as itself."""
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return obj
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        data = dump(mode="json", by_alias=True)
+        if isinstance(data, dict):
+            return data
+    raise TypeError(f"cannot read {type(obj).__name__} as a mapping")
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclasses.dataclass(slots=True)
+class RunScope:
+    """What one flow run lends its agents. `usage` and `model_calls` are tallied in place.
+
+    `deadline` is event-loop time (`loop.time()`); None means no deadline.
+    """
+
+    run_id: str
+    context_name: str
+    user: ports.UserRef
+    origin: ports.ReplyTarget
+    deadline: float | None = None
+    max_tokens_cap: int | None = None
+    usage: base.Usage = dataclasses.field(default_factory=base.Usage)
+    model_calls: int = 0
+    tool_calls: int = 0
+    approvers: tuple[str, ...] = ()
+
+    def call_context(self, agent: str) -> tools.CallContext:
+        return tools.CallContext(
+            run_id=self.run_id,
+            context_name=self.context_name,
+            agent=agent,
+            user=self.user,
+            origin=self.origin,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentResult:
+    agent: str
+    text: str
+    usage: base.Usage
+    iterations: int
+    tool_calls: int
+    stop_reason: str
+    unknown_tools: tuple[str, ...] = ()
+
+
+class AgentFailed(Exception):
+    """The agent could not produce an answer (model error after retries, unknown provider)."""
+
+
+class AgentRunner:
+    """Runs agents for every flow run of one engine (stateless between calls)."""
+
+    def __init__(
+        self,
+        *,
+        providers: registry.Providers,
+        toolbox: tools.Toolbox,
+        retry: base.RetryPolicy,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._providers = providers
+        self._toolbox = toolbox
+        self._retry = retry
+        self._clock = clock
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def max_tokens(self, agent: AgentSpec, scope: RunScope) -> int:
+        """The agent's `max_tokens` (default 4096), capped by `limits.max_tokens_per_request`."""
+        wanted = agent.max_tokens or DEFAULT_MAX_TOKENS
+        if scope.max_tokens_cap is not None:
+            return max(1, min(wanted, scope.max_tokens_cap))
+        return wanted
+
+    async def run(self, agent: AgentSpec, prompt: str, scope: RunScope) -> AgentResult:
+        """Answer `prompt` as `agent`, using its tools through the guard. Raises `AgentFailed`."""
+        ref = agent.model_ref
+        problem = self._providers.problem(agent.model, agent.provider)
+        if problem:
+            raise AgentFailed(f"agent {agent.name}: {problem}")
+        try:
+            provider = self._providers.get(ref.provider)
+        except base.ModelError as exc:
+            raise AgentFailed(f"agent {agent.name}: {exc}") from exc
+        offered, unknown = tools.resolve(agent.tools)
+        by_name = {t.name: t for t in offered}
+        for alias in ("bash", "sh"):
+            if "shell" in by_name:
+                by_name.setdefault(alias, by_name["shell"])
+        if "http" in by_name:
+            by_name.setdefault("http_request", by_name["http"])
+        messages: list[base.Message] = [base.Message("user", prompt)]
+        usage = base.Usage()
+        calls = 0
+        text = ""
+        stop = ""
+        max_tokens = self.max_tokens(agent, scope)
+        ctx = scope.call_context(agent.name)
+        for iteration in range(1, max(1, agent.max_iterations) + 1):
+            request = base.ModelRequest(
+                model=ref.model,
+                messages=tuple(messages),
+                system=agent.instructions,
+                tools=tuple(t.schema for t in offered),
+                max_tokens=max_tokens,
+                temperature=agent.temperature,
+            )
+            try:
+                response = await base.complete_with_retry(
+                    provider, request, policy=self._retry, deadline=scope.deadline, clock=self._now
+                )
+            except base.ModelError as exc:
+                raise AgentFailed(f"agent {agent.name} ({ref}): {exc}") from exc
+            scope.model_calls += 1
+            usage = usage + response.usage
+            scope.usage = scope.usage + response.usage
+            text = response.text
+            stop = response.stop_reason
+            if not response.tool_calls:
+                return AgentResult(agent.name, text, usage, iteration, calls, stop or "end_turn", unknown)
+            messages.append(base.Message("assistant", response.text, tool_calls=response.tool_calls))
+            results: list[base.ToolResult] = []
+            for call in response.tool_calls:
+                calls += 1
+                scope.tool_calls += 1
+                tool = by_name.get(call.name)
+                if tool is None:
+                    output = tools.ToolOutput(f"unknown tool {call.name!r}", is_error=True)
+                else:
+                    output = await self._toolbox.call(tool, call.arguments, ctx)
+                log.debug(
+                    "agent.tool", run_id=scope.run_id, agent=agent.name, tool=call.name, error=output.is_error
+                )
+                results.append(base.ToolResult(call.id, call.name, output.text, output.is_error))
+            messages.append(base.Message("user", tool_results=tuple(results)))
+        note = f"(agent {agent.name} stopped after {agent.max_iterations} model turns without a final answer)"
+        return AgentResult(
+            agent.name,
+            f"{text}\n\n{note}".strip(),
+            usage,
+            agent.max_iterations,
+            calls,
+            "max_iterations",
+            unknown,
+        )

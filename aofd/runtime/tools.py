@@ -1,0 +1,282 @@
+"""The built-in tools agents may call, each one a request to the Context's command guard.
+
+This module owns the tool catalogue offered to models and the translation of a tool call
+into a `CommandRequest(context_name, argv, run_id, agent, user, origin, tool)`:
+
+- `kubectl` (and upstream's unified CLI tools `helm`, `git`, `docker`, `terraform`, `aws`):
+  the model gives `{"args": ["get", "pods", "-n", "x"]}`; a `command` string is accepted too
+  and split once with shlex (`policy.tokenize`), and that same list is what the guard checks
+  and runs. A leading tool name (`kubectl get pods`) is dropped, not doubled.
+- `shell` (upstream aliases `bash`, `sh`): a full argv (`{"args": ["df", "-h"]}`); never
+  `sh -c`. The guard refuses interpreters and wrappers as argv[0].
+- `http` (upstream alias `http_request`): `{"method", "url", "headers", "body"}` becomes a
+  `curl` argv (`--proto =http,https`, no redirects, size and time caps) run through the same
+  guard, so policy, approvals, rate limits and audit apply to it like to any command.
+
+It must not run a subprocess or touch the environment: the guard (`CommandRunner`) builds
+the child's environment from scratch per Context and runs it. Policy refusals come back
+to the model as an error tool result it can read; they never crash the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from aofd import errors
+from aofd.runtime import guard, policy, ports
+from aofd.runtime.providers import base
+
+MAX_TOOL_OUTPUT = 16_000
+"""Characters of a command's output returned to the model (the head is kept, the rest noted)."""
+
+
+CommandRequest = guard.CommandRequest
+"""The guard's request type (context_name, argv, run_id, agent, user, origin, tool)."""
+
+
+class CommandRunner(Protocol):
+    """The Context's command guard (`aofd.runtime.guard.CommandGuard`): policy, approval, audit, exec.
+
+    The result is a `commands.CommandResult` (exit_code, stdout, stderr, timed_out) or a
+    `guard.Denial` (reason, stage) when the command did not run.
+    """
+
+    async def run(self, request: guard.CommandRequest) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who is calling a tool: the run, its Context, the agent, the user and the origin."""
+
+    run_id: str
+    context_name: str
+    agent: str
+    user: ports.UserRef
+    origin: ports.ReplyTarget
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolOutput:
+    text: str
+    is_error: bool = False
+
+
+_ARGV_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "args": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The arguments as a list, one token per element (no shell quoting).",
+        },
+        "command": {
+            "type": "string",
+            "description": "Alternatively the arguments as one string; it is split once, like a shell would, "
+            "but no shell runs: pipes, redirects and ';' are refused.",
+        },
+    },
+}
+
+_HTTP_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]},
+        "url": {"type": "string", "description": "An http:// or https:// URL."},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "body": {"type": "string"},
+    },
+    "required": ["url"],
+}
+
+CLI_TOOLS: Mapping[str, str] = {
+    "kubectl": "Run kubectl against this environment's cluster (kubeconfig and namespace are set for you). "
+    'Give the arguments after "kubectl", e.g. {"args": ["get", "pods"]}.',
+    "helm": 'Run helm against this environment\'s cluster. Give the arguments after "helm".',
+    "git": 'Run git. Give the arguments after "git".',
+    "docker": 'Run docker. Give the arguments after "docker".',
+    "terraform": 'Run terraform. Give the arguments after "terraform".',
+    "aws": 'Run the aws CLI. Give the arguments after "aws".',
+}
+SHELL_ALIASES = frozenset({"shell", "bash", "sh"})
+HTTP_ALIASES = frozenset({"http", "http_request"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tool:
+    """A built-in tool: the schema shown to the model and the kind of argv it builds."""
+
+    name: str
+    kind: str  # "cli", "shell" or "http"
+    schema: base.ToolSchema
+
+
+def builtin(name: str) -> Tool | None:
+    """The built-in tool called `name` (upstream names accepted), or None."""
+    key = name.strip().lower()
+    if key in CLI_TOOLS:
+        return Tool(key, "cli", base.ToolSchema(key, CLI_TOOLS[key], _ARGV_SCHEMA))
+    if key in SHELL_ALIASES:
+        description = (
+            "Run one program with arguments in this environment (no shell: pipes, redirects, ';' and "
+            'interpreters are refused). Give the full argv, e.g. {"args": ["df", "-h"]}.'
+        )
+        return Tool("shell", "shell", base.ToolSchema("shell", description, _ARGV_SCHEMA))
+    if key in HTTP_ALIASES:
+        description = (
+            "Make one HTTP request (http/https only, redirects not followed) and return the response."
+        )
+        return Tool("http", "http", base.ToolSchema("http", description, _HTTP_SCHEMA))
+    return None
+
+
+def tool_names(specs: Sequence[Any]) -> list[str]:
+    """Tool names from an agent's `tools` (names, `{name: ...}` or `{type: Shell|HTTP}`)."""
+    names: list[str] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            names.append(spec)
+        elif isinstance(spec, Mapping):
+            if spec.get("name"):
+                if spec.get("enabled", True) is not False:
+                    names.append(str(spec["name"]))
+            elif spec.get("type"):
+                kind = str(spec["type"]).lower()
+                names.append({"shell": "shell", "http": "http"}.get(kind, f"{kind}:unsupported"))
+    return names
+
+
+def resolve(specs: Sequence[Any]) -> tuple[tuple[Tool, ...], tuple[str, ...]]:
+    """The built-in tools an agent's `tools` name, and the names aofd has no built-in for."""
+    found: dict[str, Tool] = {}
+    unknown: list[str] = []
+    for name in tool_names(specs):
+        tool = builtin(name)
+        if tool is None:
+            unknown.append(name)
+        else:
+            found.setdefault(tool.name, tool)
+    return tuple(found.values()), tuple(unknown)
+
+
+def argv_for(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...]:
+    """The argv a tool call means. Raises `errors.PolicyDenied` for malformed input."""
+    if tool.kind == "http":
+        return _http_argv(arguments)
+    raw = arguments.get("args")
+    if raw is None:
+        raw = arguments.get("argv")
+    if raw is None and "command" in arguments:
+        raw = arguments["command"]
+    if raw is None:
+        raise errors.PolicyDenied(f'{tool.name}: give the arguments as {{"args": [...]}}', rule="syntax")
+    if isinstance(raw, str):
+        tokens = policy.tokenize(raw)
+    elif isinstance(raw, list | tuple) and all(isinstance(t, str) for t in raw):
+        tokens = policy.tokenize(list(raw)) if raw else ()
+    else:
+        raise errors.PolicyDenied(f"{tool.name}: args must be a list of strings", rule="syntax")
+    if tool.kind == "cli":
+        if tokens and tokens[0] == tool.name:
+            tokens = tokens[1:]
+        return (tool.name, *tokens)
+    if not tokens:
+        raise errors.PolicyDenied("shell: empty command", rule="syntax")
+    return tokens
+
+
+def _http_argv(arguments: Mapping[str, Any]) -> tuple[str, ...]:
+    url = str(arguments.get("url", ""))
+    if not url.startswith(("http://", "https://")):
+        raise errors.PolicyDenied("http: url must start with http:// or https://", rule="http")
+    method = str(arguments.get("method", "GET")).upper()
+    if method not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}:
+        raise errors.PolicyDenied(f"http: method {method} is not allowed", rule="http")
+    argv = ["curl", "--silent", "--show-error", "--proto", "=http,https", "--max-time", "30"]
+    argv += ["--max-filesize", "1048576", "--include", "--request", method]
+    headers = arguments.get("headers") or {}
+    if isinstance(headers, Mapping):
+        for key, value in headers.items():
+            argv += ["--header", f"{key}: {value}"]
+    body = arguments.get("body")
+    if body is not None:
+        argv += ["--data-raw", body if isinstance(body, str) else json.dumps(body)]
+    argv += ["--", url]
+    policy.check_tokens(argv)
+    return tuple(argv)
+
+
+class Toolbox:
+    """Runs tool calls through the guard; one per engine, shared by all runs (no per-run state)."""
+
+    def __init__(self, *, runner: CommandRunner) -> None:
+        self._runner = runner
+
+    async def call(self, tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> ToolOutput:
+        """Run one tool call; refusals and failures become an error `ToolOutput`, never an exception."""
+        try:
+            argv = argv_for(tool, arguments)
+            result = await self.run(argv, ctx, tool=tool.name)
+        except errors.PolicyDenied as exc:
+            return ToolOutput(f"refused by the environment's policy: {exc.reason}", is_error=True)
+        except errors.AuditUnavailable as exc:
+            return ToolOutput(f"not run: the audit log is unavailable ({exc})", is_error=True)
+        except errors.AofdError as exc:
+            return ToolOutput(f"not run: {exc}", is_error=True)
+        if isinstance(result, guard.Denial):
+            return ToolOutput(f"not run ({result.stage}): {result.reason}", is_error=True)
+        return format_result(result)
+
+    async def run(self, argv: Sequence[str], ctx: CallContext, *, tool: str) -> Any:
+        """Send one argv to the guard (also used by Script nodes); errors propagate."""
+        request = CommandRequest(
+            context_name=ctx.context_name,
+            argv=tuple(argv),
+            run_id=ctx.run_id,
+            agent=ctx.agent,
+            user=ctx.user,
+            origin=ctx.origin,
+            tool=tool,
+        )
+        return await self._runner.run(request)
+
+
+def exit_code(result: Any) -> int:
+    """The exit code of a guard result (-1 when it timed out or has none)."""
+    if getattr(result, "timed_out", False):
+        return -1
+    for name in ("exit_code", "returncode"):
+        value = getattr(result, name, None)
+        if isinstance(value, int):
+            return value
+    return -1 if getattr(result, "exit_code", 0) is None else 0
+
+
+def text_of(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def stdout_of(result: Any) -> str:
+    return text_of(getattr(result, "stdout", None) if not isinstance(result, str) else result)
+
+
+def format_result(result: Any) -> ToolOutput:
+    """A guard result as the text a model reads: stdout, stderr and a non-zero exit code."""
+    code = exit_code(result)
+    out = stdout_of(result)
+    err = text_of(getattr(result, "stderr", None))
+    parts = [out.rstrip("\n")] if out else []
+    if err.strip():
+        parts.append(f"[stderr]\n{err.rstrip()}")
+    if getattr(result, "timed_out", False):
+        parts.append("[timed out: the command was stopped]")
+    elif code != 0:
+        parts.append(f"[exit code {code}]")
+    text = "\n".join(parts) or "(no output)"
+    if len(text) > MAX_TOOL_OUTPUT:
+        text = text[:MAX_TOOL_OUTPUT] + f"\n[output truncated: {len(text) - MAX_TOOL_OUTPUT} more characters]"
+    return ToolOutput(text, is_error=code != 0)

@@ -1,0 +1,161 @@
+"""Provider checks at apply time (Stalled reasons), model strings, retries, and the run supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from aofd import settings
+from aofd.runtime import runs, starter
+from aofd.runtime.providers import base, google, registry
+from tests.runtime.engine.conftest import EngineFactory, RecordingReplier, message
+from tests.runtime.fakes_models import resources as res
+from tests.runtime.fakes_models.scripted import ScriptedProvider
+
+
+def test_missing_google_package_names_the_extra() -> None:
+    """`google:` without google-genai installed is a Stalled reason naming the extra aofd[google]."""
+    problem = registry.provider_problem(
+        "google:gemini-2.5-flash",
+        settings.ModelsSpec(),
+        environ={"GOOGLE_API_KEY": "k"},
+        available=lambda m: m != "google.genai",
+    )
+    assert problem == "provider google needs the google-genai package: pip install 'aofd[google]'"
+    if not registry.module_available("google.genai"):  # this machine: really not installed
+        assert (
+            registry.provider_problem(
+                "google:gemini-2.5-flash", settings.ModelsSpec(), environ={"GOOGLE_API_KEY": "k"}
+            )
+            == problem
+        )
+        with pytest.raises(base.ModelError, match=r"aofd\[google\]"):
+            google.GoogleProvider(api_key="k", timeout=1.0)
+
+
+def test_missing_openai_package_and_unconfigured_providers(tmp_path: Path) -> None:
+    """openai-compatible providers need the openai extra and a base URL; anthropic needs a key or base URL."""
+    absent = registry.provider_problem(
+        "openai:gpt-4o", settings.ModelsSpec(), environ={"OPENAI_API_KEY": "k"}, available=lambda m: False
+    )
+    assert absent == "provider openai needs the openai package: pip install 'aofd[openai]'"
+    assert "needs models.openai_base_url" in (
+        registry.provider_problem("ollama:llama3", settings.ModelsSpec(), environ={}) or ""
+    )
+    assert "not configured" in (
+        registry.provider_problem("claude-sonnet-4", settings.ModelsSpec(), environ={}) or ""
+    )
+    key = tmp_path / "key"
+    key.write_text("sk-file\n")
+    assert (
+        registry.provider_problem(
+            "claude-sonnet-4", settings.ModelsSpec(anthropic_api_key_file=key), environ={}
+        )
+        is None
+    )
+    assert "not supported" in (
+        registry.provider_problem("bedrock:titan", settings.ModelsSpec(), environ={}) or ""
+    )
+
+
+def test_binding_with_uninstalled_provider_has_a_stall_reason(make_engine: EngineFactory) -> None:
+    """Engine.problems lists provider problems of every model a binding reaches (Stalled reasons)."""
+    eng = make_engine()
+    fleet = res.fleet("f", agents=[{"name": "g", "spec": {"model": "google:gemini-2.5-flash"}}])
+    flow = res.flow("fl", nodes=[{"id": "n", "type": "Fleet", "config": {"fleet": "f"}}])
+    plan = eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow, fleets=[fleet]))
+    problems = eng.problems(plan)
+    if not registry.module_available("google.genai"):
+        assert problems == ["provider google needs the google-genai package: pip install 'aofd[google]'"]
+
+
+def test_model_strings_parse() -> None:
+    """Bare names default to anthropic; prefixes and `provider:` choose the provider."""
+    assert base.parse_model("claude-sonnet-4") == base.ModelRef("anthropic", "claude-sonnet-4")
+    assert base.parse_model("google:gemini-2.5-flash") == base.ModelRef("google", "gemini-2.5-flash")
+    assert base.parse_model("llama3:8b", "ollama") == base.ModelRef("ollama", "llama3:8b")
+    assert base.parse_model("gpt:4o") == base.ModelRef("openai", "4o")
+
+
+async def test_retries_stop_at_the_deadline() -> None:
+    """No retry starts when its backoff would end after the run's deadline."""
+
+    class Busy:
+        name = "anthropic"
+        calls = 0
+
+        async def complete(self, request: base.ModelRequest) -> base.ModelResponse:
+            Busy.calls += 1
+            raise base.ModelError("busy", provider="anthropic", retryable=True, status=529, retry_after=5.0)
+
+        async def aclose(self) -> None:
+            return None
+
+    loop = asyncio.get_running_loop()
+    with pytest.raises(base.ModelError, match="no time left"):
+        await base.complete_with_retry(
+            Busy(),
+            base.ModelRequest("m", ()),
+            policy=base.RetryPolicy(),
+            deadline=loop.time() + 1.0,
+            clock=loop.time,
+        )
+    assert Busy.calls == 1
+
+
+async def test_starter_returns_at_once_and_drains(
+    make_engine: EngineFactory, replier: RecordingReplier
+) -> None:
+    """start() returns at once; drain cancels runs past the grace period and records it."""
+    release = asyncio.Event()
+
+    async def slow(_r: base.ModelRequest) -> str:
+        raise AssertionError("unused")
+
+    provider = ScriptedProvider(lambda r: "done", delays={"slow": 5.0, "fast": 0.0})
+    eng = make_engine(factories={"anthropic": lambda: provider})
+    sup = starter.FlowStarter(engine=eng, grace=0.2)
+    fast = res.bind("fast-b", ctx=res.context("prod"), agent_res=res.agent("fast", model="anthropic:fast"))
+    slow_b = res.bind("slow-b", ctx=res.context("prod"), agent_res=res.agent("slow", model="anthropic:slow"))
+    fast_id = sup.start(fast, message("q"))
+    slow_id = sup.start(slow_b, message("q"))
+    assert sup.running == 2
+    assert eng.history.get(slow_id)["status"] == "running"
+    done = await sup.wait(fast_id)
+    assert done is not None
+    assert done.status is runs.RunStatus.COMPLETED
+    await sup.drain()
+    assert sup.running == 0
+    cancelled = eng.history.get(slow_id)
+    assert cancelled is not None
+    assert cancelled["status"] == "cancelled"
+    assert any("was cancelled" in t for t in replier.texts())
+    with pytest.raises(starter.NotAccepting):
+        sup.start(fast, message("late"))
+    release.set()
+
+
+async def test_run_keeps_its_binding_snapshot(make_engine: EngineFactory) -> None:
+    """A run started on a binding keeps that binding's agent even if a newer binding changes it mid-run."""
+    provider = ScriptedProvider(lambda r: r.system, delays={"m": 0.05})
+    eng = make_engine(factories={"anthropic": lambda: provider})
+    sup = starter.FlowStarter(engine=eng)
+    old = res.bind(
+        "b",
+        ctx=res.context("prod"),
+        agent_res=res.agent("a", model="anthropic:m", instructions="v1"),
+        digest="d1",
+    )
+    new = res.bind(
+        "b",
+        ctx=res.context("prod"),
+        agent_res=res.agent("a", model="anthropic:m", instructions="v2"),
+        digest="d2",
+    )
+    first = sup.start(old, message("q"))
+    second = sup.start(new, message("q"))
+    records = [await sup.wait(first), await sup.wait(second)]
+    assert [r.answer for r in records if r is not None] == ["v1", "v2"]
+    await sup.drain()
