@@ -1,0 +1,387 @@
+"""Read a local directory tree into an immutable `Snapshot` (directory sources, `aofctl validate`).
+
+Owns the walk of a local tree and the safety rules for reading it (GITOPS-ANCHORS.md
+section 5.2, RELIABILITY.md section 4.2):
+
+- `os.scandir` without following symlinks; hidden names (`.git/`, `.aofd/`, dot files) and
+  editor temp files are skipped before their type is looked at;
+- symlinks, devices, FIFOs and sockets are refused as issues, their contents never read;
+- caps (file size, file count, total bytes) are checked from `stat` before reading;
+- files are opened with `O_NOFOLLOW` and read-then-confirmed: `stat` before and `fstat`
+  after must agree on inode, size and mtime, else the file is read again (a few times, then
+  an issue); files that are new or changed since `previous` (all files when there is no
+  `previous`) are stat'ed again after one 50 ms pause for the whole tree, and re-read if
+  they changed, so an editor's partial write never yields a half-read snapshot.
+  Limit: a writer that stalls for longer than the pause in the middle of an in-place write
+  can still be read half-written; the next change event then produces the whole file.
+
+The revision is a content digest of the files (and of the issues, so a new symlink is a new
+revision). A file whose content is unchanged is handed over as the previous snapshot's
+`SourceFile` object (identity), so the parse cache reuses it; with a `StatCache`, a file
+whose stat (size, mtime, inode) did not change is not even re-read.
+
+Must not: follow a symlink, read outside `root`, import third-party I/O libraries, use asyncio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import stat
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from aofd.errors import Issue, SourceError
+from aofd.resources import snapshot
+from aofd.resources.ids import Revision
+from aofd.source import rules
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_READ_ATTEMPTS = 5
+# A file modified this recently may still be being written (in place, chunk by chunk, with
+# pauses shorter than a timestamp tick): such files are re-checked after `_SETTLE_S`.
+_RECENT_NS = 100_000_000
+_SETTLE_S = 0.05
+# A stat entry is trusted only for files last modified this long before they were read:
+# filesystem timestamps are coarse, so a same-size rewrite within one tick would otherwise
+# be invisible ("racy git").
+_RACY_NS = 2_000_000_000
+
+
+class StatKey(NamedTuple):
+    """What must be equal for a file to count as unchanged without reading it.
+
+    A NamedTuple rather than a frozen dataclass: four are built per file, and tuples are
+    several times cheaper to construct and compare.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> StatKey:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class StatCache:
+    """`path -> (StatKey, SourceFile)` from the previous read of one tree.
+
+    Owned by exactly one reader (a `DirectorySource`); `read_tree` replaces its contents on
+    every call. Not thread-safe: reads of one tree never overlap.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[StatKey, snapshot.SourceFile]] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclasses.dataclass(slots=True)
+class _Walk:
+    """Mutable state of one `read_tree` call."""
+
+    root: Path
+    display_root: str
+    budget: rules.Budget
+    previous: snapshot.Snapshot | None
+    old_cache: dict[str, tuple[StatKey, snapshot.SourceFile]]
+    new_cache: dict[str, tuple[StatKey, snapshot.SourceFile]]
+    now_ns: int
+    files: dict[str, snapshot.SourceFile] = dataclasses.field(default_factory=dict)
+    issues: list[Issue] = dataclasses.field(default_factory=list)
+    recent: dict[str, tuple[str, StatKey]] = dataclasses.field(default_factory=dict)
+    reads: int = 0
+
+    def display(self, rel: str) -> str:
+        return f"{self.display_root.rstrip('/')}/{rel}" if self.display_root else rel
+
+
+def read_tree(
+    root: Path,
+    *,
+    subpath: str = ".",
+    limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
+    previous: snapshot.Snapshot | None = None,
+    source_name: str = "directory",
+    stat_cache: StatCache | None = None,
+    display_root: str | None = None,
+) -> snapshot.Snapshot:
+    """Read every candidate resource file under `root/subpath` into a `Snapshot`.
+
+    Args:
+        root: the source's directory (it may itself be reached through a symlink; nothing
+            below it is).
+        subpath: a relative folder under `root`; no `..`, no symlinked components.
+        limits: the content caps; exceeding one is an issue, never an exception.
+        previous: the last snapshot of this tree; unchanged files are handed over as its
+            `SourceFile` objects.
+        source_name: the `Snapshot.source` name.
+        stat_cache: if given, files whose stat did not change since the cached read are not
+            re-read; the cache is refreshed in place.
+        display_root: prefix for paths shown to users (default: `root`).
+
+    Returns:
+        The snapshot: files keyed by POSIX path relative to `root`, plus issues. Issue paths
+        are display paths (`display_root/rel`).
+
+    Raises:
+        SourceError: `root` or `subpath` does not exist or is not a readable directory.
+    """
+    root = Path(root)
+    shown = str(root) if display_root is None else display_root
+    start, prefix = _resolve_subpath(root, subpath)
+    walk = _Walk(
+        root=root,
+        display_root=shown,
+        budget=rules.Budget(limits),
+        previous=previous,
+        old_cache=stat_cache.entries if stat_cache is not None else {},
+        new_cache={},
+        now_ns=time.time_ns(),
+    )
+    _walk_dir(walk, start, prefix, top=True)
+    _settle(walk)
+    if stat_cache is not None:
+        stat_cache.entries = walk.new_cache
+    issues = tuple(sorted(walk.issues))
+    revision = snapshot.tree_digest(walk.files)
+    if issues:
+        revision = _with_issues(revision, issues)
+    return snapshot.Snapshot.build(
+        source=source_name, files=walk.files, revision=revision, issues=issues, display_root=shown
+    )
+
+
+def _with_issues(revision: Revision, issues: tuple[Issue, ...]) -> Revision:
+    """Mix the issues into a directory revision: a new symlink alone is a new revision."""
+    h = hashlib.sha256(revision.encode())
+    for issue in issues:
+        h.update(b"\0" + issue.format().encode("utf-8", "surrogateescape"))
+    return Revision("sha256:" + h.hexdigest()[:16])
+
+
+def _resolve_subpath(root: Path, subpath: str) -> tuple[Path, str]:
+    """Check `subpath` component by component (no `..`, no symlinks); return (dir, rel prefix)."""
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise SourceError(f"directory {root} is not readable: {exc.strerror}", retry_after=5.0) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"{root} is not a directory", retry_after=5.0)
+    parts = [p for p in Path(subpath).parts if p not in (".", "")]
+    if Path(subpath).is_absolute() or ".." in parts:
+        raise SourceError(f"path {subpath!r} must be relative and stay inside the source", retry_after=60.0)
+    current = root
+    for part in parts:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except OSError as exc:
+            raise SourceError(f"{current} does not exist: {exc.strerror}", retry_after=5.0) from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"{current} is not a directory (symlinks are not followed)", retry_after=5.0)
+    prefix = "/".join(parts)
+    return current, (prefix + "/" if prefix else "")
+
+
+def _walk_dir(walk: _Walk, path: Path, prefix: str, *, top: bool = False) -> None:
+    """Depth-first walk in name order (deterministic issue order and cap cut-off)."""
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        if top:
+            raise SourceError(f"directory {path} is not readable: {exc.strerror}", retry_after=5.0) from exc
+        shown = walk.display(prefix.rstrip("/"))
+        walk.issues.append(rules.error(shown, f"not readable: {exc.strerror}", "unreadable"))
+        return
+    for entry in entries:
+        name = entry.name
+        if rules.is_ignored(name):
+            continue
+        rel = prefix + name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _walk_dir(walk, Path(entry.path), rel + "/")
+                continue
+            if entry.is_file(follow_symlinks=False):
+                if rules.is_candidate(name):
+                    _read_candidate(walk, entry, rel)
+                continue
+            if entry.is_symlink():
+                what = "a symlink"
+            else:
+                what = _special_kind(entry.stat(follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            continue  # removed while we walked: it is simply not part of this snapshot
+        except OSError as exc:
+            walk.issues.append(rules.error(walk.display(rel), f"not readable: {exc.strerror}", "unreadable"))
+            continue
+        walk.issues.append(
+            rules.error(walk.display(rel), f"is {what}; only regular files are read", "not-regular")
+        )
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _read_candidate(walk: _Walk, entry: os.DirEntry[str], rel: str) -> None:
+    """Admit, then read-and-confirm one resource file; record a `SourceFile` or an issue."""
+    _read_path(walk, rel, entry.path, entry.stat(follow_symlinks=False))
+
+
+def _read_path(walk: _Walk, rel: str, path: str, st: os.stat_result) -> None:
+    display = walk.display(rel)
+    refused = walk.budget.admit(display, st.st_size)
+    if refused is not None or walk.budget.exhausted:
+        if refused is not None:
+            walk.issues.append(refused)
+        return
+    key = StatKey.of(st)
+    cached = walk.old_cache.get(rel)
+    if cached is not None and cached[0] == key:
+        walk.files[rel] = cached[1]
+        walk.new_cache[rel] = cached
+        return
+    for _ in range(_READ_ATTEMPTS):
+        result = _read_once(path, key)
+        if isinstance(result, str):
+            walk.issues.append(rules.error(display, result, "unreadable"))
+            return
+        if isinstance(result, tuple):
+            content, key = result
+            break
+        # changed under us: re-stat and try again
+        time.sleep(0.002)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            walk.issues.append(rules.error(display, f"not readable: {exc.strerror}", "unreadable"))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            walk.issues.append(
+                rules.error(display, "replaced by a non-regular file while read", "not-regular")
+            )
+            return
+        if st.st_size > walk.budget.limits.max_file_bytes:
+            walk.issues.append(
+                rules.error(
+                    display, f"grew over the {walk.budget.limits.max_file_bytes}-byte cap", "file-too-large"
+                )
+            )
+            return
+        walk.budget.adjust(key.size, st.st_size)
+        key = StatKey.of(st)
+    else:
+        walk.issues.append(
+            rules.error(display, f"kept changing while being read ({_READ_ATTEMPTS} tries)", "unstable")
+        )
+        return
+    walk.reads += 1
+    blob = snapshot.blob_id(content)
+    prior = walk.previous.files.get(rel) if walk.previous is not None else None
+    if prior is not None and prior.blob == blob:
+        source_file = prior
+    else:
+        source_file = snapshot.SourceFile(rel, content, blob)
+    walk.files[rel] = source_file
+    age = walk.now_ns - key.mtime_ns
+    if age > _RACY_NS:
+        walk.new_cache[rel] = (key, source_file)
+    if source_file is not prior or age < _RECENT_NS:
+        # New or changed content may be a write in progress. The mtime alone cannot tell:
+        # the kernel stamps files from a coarse clock that can lag by a tick or more (it was
+        # seen 150 ms stale after an idle spell), so every new or changed file is confirmed.
+        walk.recent[rel] = (path, key)
+
+
+def _settle(walk: _Walk) -> None:
+    """Re-check files modified within the last moment after a short pause; re-read the changed.
+
+    Read-then-confirm cannot see a writer that pauses between chunks for less than a
+    timestamp tick; waiting once (for the whole tree) and comparing stats again does.
+    """
+    for _ in range(_READ_ATTEMPTS):
+        if not walk.recent:
+            return
+        time.sleep(_SETTLE_S)
+        pending, walk.recent = walk.recent, {}
+        for rel, (path, key) in pending.items():
+            try:
+                current = StatKey.of(os.lstat(path))
+            except OSError:
+                current = None
+            if current == key:
+                continue  # unchanged across a pause longer than a timestamp tick: confirmed
+            stale = walk.files.pop(rel, None)
+            if stale is not None:
+                walk.budget.release(len(stale.content))
+            _reread(walk, rel, path)
+    for rel in walk.recent:
+        walk.files.pop(rel, None)
+        walk.issues.append(
+            rules.error(walk.display(rel), "kept changing while being read; try again", "unstable")
+        )
+
+
+def _reread(walk: _Walk, rel: str, path: str) -> None:
+    """Read one file again after it changed during the settle pause."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        walk.issues.append(rules.error(walk.display(rel), f"not readable: {exc.strerror}", "unreadable"))
+        return
+    if not stat.S_ISREG(st.st_mode):
+        walk.issues.append(
+            rules.error(walk.display(rel), "replaced by a non-regular file while read", "not-regular")
+        )
+        return
+    _read_path(walk, rel, path, st)
+
+
+def _read_once(path: str, expected: StatKey) -> tuple[bytes, StatKey] | str | None:
+    """Read `path` if it still matches `expected` before and after; None means "changed, retry"."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "became a symlink while being read (not followed)"
+        return f"not readable: {exc.strerror}"
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return "is not a regular file (not read)"
+        if StatKey.of(before) != expected:
+            return None
+        # A regular file returns short reads only at EOF: asking for one byte more than
+        # expected detects growth, fewer detects truncation.
+        content = os.read(fd, expected.size + 1)
+        if len(content) != expected.size:
+            return None
+        after = os.fstat(fd)
+    except OSError as exc:
+        return f"not readable: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if StatKey.of(after) != expected:
+        return None
+    return content, expected

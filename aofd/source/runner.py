@@ -1,0 +1,393 @@
+"""The `Source` objects the reconciler drives: `GitSource`, `DirectorySource`, `build_source`.
+
+Owns the per-source life cycle: fetch (in a thread, with a timeout), the last good snapshot,
+status, backoff after failures, and the `run` loop that polls (or watches) and wakes up on
+demand. Wake-ups (push hook, SIGHUP, `aofctl reconcile`) set one flag: however many arrive
+while a fetch is running, exactly one more fetch follows it, never a queue.
+
+Contract of `run(on_snapshot=..., stop=...)`:
+
+- fetches immediately, then every `interval` (+/- jitter), or on a wake-up, or (directory
+  sources that watch) on a coalesced burst of file changes;
+- calls `on_snapshot` only when the revision differs from the last one it delivered
+  (the first successful fetch is always delivered); exceptions from `on_snapshot` propagate
+  and end `run` (the owner's TaskGroup decides what happens then);
+- after a failed fetch sleeps `SourceError.retry_after` (exponential backoff with jitter,
+  1 s ... 5 min); a wake-up cuts any sleep short; the last good snapshot stays in force;
+- returns when `stop` is set (promptly, also during a sleep; a fetch in flight is awaited
+  up to its own timeout).
+
+`wake()` must be called from the event loop thread (signal handlers registered with
+`loop.add_signal_handler` and aiohttp handlers are). Which kinds a source may define
+(`kinds`) is exposed here and enforced by the planner, which parses the files.
+
+Must not import aofd.runtime, aofd.audit, aofd.reconcile, pygit2 or watchfiles.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Literal, Protocol
+
+import structlog
+
+from aofd.errors import SourceError
+from aofd.resources import snapshot
+from aofd.resources.ids import Revision
+from aofd.settings import DirectorySourceSpec, GitSourceSpec, SourceSpec
+from aofd.source import backoff, directory, git, redact, threads, watch
+
+log = structlog.get_logger("aofd.source")
+
+OnSnapshot = Callable[[snapshot.Snapshot], Awaitable[None]]
+Clock = Callable[[], float]
+
+DIRECTORY_READ_TIMEOUT = 60.0
+DIRECTORY_RESYNC_INTERVAL = 300.0  # watched directories are re-read this often in case an event was lost
+DIRECTORY_POLL_INTERVAL = 10.0  # directories with watch: false
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """What `/api/v1/status` and `aofctl get sources` show for one source (already redacted).
+
+    `stale` is true when the snapshot in force is older than the last attempt: the most
+    recent fetch failed and the last good snapshot is still being served.
+    """
+
+    name: str
+    type: Literal["git", "directory"]
+    location: str
+    revision: Revision | None
+    last_fetch_at: float | None
+    last_success_at: float | None
+    last_error: str | None
+    consecutive_failures: int
+    next_retry_at: float | None
+    stale: bool
+
+
+class Source(Protocol):
+    """What the reconciler needs from a source."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kinds(self) -> tuple[str, ...]: ...
+
+    @property
+    def last_good(self) -> snapshot.Snapshot | None: ...
+
+    async def fetch(self) -> snapshot.Snapshot: ...
+
+    def status(self) -> SourceStatus: ...
+
+    def wake(self) -> None: ...
+
+    async def run(self, *, on_snapshot: OnSnapshot, stop: asyncio.Event) -> None: ...
+
+
+class _BaseSource(abc.ABC):
+    """Shared bookkeeping: last good snapshot, failure count, backoff, status, the run loop.
+
+    Invariants: `_failures` counts consecutive failed fetches (0 after a success);
+    `_last_error` is the redacted message of the latest failure, None after a success.
+    """
+
+    type: Literal["git", "directory"]
+
+    def __init__(
+        self,
+        *,
+        spec: SourceSpec,
+        interval: float,
+        retry: backoff.Backoff,
+        clock: Clock,
+    ) -> None:
+        self._spec = spec
+        self._interval = interval
+        self._retry = retry
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._fetch_lock = asyncio.Lock()
+        self._last_good: snapshot.Snapshot | None = None
+        self._last_fetch_at: float | None = None
+        self._last_success_at: float | None = None
+        self._last_error: str | None = None
+        self._failures = 0
+        self._next_retry_at: float | None = None
+        self.fetch_count = 0  # fetch attempts started (tests and metrics)
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self._spec.kinds
+
+    @property
+    def spec(self) -> SourceSpec:
+        return self._spec
+
+    @property
+    def last_good(self) -> snapshot.Snapshot | None:
+        return self._last_good
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the source reads from, safe to show (a redacted URL or a path)."""
+
+    @abc.abstractmethod
+    async def _produce(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+        """Read one snapshot; raise `SourceError` (redacted) or `TimeoutError`."""
+
+    @abc.abstractmethod
+    def _time_limit(self) -> float: ...
+
+    def wake(self) -> None:
+        """Ask for a fetch now; wake-ups during a fetch coalesce into exactly one more."""
+        self._wake.set()
+
+    async def fetch(self) -> snapshot.Snapshot:
+        """Fetch now and return the snapshot in force (the previous object if nothing changed).
+
+        Raises:
+            SourceError: the fetch failed; `retry_after` is the backoff delay and the last
+                good snapshot stays in force.
+        """
+        async with self._fetch_lock:
+            self.fetch_count += 1
+            self._last_fetch_at = self._clock()
+            try:
+                snap = await self._produce(self._last_good)
+            except TimeoutError as exc:
+                failure = SourceError(
+                    f"fetch of {self.location} timed out after {self._time_limit():g}s", retry_after=5.0
+                )
+                raise self._failed(failure) from exc
+            except SourceError as exc:
+                raise self._failed(exc) from exc
+            if self._last_good is None or snap.revision != self._last_good.revision:
+                log.info(
+                    "source.revision",
+                    source=self.name,
+                    revision=snap.revision,
+                    files=len(snap.files),
+                    issues=len(snap.issues),
+                )
+            self._failures = 0
+            self._last_error = None
+            self._next_retry_at = None
+            self._last_success_at = self._last_fetch_at
+            self._last_good = snap
+            return snap
+
+    def _failed(self, exc: SourceError) -> SourceError:
+        """Record a failure; return the error to raise, carrying the backoff delay."""
+        self._failures += 1
+        delay = self._retry.delay(self._failures)
+        message = redact.text(str(exc))
+        self._last_error = message
+        self._next_retry_at = self._clock() + delay
+        log.warning(
+            "source.fetch_failed",
+            source=self.name,
+            location=self.location,
+            error=message,
+            failures=self._failures,
+            retry_after=round(delay, 3),
+        )
+        return SourceError(message, retry_after=delay)
+
+    def status(self) -> SourceStatus:
+        good = self._last_good
+        return SourceStatus(
+            name=self.name,
+            type=self.type,
+            location=self.location,
+            revision=good.revision if good is not None else None,
+            last_fetch_at=self._last_fetch_at,
+            last_success_at=self._last_success_at,
+            last_error=self._last_error,
+            consecutive_failures=self._failures,
+            next_retry_at=self._next_retry_at,
+            stale=self._last_error is not None and good is not None,
+        )
+
+    def _next_interval(self) -> float:
+        return backoff.jittered(self._interval, fraction=0.1)
+
+    async def run(self, *, on_snapshot: OnSnapshot, stop: asyncio.Event) -> None:
+        """Fetch now and then on interval, wake-up or change, until `stop` is set."""
+        async with asyncio.TaskGroup() as group:
+            feeder = self._start_feeder(group, stop)
+            try:
+                await self._loop(on_snapshot=on_snapshot, stop=stop)
+            finally:
+                if feeder is not None:
+                    feeder.cancel()
+
+    def _start_feeder(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """Directory sources start their watcher here; it calls `wake()` per burst."""
+        return None
+
+    async def _loop(self, *, on_snapshot: OnSnapshot, stop: asyncio.Event) -> None:
+        delivered: Revision | None = None
+        while not stop.is_set():
+            # Cleared before the fetch: a wake-up that arrives during it sets the flag again,
+            # and the wait below returns at once -> exactly one more fetch, however many came.
+            self._wake.clear()
+            try:
+                snap = await self.fetch()
+            except SourceError as exc:
+                delay = exc.retry_after
+            else:
+                delay = self._next_interval()
+                if snap.revision != delivered:
+                    delivered = snap.revision
+                    await on_snapshot(snap)
+            await _wait_any(stop, self._wake, seconds=delay)
+
+
+async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
+    """Return when any event is set or after `seconds`; leaves no task behind."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        for waiter in waiters:
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+
+class GitSource(_BaseSource):
+    """A git repository mirrored under `state_dir/sources/<name>.git` (see `aofd.source.git`)."""
+
+    type = "git"
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        state_dir: Path,
+        *,
+        limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
+        retry: backoff.Backoff = backoff.DEFAULT,
+        clock: Clock = time.time,
+    ) -> None:
+        if spec.git is None:
+            raise ValueError(f"source {spec.name!r} is not a git source")
+        super().__init__(spec=spec, interval=spec.git.interval, retry=retry, clock=clock)
+        self._git: GitSourceSpec = spec.git
+        self.mirror = git.Mirror(name=spec.name, spec=spec.git, state_dir=state_dir, limits=limits)
+
+    @property
+    def location(self) -> str:
+        return self.mirror.display_url
+
+    def _time_limit(self) -> float:
+        return self._git.timeout
+
+    async def _produce(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+        return await threads.run_blocking(
+            lambda: self.mirror.sync(previous), time_limit=self._git.timeout, name=f"aofd-git-{self.name}"
+        )
+
+
+class DirectorySource(_BaseSource):
+    """A local directory, watched with watchfiles (or polled when `watch: false`).
+
+    `ignore` lists paths under the directory that never wake it (the daemon's state and
+    audit dirs when they live inside it; `.aofd/` is hidden and ignored anyway).
+    """
+
+    type = "directory"
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
+        ignore: Iterable[Path] = (),
+        retry: backoff.Backoff = backoff.DEFAULT,
+        clock: Clock = time.time,
+        resync_interval: float | None = None,
+        step_ms: int = watch.DEFAULT_STEP_MS,
+        force_polling: bool | None = None,
+    ) -> None:
+        if spec.directory is None:
+            raise ValueError(f"source {spec.name!r} is not a directory source")
+        self._dir: DirectorySourceSpec = spec.directory
+        default = DIRECTORY_RESYNC_INTERVAL if self._dir.watch else DIRECTORY_POLL_INTERVAL
+        super().__init__(spec=spec, interval=resync_interval or default, retry=retry, clock=clock)
+        self._limits = limits
+        self._ignore = tuple(ignore)
+        self._stat_cache = directory.StatCache()
+        self._step_ms = step_ms
+        self._force_polling = force_polling
+
+    @property
+    def location(self) -> str:
+        return str(self._dir.path)
+
+    def _time_limit(self) -> float:
+        return DIRECTORY_READ_TIMEOUT
+
+    async def _produce(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+        return await threads.run_blocking(
+            lambda: directory.read_tree(
+                self._dir.path,
+                limits=self._limits,
+                previous=previous,
+                source_name=self.name,
+                stat_cache=self._stat_cache,
+            ),
+            time_limit=DIRECTORY_READ_TIMEOUT,
+            name=f"aofd-dir-{self.name}",
+        )
+
+    def _start_feeder(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        if not self._dir.watch:
+            return None
+        return group.create_task(self._feed(stop), name=f"aofd-watch-{self.name}")
+
+    async def _feed(self, stop: asyncio.Event) -> None:
+        """Turn change bursts into wake-ups; if watching fails, fall back to the resync interval."""
+        while not stop.is_set():
+            try:
+                async for _paths in watch.changes(
+                    self._dir.path,
+                    stop=stop,
+                    ignore=self._ignore,
+                    step_ms=self._step_ms,
+                    force_polling=self._force_polling,
+                ):
+                    self.wake()
+            except SourceError as exc:
+                self._last_error = redact.text(str(exc))
+                await _wait_any(stop, seconds=exc.retry_after)
+
+
+def build_source(
+    spec: SourceSpec,
+    *,
+    state_dir: Path,
+    limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
+    ignore: Iterable[Path] = (),
+) -> GitSource | DirectorySource:
+    """The `Source` for one configured source (`ignore` only matters for directories)."""
+    if spec.git is not None:
+        return GitSource(spec, state_dir, limits=limits)
+    return DirectorySource(spec, limits=limits, ignore=(*ignore, Path(state_dir)))
