@@ -25,7 +25,7 @@ class AofdError(Exception):
     """Root of every error aofd raises on purpose."""
 
 
-class Temporary(AofdError):  # noqa: N818 - the name is the policy, as in kopf
+class Temporary(AofdError):
     """A recoverable failure: retry after `retry_after` seconds (with backoff)."""
 
     def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
@@ -33,7 +33,7 @@ class Temporary(AofdError):  # noqa: N818 - the name is the policy, as in kopf
         self.retry_after = retry_after
 
 
-class Stalled(AofdError):  # noqa: N818 - the name is the policy
+class Stalled(AofdError):
     """Nothing will change until the input changes (a new revision, a new config)."""
 
 

@@ -174,7 +174,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if runs:
         print("Recent runs:")
         for run in runs[:10]:
-            print(f"  {run.get('run_id')}  {run.get('status')}  {run.get('started_at', '')}  {run.get('error') or ''}")
+            started = run.get("started_at", "")
+            print(f"  {run.get('run_id')}  {run.get('status')}  {started}  {run.get('error') or ''}")
     return 0
 
 
@@ -229,11 +230,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"Applied revision:  {data.get('appliedRevision') or '-'}")
     print(f"PID:               {data.get('pid')}")
     for src in data.get("sources", []):
-        print(f"Source {src['name']}: applied {src.get('lastApplied') or '-'}, attempted {src.get('lastAttempted') or '-'}"
-              + (f", error: {src['lastError']}" if src.get("lastError") else ""))
+        line = f"Source {src['name']}: applied {src.get('lastApplied') or '-'}"
+        line += f", attempted {src.get('lastAttempted') or '-'}"
+        if src.get("lastError"):
+            line += f", error: {src['lastError']}"
+        print(line)
     last = data.get("lastPass") or {}
     if last:
-        print(f"Last pass:         {last.get('outcome')} {last.get('revision')} in {last.get('duration_ms')} ms")
+        print(
+            f"Last pass:         {last.get('outcome')} {last.get('revision')} in {last.get('duration_ms')} ms"
+        )
     _print_rejection(data)
     return 0
 

@@ -15,7 +15,14 @@ from types import ModuleType
 from aofd import __version__
 from aofd.cli import admin_cmds, audit_cmd, graph_cmd, run_cmd, schema_cmd, validate_cmd
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (validate_cmd, schema_cmd, graph_cmd, admin_cmds, run_cmd, audit_cmd)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    validate_cmd,
+    schema_cmd,
+    graph_cmd,
+    admin_cmds,
+    run_cmd,
+    audit_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ TCP or over a unix socket (`unix:/run/aofd/admin.sock`).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -74,10 +75,8 @@ class AdminClient:
         ctype = resp.getheader("Content-Type", "")
         data: Any = raw.decode("utf-8", "replace")
         if "json" in ctype:
-            try:
+            with contextlib.suppress(ValueError):
                 data = json.loads(raw)
-            except ValueError:
-                pass
         return resp.status, data
 
     def get(self, path: str) -> Any:

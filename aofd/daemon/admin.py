@@ -27,9 +27,13 @@ def mask_secrets(value: Any, *, under_env: bool = False) -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             k = str(key)
-            if under_env and isinstance(item, str | int | float):
-                out[k] = MASK
-            elif any(part in k.lower() for part in SECRET_KEY_PARTS) and item not in (None, "", [], {}):
+            secret_key = any(part in k.lower() for part in SECRET_KEY_PARTS) and item not in (
+                None,
+                "",
+                [],
+                {},
+            )
+            if secret_key or (under_env and isinstance(item, str | int | float)):
                 out[k] = MASK
             else:
                 out[k] = mask_secrets(item, under_env=k == "env")

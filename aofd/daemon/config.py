@@ -75,9 +75,7 @@ def load(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfi
 
 
 def apply_overrides(config: settings.DaemonConfig, overrides: Overrides) -> settings.DaemonConfig:
-    update: dict[str, Any] = {
-        k: v for k, v in dataclasses.asdict(overrides).items() if v is not None
-    }
+    update: dict[str, Any] = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
     if not update:
         return config
     return config.model_copy(update=update)
@@ -91,10 +89,8 @@ def _issue(doc: documents.Document, err: Mapping[str, Any]) -> errors.Issue:
         line, col = doc.position(loc)
     where = ".".join(str(p) for p in loc) or "(top level)"
     message = str(err.get("msg", "invalid value"))
-    if err.get("type") == "extra_forbidden":
-        message = f"unknown setting {where!r}"
-    else:
-        message = f"{where}: {message}"
+    unknown = err.get("type") == "extra_forbidden"
+    message = f"unknown setting {where!r}" if unknown else f"{where}: {message}"
     return errors.Issue(doc.path, line, col, "error", message, "config")
 
 

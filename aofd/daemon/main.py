@@ -48,12 +48,12 @@ class Daemon:
         cfg: settings.DaemonConfig,
         *,
         config_path: Path | None = None,
-        overrides: config_mod.Overrides = config_mod.Overrides(),
+        overrides: config_mod.Overrides | None = None,
         notifier: notify.Notifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.overrides = overrides
+        self.overrides = overrides or config_mod.Overrides()
         self.notifier = notifier or notify.Notifier()
         self.stop = asyncio.Event()
         self.hard_stop = asyncio.Event()
@@ -94,7 +94,9 @@ class Daemon:
         )
         await self.audit.open()
         self.notifier.status("loading the last good revision")
-        self.sources = [source_runner.build_source(spec, state_dir=self.cfg.state_dir) for spec in self.cfg.sources]
+        self.sources = [
+            source_runner.build_source(spec, state_dir=self.cfg.state_dir) for spec in self.cfg.sources
+        ]
         self.runtime = wiring.Runtime(self.cfg, audit=self.audit, sources=self.sources)
         self.reconciler = loop.Reconciler(
             sources=[
@@ -130,7 +132,8 @@ class Daemon:
                 tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
                 for source in self.sources:
                     tg.create_task(
-                        source.run(on_snapshot=self._on_snapshot, stop=self.stop), name=f"source:{source.name}"
+                        source.run(on_snapshot=self._on_snapshot, stop=self.stop),
+                        name=f"source:{source.name}",
                     )
                 tg.create_task(self._watchdog(), name="watchdog")
                 tg.create_task(self._announce_ready(restored), name="readiness")
@@ -169,7 +172,9 @@ class Daemon:
         revision = applied.revision if applied is not None else ""
         await self._audit_all("daemon.started")
         self.notifier.ready(f"serving revision {revision}")
-        log.info("ready", revision=revision, listen=self.endpoints.get("listen"), admin=self.endpoints.get("admin"))
+        log.info(
+            "ready", revision=revision, listen=self.endpoints.get("listen"), admin=self.endpoints.get("admin")
+        )
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -201,11 +206,16 @@ class Daemon:
             try:
                 new_cfg = config_mod.load(self.config_path, self.overrides)
             except errors.ConfigError as exc:
-                log.error("daemon config reload failed; keeping the running config", error=str(exc),
-                          issues=[i.format() for i in exc.issues])
+                log.error(
+                    "daemon config reload failed; keeping the running config",
+                    error=str(exc),
+                    issues=[i.format() for i in exc.issues],
+                )
             else:
                 if new_cfg.sources != self.cfg.sources or new_cfg.listen != self.cfg.listen:
-                    log.warning("sources or listen address changed in the daemon config: restart aofd to apply")
+                    log.warning(
+                        "sources or listen address changed in the daemon config: restart aofd to apply"
+                    )
                 self.cfg = self.cfg.model_copy(update={"substitution": new_cfg.substitution})
         self.request_reconcile(None)
         applied = self.reconciler.applied if self.reconciler else None
@@ -254,8 +264,13 @@ class Daemon:
         for key in applied.resources:
             if key.kind is ids.Kind.CONTEXT:
                 record = {
-                    "event": {"kind": "event", "category": ["process"], "type": ["info"], "action": action,
-                              "outcome": "success"},
+                    "event": {
+                        "kind": "event",
+                        "category": ["process"],
+                        "type": ["info"],
+                        "action": action,
+                        "outcome": "success",
+                    },
                     "aofd": {"version": __version__, "pid": os.getpid()},
                     "context": key.name,
                 }

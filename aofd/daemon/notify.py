@@ -35,10 +35,12 @@ class Notifier:
         if not self._address:
             return False
         payload = "\n".join(lines).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            with contextlib.suppress(OSError):
-                sock.sendto(payload, self._address)
-                return True
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+            contextlib.suppress(OSError),
+        ):
+            sock.sendto(payload, self._address)
+            return True
         return False
 
     def ready(self, status: str = "") -> bool:

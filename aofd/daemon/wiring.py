@@ -145,7 +145,9 @@ class Runtime:
             admission=self.guard,
         )
         self.starter = starter.FlowStarter(engine=self.engine, grace=cfg.drain_grace_seconds)
-        self.dispatcher = router.Dispatcher(switchboard=self.switchboard, starter=self.starter, replier=self.replier)
+        self.dispatcher = router.Dispatcher(
+            switchboard=self.switchboard, starter=self.starter, replier=self.replier
+        )
         self.factory = listener_factory.ListenerFactory(
             platforms=cfg.platforms,
             dispatcher=self.dispatcher,
@@ -308,16 +310,17 @@ class Runtime:
     ) -> routing.Transition:
         """`routing.prepare`, stalling the bindings of a trigger whose listener cannot be built."""
         candidates = list(runnable)
+        failed: dict[str, str] = {}
+
+        def build(resource: Any) -> listener_base.Listener:
+            try:
+                return self.factory(resource)
+            except listener_base.ListenerError as exc:
+                failed[resource.name] = str(exc)
+                raise
+
         for _ in range(len(candidates) + 1):
-            failed: dict[str, str] = {}
-
-            def build(resource: Any) -> listener_base.Listener:
-                try:
-                    return self.factory(resource)
-                except listener_base.ListenerError as exc:
-                    failed[resource.name] = str(exc)
-                    raise
-
+            failed.clear()
             try:
                 return routing.prepare(
                     self.switchboard.current, revision=desired.revision, bindings=candidates, build=build
@@ -332,7 +335,9 @@ class Runtime:
                                 stalled[b.trigger.key] = reason
                                 reasons[b.trigger.key] = "ListenerFailed"
                 candidates = [b for b in candidates if b.key not in stalled]
-        return routing.prepare(self.switchboard.current, revision=desired.revision, bindings=[], build=self.factory)
+        return routing.prepare(
+            self.switchboard.current, revision=desired.revision, bindings=[], build=self.factory
+        )
 
     def _retire(self, transition: routing.Transition, old: routing.RoutingTable) -> None:
         gone = {b.name for bs in old.bindings_by_trigger.values() for b in bs} - {
@@ -368,7 +373,9 @@ class Runtime:
             log.warning("approval requested with no origin to ask", request_id=request.id)
             return
         summary = f"Approval needed in context {request.context} (agent {request.agent or '-'})"
-        await self.replier.ask_approval(request.origin, request_id=request.id, summary=summary, argv=request.argv)
+        await self.replier.ask_approval(
+            request.origin, request_id=request.id, summary=summary, argv=request.argv
+        )
 
     async def _git_hook(self, request: web.Request) -> web.Response:
         name = request.match_info["source"]
@@ -385,7 +392,9 @@ class Runtime:
         if not secret:
             log.warning("git push hook refused: the source has no webhook_secret_file", source=name)
             return web.Response(status=403, text="forbidden\n")
-        verdict = hooks.verify(secret=secret.strip(), headers=dict(request.headers), body=body, now=time.time())
+        verdict = hooks.verify(
+            secret=secret.strip(), headers=dict(request.headers), body=body, now=time.time()
+        )
         if verdict is not hooks.Verdict.OK:
             log.info("git push hook rejected", source=name, reason=verdict.value)
             return web.Response(status=401, text="unauthorized\n")
@@ -485,7 +494,8 @@ class AdminView:
                     "name": src.name,
                     "lastApplied": record.last_applied if record else "",
                     "lastAttempted": record.last_attempted if record else "",
-                    "lastError": (record.last_error if record else "") or str(getattr(st, "last_error", "") or ""),
+                    "lastError": (record.last_error if record else "")
+                    or str(getattr(st, "last_error", "") or ""),
                     "consecutiveFailures": getattr(st, "consecutive_failures", 0),
                     "stale": bool(getattr(st, "stale", False)),
                 }
@@ -528,7 +538,9 @@ class AdminView:
             items.append(self._item(desired, key, res, detail=name is not None))
         return items
 
-    def _item(self, desired: desired_mod.DesiredState, key: ids.ResourceKey, res: Any, *, detail: bool) -> dict[str, Any]:
+    def _item(
+        self, desired: desired_mod.DesiredState, key: ids.ResourceKey, res: Any, *, detail: bool
+    ) -> dict[str, Any]:
         from aofd.daemon import admin  # local: admin imports nothing from wiring
 
         rec = self._d.reconciler
@@ -594,7 +606,9 @@ class AdminView:
                     continue
                 snap = current
             views.append(desired_mod.SourceView(name=spec.name, kinds=kinds, snapshot=snap))
-        desired = desired_mod.build(views, variables=self._d._variables(), allow=self._d.cfg.substitution.allow)
+        desired = desired_mod.build(
+            views, variables=self._d._variables(), allow=self._d.cfg.substitution.allow
+        )
         errs = [i.format() for i in desired.issues if i.is_error]
         if errs:
             return {"errors": errs, "text": "", "plan": None}

@@ -92,7 +92,11 @@ def conditions_after_apply(
         else:
             cond = Condition(Phase.READY, "Applied", f"applied at revision {revision}", revision, at)
         old = previous.get(key)
-        if old is not None and (old.phase, old.reason, old.message) == (cond.phase, cond.reason, cond.message):
+        if old is not None and (old.phase, old.reason, old.message) == (
+            cond.phase,
+            cond.reason,
+            cond.message,
+        ):
             cond = dataclasses.replace(cond, since=old.since)
         out[key] = cond
     return out

@@ -74,7 +74,9 @@ class DaemonProcess:
     def post(
         self, path: str, body: bytes = b"", *, which: str = "admin", headers: Mapping[str, str] | None = None
     ) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url(which, path), data=body, method="POST", headers=dict(headers or {}))
+        req = urllib.request.Request(
+            self.url(which, path), data=body, method="POST", headers=dict(headers or {})
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, resp.read()

@@ -71,8 +71,13 @@ spec:
 
 
 def git(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@x"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout
 
 
@@ -104,8 +109,12 @@ class Repo:
 def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
     repo = Repo(tmp_path)
     repo.commit(
-        {"agents/echo.yaml": AGENT, "flows/echo.yaml": FLOW, "triggers/hook.yaml": TRIGGER,
-         "bindings/b1.yaml": binding("b1")},
+        {
+            "agents/echo.yaml": AGENT,
+            "flows/echo.yaml": FLOW,
+            "triggers/hook.yaml": TRIGGER,
+            "bindings/b1.yaml": binding("b1"),
+        },
         "initial",
     )
     secrets = tmp_path / "secrets"
@@ -117,9 +126,15 @@ def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
             json.dumps(
                 {
                     "sources": [
-                        {"name": "main", "git": {"url": f"file://{repo.remote}", "ref": {"branch": "main"},
-                                                 "interval": "1h"},
-                         "kinds": ["Agent", "AgentFleet", "AgentFlow", "Trigger", "FlowBinding"]},
+                        {
+                            "name": "main",
+                            "git": {
+                                "url": f"file://{repo.remote}",
+                                "ref": {"branch": "main"},
+                                "interval": "1h",
+                            },
+                            "kinds": ["Agent", "AgentFleet", "AgentFlow", "Trigger", "FlowBinding"],
+                        },
                         {"name": "secrets", "directory": {"path": str(secrets)}, "kinds": ["Context"]},
                     ],
                     "listen": "127.0.0.1:0",
@@ -136,7 +151,8 @@ def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def start(setup: dict[str, Any]) -> Any:
     return harness.run_daemon(
-        "--config", str(setup["config"]),
+        "--config",
+        str(setup["config"]),
         cwd=setup["tmp"],
         state_dir=setup["tmp"] / "state",
         env={"ANTHROPIC_API_KEY": "test-key"},
@@ -151,8 +167,12 @@ def send_event(daemon: harness.DaemonProcess, text: str, delivery: str) -> int:
         "/hooks/http/hook",
         body,
         which="listen",
-        headers={"Content-Type": "application/json", "X-Aofd-Timestamp": ts, "X-Aofd-Signature": f"v1={sig}",
-                 "X-Aofd-Delivery": delivery},
+        headers={
+            "Content-Type": "application/json",
+            "X-Aofd-Timestamp": ts,
+            "X-Aofd-Signature": f"v1={sig}",
+            "X-Aofd-Delivery": delivery,
+        },
     )
     return status
 
@@ -175,7 +195,9 @@ def test_push_hot_swaps_routing_without_restart(setup: dict[str, Any]) -> None:
         pid = daemon.pid
         listener_id = daemon.get("/api/v1/status")[1]["listeners"]["hook"]["id"]
         assert 202 == send_event(daemon, "first", "d-1")
-        daemon.wait_for(lambda: [r for r in runs_of(daemon, "b1") if r["status"] == "completed"], what="b1 run")
+        daemon.wait_for(
+            lambda: [r for r in runs_of(daemon, "b1") if r["status"] == "completed"], what="b1 run"
+        )
         before = applied(daemon)
 
         setup["repo"].commit({"bindings/b1.yaml": None, "bindings/b2.yaml": binding("b2")}, "rename binding")
@@ -183,7 +205,9 @@ def test_push_hot_swaps_routing_without_restart(setup: dict[str, Any]) -> None:
         daemon.wait_for(lambda: applied(daemon) != before, what="new revision applied")
 
         assert 202 == send_event(daemon, "second", "d-2")
-        daemon.wait_for(lambda: [r for r in runs_of(daemon, "b2") if r["status"] == "completed"], what="b2 run")
+        daemon.wait_for(
+            lambda: [r for r in runs_of(daemon, "b2") if r["status"] == "completed"], what="b2 run"
+        )
         status = daemon.get("/api/v1/status")[1]
         assert pid == status["pid"]
         assert listener_id == status["listeners"]["hook"]["id"]
@@ -206,7 +230,10 @@ def test_broken_commit_changes_nothing_until_fixed(setup: dict[str, Any]) -> Non
         assert any("bindings/b1.yaml:" in e and "echo-flwo" in e for e in status["lastRejected"]["errors"])
         cli = subprocess.run(
             [sys.executable, "-m", "aofd.cli.aofctl_main", "get", "fb", "--admin", daemon.endpoints["admin"]],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert 0 == cli.returncode
         assert "b1" in cli.stdout
@@ -241,7 +268,9 @@ def test_kill_9_then_restart_with_the_remote_gone(setup: dict[str, Any]) -> None
         assert "b1" in names
         assert (revision == first) == ("b2" not in names)
         status = again.wait_for(
-            lambda: (s := again.get("/api/v1/status")[1]) and any(src["lastError"] for src in s["sources"]) and s,
+            lambda: (
+                (s := again.get("/api/v1/status")[1]) and any(src["lastError"] for src in s["sources"]) and s
+            ),
             what="the fetch error to be reported",
         )
         assert revision == status["appliedRevision"]

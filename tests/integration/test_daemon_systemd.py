@@ -114,7 +114,9 @@ def test_sighup_fetches_now(tmp_path: Path) -> None:
             daemon.wait_ready()
             before = daemon.get("/api/v1/status")[1]["passes"]
             daemon.proc.send_signal(signal.SIGHUP)
-            daemon.wait_for(lambda: daemon.get("/api/v1/status")[1]["passes"] > before, what="a pass after SIGHUP")
+            daemon.wait_for(
+                lambda: daemon.get("/api/v1/status")[1]["passes"] > before, what="a pass after SIGHUP"
+            )
             assert "SIGHUP" in daemon.log_text()
             assert 0 == daemon.stop()
 
@@ -132,7 +134,11 @@ def test_sigterm_drains_a_run_in_flight(tmp_path: Path) -> None:
             daemon.proc.send_signal(signal.SIGTERM)
             code = daemon.proc.wait(30)
             assert 0 == code
-    lines = [json.loads(x) for x in (tmp_path / "audit" / "prod").glob("audit-*.jsonl") for x in x.read_text().splitlines()]
+    lines = [
+        json.loads(x)
+        for x in (tmp_path / "audit" / "prod").glob("audit-*.jsonl")
+        for x in x.read_text().splitlines()
+    ]
     actions = [line["event"]["action"] for line in lines]
     assert "agent.run.finished" in actions
     finished = [line for line in lines if line["event"]["action"] == "agent.run.finished"]
@@ -148,8 +154,12 @@ def test_second_instance_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
         with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
             daemon.wait_ready()
             second = subprocess.run(
-                [sys.executable, "-m", "aofd", "serve", *args], capture_output=True, text=True, timeout=30,
-                cwd=tmp_path, check=False,
+                [sys.executable, "-m", "aofd", "serve", *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=tmp_path,
+                check=False,
             )
             assert 1 == second.returncode
             assert f"pid {daemon.pid}" in second.stdout + second.stderr
@@ -165,11 +175,18 @@ def test_metrics_are_exported(tmp_path: Path) -> None:
         with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
             daemon.wait_ready()
             assert 202 == send_event(daemon, "q", "m-1")
-            daemon.wait_for(lambda: "aofd_runs_total{outcome=\"completed\"}" in str(daemon.get("/metrics")[1]),
-                            what="a completed run in the metrics")
+            daemon.wait_for(
+                lambda: 'aofd_runs_total{outcome="completed"}' in str(daemon.get("/metrics")[1]),
+                what="a completed run in the metrics",
+            )
             text: Any = daemon.get("/metrics")[1]
-            for series in ("aofd_reconcile_passes_total", "aofd_reconcile_duration_seconds_bucket",
-                           "aofd_listeners{", "aofd_applied_revision_info", "aofd_audit_records_total",
-                           "aofd_audit_durable_write_seconds_bucket"):
+            for series in (
+                "aofd_reconcile_passes_total",
+                "aofd_reconcile_duration_seconds_bucket",
+                "aofd_listeners{",
+                "aofd_applied_revision_info",
+                "aofd_audit_records_total",
+                "aofd_audit_durable_write_seconds_bucket",
+            ):
                 assert series in text
             assert 0 == daemon.stop()

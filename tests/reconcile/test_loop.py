@@ -98,7 +98,9 @@ class RecordingAudit:
         self.records.append((context, dict(record)))
 
 
-def make(tmp_path: Path, applier: RecordingApplier | None = None) -> tuple[loop.Reconciler, RecordingApplier, RecordingAudit]:
+def make(
+    tmp_path: Path, applier: RecordingApplier | None = None
+) -> tuple[loop.Reconciler, RecordingApplier, RecordingAudit]:
     applier = applier or RecordingApplier()
     audit = RecordingAudit()
     rec = loop.Reconciler(

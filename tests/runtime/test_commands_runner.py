@@ -96,7 +96,10 @@ async def test_path_is_never_empty(tmp_path: Path, kubectl_path: Path) -> None:
 
 
 def test_context_env_may_not_override_or_inject() -> None:
-    """A Context env setting PATH, KUBE_EDITOR, LD_PRELOAD or KUBECTL_EXTERNAL_DIFF is refused; the seed's KUBECTL_READONLY is not."""
+    """A Context env setting PATH, KUBE_EDITOR, LD_PRELOAD or KUBECTL_EXTERNAL_DIFF is refused.
+
+    The seed's own KUBECTL_READONLY is not: kubectl ignores it.
+    """
     problems = commands.env_problems(
         {
             "PATH": "/tmp",
