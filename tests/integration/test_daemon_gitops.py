@@ -117,6 +117,8 @@ def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
         },
         "initial",
     )
+    hook_secret = tmp_path / "hook-secret"
+    hook_secret.write_text("push-hook-secret\n")
     secrets = tmp_path / "secrets"
     (secrets / "contexts").mkdir(parents=True)
     (secrets / "contexts" / "prod.yaml").write_text(CONTEXT)
@@ -134,6 +136,7 @@ def setup(tmp_path: Path) -> Iterator[dict[str, Any]]:
                                 "interval": "1h",
                             },
                             "kinds": ["Agent", "AgentFleet", "AgentFlow", "Trigger", "FlowBinding"],
+                            "webhook_secret_file": str(hook_secret),
                         },
                         {"name": "secrets", "directory": {"path": str(secrets)}, "kinds": ["Context"]},
                     ],
@@ -277,3 +280,28 @@ def test_kill_9_then_restart_with_the_remote_gone(setup: dict[str, Any]) -> None
         assert 202 == send_event(again, "after restart", "d-4")
         again.wait_for(lambda: runs_of(again, "b1"), what="event handled after restart")
         assert 0 == again.stop()
+
+
+def test_push_hook_wakes_the_source(setup: dict[str, Any]) -> None:
+    """A signed GitHub push hook fetches at once (polling is an hour away); a bad signature is refused."""
+    with start(setup) as daemon:
+        daemon.wait_ready()
+        before = applied(daemon)
+        setup["repo"].commit({"bindings/b2.yaml": binding("b2")}, "add b2")
+        payload = b'{"ref": "refs/heads/main", "after": "forged"}'
+
+        bad = daemon.post(
+            "/hooks/git/main", payload, which="listen", headers={"X-Hub-Signature-256": "sha256=00"}
+        )
+        assert 401 == bad[0]
+        assert 404 == daemon.post("/hooks/git/nope", payload, which="listen")[0]
+        time.sleep(0.5)
+        assert before == applied(daemon)
+
+        sig = hmac.new(b"push-hook-secret", payload, hashlib.sha256).hexdigest()
+        good = daemon.post(
+            "/hooks/git/main", payload, which="listen", headers={"X-Hub-Signature-256": f"sha256={sig}"}
+        )
+        assert 202 == good[0]
+        daemon.wait_for(lambda: applied(daemon) != before, timeout=10, what="the pushed commit applied")
+        assert 0 == daemon.stop()
