@@ -186,11 +186,10 @@ class Daemon:
 
 
 def write_version(repo: Path, version: int) -> None:
-    for old in (repo / "bindings").glob("*.yaml"):
-        old.unlink()
+    """Replace the binding atomically (one rename), as a git checkout of one commit would."""
     tmp = repo / f".v{version}.tmp"
     tmp.write_text(binding(version))
-    tmp.rename(repo / "bindings" / f"v{version:05d}.yaml")
+    tmp.rename(repo / "bindings" / "binding.yaml")
 
 
 async def client(

@@ -95,6 +95,47 @@ class AuditAdapter:
         await self._journal.write(context, out, durable=durable)
 
 
+class _Counters:
+    """Monotonic counters for `/metrics` that the runtime modules do not keep themselves."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+        self.tokens: dict[str, int] = {"input": 0, "output": 0}
+        self.refusals: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+
+    def run_finished(self, record: runs.RunRecord) -> None:
+        status = str(record.status.value)
+        self.runs[status] = self.runs.get(status, 0) + 1
+        self.tokens["input"] += record.input_tokens
+        self.tokens["output"] += record.output_tokens
+
+
+class _CountingGuard(guard.CommandGuard):
+    """The guard, counting rate-limit refusals per Context for `/metrics`."""
+
+    counters: _Counters
+
+    async def admit(
+        self, context_name: str, *, user: Any, run_id: str, agent: str = ""
+    ) -> limits.Lease | guard.Denial:
+        result = await super().admit(context_name, user=user, run_id=run_id, agent=agent)
+        if isinstance(result, guard.Denial):
+            self.counters.refusals[context_name] = self.counters.refusals.get(context_name, 0) + 1
+        return result
+
+
+class _CountingDispatcher(router.Dispatcher):
+    """The router's dispatcher, counting verified, de-duplicated events per platform."""
+
+    counters: _Counters
+
+    def dispatch(self, message: Any, *, reply_on_no_match: bool = False) -> router.RouteOutcome:
+        platform = str(getattr(message, "platform", "unknown"))
+        self.counters.received[platform] = self.counters.received.get(platform, 0) + 1
+        return super().dispatch(message, reply_on_no_match=reply_on_no_match)
+
+
 class Runtime:
     """Everything that runs flows; implements `loop.Applier`."""
 
@@ -124,7 +165,8 @@ class Runtime:
             executables=cfg.executables, cache_dir=cache_dir, work_dir=cfg.state_dir / "work"
         )
         self._policies: dict[str, policy.GuardPolicy] = {}
-        self.guard = guard.CommandGuard(
+        self.counters = _Counters()
+        self.guard = _CountingGuard(
             runner=self.runner,
             limits=self.limits,
             approvals=self.approvals,
@@ -132,6 +174,7 @@ class Runtime:
             approval_requester=self._ask_approval,
             policy_provider=self._policies.get,
         )
+        self.guard.counters = self.counters
         self.providers = registry.Providers(models=cfg.models, environ=env)
         self.engine = engine.Engine(
             providers=self.providers,
@@ -144,10 +187,13 @@ class Runtime:
             audit=self.audit,
             admission=self.guard,
         )
-        self.starter = starter.FlowStarter(engine=self.engine, grace=cfg.drain_grace_seconds)
-        self.dispatcher = router.Dispatcher(
+        self.starter = starter.FlowStarter(
+            engine=self.engine, grace=cfg.drain_grace_seconds, on_finished=self.counters.run_finished
+        )
+        self.dispatcher = _CountingDispatcher(
             switchboard=self.switchboard, starter=self.starter, replier=self.replier
         )
+        self.dispatcher.counters = self.counters
         self.factory = listener_factory.ListenerFactory(
             platforms=cfg.platforms,
             dispatcher=self.dispatcher,
@@ -409,9 +455,6 @@ class Runtime:
         for listener in table.listeners.values():
             key = (listener.platform, "running")
             listener_counts[key] = listener_counts.get(key, 0) + 1
-        outcomes: dict[str, int] = {}
-        for item in self.history.recent(limit=self.cfg.run_history):
-            outcomes[str(item.get("status"))] = outcomes.get(str(item.get("status")), 0) + 1
         m = self.journal.metrics
         rec = self.reconciler
         sources: dict[str, dict[str, str | float]] = {}
@@ -426,8 +469,10 @@ class Runtime:
             ready=self._ready,
             sources=sources,
             listeners=listener_counts,
-            events_received=dict(getattr(self.dispatcher, "received", {}) or {}),
-            runs=outcomes,
+            events_received=dict(self.counters.received),
+            runs=dict(self.counters.runs),
+            model_tokens=dict(self.counters.tokens),
+            ratelimit_refusals=dict(self.counters.refusals),
             runs_active=self.starter.running,
             approvals_pending=len(self.approvals.pending()),
             audit_records=m.records_total,

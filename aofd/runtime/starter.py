@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -34,9 +35,16 @@ class NotAccepting(RuntimeError):
 class FlowStarter:
     """Starts and supervises flow runs (see the module docstring)."""
 
-    def __init__(self, *, engine: engine.Engine, grace: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        engine: engine.Engine,
+        grace: float = 30.0,
+        on_finished: Callable[[runs.RunRecord], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._grace = grace
+        self._on_finished = on_finished
         self._accepting = True
         # Invariant: holds exactly the run tasks that have not finished (each removes itself).
         self._tasks: dict[str, asyncio.Task[runs.RunRecord]] = {}
@@ -92,6 +100,10 @@ class FlowStarter:
             self._idle.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("run.task_crashed", run_id=run_id, error=repr(task.exception()))
+        if self._on_finished is not None:
+            record = self._engine.history.record(run_id)
+            if record is not None:
+                self._on_finished(record)
 
     async def _run_binding(
         self, binding: Any, message: ports.EventMessage, record: runs.RunRecord
