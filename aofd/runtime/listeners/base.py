@@ -1,0 +1,397 @@
+"""What every trigger listener shares: lifecycle, the webhook pipeline, rejections, dedupe.
+
+Owns
+
+- `Listener`: one per enabled Trigger, shared by every binding that uses it. It has a
+  `trigger_name`, a `platform`, a `config_digest` (the reconciler reuses a listener whose digest
+  did not change), `start()`, `stop(drain=...)` and, for webhook platforms, `handle(request)`.
+- `WebhookListener`: the request pipeline every webhook platform runs, in this order: method
+  allowed -> body capped (`Content-Length`, then while reading; 413 before any HMAC) ->
+  platform verification over the raw bytes (`aofd.runtime.verify`) -> parse -> normalize ->
+  dedupe on the platform's delivery id -> `Dispatcher.dispatch`. Every failure answers a status
+  with a generic body, never 500, is logged, and is audited as `trigger.rejected` (with
+  `event.reason`) in the contexts of the trigger's bindings (throttled: one record per reason
+  per second, with the count of suppressed ones).
+- `Deps`: the collaborators a listener is built with (keyword-only, owned by the daemon).
+- `ApprovalDecider`: the small port through which interactive approval clicks reach the guard.
+
+Platform modules subclass these; they must not import each other. This module must not import
+slack_sdk, slack_bolt or apscheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import structlog
+from aiohttp import web
+
+from aofd.resources.kinds import base as kinds_base
+from aofd.resources.kinds import trigger as trigger_kind
+from aofd.runtime import dedupe as dedupe_cache
+from aofd.runtime import ports, router, verify
+from aofd.settings import PlatformsSpec
+
+if TYPE_CHECKING:
+    from aofd.runtime.listeners import schedule
+
+log = structlog.get_logger()
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+"""Per-trigger body cap unless `max_body_bytes` says otherwise (GitHub's default is larger)."""
+
+GENERIC_BODIES: Mapping[int, str] = {
+    400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    413: "payload too large",
+}
+
+
+class ListenerError(Exception):
+    """A trigger cannot be served (unsupported type, invalid schedule); says which and why."""
+
+
+class ApprovalDecider(Protocol):
+    """Records an approver's decision on a pending approval request (the guard's approvals store).
+
+    `user` carries the platform user id (never the display name); `action_id` is the unique id of
+    this click (Slack `<trigger_id>:<action_ts>`, Telegram's callback query id), so the store can make
+    clicks idempotent. May be sync or async: an awaitable result is awaited.
+    """
+
+    def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object: ...
+
+
+class ChatReplier(Protocol):
+    """Posts to one chat platform with one trigger's credentials (built in `aofd.runtime.replies`)."""
+
+    async def reply(self, target: ports.ReplyTarget, text: str) -> None: ...
+
+    async def ask_approval(
+        self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Deps:
+    """The collaborators every listener is built with; owned and shared by the daemon."""
+
+    __slots__ = ("approvals", "audit", "clock", "dedupe", "dispatcher", "platforms", "scheduler")
+
+    def __init__(
+        self,
+        *,
+        platforms: PlatformsSpec,
+        dispatcher: router.Dispatcher,
+        dedupe: dedupe_cache.DedupeCache,
+        audit: ports.AuditSink | None,
+        approvals: ApprovalDecider | None,
+        scheduler: schedule.ScheduleHub | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.platforms = platforms
+        self.dispatcher = dispatcher
+        self.dedupe = dedupe
+        self.audit = audit
+        self.approvals = approvals
+        self.scheduler = scheduler
+        self.clock = clock
+
+
+def secret_value(value: object) -> str:
+    """A configured secret as text ('' when unset); tolerates pydantic SecretStr."""
+    if value is None:
+        return ""
+    getter = getattr(value, "get_secret_value", None)
+    if callable(getter):
+        return str(getter())
+    return str(value)
+
+
+def trigger_model(resource: kinds_base.LoadedResource) -> trigger_kind.Trigger:
+    model = resource.model
+    if not isinstance(model, trigger_kind.Trigger):
+        raise ListenerError(f"{resource.name}: expected a Trigger, got {type(model).__name__}")
+    return model
+
+
+def config_digest(resource: kinds_base.LoadedResource) -> str:
+    """`sha256:` of the Trigger's name and spec after substitution (a rotated secret changes it)."""
+    model = trigger_model(resource)
+    data = {"name": model.metadata.name, "spec": model.spec.model_dump(mode="json")}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def platform_of(model: trigger_kind.Trigger) -> str:
+    return str(model.spec.type.value).lower()
+
+
+def generic(status: int) -> web.Response:
+    """A response with a body that reveals nothing about why."""
+    return web.Response(status=status, text=GENERIC_BODIES.get(status, "error"))
+
+
+class Listener:
+    """One Trigger's listener. Subclasses add transports; this class owns background tasks."""
+
+    platform: ClassVar[str] = ""
+
+    def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
+        self.resource = resource
+        self.trigger: trigger_kind.Trigger = trigger_model(resource)
+        self.config: trigger_kind.TriggerConfig = self.trigger.spec.config
+        self.trigger_name: str = self.trigger.metadata.name
+        self.config_digest: str = config_digest(resource)
+        self.deps = deps
+        self.replier: ChatReplier | None = None
+        self.running = False
+        # Invariant: holds only tasks that have not finished (each removes itself when done).
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Invariant: maps reason -> (time of the last audited rejection, suppressed since).
+        self._audited: dict[str, tuple[float, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.trigger_name} {self.config_digest[:15]}>"
+
+    async def start(self) -> None:
+        """Connect or subscribe (webhook listeners only mark themselves running)."""
+        self.running = True
+        log.info("listener.started", trigger=self.trigger_name, platform=self.platform)
+
+    async def stop(self, *, drain: float) -> None:
+        """Stop taking events, let in-flight work finish for up to `drain` seconds, then cancel it."""
+        self.running = False
+        await self.drain(drain)
+        if self.replier is not None:
+            await self.replier.aclose()
+        log.info("listener.stopped", trigger=self.trigger_name, platform=self.platform)
+
+    async def drain(self, grace: float) -> None:
+        if not self._tasks:
+            return
+        pending = set(self._tasks)
+        if grace > 0:
+            _done, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str = "") -> asyncio.Task[None]:
+        """Run `coro` in a task owned by this listener (awaited or cancelled by `stop`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name or None)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "listener.task_failed",
+                trigger=self.trigger_name,
+                platform=self.platform,
+                error=repr(task.exception()),
+            )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Answer a webhook request; listeners without a webhook answer 404."""
+        return generic(404)
+
+    # --- shared event path ----------------------------------------------------------------
+
+    def first_time(self, delivery_id: str) -> bool:
+        """Record `delivery_id` in the shared dedupe cache; False for a replay or a retry.
+
+        A duplicate is acknowledged to the sender (platform retries are normal) but logged and
+        audited as `trigger.rejected` with reason `replay`.
+        """
+        fresh = self.deps.dedupe.first_time(self.platform, self.trigger_name, delivery_id)
+        if not fresh:
+            log.info(
+                "event.duplicate",
+                platform=self.platform,
+                trigger=self.trigger_name,
+                delivery_id=delivery_id,
+            )
+            self.audit_rejection(
+                verify.Rejected(200, verify.REPLAY, f"delivery {delivery_id} seen before"), ""
+            )
+        return fresh
+
+    def audit_rejection(self, exc: verify.Rejected, remote: str) -> None:
+        """Audit a rejection in the contexts of this trigger's bindings, at most once a second per reason.
+
+        The next record carries how many were suppressed in between (`aofd.suppressed`).
+        """
+        audit = self.deps.audit
+        if audit is None:
+            return
+        contexts = self.deps.dispatcher.contexts_for(self.trigger_name)
+        if not contexts:
+            return
+        now = time.monotonic()
+        last, suppressed = self._audited.get(exc.reason, (float("-inf"), 0))
+        if now - last < 1.0:
+            self._audited[exc.reason] = (last, suppressed + 1)
+            return
+        self._audited[exc.reason] = (now, 0)
+        record = rejection_record(
+            platform=self.platform, trigger=self.trigger_name, exc=exc, remote=remote, suppressed=suppressed
+        )
+        self.spawn(self._write_audit(audit, contexts, record), name=f"audit:{self.trigger_name}")
+
+    async def _write_audit(
+        self, audit: ports.AuditSink, contexts: tuple[str, ...], record: dict[str, Any]
+    ) -> None:
+        for context in contexts:
+            try:
+                await audit.write(context, record)
+            except Exception:
+                log.exception("trigger.rejected_audit_failed", trigger=self.trigger_name, context=context)
+
+    def accept(
+        self, message: ports.EventMessage, *, reply_on_no_match: bool = False
+    ) -> router.RouteOutcome | None:
+        """Dedupe then dispatch one normalized event; None when it was a duplicate."""
+        if not self.first_time(message.delivery_id):
+            return None
+        return self.deps.dispatcher.dispatch(message, reply_on_no_match=reply_on_no_match)
+
+
+class WebhookListener(Listener):
+    """A listener that receives events as HTTP requests at `/hooks/<platform>/<trigger>`."""
+
+    default_max_body: ClassVar[int] = DEFAULT_MAX_BODY_BYTES
+    default_methods: ClassVar[frozenset[str]] = frozenset({"POST"})
+
+    def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
+        super().__init__(resource=resource, deps=deps)
+        self.max_body = int(self.config.max_body_bytes or self.default_max_body)
+
+    def methods(self) -> frozenset[str]:
+        return self.default_methods
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Run the pipeline; every failure becomes a generic 4xx, never a 500."""
+        try:
+            if request.method not in self.methods():
+                return generic(405)
+            if request.method in ("GET", "HEAD"):
+                return await self.on_get(request)
+            body = await read_body(request, limit=self.max_body)
+            return await self.on_request(request, body)
+        except verify.Rejected as exc:
+            await self.rejected(request, exc)
+            return generic(exc.status)
+        except Exception:
+            log.exception("listener.request_failed", trigger=self.trigger_name, platform=self.platform)
+            return generic(400)
+
+    async def on_get(self, request: web.Request) -> web.Response:
+        return generic(405)
+
+    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+        raise NotImplementedError
+
+    async def rejected(self, request: web.Request, exc: verify.Rejected) -> None:
+        """Log a rejection and audit it in the contexts of this trigger's bindings (throttled)."""
+        remote = request.remote or ""
+        log.warning(
+            "trigger.rejected",
+            trigger=self.trigger_name,
+            platform=self.platform,
+            status=exc.status,
+            reason=exc.reason,
+            detail=exc.detail,
+            remote=remote,
+        )
+        self.audit_rejection(exc, remote)
+
+    def parse_json(self, body: bytes) -> Any:
+        """Parse an already verified body; malformed JSON is a 400."""
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise verify.Rejected(400, verify.MALFORMED, "body is not JSON") from None
+
+
+def rejection_record(
+    *, platform: str, trigger: str, exc: verify.Rejected, remote: str, suppressed: int = 0
+) -> dict[str, Any]:
+    """The `trigger.rejected` audit record (ECS-shaped; the daemon's sink adds the envelope)."""
+    return {
+        "event": {"action": "trigger.rejected", "outcome": "failure", "reason": exc.reason},
+        "trigger": {"platform": platform, "name": trigger},
+        "source": {"ip": remote},
+        "http": {"response": {"status_code": exc.status}},
+        "message": exc.detail,
+        "aofd": {"suppressed": suppressed},
+    }
+
+
+async def read_body(request: web.Request, *, limit: int) -> bytes:
+    """Read at most `limit` bytes of the body; 413 as soon as it is known to be larger.
+
+    `Content-Length` is checked before reading anything; a chunked body is counted while read.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"Content-Length {declared} > {limit}")
+    if declared is not None:
+        # Known length within the cap: read exactly that much.
+        try:
+            return await request.content.readexactly(declared) if declared else b""
+        except asyncio.IncompleteReadError:
+            raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length") from None
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def header(request: web.Request, name: str) -> str | None:
+    return request.headers.get(name)
+
+
+def json_response(data: Mapping[str, Any], *, status: int = 200) -> web.Response:
+    body = json.dumps(data, separators=(",", ":")).encode("utf-8")
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def outcome_response(outcome: router.RouteOutcome | None) -> web.Response:
+    """202 with the binding and run id when a flow started, else 200 with the outcome (JSON)."""
+    if outcome is not None and outcome.started:
+        body = b'{"accepted":true,"outcome":"started","binding":%s,"run_id":%s}' % (
+            json.dumps(outcome.binding).encode("utf-8"),
+            json.dumps(outcome.run_id).encode("utf-8"),
+        )
+        return web.Response(body=body, status=202, content_type="application/json")
+    return json_response(outcome_body(outcome))
+
+
+def outcome_body(outcome: router.RouteOutcome | None) -> dict[str, Any]:
+    """What webhook senders get back: accepted or not, the binding and run id when started."""
+    if outcome is None:
+        return {"accepted": True, "outcome": "duplicate"}
+    body: dict[str, Any] = {"accepted": outcome.started, "outcome": outcome.outcome}
+    if outcome.started:
+        body["binding"] = outcome.binding
+        body["run_id"] = outcome.run_id
+    return body

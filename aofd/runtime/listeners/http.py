@@ -1,0 +1,114 @@
+"""The generic HTTP webhook listener (`type: HTTP`) at `/hooks/http/<trigger>`.
+
+Owns aofd's own signing scheme (RELIABILITY.md section 2): `X-Aofd-Timestamp`,
+`X-Aofd-Signature: v1=<hex HMAC-SHA256(secret, ts + "." + raw body)>` (several `v1=` values for
+rotation; any of `webhook_secret`/`webhook_secrets` verifies), a 300 s window, and dedupe on
+`X-Aofd-Delivery` and on the signature itself (the delivery header is not signed, so a replay
+with a new delivery id inside the window is caught by the signature). Also the
+trigger's `methods` (default POST) and `required_headers` (compared in constant time).
+No secret configured means no signature is required: a warning says so at start.
+
+The body may be JSON (`text`/`message`, `user`, `channel`, `event`/`type`, `thread` are read) or
+plain text. The answer is 202 with the run id when a flow started. It must not reply in chat.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from aofd.runtime import ports, verify
+from aofd.runtime.listeners import base
+
+log = structlog.get_logger()
+
+
+class HttpListener(base.WebhookListener):
+    """`type: HTTP` triggers."""
+
+    platform = "http"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.secrets = tuple(base.secret_value(s) for s in self.config.all_webhook_secrets if s)
+        self._methods = frozenset(m.upper() for m in self.config.methods) or self.default_methods
+        self._required = tuple(
+            (name, base.secret_value(value)) for name, value in sorted(self.config.required_headers.items())
+        )
+
+    def methods(self) -> frozenset[str]:
+        return self._methods
+
+    async def start(self) -> None:
+        if not self.secrets:
+            log.warning(
+                "listener.unsigned",
+                trigger=self.trigger_name,
+                platform=self.platform,
+                detail="no webhook_secret is configured: requests are accepted without a signature",
+            )
+        await super().start()
+
+    async def on_get(self, request: web.Request) -> web.Response:
+        return await self.on_request(request, b"")
+
+    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+        for name, expected in self._required:
+            verify.static_header(expected=expected, given=request.headers.get(name), name=name)
+        signature = request.headers.get("X-Aofd-Signature")
+        delivery = request.headers.get("X-Aofd-Delivery", "").strip()
+        if self.secrets:
+            verify.aofd_http(
+                secrets=self.secrets,
+                body=body,
+                timestamp=request.headers.get("X-Aofd-Timestamp"),
+                signature=signature,
+                now=self.deps.clock(),
+            )
+            # X-Aofd-Delivery is not signed: a replay inside the window with a new delivery id
+            # must still be caught, so the signature itself is a dedupe key too.
+            if signature and not self.first_time("sig:" + signature.strip()):
+                return base.json_response(base.outcome_body(None))
+        message = self.normalize(request, body, delivery)
+        return base.outcome_response(self.accept(message))
+
+    def normalize(self, request: web.Request, body: bytes, delivery: str) -> ports.EventMessage:
+        payload: dict[str, Any] = {}
+        text = ""
+        if body and (body.lstrip()[:1] in (b"{", b"[") or request.content_type == "application/json"):
+            parsed = self.parse_json(body)
+            payload = parsed if isinstance(parsed, dict) else {"data": parsed}
+        elif body:
+            text = body.decode("utf-8", errors="replace")
+        elif request.method == "GET":
+            payload = dict(request.query)
+        get = payload.get
+        text = text or _text(get("text") or get("message"))
+        user = get("user")
+        if isinstance(user, dict):
+            user_ref = ports.UserRef(str(user.get("id", "")), str(user.get("name", "")), "http")
+        else:
+            name = user if isinstance(user, str) else ""
+            user_ref = ports.UserRef(name, name, "http")
+        event_type = request.headers.get("X-Aofd-Event") or _text(get("event") or get("type")) or "webhook"
+        channel = _text(get("channel"))
+        return ports.EventMessage(
+            platform=self.platform,
+            trigger=self.trigger_name,
+            text=text,
+            user=user_ref,
+            channel_id=channel,
+            channel_name=channel,
+            thread=_text(get("thread")),
+            event_type=event_type,
+            delivery_id=delivery,
+            raw=payload,
+            received_at=time.time(),
+        )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""

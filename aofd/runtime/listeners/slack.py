@@ -1,0 +1,310 @@
+"""The Slack listener (`type: Slack`): Events API over HTTP, slash commands, approval buttons, Socket Mode.
+
+Owns
+
+- `/hooks/slack/<trigger>`: `X-Slack-Signature` over `v0:<ts>:<raw body>` with the trigger's
+  `signing_secret` and the 5-minute window (`aofd.runtime.verify.slack`: a missing, non-numeric or
+  stale timestamp is 401, never 500), `url_verification` answered with the challenge, `ssl_check`;
+- Events API `event_callback`s: de-duplicated on `event_id` *before* the 200 is sent (so a retry,
+  `X-Slack-Retry-Num`, that arrives while the first delivery is still being handled is dropped)
+  and on `channel:ts` (a mention delivered both as `message` and `app_mention` runs once); the 200
+  goes back at once and the channel name lookup (`conversations.info`, cached) and routing run
+  after, in a task the listener owns. Bot messages and edits are ignored (no reply loops);
+- slash commands (form-encoded; dedupe on `trigger_id`), answered in the HTTP response;
+- interactive `block_actions` with `action_id` `aofd_approve`/`aofd_deny` and the approval request id
+  as value, passed to the `ApprovalDecider`; clicks de-duplicated on `trigger_id` + `action_ts`;
+- Socket Mode when the trigger has an `app_token`: slack_sdk's aiohttp `SocketModeClient` with
+  `apps.connections.open` at `PlatformsSpec.slack_api_url`; each envelope is acknowledged first,
+  then handled by the same code as the HTTP path (no request signature exists there);
+- the trigger's replier (`aofd.runtime.replies.SlackReplier`).
+
+slack_sdk is imported here and in `aofd.runtime.replies` only. Bolt is not used: its request
+pipeline would hide the point where dedupe must happen and call `auth.test` on the first event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import json
+import re
+import time
+import urllib.parse
+from typing import Any
+
+import structlog
+from aiohttp import web
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.web.async_client import AsyncWebClient
+
+from aofd.runtime import ports, replies, router, verify
+from aofd.runtime.listeners import base
+
+log = structlog.get_logger()
+
+IGNORED_SUBTYPES_ALLOWED = frozenset({"thread_broadcast", "file_share", "me_message"})
+"""Message subtypes that are still people talking; every other subtype (edits, joins, bots) is ignored."""
+
+_LEADING_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>\s*")
+CHANNEL_CACHE_SIZE = 4096
+
+
+class SlackListener(base.WebhookListener):
+    """`type: Slack` triggers."""
+
+    platform = "slack"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.signing_secret = base.secret_value(self.config.signing_secret)
+        self.app_token = base.secret_value(self.config.app_token)
+        self.api_url = self.config.base_url or self.deps.platforms.slack_api_url
+        self.slack = replies.SlackReplier(
+            api_url=self.api_url, token=base.secret_value(self.config.bot_token)
+        )
+        self.replier = self.slack
+        self.socket: SocketModeClient | None = None
+        self.socket_ping_interval = 10.0
+        # Invariant: at most CHANNEL_CACHE_SIZE entries, least recently added evicted first.
+        self._channel_names: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    async def start(self) -> None:
+        if self.app_token:
+            client = SocketModeClient(
+                app_token=self.app_token,
+                web_client=AsyncWebClient(base_url=self.api_url),
+                ping_interval=self.socket_ping_interval,
+            )
+            client.socket_mode_request_listeners.append(self._on_socket_request)
+            self.socket = client
+            try:
+                # slack_sdk leaves connect/close unannotated.
+                await client.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                await self._close_socket()
+                raise
+        elif not self.signing_secret:
+            log.warning(
+                "listener.no_secret",
+                trigger=self.trigger_name,
+                platform=self.platform,
+                detail="no signing_secret and no app_token: every request will be rejected",
+            )
+        await super().start()
+
+    async def stop(self, *, drain: float) -> None:
+        await self._close_socket()
+        await super().stop(drain=drain)
+
+    async def _close_socket(self) -> None:
+        client, self.socket = self.socket, None
+        if client is None:
+            return
+        await client.close()  # type: ignore[no-untyped-call]
+        owned = [
+            t
+            for t in (client.message_processor, client.current_session_monitor, client.message_receiver)
+            if t is not None
+        ]
+        await asyncio.gather(*owned, return_exceptions=True)
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+        verify.slack(
+            secrets=(self.signing_secret,),
+            body=body,
+            timestamp=request.headers.get("X-Slack-Request-Timestamp"),
+            signature=request.headers.get("X-Slack-Signature"),
+            now=self.deps.clock(),
+        )
+        if request.content_type == "application/x-www-form-urlencoded":
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", errors="replace")).items()}
+            if form.get("ssl_check"):
+                return web.Response(status=200)
+            if "payload" in form:
+                try:
+                    payload = json.loads(form["payload"])
+                except ValueError:
+                    raise verify.Rejected(400, verify.MALFORMED, "interactive payload is not JSON") from None
+                if not isinstance(payload, dict):
+                    raise verify.Rejected(400, verify.MALFORMED, "interactive payload is not an object")
+                self.on_interactive(payload)
+                return web.Response(status=200)
+            answer = self.on_command(form)
+            return base.json_response(answer)
+        payload = self.parse_json(body)
+        if not isinstance(payload, dict):
+            raise verify.Rejected(400, verify.MALFORMED, "payload is not an object")
+        kind = payload.get("type")
+        if kind == "url_verification":
+            return base.json_response({"challenge": str(payload.get("challenge", ""))})
+        if kind == "event_callback":
+            self.on_event(payload)
+        return web.Response(status=200)
+
+    # --- shared by HTTP and Socket Mode ------------------------------------------------------
+
+    def on_event(self, envelope: dict[str, Any]) -> None:
+        """Dedupe an Events API envelope now; normalize and route it in a task (after the ack)."""
+        event = envelope.get("event")
+        if not isinstance(event, dict) or not _from_a_person(event):
+            return
+        if not self.first_time(str(envelope.get("event_id", ""))):
+            return
+        channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
+        if channel and ts and not self.first_time(f"msg:{channel}:{ts}"):
+            return
+        self.spawn(self._route_event(envelope, event), name=f"slack-event:{self.trigger_name}")
+
+    async def _route_event(self, envelope: dict[str, Any], event: dict[str, Any]) -> None:
+        channel_id = str(event.get("channel", ""))
+        name = await self.channel_name(channel_id) if channel_id else ""
+        message = normalize_event(self.trigger_name, envelope, event, channel_name=name)
+        self.deps.dispatcher.dispatch(message, reply_on_no_match=True)
+
+    async def channel_name(self, channel_id: str) -> str:
+        """A channel's name from the cache, else `conversations.info` (direct messages have none)."""
+        cached = self._channel_names.get(channel_id)
+        if cached is not None:
+            return cached
+        if channel_id.startswith("D"):
+            return ""
+        name = await self.slack.channel_name(channel_id)
+        if name:
+            self._channel_names[channel_id] = name
+            while len(self._channel_names) > CHANNEL_CACHE_SIZE:
+                self._channel_names.popitem(last=False)
+        return name
+
+    def on_command(self, form: dict[str, str]) -> dict[str, Any]:
+        """Route a slash command; the answer is the HTTP (or Socket Mode ack) response body."""
+        message = normalize_command(self.trigger_name, form)
+        outcome = self.accept(message)
+        if outcome is None:
+            return {"response_type": "ephemeral", "text": "Already received."}
+        if outcome.started:
+            return {"response_type": "ephemeral", "text": "Working on it."}
+        if outcome.outcome in ("no_match", "unknown_trigger"):
+            return {"response_type": "ephemeral", "text": router.NO_MATCH_TEXT}
+        return {"response_type": "ephemeral", "text": "This command could not be started."}
+
+    def on_interactive(self, payload: dict[str, Any]) -> None:
+        """Pass approval button clicks to the approvals store (once per click)."""
+        if payload.get("type") != "block_actions":
+            return
+        click_id = f"{payload.get('trigger_id', '')}:{_first_action_ts(payload)}"
+        if not self.first_time("action:" + click_id):
+            return
+        user = payload.get("user") if isinstance(payload.get("user"), dict) else {}
+        assert isinstance(user, dict)
+        team = str(user.get("team_id") or _dict(payload.get("team")).get("id", ""))
+        who = ports.UserRef(
+            str(user.get("id", "")), str(user.get("username") or user.get("name") or ""), f"slack:{team}"
+        )
+        for action in payload.get("actions") or []:
+            if not isinstance(action, dict):
+                continue
+            action_id = str(action.get("action_id", ""))
+            if action_id not in (replies.APPROVE_ACTION, replies.DENY_ACTION):
+                continue
+            request_id = str(action.get("value", ""))
+            self.spawn(
+                self._decide(request_id, who, action_id == replies.APPROVE_ACTION, click_id),
+                name=f"slack-approval:{self.trigger_name}",
+            )
+
+    async def _decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> None:
+        decider = self.deps.approvals
+        if decider is None:
+            log.warning("approval.no_decider", trigger=self.trigger_name, request_id=request_id)
+            return
+        result = decider.decide(request_id, user, approve, action_id)
+        if inspect.isawaitable(result):
+            await result
+        log.info("approval.clicked", trigger=self.trigger_name, request_id=request_id, approve=approve)
+
+    # --- Socket Mode -------------------------------------------------------------------------
+
+    async def _on_socket_request(self, client: AsyncBaseSocketModeClient, req: SocketModeRequest) -> None:
+        """Acknowledge an envelope first, then handle it like the HTTP path would."""
+        payload: dict[str, Any] = req.payload or {}
+        if req.type == "slash_commands":
+            answer = self.on_command({k: str(v) for k, v in payload.items()})
+            await client.send_socket_mode_response(
+                SocketModeResponse(envelope_id=req.envelope_id, payload=answer)
+            )
+            return
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        if req.type == "events_api" and payload.get("type") == "event_callback":
+            self.on_event(payload)
+        elif req.type == "interactive":
+            self.on_interactive(payload)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _first_action_ts(payload: dict[str, Any]) -> str:
+    for action in payload.get("actions") or []:
+        if isinstance(action, dict) and action.get("action_ts"):
+            return str(action["action_ts"])
+    return ""
+
+
+def _from_a_person(event: dict[str, Any]) -> bool:
+    if event.get("bot_id") or event.get("bot_profile"):
+        return False
+    subtype = event.get("subtype")
+    return subtype is None or subtype in IGNORED_SUBTYPES_ALLOWED
+
+
+def normalize_event(
+    trigger: str, envelope: dict[str, Any], event: dict[str, Any], *, channel_name: str = ""
+) -> ports.EventMessage:
+    """An Events API event as an EventMessage (a leading bot mention is removed from the text)."""
+    kind = str(event.get("type", "message"))
+    text = str(event.get("text", ""))
+    if kind == "app_mention":
+        text = _LEADING_MENTION.sub("", text, count=1)
+    team = str(envelope.get("team_id") or event.get("team") or "")
+    return ports.EventMessage(
+        platform="slack",
+        trigger=trigger,
+        text=text,
+        user=ports.UserRef(str(event.get("user", "")), "", f"slack:{team}" if team else "slack"),
+        channel_id=str(event.get("channel", "")),
+        channel_name=channel_name,
+        thread=str(event.get("thread_ts") or event.get("ts") or ""),
+        event_type=kind,
+        delivery_id=str(envelope.get("event_id", "")),
+        raw=envelope,
+        received_at=time.time(),
+    )
+
+
+def normalize_command(trigger: str, form: dict[str, str]) -> ports.EventMessage:
+    """A slash command as an EventMessage: text `/cmd args`, event type `slash_command`."""
+    command = form.get("command", "")
+    args = form.get("text", "")
+    team = form.get("team_id", "")
+    return ports.EventMessage(
+        platform="slack",
+        trigger=trigger,
+        text=f"{command} {args}".strip(),
+        user=ports.UserRef(
+            form.get("user_id", ""), form.get("user_name", ""), f"slack:{team}" if team else "slack"
+        ),
+        channel_id=form.get("channel_id", ""),
+        channel_name=form.get("channel_name", ""),
+        thread="",
+        event_type="slash_command",
+        delivery_id=form.get("trigger_id", ""),
+        raw=dict(form),
+        received_at=time.time(),
+    )

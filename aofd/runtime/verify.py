@@ -1,0 +1,253 @@
+"""Signature verification for every trigger platform: pure functions over raw bytes.
+
+Owns the per-platform algorithms of RELIABILITY.md section 2 (Slack's timestamp checks,
+GitHub and WhatsApp `sha256=` HMACs, PagerDuty's `v1=` lists, Telegram's static token,
+aofd's own `X-Aofd-Signature`). Every function takes the raw request body exactly as
+received, never a parsed or re-serialised one, compares in constant time
+(`hmac.compare_digest`), and raises `Rejected` with an HTTP status and an audit reason.
+
+It must not do I/O, read clocks (callers pass `now`), log, or parse JSON: a rejection
+here happens before anything interprets the payload.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+
+from aofd import errors
+
+# Reasons written to the audit log as `event.reason` of `trigger.rejected`.
+SIGNATURE_INVALID = "signature_invalid"
+STALE_TIMESTAMP = "stale_timestamp"
+REPLAY = "replay"
+BODY_TOO_LARGE = "body_too_large"
+UNKNOWN_SOURCE = "unknown_source"
+MALFORMED = "malformed"
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+DEFAULT_WINDOW = 300.0
+"""Seconds a signed timestamp may differ from now (Slack's and aofd's replay window)."""
+
+
+class Rejected(errors.AofdError):
+    """A request failed verification; `status` is the HTTP answer, `reason` the audit reason.
+
+    The message is for logs only; clients get a generic body.
+    """
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def hmac_sha256_hex(secret: str, message: bytes) -> str:
+    """Lower-case hex of HMAC-SHA256(secret, message)."""
+    # hmac.digest is the one-shot C implementation (several times faster than hmac.new for small inputs).
+    return hmac.digest(secret.encode("utf-8"), message, "sha256").hex()
+
+
+def _any_equal(expected: Iterable[str], given: Iterable[str]) -> bool:
+    """True if any given value equals any expected one; every pair is compared (no early exit)."""
+    found = False
+    for want in expected:
+        for got in given:
+            # `|` rather than `or`: the number of comparisons does not depend on which matched.
+            found = hmac.compare_digest(want.encode("utf-8"), got.encode("utf-8")) | found
+    return found
+
+
+def _secrets(secrets: Sequence[str]) -> tuple[str, ...]:
+    usable = tuple(s for s in secrets if s)
+    if not usable:
+        raise Rejected(403, SIGNATURE_INVALID, "no secret is configured for this trigger")
+    return usable
+
+
+def check_timestamp(timestamp: str | None, *, now: float, window: float = DEFAULT_WINDOW) -> int:
+    """Parse a signed Unix timestamp header and check it lies within `window` seconds of `now`.
+
+    Returns:
+        The timestamp as an int.
+
+    Raises:
+        Rejected: 401 `malformed` when missing or not an integer, 401 `stale_timestamp` when outside.
+    """
+    if timestamp is None or not timestamp.strip():
+        raise Rejected(401, MALFORMED, "timestamp header missing")
+    text = timestamp.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise Rejected(401, MALFORMED, "timestamp header is not a Unix timestamp")
+    value = int(text)
+    if abs(now - value) > window:
+        raise Rejected(401, STALE_TIMESTAMP, f"timestamp is {now - value:.0f}s away from now")
+    return value
+
+
+def slack_basestring(timestamp: str, body: bytes) -> bytes:
+    """What Slack signs: `v0:<timestamp>:<raw body>`."""
+    return b"v0:" + timestamp.encode("ascii") + b":" + body
+
+
+def slack(
+    *,
+    secrets: Sequence[str],
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    now: float,
+    window: float = DEFAULT_WINDOW,
+) -> None:
+    """Verify Slack's `X-Slack-Signature` (`v0=` HMAC of `v0:ts:body`) and its 5-minute window.
+
+    Raises:
+        Rejected: 401 for a missing, malformed, stale or wrong signature (never 500).
+    """
+    usable = _secrets(secrets)
+    if not signature:
+        raise Rejected(401, MALFORMED, "X-Slack-Signature missing")
+    check_timestamp(timestamp, now=now, window=window)
+    assert timestamp is not None  # checked above
+    if not signature.startswith("v0="):
+        raise Rejected(401, MALFORMED, "X-Slack-Signature is not a v0 signature")
+    base = slack_basestring(timestamp.strip(), body)
+    expected = ["v0=" + hmac_sha256_hex(secret, base) for secret in usable]
+    if not _any_equal(expected, [signature.strip()]):
+        raise Rejected(401, SIGNATURE_INVALID, "X-Slack-Signature does not match")
+
+
+def sha256_header(
+    *, secrets: Sequence[str], body: bytes, signature: str | None, header: str, status: int = 401
+) -> None:
+    """Verify a `sha256=<hex HMAC of the raw body>` header (GitHub, WhatsApp/Meta).
+
+    Raises:
+        Rejected: `status` (401 by default) for a missing, malformed or wrong signature.
+    """
+    usable = _secrets(secrets)
+    if not signature:
+        raise Rejected(status, MALFORMED, f"{header} missing")
+    if not signature.startswith("sha256="):
+        raise Rejected(status, MALFORMED, f"{header} is not a sha256= signature")
+    expected = ["sha256=" + hmac_sha256_hex(secret, body) for secret in usable]
+    if not _any_equal(expected, [signature.strip()]):
+        raise Rejected(status, SIGNATURE_INVALID, f"{header} does not match")
+
+
+def github(*, secrets: Sequence[str], body: bytes, signature: str | None) -> None:
+    """Verify GitHub's `X-Hub-Signature-256` (the legacy SHA-1 header is ignored)."""
+    sha256_header(secrets=secrets, body=body, signature=signature, header="X-Hub-Signature-256")
+
+
+def whatsapp(*, secrets: Sequence[str], body: bytes, signature: str | None) -> None:
+    """Verify Meta's `X-Hub-Signature-256` with the app secret."""
+    sha256_header(secrets=secrets, body=body, signature=signature, header="X-Hub-Signature-256")
+
+
+def _versioned(header: str, *, name: str) -> list[tuple[str, str]]:
+    """Split `v1=abc,v1=def` into (version, value) pairs; 400 when it is not that shape."""
+    pairs: list[tuple[str, str]] = []
+    for part in header.split(","):
+        item = part.strip()
+        version, sep, value = item.partition("=")
+        if not sep or not version or not value or not version.startswith("v"):
+            raise Rejected(400, MALFORMED, f"{name} is malformed")
+        if _HEX.fullmatch(value) is None:
+            raise Rejected(400, MALFORMED, f"{name} value is not hex")
+        pairs.append((version, value.lower()))
+    return pairs
+
+
+def pagerduty(*, secrets: Sequence[str], body: bytes, signature: str | None) -> None:
+    """Verify PagerDuty v3's `X-PagerDuty-Signature`: accept when any `v1=` value matches.
+
+    Raises:
+        Rejected: 400 for a missing or malformed header, 403 for no matching `v1=` (a `v0=`-only
+            header included).
+    """
+    usable = _secrets(secrets)
+    if not signature or not signature.strip():
+        raise Rejected(400, MALFORMED, "X-PagerDuty-Signature missing")
+    pairs = _versioned(signature, name="X-PagerDuty-Signature")
+    given = [value for version, value in pairs if version == "v1"]
+    expected = [hmac_sha256_hex(secret, body) for secret in usable]
+    if not given or not _any_equal(expected, given):
+        raise Rejected(403, SIGNATURE_INVALID, "no X-PagerDuty-Signature v1 value matches")
+
+
+def telegram(*, secret_token: str, header: str | None) -> None:
+    """Verify Telegram's static `X-Telegram-Bot-Api-Secret-Token` (there is no body signature).
+
+    Raises:
+        Rejected: 403 when missing or different.
+    """
+    if not secret_token:
+        raise Rejected(403, SIGNATURE_INVALID, "no secret_token is configured for this trigger")
+    if header is None:
+        raise Rejected(403, SIGNATURE_INVALID, "X-Telegram-Bot-Api-Secret-Token missing")
+    if not hmac.compare_digest(secret_token.encode("utf-8"), header.encode("utf-8")):
+        raise Rejected(403, SIGNATURE_INVALID, "X-Telegram-Bot-Api-Secret-Token does not match")
+
+
+def aofd_basestring(timestamp: str, body: bytes) -> bytes:
+    """What aofd's generic webhook signs: `<timestamp>.<raw body>`."""
+    return timestamp.encode("ascii") + b"." + body
+
+
+def aofd_http(
+    *,
+    secrets: Sequence[str],
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    now: float,
+    window: float = DEFAULT_WINDOW,
+) -> None:
+    """Verify `X-Aofd-Signature: v1=<hex HMAC(secret, ts + "." + body)>` (several `v1=` allowed).
+
+    Raises:
+        Rejected: 401 for missing, malformed, stale or wrong signatures.
+    """
+    usable = _secrets(secrets)
+    if not signature or not signature.strip():
+        raise Rejected(401, MALFORMED, "X-Aofd-Signature missing")
+    check_timestamp(timestamp, now=now, window=window)
+    assert timestamp is not None  # checked above
+    base = aofd_basestring(timestamp.strip(), body)
+    if len(usable) == 1 and "," not in signature:
+        # The common case (one secret, one signature), without the list machinery.
+        given_one = signature.strip()
+        if not given_one.startswith("v1=") or _HEX.fullmatch(given_one, 3) is None:
+            raise Rejected(401, MALFORMED, "X-Aofd-Signature is not a v1 signature")
+        expected_one = "v1=" + hmac_sha256_hex(usable[0], base)
+        if not hmac.compare_digest(expected_one.encode("ascii"), given_one.lower().encode("ascii")):
+            raise Rejected(401, SIGNATURE_INVALID, "no X-Aofd-Signature v1 value matches")
+        return
+    try:
+        pairs = _versioned(signature, name="X-Aofd-Signature")
+    except Rejected as exc:
+        raise Rejected(401, exc.reason, exc.detail) from None
+    given = [value for version, value in pairs if version == "v1"]
+    expected = [hmac_sha256_hex(secret, base) for secret in usable]
+    if not given or not _any_equal(expected, given):
+        raise Rejected(401, SIGNATURE_INVALID, "no X-Aofd-Signature v1 value matches")
+
+
+def static_header(*, expected: str, given: str | None, name: str) -> None:
+    """Check a configured static header (HTTP `required_headers`) in constant time.
+
+    `expected` of `""` or `"*"` only requires presence.
+
+    Raises:
+        Rejected: 401 when missing, 403 when different.
+    """
+    if given is None:
+        raise Rejected(401, MALFORMED, f"required header {name} missing")
+    if expected in ("", "*"):
+        return
+    if not hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8")):
+        raise Rejected(403, SIGNATURE_INVALID, f"required header {name} does not match")

@@ -1,0 +1,1 @@
+"""Local fakes for the trigger tests: platform API servers, resource stand-ins, signers."""

@@ -1,0 +1,126 @@
+"""A test rig: switchboard, dispatcher, listener factory and the real trigger server on a random loopback
+port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+
+from aofd.plan import desired
+from aofd.resources.kinds import base as kinds_base
+from aofd.runtime import dedupe, replies, router, routing, server
+from aofd.runtime.listeners import factory, schedule
+from aofd.settings import PlatformsSpec
+from tests.runtime.fakes import resources
+
+
+class Rig:
+    """Everything between a platform's request and `FlowStarter.start`, wired as the daemon would."""
+
+    def __init__(
+        self,
+        *,
+        platforms: PlatformsSpec | None = None,
+        clock: Callable[[], float] = time.time,
+        with_scheduler: bool = False,
+    ) -> None:
+        self.platforms = platforms or PlatformsSpec()
+        self.clock = clock
+        self.switchboard = routing.Switchboard()
+        self.starter = resources.RecordingStarter()
+        self.audit = resources.RecordingAudit()
+        self.approvals = resources.RecordingApprovals()
+        self.dedupe = dedupe.DedupeCache()
+        self.replier = replies.MultiReplier(switchboard=self.switchboard)
+        self.dispatcher = router.Dispatcher(
+            switchboard=self.switchboard, starter=self.starter, replier=self.replier
+        )
+        self.hub = schedule.ScheduleHub() if with_scheduler else None
+        self.factory = factory.ListenerFactory(
+            platforms=self.platforms,
+            dispatcher=self.dispatcher,
+            dedupe=self.dedupe,
+            audit=self.audit,
+            approvals=self.approvals,
+            scheduler=self.hub,
+            clock=self.clock,
+        )
+        self.server = server.TriggerServer(switchboard=self.switchboard, listen="127.0.0.1:0")
+        self.session: aiohttp.ClientSession | None = None
+        self._revision = 0
+
+    async def __aenter__(self) -> Rig:
+        await self.server.start()
+        self.session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for listener in self.switchboard.current.listeners.values():
+            await listener.stop(drain=1.0)
+        await self.dispatcher.aclose()
+        if self.hub is not None:
+            self.hub.shutdown()
+        assert self.session is not None
+        await self.session.close()
+        await self.server.stop()
+        await asyncio.sleep(0)
+
+    async def apply(
+        self,
+        bindings: Iterable[desired.ResolvedBinding],
+        *,
+        triggers: Iterable[kinds_base.LoadedResource] = (),
+    ) -> routing.Transition:
+        """Make before break, as the reconciler does."""
+        self._revision += 1
+        transition = routing.prepare(
+            self.switchboard.current,
+            revision=f"rev-{self._revision}",
+            bindings=list(bindings),
+            build=self.factory,
+            triggers=list(triggers),
+        )
+        await routing.apply(self.switchboard, transition, drain=1.0)
+        return transition
+
+    def url(self, platform: str, trigger: str) -> str:
+        return f"{self.server.url}/hooks/{platform}/{trigger}"
+
+    async def send(
+        self,
+        platform: str,
+        trigger: str,
+        body: bytes | Any = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        method: str = "POST",
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """One request to the trigger server; returns (status, body text)."""
+        assert self.session is not None
+        data = io.BytesIO(body) if isinstance(body, bytes) and len(body) > 512 * 1024 else body
+        async with self.session.request(
+            method, self.url(platform, trigger), data=data, headers=dict(headers or {}), params=params
+        ) as resp:
+            return resp.status, await resp.text()
+
+    async def settle(self, until: Callable[[], bool] | None = None, timeout: float = 2.0) -> None:
+        """Let background tasks run: until `until()` holds (or fail after `timeout`), else for 50 ms."""
+        if until is None:
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+            return
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not reached in time")
+            await asyncio.sleep(0.01)
+
+    def json_headers(self, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return {"Content-Type": "application/json", **(extra or {})}

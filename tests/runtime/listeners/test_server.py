@@ -1,0 +1,111 @@
+"""The trigger server: per-request lookup in the current table, 404s, extra routes, replies escaping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from aofd.runtime import ports, replies, routing, server
+from aofd.settings import PlatformsSpec
+from tests.runtime.fakes import harness, platforms, resources
+
+
+async def test_unknown_trigger_wrong_platform_and_disabled_are_404() -> None:
+    """Unknown triggers, a platform that is not the trigger's type, and disabled triggers answer a generic
+    404.
+    """
+    async with harness.Rig() as rig:
+        hook = resources.trigger("hook", "HTTP")
+        off = resources.trigger("off", "HTTP", enabled=False)
+        await rig.apply([resources.binding("b", hook), resources.binding("c", off)])
+        answers = [
+            await rig.send("http", "nope", b"{}"),
+            await rig.send("slack", "hook", b"{}"),
+            await rig.send("http", "off", b"{}"),
+            await rig.send("schedule", "hook", b"{}"),
+        ]
+    assert [(404, "not found")] * 4 == answers
+    assert [] == rig.starter.calls
+
+
+async def test_requests_see_the_table_published_by_the_latest_swap() -> None:
+    """After a swap that removes a trigger its hook is 404, and a new trigger's hook works at once."""
+    async with harness.Rig() as rig:
+        await rig.apply([resources.binding("b", resources.trigger("old", "HTTP"))])
+        before = (await rig.send("http", "old", b"x"))[0]
+        await rig.apply([resources.binding("b", resources.trigger("new", "HTTP"))])
+        after = [(await rig.send("http", "old", b"x"))[0], (await rig.send("http", "new", b"x"))[0]]
+    assert (202, [404, 202]) == (before, after)
+
+
+async def test_extra_routes_are_mounted() -> None:
+    """The lead can mount `/hooks/git/<source>` next to the trigger hooks."""
+    seen: list[str] = []
+
+    async def git_hook(request: web.Request) -> web.Response:
+        seen.append(request.match_info["source"])
+        return web.Response(status=202)
+
+    srv = server.TriggerServer(switchboard=routing.Switchboard(), listen="127.0.0.1:0")
+    srv.add_route("POST", "/hooks/git/{source}", git_hook)
+    await srv.start()
+    try:
+        async with aiohttp.ClientSession() as session, session.post(f"{srv.url}/hooks/git/main") as resp:
+            status = resp.status
+    finally:
+        await srv.stop()
+    assert (202, ["main"]) == (status, seen)
+    with pytest.raises(ValueError):
+        server.parse_listen("localhost")
+
+
+@pytest.fixture
+async def slack_api() -> AsyncIterator[platforms.FakeSlack]:
+    async with platforms.FakeSlack() as fake:
+        yield fake
+
+
+async def test_slack_replies_are_escaped_and_threaded(slack_api: platforms.FakeSlack) -> None:
+    """`<!channel>` and `<https://evil|https://good>` reach chat.postMessage escaped, in the thread."""
+    replier = replies.SlackReplier(api_url=slack_api.api_url, token="xoxb-1")
+    target = ports.ReplyTarget("slack", "slack-bot", "C1", "1700000000.000100")
+    await replier.reply(target, "<!channel> see <https://evil|https://good> & more")
+    post = slack_api.calls("chat.postMessage")[0]
+    assert "&lt;!channel&gt; see &lt;https://evil|https://good&gt; &amp; more" == post["text"]
+    assert ("C1", "1700000000.000100", "Bearer xoxb-1") == (post["channel"], post["thread_ts"], post["_auth"])
+
+
+async def test_slack_approval_prompt_has_buttons_and_ascii_argv(slack_api: platforms.FakeSlack) -> None:
+    """The prompt carries Approve/Deny buttons with the request id, and the argv as escaped ASCII JSON."""
+    replier = replies.SlackReplier(api_url=slack_api.api_url, token="xoxb-1")
+    argv = ("kubectl", "delete", "pod", "web-\u202e1", "<!here>")
+    await replier.ask_approval(
+        ports.ReplyTarget("slack", "slack-bot", "C1", "1.2"),
+        request_id="req-9",
+        summary="Delete a pod?",
+        argv=argv,
+    )
+    post = slack_api.calls("chat.postMessage")[0]
+    blocks = post["blocks"] if isinstance(post["blocks"], list) else json.loads(post["blocks"])
+    buttons = [(e["action_id"], e["value"]) for e in blocks[1]["elements"]]
+    section = blocks[0]["text"]["text"]
+    assert [("aofd_approve", "req-9"), ("aofd_deny", "req-9")] == buttons
+    assert '["kubectl", "delete", "pod", "web-\\u202e1", "&lt;!here&gt;"]' in section
+    assert section.isascii()
+
+
+async def test_multireplier_uses_the_current_listener_of_the_trigger(slack_api: platforms.FakeSlack) -> None:
+    """Replies go through the trigger's current listener (its token); platforms without chat only log."""
+    async with harness.Rig(platforms=PlatformsSpec(slack_api_url=slack_api.api_url)) as rig:
+        trig = resources.trigger("slack-bot", "Slack", signing_secret="s", bot_token="xoxb-current")
+        await rig.apply([resources.binding("b", trig)])
+        await rig.replier.reply(ports.ReplyTarget("slack", "slack-bot", "C1"), "done")
+        await rig.replier.reply(ports.ReplyTarget("slack", "gone-bot", "C1"), "lost")
+        await rig.replier.reply(ports.ReplyTarget("schedule", "nightly"), "stored on the run")
+    assert [("C1", "done", "Bearer xoxb-current")] == [
+        (p["channel"], p["text"], p["_auth"]) for p in slack_api.calls("chat.postMessage")
+    ]

@@ -1,0 +1,222 @@
+"""Routing: candidate bindings per trigger, filters, upstream scoring, ties, no match, table swaps."""
+
+from __future__ import annotations
+
+import pytest
+
+from aofd.runtime import dedupe, ports, router, routing
+from aofd.runtime.listeners import factory
+from aofd.settings import PlatformsSpec
+from tests.runtime.fakes import resources
+
+SLACK = resources.trigger("slack-bot", "Slack", signing_secret="s", bot_token="xoxb-1")
+
+
+def _message(
+    text: str = "hello",
+    *,
+    channel_id: str = "C1",
+    channel_name: str = "",
+    user: str = "U1",
+    user_name: str = "",
+    event_type: str = "message",
+    trigger: str = "slack-bot",
+) -> ports.EventMessage:
+    return ports.EventMessage(
+        platform="slack",
+        trigger=trigger,
+        text=text,
+        user=ports.UserRef(user, user_name, "slack:T1"),
+        channel_id=channel_id,
+        channel_name=channel_name,
+        event_type=event_type,
+        delivery_id="Ev1",
+    )
+
+
+def _dispatcher(bindings: list[object]) -> tuple[router.Dispatcher, resources.RecordingStarter]:
+    switchboard = routing.Switchboard()
+    starter = resources.RecordingStarter()
+    dispatcher = router.Dispatcher(switchboard=switchboard, starter=starter)
+    build = factory.ListenerFactory(
+        platforms=PlatformsSpec(), dispatcher=dispatcher, dedupe=dedupe.DedupeCache()
+    )
+    transition = routing.prepare(None, revision="r1", bindings=bindings, build=build)  # type: ignore[arg-type]
+    switchboard.swap(transition.table)
+    return dispatcher, starter
+
+
+def test_seed_example_1_routes_each_channel_to_its_own_context() -> None:
+    """slack-us-bot takes #prod-us-east (context prod-us-east), slack-eu-bot takes #prod-eu-west."""
+    us = resources.binding(
+        "slack-us-bot", SLACK, context_name="prod-us-east", filters={"channels": ["prod-us-east"]}
+    )
+    eu = resources.binding(
+        "slack-eu-bot", SLACK, context_name="prod-eu-west", filters={"channels": ["prod-eu-west"]}
+    )
+    dispatcher, starter = _dispatcher([us, eu])
+    east = dispatcher.dispatch(_message(channel_id="C_US", channel_name="prod-us-east"))
+    west = dispatcher.dispatch(_message(channel_id="C_EU", channel_name="prod-eu-west"))
+    assert ("slack-us-bot", "prod-us-east") == (east.binding, east.context)
+    assert ("slack-eu-bot", "prod-eu-west") == (west.binding, west.context)
+    assert ["slack-us-bot", "slack-eu-bot"] == starter.bindings
+
+
+def test_no_match_is_an_outcome_never_a_random_binding() -> None:
+    """A channel no binding names starts nothing and reports no_match."""
+    us = resources.binding("slack-us-bot", SLACK, filters={"channels": ["prod-us-east"]})
+    dispatcher, starter = _dispatcher([us])
+    outcome = dispatcher.dispatch(_message(channel_id="C9", channel_name="random"))
+    assert ("no_match", []) == (outcome.outcome, starter.calls)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message", "matches"),
+    [
+        ("prod-us-east", _message(channel_id="C1", channel_name="prod-us-east"), True),
+        ("#prod-us-east", _message(channel_id="C1", channel_name="prod-us-east"), True),
+        ("C1", _message(channel_id="C1", channel_name=""), True),
+        ("prod-us-east", _message(channel_id="C1", channel_name="prod-us-east-2"), False),
+        ("*", _message(channel_id="C7"), True),
+    ],
+)
+def test_channels_match_by_id_name_or_hash_name(
+    entry: str, message: ports.EventMessage, matches: bool
+) -> None:
+    """A channel filter entry matches the channel id, its name, or #name (exactly)."""
+    b = resources.binding("b", SLACK, filters={"channels": [entry]})
+    dispatcher, _ = _dispatcher([b])
+    assert matches == dispatcher.dispatch(message).started
+
+
+def test_scoring_prefers_the_most_specific_binding() -> None:
+    """Channel (+100) beats user (+80) beats pattern (+60) beats a catch-all (+10)."""
+    catch_all = resources.binding("a-catch-all", SLACK)
+    by_pattern = resources.binding("b-pattern", SLACK, filters={"patterns": ["^deploy"]})
+    by_user = resources.binding("c-user", SLACK, filters={"users": ["U1"]})
+    by_channel = resources.binding("d-channel", SLACK, filters={"channels": ["ops"]})
+    dispatcher, _ = _dispatcher([catch_all, by_pattern, by_user, by_channel])
+    cases = [
+        (_message("deploy api", channel_name="ops", user="U1"), "d-channel", 10 + 10 + 100),
+        (_message("deploy api", channel_name="dev", user="U1"), "c-user", 10 + 10 + 80),
+        (_message("deploy api", channel_name="dev", user="U2"), "b-pattern", 10 + 10 + 60),
+        (_message("status", channel_name="dev", user="U2"), "a-catch-all", 10 + 10),
+    ]
+    for message, expected, score in cases:
+        outcome = dispatcher.dispatch(message)
+        assert (expected, score) == (outcome.binding, outcome.score)
+
+
+def test_match_block_keywords_and_priority() -> None:
+    """Required keywords add 40 each and must all appear; excluded keywords veto; priority adds."""
+    keyed = resources.binding(
+        "keyed", SLACK, match={"required_keywords": ["restart", "Pod"], "excluded_keywords": ["prod"]}
+    )
+    prioritized = resources.binding("prioritized", SLACK, match={"priority": 75})
+    dispatcher, _ = _dispatcher([keyed, prioritized])
+    assert "keyed" == dispatcher.dispatch(_message("please RESTART the pod")).binding
+    assert "prioritized" == dispatcher.dispatch(_message("restart the pod in prod")).binding
+    assert "prioritized" == dispatcher.dispatch(_message("restart")).binding
+
+
+def test_ties_are_broken_by_binding_name() -> None:
+    """Equal scores pick the alphabetically first binding, whatever the input order."""
+    second = resources.binding("zeta", SLACK, filters={"channels": ["ops"]})
+    first = resources.binding("alpha", SLACK, filters={"channels": ["ops"]})
+    for order in ([second, first], [first, second]):
+        dispatcher, _ = _dispatcher(order)
+        assert "alpha" == dispatcher.dispatch(_message(channel_name="ops")).binding
+
+
+def test_disabled_bindings_and_invalid_regexes() -> None:
+    """A disabled binding never matches; an invalid regex falls back to a case-insensitive substring."""
+    disabled = resources.binding("disabled", SLACK, filters={"channels": ["ops"]}, enabled=False)
+    odd = resources.binding("odd", SLACK, filters={"patterns": ["[unclosed"]})
+    dispatcher, _ = _dispatcher([disabled, odd])
+    assert "no_match" == dispatcher.dispatch(_message("hello", channel_name="ops")).outcome
+    assert "odd" == dispatcher.dispatch(_message("see [UNCLOSED bracket", channel_name="ops")).binding
+
+
+def test_events_and_users_filters() -> None:
+    """Binding `events` filter event types (`pull_request` covers `pull_request.opened`); users match id or
+    name.
+    """
+    gh = resources.trigger("gh", "GitHub", webhook_secret="s")
+    prs = resources.binding("prs", gh, filters={"events": ["pull_request"], "users": ["octocat"]})
+    dispatcher, _ = _dispatcher([prs])
+    opened = ports.EventMessage(
+        platform="github",
+        trigger="gh",
+        text="",
+        user=ports.UserRef("1", "octocat"),
+        event_type="pull_request.opened",
+    )
+    pushed = ports.EventMessage(
+        platform="github", trigger="gh", text="", user=ports.UserRef("1", "octocat"), event_type="push"
+    )
+    assert (True, False) == (dispatcher.dispatch(opened).started, dispatcher.dispatch(pushed).started)
+
+
+def test_trigger_level_filters_gate_every_binding() -> None:
+    """A Trigger's own `channels` filter drops events before bindings are considered, and adds its score."""
+    gated = resources.trigger("gated", "Slack", signing_secret="s", channels=["ops"])
+    b = resources.binding("b", gated)
+    dispatcher, _ = _dispatcher([b])
+    assert "filtered" == dispatcher.dispatch(_message(channel_name="dev", trigger="gated")).outcome
+    outcome = dispatcher.dispatch(_message(channel_name="ops", trigger="gated"))
+    assert ("b", 10 + 100 + 10) == (outcome.binding, outcome.score)
+
+
+def test_lookup_only_considers_bindings_of_the_receiving_trigger() -> None:
+    """Bindings of another trigger are never candidates."""
+    other = resources.trigger("other-bot", "Slack", signing_secret="s")
+    theirs = resources.binding("theirs", other)
+    dispatcher, _ = _dispatcher([theirs])
+    assert "unknown_trigger" == dispatcher.dispatch(_message()).outcome
+
+
+async def test_unchanged_listener_keeps_its_identity_across_a_swap() -> None:
+    """Make-before-break: an unchanged trigger's listener is reused; a changed one is replaced and retired."""
+    switchboard = routing.Switchboard()
+    dispatcher = router.Dispatcher(switchboard=switchboard, starter=resources.RecordingStarter())
+    build = factory.ListenerFactory(
+        platforms=PlatformsSpec(), dispatcher=dispatcher, dedupe=dedupe.DedupeCache()
+    )
+    hook = resources.trigger("hook", "HTTP", webhook_secret="one")
+    first = routing.prepare(
+        None, revision="r1", bindings=[resources.binding("b", SLACK)], build=build, triggers=[hook]
+    )
+    await routing.apply(switchboard, first, drain=0)
+    slack_before, hook_before = (
+        switchboard.current.listeners["slack-bot"],
+        switchboard.current.listeners["hook"],
+    )
+
+    rotated = resources.trigger("hook", "HTTP", webhook_secret="two")
+    second = routing.prepare(
+        switchboard.current,
+        revision="r2",
+        bindings=[resources.binding("b", SLACK, filters={"channels": ["ops"]})],
+        build=build,
+        triggers=[rotated],
+    )
+    assert (second.reused, second.retired) == ((slack_before,), (hook_before,))
+    old = await routing.apply(switchboard, second, drain=0)
+    assert "r1" == old.revision
+    assert switchboard.current.listeners["slack-bot"] is slack_before
+    assert switchboard.current.listeners["hook"] is not hook_before
+    assert (True, False) == (switchboard.current.listeners["hook"].running, hook_before.running)
+    for listener in switchboard.current.listeners.values():
+        await listener.stop(drain=0)
+
+
+def test_disabled_trigger_gets_no_listener() -> None:
+    """`spec.enabled: false` on a Trigger leaves it out of the table (its hooks answer 404)."""
+    off = resources.trigger("off", "HTTP", enabled=False)
+    build = factory.ListenerFactory(
+        platforms=PlatformsSpec(),
+        dispatcher=router.Dispatcher(switchboard=routing.Switchboard(), starter=resources.RecordingStarter()),
+        dedupe=dedupe.DedupeCache(),
+    )
+    transition = routing.prepare(None, revision="r", bindings=[resources.binding("b", off)], build=build)
+    assert ({}, ()) == (dict(transition.table.listeners), transition.started)
