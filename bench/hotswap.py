@@ -163,16 +163,19 @@ class Daemon:
     async def wait_binding(self, version: int, limit: float = 20.0) -> float:
         deadline = time.monotonic() + limit
         url = f"http://127.0.0.1:{self.admin_port}/api/v1/resources/FlowBinding/v{version:05d}"
+        last: object = None
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with session.get(url) as resp:
+                        last = resp.status
                         if resp.status == 200:
                             data = await resp.json()
+                            last = data["items"][0].get("status")
                             if (data["items"][0].get("status") or {}).get("phase") == "Ready":
                                 return time.time()
                 await asyncio.sleep(0.005)
-        raise RuntimeError(f"binding v{version:05d} was not applied within {limit}s")
+        raise RuntimeError(f"binding v{version:05d} was not applied within {limit}s (last answer: {last})")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -224,6 +227,18 @@ async def client(
 
 
 async def run_mode(mode: str, seconds: float, interval: float, concurrency: int) -> dict[str, Any]:
+    """One timed run; the daemon is always stopped, even when the run fails."""
+    holder: list[Daemon] = []
+    try:
+        return await _run_mode(mode, seconds, interval, concurrency, holder)
+    finally:
+        for daemon in holder:
+            await asyncio.to_thread(daemon.stop)
+
+
+async def _run_mode(
+    mode: str, seconds: float, interval: float, concurrency: int, holder: list[Daemon]
+) -> dict[str, Any]:
     model = ModelServer()
     await model.start()
     root = Path(tempfile.mkdtemp(prefix=f"aofd-hotswap-{mode}-"))
@@ -239,6 +254,7 @@ async def run_mode(mode: str, seconds: float, interval: float, concurrency: int)
     (repo / "bindings").mkdir()
     write_version(repo, 0)
     daemon = Daemon(root, model.url, free_port())
+    holder.append(daemon)
     daemon.start()
     applied: dict[int, float] = {0: await daemon.wait_binding(0)}
     stop = asyncio.Event()
