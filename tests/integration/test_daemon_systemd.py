@@ -190,3 +190,37 @@ def test_metrics_are_exported(tmp_path: Path) -> None:
             ):
                 assert series in text
             assert 0 == daemon.stop()
+
+
+def test_deleted_binding_run_is_cancelled_after_the_grace_period(tmp_path: Path) -> None:
+    """A run of a binding deleted by a new revision gets the grace period, then is cancelled and recorded."""
+    repo = make_repo(tmp_path)
+    with fakes.anthropic_server() as model:
+        model.delay = 30.0
+        args, env = serve_args(repo, fakes.url(model), tmp_path)
+        config = json.loads((tmp_path / "aofd.yaml").read_text())
+        config["drain_grace_seconds"] = 1
+        (tmp_path / "aofd.yaml").write_text(json.dumps(config))
+        with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
+            daemon.wait_ready()
+            assert 202 == send_event(daemon, "slow question", "del-1")
+            daemon.wait_for(lambda: model.requests, what="the model call to start")
+            (repo / "bindings" / "b1.yaml").unlink()
+            daemon.wait_for(
+                lambda: 404 == daemon.get("/api/v1/resources/FlowBinding/b1")[0], what="b1 deleted"
+            )
+
+            def finished() -> list[dict[str, Any]]:
+                found = []
+                for segment in (tmp_path / "audit" / "prod").glob("audit-*.jsonl"):
+                    for line in segment.read_text().splitlines():
+                        record = json.loads(line)
+                        if record["event"]["action"] == "agent.run.finished":
+                            found.append(record)
+                return found
+
+            records = daemon.wait_for(finished, timeout=20, what="the cancelled run to be recorded")
+            assert "cancelled" == records[0]["aofd"]["run"]["status"]
+            assert "b1" == records[0]["aofd"]["binding"]
+            model.release.set()
+            assert 0 == daemon.stop()
