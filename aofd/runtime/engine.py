@@ -277,12 +277,15 @@ class HttpPolicy:
             address = ipaddress.ip_address(host)
         except ValueError:
             address = None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # [::ffff:a.b.c.d] connects to a.b.c.d
         if address is not None:
             if address.is_link_local or str(address) == "fd00:ec2::254":
                 return f"address {host} is link-local (cloud metadata) and not allowed"
-            if address.is_loopback and not self.allow_loopback:
+            # 0.0.0.0 and [::] connect to this host, like loopback.
+            if (address.is_loopback or address.is_unspecified) and not self.allow_loopback:
                 return f"loopback address {host} is not allowed"
-        elif host == "localhost" and not self.allow_loopback:
+        elif (host == "localhost" or host.endswith(".localhost")) and not self.allow_loopback:
             return "localhost is not allowed"
         if self.allowed_hosts and not any(host == h or host.endswith("." + h) for h in self.allowed_hosts):
             return f"host {host} is not in the allowed hosts"
@@ -889,7 +892,14 @@ class Engine:
             kwargs["data"] = str(body)
         try:
             async with self._http.request(method, url, **kwargs) as response:
-                raw = await response.content.read(self._http_policy.max_body_bytes)
+                # `read(n)` returns what has arrived so far (at most n): read on until EOF or the limit.
+                limit = self._http_policy.max_body_bytes
+                raw = bytearray()
+                while len(raw) < limit:
+                    chunk = await response.content.read(limit - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
                 status = response.status
                 content_type = response.headers.get("Content-Type", "")
         except (aiohttp.ClientError, TimeoutError) as exc:
