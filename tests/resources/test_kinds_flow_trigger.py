@@ -286,3 +286,22 @@ def test_teams_trigger_type_is_rejected() -> None:
     """`Teams` is not a trigger type (upstream rejects it too)."""
     result = load(SEED_TRIGGER.replace("type: slack", "type: Teams"))
     assert [(6, 9, "error")] == [(i.line, i.col, i.severity) for i in result.issues]
+
+
+def test_http_node_accepts_fail_on_error_in_both_spellings() -> None:
+    """An HTTP node may turn off failing on a 4xx/5xx answer (`failOnError` or `fail_on_error`)."""
+    for key in ("failOnError", "fail_on_error"):
+        result = load(
+            f"""\
+            apiVersion: aof.dev/v1
+            kind: AgentFlow
+            metadata: {{name: probe}}
+            spec:
+              nodes:
+                - id: fetch
+                  type: HTTP
+                  config: {{url: "https://status.example.com/api", method: GET, {key}: false}}
+            """
+        )
+        assert () == result.issues
+        assert flow_spec(result).nodes[0].config.fail_on_error is False

@@ -130,6 +130,7 @@ class NodeConfig(base.Model):
     method: str | None = None
     headers: base.StrMap = Field(default_factory=dict)
     body: JsonValue = None
+    fail_on_error: base.Bool | None = None  # HTTP: a 4xx/5xx answer fails the node (default true)
     # Wait
     duration: str | base.Int | base.Float | None = None
     # Parallel
