@@ -6,7 +6,7 @@ to `Listener.handle`. An unknown trigger, a disabled one, or a platform in the p
 trigger's type answers 404 with a generic body. The listener caps the body (`max_body_bytes`, 413
 before any HMAC); the application's `client_max_size` is the hard cap for everything else.
 
-The lead mounts extra routes (the git push hook `/hooks/git/<source>`) through `extra_routes` or
+The daemon mounts extra routes (the git push hook `/hooks/git/<source>`) through `extra_routes` or
 `TriggerServer.add_route` before `start()`.
 
 It must not verify, parse or route events itself; listeners do that.

@@ -43,7 +43,7 @@ async def test_requests_see_the_table_published_by_the_latest_swap() -> None:
 
 
 async def test_extra_routes_are_mounted() -> None:
-    """The lead can mount `/hooks/git/<source>` next to the trigger hooks."""
+    """The daemon can mount `/hooks/git/<source>` next to the trigger hooks."""
     seen: list[str] = []
 
     async def git_hook(request: web.Request) -> web.Response:
