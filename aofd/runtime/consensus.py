@@ -125,8 +125,8 @@ def normalize(text: str) -> str:
     return folded.rstrip(_TRAILING).strip()
 
 
-def verdict(text: str) -> tuple[str | None, float | None]:
-    """The `decision` and `confidence` of the first JSON object in `text` that has a `decision`."""
+def json_object(text: str, key: str) -> dict[str, Any] | None:
+    """The first JSON object in `text` that has `key` (models wrap JSON in prose or code fences)."""
     decoder = json.JSONDecoder()
     index = text.find("{")
     while index != -1:
@@ -135,15 +135,23 @@ def verdict(text: str) -> tuple[str | None, float | None]:
         except json.JSONDecodeError:
             index = text.find("{", index + 1)
             continue
-        if isinstance(obj, dict) and "decision" in obj:
-            decision = obj.get("decision")
-            conf = obj.get("confidence")
-            confidence: float | None = None
-            if isinstance(conf, int | float) and not isinstance(conf, bool):
-                confidence = float(conf) / 100.0 if conf > 1 else float(conf)
-            return (None if decision is None else str(decision)), confidence
+        if isinstance(obj, dict) and key in obj:
+            return obj
         index = text.find("{", index + 1)
-    return None, None
+    return None
+
+
+def verdict(text: str) -> tuple[str | None, float | None]:
+    """The `decision` and `confidence` of the first JSON object in `text` that has a `decision`."""
+    obj = json_object(text, "decision")
+    if obj is None:
+        return None, None
+    decision = obj.get("decision")
+    conf = obj.get("confidence")
+    confidence: float | None = None
+    if isinstance(conf, int | float) and not isinstance(conf, bool):
+        confidence = float(conf) / 100.0 if conf > 1 else float(conf)
+    return (None if decision is None else str(decision)), confidence
 
 
 def key_of(answer: str) -> tuple[str, float | None]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import random
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
@@ -558,25 +557,9 @@ def _synthesis_prompt(task: str, answers: list[_Answer], assignments: Mapping[st
     )
 
 
-def json_object(text: str, key: str) -> dict[str, Any] | None:
-    """The first JSON object in `text` that has `key` (models wrap JSON in prose or code fences)."""
-    decoder = json.JSONDecoder()
-    index = text.find("{")
-    while index != -1:
-        try:
-            obj, _end = decoder.raw_decode(text, index)
-        except json.JSONDecodeError:
-            index = text.find("{", index + 1)
-            continue
-        if isinstance(obj, dict) and key in obj:
-            return obj
-        index = text.find("{", index + 1)
-    return None
-
-
 def _assignments(plan_text: str, workers: list[Member], task: str) -> tuple[list[tuple[str, str]], bool]:
     """(worker, sub-task) pairs from the manager's plan; all workers get the task if the plan is unusable."""
-    plan = json_object(plan_text, "assignments")
+    plan = consensus.json_object(plan_text, "assignments")
     names = {w.name for w in workers}
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -594,7 +577,7 @@ def _assignments(plan_text: str, workers: list[Member], task: str) -> tuple[list
 
 
 def _plan(text: str, task: str) -> tuple[str, list[str]]:
-    plan = json_object(text, "steps")
+    plan = consensus.json_object(text, "steps")
     if plan is None or not isinstance(plan.get("steps"), list):
         return task, []
     steps: list[str] = []

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
 
 import pytest
 
 from aofd.resources import documents, ids, validation
 from aofd.resources.kinds import agent
+from aofd.testing import resources as testing_resources
 
 
 def parse_one(text: str) -> documents.Document:
@@ -117,23 +116,8 @@ def test_non_mapping_document_is_an_error() -> None:
 
 def test_empty_document_has_nothing_to_say() -> None:
     """A document whose data is null yields no resource and no issue."""
-
-    @dataclasses.dataclass(frozen=True)
-    class Empty:
-        path: str = "e.yaml"
-        index: int = 0
-        line: int = 1
-        col: int = 1
-        data: object = None
-        positions: Mapping[tuple[str | int, ...], tuple[int, int]] = dataclasses.field(default_factory=dict)
-
-        def position(self, loc: Sequence[str | int]) -> tuple[int, int]:
-            return (1, 1)
-
-        def key_position(self, loc: Sequence[str | int]) -> tuple[int, int]:
-            return (1, 1)
-
-    assert validation.ValidationResult(None, ()) == validation.validate_document(Empty())
+    empty = testing_resources.FakeDocument(path="e.yaml", data=None)
+    assert validation.ValidationResult(None, ()) == validation.validate_document(empty)
 
 
 def test_every_type_error_is_reported_at_its_own_value() -> None:

@@ -12,6 +12,8 @@ Owns
   with a generic body, never 500, is logged, and is audited as `trigger.rejected` (with
   `event.reason`) in the contexts of the trigger's bindings (throttled: one record per reason
   per second, with the count of suppressed ones).
+- `SignedWebhookListener`: a `WebhookListener` for platforms that sign with
+  `webhook_secret`/`webhook_secrets` (GitHub, PagerDuty); without a secret it rejects everything.
 - `Deps`: the collaborators a listener is built with (keyword-only, owned by the daemon).
 - `ApprovalDecider`: the small port through which interactive approval clicks reach the guard.
 
@@ -323,6 +325,28 @@ class WebhookListener(Listener):
             return json.loads(body)
         except ValueError:
             raise verify.Rejected(400, verify.MALFORMED, "body is not JSON") from None
+
+
+class SignedWebhookListener(WebhookListener):
+    """A webhook listener whose platform signs each delivery with `webhook_secret`/`webhook_secrets`.
+
+    It fails closed: without a secret every delivery is rejected (by `aofd.runtime.verify`), and
+    `start()` warns about it once.
+    """
+
+    def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
+        super().__init__(resource=resource, deps=deps)
+        self.secrets = tuple(secret_value(s) for s in self.config.all_webhook_secrets if s)
+
+    async def start(self) -> None:
+        if not self.secrets:
+            log.warning(
+                "listener.no_secret",
+                trigger=self.trigger_name,
+                platform=self.platform,
+                detail="no webhook_secret is configured: every delivery will be rejected",
+            )
+        await super().start()
 
 
 def rejection_record(

@@ -18,37 +18,20 @@ import time
 import urllib.parse
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from aofd.runtime import ports, verify
 from aofd.runtime.listeners import base
 
-log = structlog.get_logger()
-
 GITHUB_MAX_BODY = 25 * 1024 * 1024
 """GitHub caps webhook payloads at 25 MB."""
 
 
-class GitHubListener(base.WebhookListener):
+class GitHubListener(base.SignedWebhookListener):
     """`type: GitHub` triggers."""
 
     platform = "github"
     default_max_body = GITHUB_MAX_BODY
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.secrets = tuple(base.secret_value(s) for s in self.config.all_webhook_secrets if s)
-
-    async def start(self) -> None:
-        if not self.secrets:
-            log.warning(
-                "listener.no_secret",
-                trigger=self.trigger_name,
-                platform=self.platform,
-                detail="no webhook_secret is configured: every delivery will be rejected",
-            )
-        await super().start()
 
     async def on_request(self, request: web.Request, body: bytes) -> web.Response:
         verify.github(secrets=self.secrets, body=body, signature=request.headers.get("X-Hub-Signature-256"))

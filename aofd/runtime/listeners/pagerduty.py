@@ -24,24 +24,10 @@ from aofd.runtime.listeners import base
 log = structlog.get_logger()
 
 
-class PagerDutyListener(base.WebhookListener):
+class PagerDutyListener(base.SignedWebhookListener):
     """`type: PagerDuty` triggers."""
 
     platform = "pagerduty"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.secrets = tuple(base.secret_value(s) for s in self.config.all_webhook_secrets if s)
-
-    async def start(self) -> None:
-        if not self.secrets:
-            log.warning(
-                "listener.no_secret",
-                trigger=self.trigger_name,
-                platform=self.platform,
-                detail="no webhook_secret is configured: every delivery will be rejected",
-            )
-        await super().start()
 
     async def on_request(self, request: web.Request, body: bytes) -> web.Response:
         verify.pagerduty(

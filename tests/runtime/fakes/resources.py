@@ -4,9 +4,8 @@ collaborators.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from aofd.plan import desired
@@ -16,26 +15,7 @@ from aofd.resources.kinds import binding as binding_kind
 from aofd.resources.kinds import context as context_kind
 from aofd.resources.kinds import trigger as trigger_kind
 from aofd.runtime import ports
-
-
-@dataclasses.dataclass(frozen=True)
-class _Doc:
-    """A DocumentLike with no positions."""
-
-    path: str = "test.yaml"
-    index: int = 0
-    line: int = 1
-    col: int = 1
-    data: object = None
-    positions: Mapping[tuple[str | int, ...], tuple[int, int]] = dataclasses.field(default_factory=dict)
-
-    def position(self, loc: Sequence[str | int]) -> tuple[int, int]:
-        return (1, 1)
-
-
-def _loaded(kind: ids.Kind, model: kinds_base.ResourceModel) -> kinds_base.LoadedResource:
-    key = ids.ResourceKey.of(kind, model.metadata.name)
-    return kinds_base.LoadedResource(key=key, model=model, doc=_Doc(), path="test.yaml", line=1, col=1)
+from aofd.testing import resources as testing_resources
 
 
 def trigger(name: str, type_: str, *, enabled: bool = True, **config: Any) -> kinds_base.LoadedResource:
@@ -48,14 +28,14 @@ def trigger(name: str, type_: str, *, enabled: bool = True, **config: Any) -> ki
             "spec": {"type": type_, "config": config, "enabled": enabled},
         }
     )
-    return _loaded(ids.Kind.TRIGGER, model)
+    return testing_resources.loaded(ids.Kind.TRIGGER, model)
 
 
 def context(name: str) -> kinds_base.LoadedResource:
     model = context_kind.Context.model_validate(
         {"apiVersion": "aof.dev/v1", "kind": "Context", "metadata": {"name": name}, "spec": {}}
     )
-    return _loaded(ids.Kind.CONTEXT, model)
+    return testing_resources.loaded(ids.Kind.CONTEXT, model)
 
 
 def binding(
@@ -82,7 +62,7 @@ def binding(
     return desired.ResolvedBinding(
         name=name,
         key=ids.ResourceKey.of(ids.Kind.BINDING, name),
-        binding=_loaded(ids.Kind.BINDING, model),
+        binding=testing_resources.loaded(ids.Kind.BINDING, model),
         flow=None,
         agent=None,
         fleet=None,

@@ -13,25 +13,8 @@ from aofd.resources.kinds import base as kinds_base
 from aofd.resources.kinds import context as context_kind
 from aofd.resources.kinds import fleet as fleet_kind
 from aofd.resources.kinds import flow as flow_kind
+from aofd.testing import resources as testing_resources
 from tests.runtime.fakes import resources as trigger_fakes
-
-
-@dataclasses.dataclass(frozen=True)
-class _Doc:
-    path: str = "test.yaml"
-    index: int = 0
-    line: int = 1
-    col: int = 1
-    data: object = None
-    positions: Mapping[tuple[str | int, ...], tuple[int, int]] = dataclasses.field(default_factory=dict)
-
-    def position(self, loc: Sequence[str | int]) -> tuple[int, int]:
-        return (1, 1)
-
-
-def _loaded(kind: ids.Kind, model: kinds_base.ResourceModel) -> kinds_base.LoadedResource:
-    key = ids.ResourceKey.of(kind, model.metadata.name)
-    return kinds_base.LoadedResource(key=key, model=model, doc=_Doc(), path="test.yaml", line=1, col=1)
 
 
 def _doc(kind: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,19 +22,27 @@ def _doc(kind: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def agent(name: str, **spec: Any) -> kinds_base.LoadedResource:
-    return _loaded(ids.Kind.AGENT, agent_kind.Agent.model_validate(_doc("Agent", name, spec)))
+    return testing_resources.loaded(
+        ids.Kind.AGENT, agent_kind.Agent.model_validate(_doc("Agent", name, spec))
+    )
 
 
 def fleet(name: str, **spec: Any) -> kinds_base.LoadedResource:
-    return _loaded(ids.Kind.FLEET, fleet_kind.AgentFleet.model_validate(_doc("AgentFleet", name, spec)))
+    return testing_resources.loaded(
+        ids.Kind.FLEET, fleet_kind.AgentFleet.model_validate(_doc("AgentFleet", name, spec))
+    )
 
 
 def flow(name: str, **spec: Any) -> kinds_base.LoadedResource:
-    return _loaded(ids.Kind.FLOW, flow_kind.AgentFlow.model_validate(_doc("AgentFlow", name, spec)))
+    return testing_resources.loaded(
+        ids.Kind.FLOW, flow_kind.AgentFlow.model_validate(_doc("AgentFlow", name, spec))
+    )
 
 
 def context(name: str, **spec: Any) -> kinds_base.LoadedResource:
-    return _loaded(ids.Kind.CONTEXT, context_kind.Context.model_validate(_doc("Context", name, spec)))
+    return testing_resources.loaded(
+        ids.Kind.CONTEXT, context_kind.Context.model_validate(_doc("Context", name, spec))
+    )
 
 
 def bind(
