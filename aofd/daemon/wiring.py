@@ -103,6 +103,10 @@ class _Counters:
         self.tokens: dict[str, int] = {"input": 0, "output": 0}
         self.refusals: dict[str, int] = {}
         self.received: dict[str, int] = {}
+        self.rejected: dict[tuple[str, str], int] = {}
+
+    def event_rejected(self, platform: str, reason: str) -> None:
+        self.rejected[(platform, reason)] = self.rejected.get((platform, reason), 0) + 1
 
     def run_finished(self, record: runs.RunRecord) -> None:
         status = str(record.status.value)
@@ -201,6 +205,7 @@ class Runtime:
             audit=self.audit,
             approvals=_Decider(self.guard),
             scheduler=self.scheduler,
+            on_rejected=self.counters.event_rejected,
         )
         self.server = server.TriggerServer(switchboard=self.switchboard, listen=cfg.listen)
         self.server.add_route("POST", "/hooks/git/{source}", self._git_hook)
@@ -470,6 +475,7 @@ class Runtime:
             sources=sources,
             listeners=listener_counts,
             events_received=dict(self.counters.received),
+            events_rejected=dict(self.counters.rejected),
             runs=dict(self.counters.runs),
             model_tokens=dict(self.counters.tokens),
             ratelimit_refusals=dict(self.counters.refusals),

@@ -175,6 +175,10 @@ def test_metrics_are_exported(tmp_path: Path) -> None:
         with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
             daemon.wait_ready()
             assert 202 == send_event(daemon, "q", "m-1")
+            bad = daemon.post(
+                "/hooks/http/hook", b"{}", which="listen", headers={"X-Aofd-Signature": "v1=00"}
+            )
+            assert 401 == bad[0]
             daemon.wait_for(
                 lambda: 'aofd_runs_total{outcome="completed"}' in str(daemon.get("/metrics")[1]),
                 what="a completed run in the metrics",
@@ -187,6 +191,9 @@ def test_metrics_are_exported(tmp_path: Path) -> None:
                 "aofd_applied_revision_info",
                 "aofd_audit_records_total",
                 "aofd_audit_durable_write_seconds_bucket",
+                'aofd_events_received_total{platform="http"} 1.0',
+                'aofd_events_rejected_total{platform="http",reason=',
+                'aofd_model_tokens_total{direction="input"}',
             ):
                 assert series in text
             assert 0 == daemon.stop()

@@ -87,7 +87,16 @@ class ChatReplier(Protocol):
 class Deps:
     """The collaborators every listener is built with; owned and shared by the daemon."""
 
-    __slots__ = ("approvals", "audit", "clock", "dedupe", "dispatcher", "platforms", "scheduler")
+    __slots__ = (
+        "approvals",
+        "audit",
+        "clock",
+        "dedupe",
+        "dispatcher",
+        "on_rejected",
+        "platforms",
+        "scheduler",
+    )
 
     def __init__(
         self,
@@ -99,7 +108,9 @@ class Deps:
         approvals: ApprovalDecider | None,
         scheduler: schedule.ScheduleHub | None = None,
         clock: Callable[[], float] = time.time,
+        on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
+        self.on_rejected = on_rejected  # (platform, reason) for every refused request; metrics
         self.platforms = platforms
         self.dispatcher = dispatcher
         self.dedupe = dedupe
@@ -317,6 +328,8 @@ class WebhookListener(Listener):
             detail=exc.detail,
             remote=remote,
         )
+        if self.deps.on_rejected is not None:
+            self.deps.on_rejected(self.platform, exc.reason)
         self.audit_rejection(exc, remote)
 
     def parse_json(self, body: bytes) -> Any:

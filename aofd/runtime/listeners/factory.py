@@ -42,6 +42,7 @@ def build_listener(
     approvals: base.ApprovalDecider | None,
     scheduler: schedule.ScheduleHub | None = None,
     clock: Callable[[], float] = time.time,
+    on_rejected: Callable[[str, str], None] | None = None,
 ) -> base.Listener:
     """The (not yet started) listener for one Trigger.
 
@@ -65,6 +66,7 @@ def build_listener(
         approvals=approvals,
         scheduler=scheduler,
         clock=clock,
+        on_rejected=on_rejected,
     )
     return cls(resource=trigger_resource, deps=deps)
 
@@ -80,6 +82,7 @@ class ListenerFactory:
     approvals: base.ApprovalDecider | None = None
     scheduler: schedule.ScheduleHub | None = None
     clock: Callable[[], float] = time.time
+    on_rejected: Callable[[str, str], None] | None = None
 
     def __call__(self, trigger_resource: kinds_base.LoadedResource) -> base.Listener:
         return build_listener(
@@ -91,4 +94,5 @@ class ListenerFactory:
             approvals=self.approvals,
             scheduler=self.scheduler,
             clock=self.clock,
+            on_rejected=self.on_rejected,
         )
