@@ -231,3 +231,41 @@ def test_deleted_binding_run_is_cancelled_after_the_grace_period(tmp_path: Path)
             assert "b1" == records[0]["aofd"]["binding"]
             model.release.set()
             assert 0 == daemon.stop()
+
+
+def test_second_sigterm_stops_at_once_without_a_torn_audit_line(tmp_path: Path) -> None:
+    """A second SIGTERM cancels the run still draining; the exit is prompt and the audit chain intact."""
+    repo = make_repo(tmp_path)
+    with fakes.anthropic_server() as model:
+        model.delay = 30.0
+        args, env = serve_args(repo, fakes.url(model), tmp_path)
+        config = json.loads((tmp_path / "aofd.yaml").read_text())
+        config["drain_grace_seconds"] = 60
+        (tmp_path / "aofd.yaml").write_text(json.dumps(config))
+        with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
+            daemon.wait_ready()
+            assert 202 == send_event(daemon, "very slow question", "twice-1")
+            daemon.wait_for(lambda: model.requests, what="the model call to start")
+            daemon.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert daemon.proc.poll() is None
+            started = time.monotonic()
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert 0 == daemon.proc.wait(20)
+            assert time.monotonic() - started < 10
+            model.release.set()
+    verified = subprocess.run(
+        [sys.executable, "-m", "aofd.cli.aofctl_main", "audit", "verify", str(tmp_path / "audit" / "prod")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert 0 == verified.returncode, verified.stdout + verified.stderr
+    lines = [
+        json.loads(x)
+        for p in (tmp_path / "audit" / "prod").glob("audit-*.jsonl")
+        for x in p.read_text().splitlines()
+    ]
+    finished = [x for x in lines if x["event"]["action"] == "agent.run.finished"]
+    assert "cancelled" == finished[-1]["aofd"]["run"]["status"]
