@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,29 @@ class Overrides:
     audit_dir: Path | None = None
 
 
+ZERO_CONFIG_TOOLS = ("kubectl", "helm", "curl")
+"""Tools `aofd serve PATH` pins from its own PATH at start-up (a config file names them instead)."""
+
+
+def pinned_tools(
+    names: tuple[str, ...] = ZERO_CONFIG_TOOLS, *, search_path: str | None = None
+) -> dict[str, Path]:
+    """Resolve bare tool names once, to real absolute paths; what is not installed is left out."""
+    found: dict[str, Path] = {}
+    for name in names:
+        where = shutil.which(name, path=search_path)
+        if where:
+            found[name] = Path(os.path.realpath(where))
+    return found
+
+
 def zero_config(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfig:
-    """`aofd serve PATH`: one watched directory source for every kind, state under PATH/.aofd."""
+    """`aofd serve PATH`: one watched directory source for every kind, state under PATH/.aofd,
+    and kubectl/helm/curl pinned from the daemon's PATH as it is at start-up."""
     root = path.resolve()
     base = root / STATE_SUBDIR
     config = settings.DaemonConfig(
+        executables=settings.ExecutablesSpec(paths=pinned_tools()),
         sources=(
             settings.SourceSpec(
                 name="local",

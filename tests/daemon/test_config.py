@@ -106,3 +106,17 @@ def test_overrides_win(tmp_path: Path) -> None:
     assert "unix:/tmp/a.sock" == cfg.admin
     assert tmp_path / "s" == cfg.state_dir
     assert "127.0.0.1:8080" == cfg.listen
+
+
+def test_zero_config_pins_tools_from_path(tmp_path: Path) -> None:
+    """Zero-config pins the tools it finds to real absolute paths and leaves out the rest."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = tmp_path / "real-kubectl"
+    real.write_text("#!/bin/sh\n")
+    real.chmod(0o755)
+    (bin_dir / "kubectl").symlink_to(real)
+
+    pinned = config.pinned_tools(("kubectl", "helm"), search_path=str(bin_dir))
+
+    assert {"kubectl": real.resolve()} == pinned
