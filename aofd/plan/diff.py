@@ -11,7 +11,7 @@ This module owns:
 - `Plan`: the result, with counts, JSON form and the Contexts each change touches (their
   audit logs record the applied revision).
 
-Human rendering lives in `aofd.cli.render`. No I/O, no clock, no logging.
+Human rendering lives in `aofd.plan.render`. No I/O, no clock, no logging.
 """
 
 from __future__ import annotations

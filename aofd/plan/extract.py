@@ -73,7 +73,13 @@ def spec_of(resource: LoadedResource) -> Any:
 
 
 def _written(doc_data: object, loc: Sequence[str | int]) -> Loc:
-    """`loc` (snake_case attribute names) as written in the document (snake_case or camelCase keys)."""
+    """`loc` (snake_case attribute names) as written in the document (snake_case or camelCase keys).
+
+    In upstream's flat form (`name:`, `steps:` at the top) `spec.X` and `metadata.name` are
+    written without their `spec`/`metadata` prefix.
+    """
+    if loc and loc[0] in ("spec", "metadata") and validation.is_flat_form(doc_data):
+        loc = loc[1:]
     out: list[str | int] = []
     node = doc_data
     for part in loc:
@@ -224,29 +230,42 @@ def secrets(resource: LoadedResource) -> Iterator[SecretField]:
     spec = spec_of(resource)
     if spec is None:
         return
-    candidates: list[tuple[tuple[str | int, ...], object]] = []
+    # (model attribute path, where the text is written, the text)
+    candidates: list[tuple[tuple[str | int, ...], tuple[str | int, ...], object]] = []
     if resource.kind is Kind.CONTEXT:
-        candidates.append((("spec", "kubeconfig"), spec.kubeconfig))
+        kubeconfig: Loc = ("spec", "kubeconfig")
         connection = getattr(spec, "connection", None)
         if connection is not None:
-            candidates.append((("spec", "connection", "kubeconfig"), connection.kubeconfig))
-        candidates.extend((("spec", "env", k), v) for k, v in spec.env.items())
+            at: Loc = ("spec", "connection", "kubeconfig")
+            candidates.append((at, at, connection.kubeconfig))
+            if not _is_written(resource, kubeconfig):
+                # Filled from `connection.kubeconfig` (the fallback): one text, reported once, there.
+                kubeconfig = at
+        candidates.append((("spec", "kubeconfig"), kubeconfig, spec.kubeconfig))
+        candidates.extend((("spec", "env", k), ("spec", "env", k), v) for k, v in spec.env.items())
     elif resource.kind is Kind.TRIGGER:
         config = spec.config
         for name in trigger_kind.SECRET_FIELDS:
             value = getattr(config, name, None)
             if isinstance(value, tuple):
-                candidates.extend((("spec", "config", name, i), v) for i, v in enumerate(value))
+                candidates.extend(
+                    (("spec", "config", name, i), ("spec", "config", name, i), v) for i, v in enumerate(value)
+                )
             else:
-                candidates.append((("spec", "config", name), value))
-    for attr, value in candidates:
+                candidates.append((("spec", "config", name), ("spec", "config", name), value))
+    for attr, at, value in candidates:
         if not isinstance(value, str):
             continue
         if "$" not in value:
             continue
-        written = _written(resource.doc.data, attr)
+        written = _written(resource.doc.data, at)
         line, col = resource.position(written)
         yield SecretField(attr, _dotted(written), value, line, col)
+
+
+def _is_written(resource: LoadedResource, loc: Sequence[str | int]) -> bool:
+    """True when the document itself has a value at `loc` (not filled in by a model default)."""
+    return _written(resource.doc.data, loc) in resource.doc.positions
 
 
 def replace(obj: Any, attr: Sequence[str | int], value: str) -> Any:

@@ -236,8 +236,8 @@ class Registry:
         for field in entry.secrets:
             expansion = substitute.expand(field.text, policy=policy)
             names.extend(expansion.names)
-            issues.extend(
-                errors.Issue(
+            for problem in expansion.problems:
+                issue = errors.Issue(
                     resource.path,
                     field.line,
                     field.col,
@@ -245,8 +245,8 @@ class Registry:
                     f"{key}: {field.field}: {problem.message}",
                     problem.code,
                 )
-                for problem in expansion.problems
-            )
+                if issue not in issues:  # one text in two model fields (a fallback) is reported once
+                    issues.append(issue)
             if expansion.value != field.text:
                 model = extract.replace(model, field.attr, expansion.value)
                 changed = True

@@ -70,7 +70,7 @@ class Policy:
     undefined: Undefined = "error"
 
     def allows(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allow)
+        return allowed(name, self.allow)
 
 
 def allowed(name: str, allow: Sequence[str]) -> bool:

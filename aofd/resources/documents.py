@@ -7,7 +7,8 @@ pass, so every cap is enforced while events are read, before anything could be e
 - aliases and anchors are rejected (no billion laughs, no self-referential data),
 - nesting deeper than `Limits.max_depth`, more than `Limits.max_nodes_per_file` nodes,
   scalars over `Limits.max_scalar_bytes` and files over `Limits.max_file_bytes` are rejected
-  (the file size is checked before any decoding or parsing),
+  (the file size is checked before any decoding or parsing), and decimal integers longer
+  than 4,300 digits are rejected (int() of those raises, or is quadratic without the cap),
 - duplicate keys, merge keys (`<<`), non-scalar keys and every tag outside the standard
   `!!str !!int !!float !!bool !!null !!map !!seq` are rejected,
 - the bytes must be UTF-8 without NUL bytes (a UTF-8 BOM is allowed; UTF-16/32 are not).
@@ -70,6 +71,8 @@ _SCALAR_TAGS = frozenset(_YAML_TAG_PREFIX + name for name in ("str", "int", "flo
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 _BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 _INT_DEC = re.compile(r"[-+]?[0-9]+")
+_MAX_INT_DIGITS = 4300
+"""Longest decimal int converted (Python's own default cap; str->int is quadratic beyond it)."""
 _INT_OCT = re.compile(r"0o[0-7]+")
 _INT_HEX = re.compile(r"0x[0-9a-fA-F]+")
 _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
@@ -149,6 +152,13 @@ class ParseResult:
 
 class _Stop(Exception):
     """Reading the file cannot usefully continue (a cap was hit, or too many issues)."""
+
+
+class _IntTooLongError(ValueError):
+    """A plain scalar is a decimal integer with more than `_MAX_INT_DIGITS` digits."""
+
+    def __init__(self, digits: int) -> None:
+        super().__init__(f"integer has {digits} digits; at most {_MAX_INT_DIGITS} are allowed")
 
 
 def parse(path: str, content: bytes, *, limits: snapshot.Limits = snapshot.DEFAULT_LIMITS) -> ParseResult:
@@ -246,6 +256,9 @@ def _resolve_plain(value: str) -> object:
     if boolean is not None:
         return boolean
     if _INT_DEC.fullmatch(value):
+        digits = len(value.lstrip("+-"))
+        if digits > _MAX_INT_DIGITS:
+            raise _IntTooLongError(digits)
         return int(value, 10)
     if _INT_OCT.fullmatch(value):
         return int(value[2:], 8)
@@ -425,9 +438,17 @@ class _Reader:
                     if event.style or not text or text[0] not in non_str_first:
                         value = text if text or event.style else None
                     else:
-                        value = resolve_plain(text)
+                        try:
+                            value = resolve_plain(text)
+                        except _IntTooLongError as exc:
+                            value = None
+                            issue(*pos, str(exc), "yaml-int", fatal=False)
                 elif tag in _SCALAR_TAGS:
-                    value, fits = _resolve_tagged(tag, text)
+                    try:
+                        value, fits = _resolve_tagged(tag, text)
+                    except _IntTooLongError as exc:
+                        value, fits = None, True
+                        issue(*pos, str(exc), "yaml-int", fatal=False)
                     if not fits:
                         issue(
                             *pos, f"value {text!r} is not a valid {_short_tag(tag)}", "yaml-tag", fatal=False

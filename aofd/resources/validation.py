@@ -113,7 +113,7 @@ def validate_document(doc: base.DocumentLike, *, strict: bool = False) -> Valida
         data = {k: v for k, v in data.items() if k not in ("apiVersion", "api_version")}
 
     remap: Callable[[Loc], Loc] = _identity
-    if kind_name in _FLAT_FORM_KINDS and _is_flat_form(data):
+    if kind_name in _FLAT_FORM_KINDS and is_flat_form(data):
         data, remap = _from_flat_form(data)
         report.remap = remap
 
@@ -229,8 +229,9 @@ def _check_api_version(data: dict[str, object], report: _Report) -> bool:
     return isinstance(version, str)
 
 
-def _is_flat_form(data: dict[str, object]) -> bool:
-    return "spec" not in data and "metadata" not in data and "name" in data
+def is_flat_form(data: object) -> bool:
+    """True for upstream's flat form: `name:` and the spec's keys at the top, no `metadata`/`spec`."""
+    return isinstance(data, dict) and "spec" not in data and "metadata" not in data and "name" in data
 
 
 def _from_flat_form(data: dict[str, object]) -> tuple[dict[str, object], Callable[[Loc], Loc]]:

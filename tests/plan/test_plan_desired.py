@@ -104,6 +104,19 @@ def test_valid_tree_resolves_bindings(write_tree: WriteTree) -> None:
             ],
             id="binding-without-context",
         ),
+        pytest.param(
+            {
+                "wf.yaml": (
+                    "apiVersion: aof.dev/v1\nkind: Workflow\nname: wf\nentrypoint: one\n"
+                    "steps:\n  - name: one\n    agent: ghost\n"
+                )
+            },
+            [
+                "main/wf.yaml:7:12: error: Workflow/wf: steps[0].agent refers to Agent 'ghost', "
+                "which does not exist"
+            ],
+            id="flat-form-workflow-points-at-the-field",
+        ),
     ],
 )
 def test_reference_errors(write_tree: WriteTree, files: dict[str, str], expected: list[str]) -> None:
@@ -243,6 +256,25 @@ def test_kubeconfig_substitution(
     assert (expected_value, expected_codes) == (
         model.spec.kubeconfig,  # type: ignore[attr-defined]
         [i.code for i in state.issues],
+    )
+
+
+def test_connection_kubeconfig_is_substituted_in_both_fields_and_reported_once(write_tree: WriteTree) -> None:
+    """`connection.kubeconfig` also fills `spec.kubeconfig`: both get the value, a problem shows once."""
+    spec = 'connection:\n  kubeconfig: "${KUBECONFIG_PROD}"'
+    snap = write_tree({"ctx.yaml": context("prod", spec)})
+    good = build(view(snap), variables={"KUBECONFIG_PROD": "/k/prod"})
+    bad = build(view(snap), variables={}, undefined="warning")
+    model = good.resources[ids.ResourceKey.of(ids.Kind.CONTEXT, "prod")].model
+    assert (
+        ("/k/prod", "/k/prod"),
+        [
+            "main/ctx.yaml:7:17: warning: Context/prod: spec.connection.kubeconfig: undefined variable "
+            "KUBECONFIG_PROD: set it in the daemon's environment, or write ${KUBECONFIG_PROD:-default}"
+        ],
+    ) == (
+        (model.spec.kubeconfig, model.spec.connection.kubeconfig),  # type: ignore[attr-defined]
+        messages(bad),
     )
 
 

@@ -392,6 +392,25 @@ def test_oversized_scalar_is_rejected() -> None:
     assert (2, 4, "scalar is 10 bytes; at most 8 are allowed") == (issue.line, issue.col, issue.message)
 
 
+@pytest.mark.parametrize(
+    ("content", "position"),
+    [
+        (b"a: 1\nb: " + b"9" * 5000 + b"\n", (2, 4)),
+        (b"a: !!int " + b"9" * 5000 + b"\n", (1, 4)),
+        (b"a: !!float -" + b"9" * 5000 + b"\n", (1, 4)),
+    ],
+)
+def test_overlong_integer_is_an_issue_not_a_crash(content: bytes, position: tuple[int, int]) -> None:
+    """A decimal integer over 4,300 digits is an issue at its position (int() raises, or is quadratic)."""
+    issue = only_issue(content)
+    assert (*position, "integer has 5000 digits; at most 4300 are allowed", "yaml-int") == (
+        issue.line,
+        issue.col,
+        issue.message,
+        issue.code,
+    )
+
+
 def test_node_count_cap() -> None:
     """More than max_nodes_per_file nodes (keys, values and collections) is rejected."""
     limits = snapshot.Limits(max_nodes_per_file=5)
