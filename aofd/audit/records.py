@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
+from aofd.audit import redact
+
 ECS_VERSION: Final = "8.11.0"
 SCHEMA: Final = "aofd.audit/v1"
 DATASET: Final = "aofd.audit"
@@ -73,6 +75,8 @@ ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
 
 BODY_PATHS: Final[tuple[tuple[str, ...], ...]] = (
     ("aofd", "output", "excerpt"),
+    ("aofd", "output", "stdout"),
+    ("aofd", "output", "stderr"),
     ("aofd", "prompt", "text"),
     ("aofd", "trigger", "text"),
     ("aofd", "error", "text"),
@@ -143,6 +147,9 @@ class ArgvRedactor:
     With no configured key the values are hashed with a random per-daemon key and written
     as `sha256:<hex>`: still not reversible, but not comparable across restarts either.
     `process.args_count` stays truthful because elements are replaced, never removed.
+    Besides the values of `SECRET_FLAGS` and `NAME_TOKEN=value` pairs, any element that
+    `aofd.audit.redact.redact_text` would change (`password=...`, `Authorization: Bearer ...`,
+    URL userinfo, `?token=...`, vendor token formats) is replaced whole.
     """
 
     def __init__(self, *, key: bytes | None = None) -> None:
@@ -172,7 +179,7 @@ class ArgvRedactor:
                     hide_next = True
             elif _SECRET_ENV_NAME.match(arg):
                 out.append(f"{flag}={self.digest(value)}")
-            elif _TOKEN_LIKE.search(arg):
+            elif _TOKEN_LIKE.search(arg) or redact.redact_text(arg) != arg:
                 out.append(self.digest(arg))
             else:
                 out.append(arg)
@@ -330,6 +337,32 @@ def build(
         record["namespace"] = namespace
     record["status"] = "denied" if "denied" in types else outcome
     return record
+
+
+def scrub_command_lines(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep argv secrets out of the fields derived from argv; the journal runs this on every line.
+
+    `process.args` is the redacted argv (`ArgvRedactor`), but a writer may also pass
+    `process.command_line` or the flat `command` rendered from the *unredacted* argv. When
+    `process.args` is present both are rebuilt from it (`shlex.join`, as `build` does);
+    without it, they and `event.reason` go through `aofd.audit.redact.redact_text`.
+    """
+    out = dict(record)
+    process = out.get("process")
+    args = process.get("args") if isinstance(process, Mapping) else None
+    joined = None
+    if isinstance(args, list | tuple) and all(isinstance(a, str) for a in args):
+        joined = shlex.join(args)
+    if isinstance(process, Mapping) and isinstance(process.get("command_line"), str):
+        proc = dict(process)
+        proc["command_line"] = joined if joined is not None else redact.redact_text(proc["command_line"])
+        out["process"] = proc
+    if isinstance(out.get("command"), str):
+        out["command"] = joined if joined is not None else redact.redact_text(out["command"])
+    event = out.get("event")
+    if isinstance(event, Mapping) and isinstance(event.get("reason"), str):
+        out["event"] = {**event, "reason": redact.redact_text(event["reason"])}
+    return out
 
 
 def _actor(actor: Actor) -> dict[str, str]:

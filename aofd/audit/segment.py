@@ -420,7 +420,7 @@ class ContextJournal:
         return truncated
 
     def _encode(self, record: Mapping[str, Any]) -> tuple[bytes, bool]:
-        stamped = dict(record)
+        stamped = records.scrub_command_lines(record)
         if "@timestamp" not in stamped:
             stamp = records.rfc3339(self._clock())
             stamped = {"@timestamp": stamp, **stamped}

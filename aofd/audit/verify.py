@@ -10,8 +10,14 @@ audit dir (every context below it). The report names the first bad line as
 agrees with the chain (the next line's `prev` is the hash of the *changed* line's
 successor), so a bit flip is reported at the line that was flipped, not the one after.
 
-What a chain cannot show: a rewritten last line whose `prev` was kept, or a log deleted
-whole. Checkpoints shipped off the host (the SIEM copy) are the anchor for those.
+For a directory the log must also end where the writer left it: a last segment that ends
+with `audit.file.rotated` means the segment(s) after it were removed, and an empty segment
+that is not the newest means its records were removed.
+
+What a chain cannot show: lines cut off the end of the newest segment (or a rewritten last
+line whose `prev` was kept), older segments removed (indistinguishable from retention), or a
+log deleted whole. The chain head printed by `aofctl audit verify`, compared with the SIEM
+copy or shipped checkpoints, is the anchor for those.
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ class _Checker:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.head: str | None = None
+        self.last: _Entry | None = None
 
     def add(self, entry: _Entry, reason: str) -> None:
         key = (entry.file, entry.line)
@@ -110,6 +117,7 @@ class _Checker:
     def check(self, before: _Entry | None, cur: _Entry, after: _Entry | None) -> None:
         self.records += 1
         self.head = cur.hash
+        self.last = cur
         if not cur.valid:
             self.add(cur, "not a JSON audit record (no aofd.audit.seq): the line was altered or torn")
             return
@@ -165,7 +173,9 @@ class _Checker:
             self.add(cur, "file_id differs from the segment's audit.file.opened record")
 
 
-def _entries(paths: list[Path], checker: _Checker, display: dict[Path, str]) -> Iterator[_Entry]:
+def _entries(
+    paths: list[Path], checker: _Checker, display: dict[Path, str], *, whole_log: bool
+) -> Iterator[_Entry]:
     for index, path in enumerate(paths):
         name = display[path]
         try:
@@ -207,14 +217,35 @@ def _entries(paths: list[Path], checker: _Checker, display: dict[Path, str]) -> 
                     first_in_file=lineno == 1,
                     name_first_seq=name_first,
                 )
-            if lineno == 0:
+            if lineno == 0 and whole_log and index < len(paths) - 1:
+                checker.problems.append(
+                    Problem(
+                        name,
+                        0,
+                        None,
+                        "the segment is empty but newer segments follow: its records were removed",
+                    )
+                )
+            elif lineno == 0:
                 checker.notes.append(f"{name} is empty")
 
 
-def _verify_segments(paths: list[Path], *, root: Path) -> VerifyReport:
+def _verify_segments(paths: list[Path], *, root: Path, whole_log: bool) -> VerifyReport:
+    """Check `paths` as one chain; `whole_log` when they are all of a context's segments."""
     display = {p: os.path.relpath(p, root) if root != p else p.name for p in paths}
     checker = _Checker()
-    checker.run(_entries(paths, checker, display))
+    checker.run(_entries(paths, checker, display, whole_log=whole_log))
+    last = checker.last
+    if whole_log and last is not None and last.valid and last.action == "audit.file.rotated":
+        checker.problems.append(
+            Problem(
+                last.file,
+                last.line,
+                last.seq,
+                "the log ends with audit.file.rotated but the next segment is missing: "
+                "the newest segment(s) were removed",
+            )
+        )
     order = {display[p]: i for i, p in enumerate(paths)}
     problems = sorted(checker.problems, key=lambda p: (order.get(p.file, -1), p.line))
     return VerifyReport(
@@ -234,12 +265,12 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
     if not target.is_dir():
         if not target.exists() and not target.is_symlink():
             raise FileNotFoundError(f"no such file or directory: {target}")
-        return _verify_segments([target], root=target.parent)
+        return _verify_segments([target], root=target.parent, whole_log=False)
     segments = segment.list_segments(target)
     if segments:
-        return _verify_segments(segments, root=target.parent)
+        return _verify_segments(segments, root=target.parent, whole_log=True)
     reports = [
-        _verify_segments(segment.list_segments(sub), root=target)
+        _verify_segments(segment.list_segments(sub), root=target, whole_log=True)
         for sub in sorted(target.iterdir())
         if sub.is_dir() and not sub.is_symlink() and segment.list_segments(sub)
     ]
