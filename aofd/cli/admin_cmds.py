@@ -12,6 +12,7 @@ import argparse
 import base64
 import json
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     address = client_mod.resolve_address(args.admin)
-    query = f"?source={args.source}" if args.source else ""
+    query = f"?source={urllib.parse.quote(args.source, safe='')}" if args.source else ""
     try:
         status_code, data = client_mod.AdminClient(address).request("POST", f"/api/v1/reconcile{query}")
     except client_mod.AdminError as exc:

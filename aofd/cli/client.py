@@ -58,6 +58,8 @@ class AdminClient:
         if self.address.startswith("unix:"):
             return _UnixConnection(self.address[len("unix:") :], self.timeout)
         host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise AdminError(f"bad admin address {self.address!r}: expected HOST:PORT or unix:PATH")
         return http.client.HTTPConnection(host.strip("[]"), int(port), timeout=self.timeout)
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -68,7 +70,7 @@ class AdminClient:
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise AdminError(f"cannot reach aofd at {self.address}: {exc}") from exc
         finally:
             conn.close()

@@ -65,8 +65,6 @@ class Daemon:
         self.runtime: wiring.Runtime | None = None
         self.reconciler: loop.Reconciler | None = None
         self.endpoints: dict[str, str] = {}
-        self._last_tick = time.monotonic()
-        self._pass_started: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -187,6 +185,9 @@ class Daemon:
 
     async def _on_pass(self, summary: Any) -> None:
         assert self.reconciler is not None
+        if self.runtime is not None:
+            errs = sum(1 for i in summary.issues if i.is_error) if summary.outcome == "rejected" else 0
+            self.runtime.metrics.observe_pass(summary.outcome, summary.duration_s, errs)
         applied = self.reconciler.applied
         revision = applied.revision if applied is not None else "-"
         if summary.outcome == "rejected":
@@ -217,8 +218,14 @@ class Daemon:
                         "sources or listen address changed in the daemon config: restart aofd to apply"
                     )
                 self.cfg = self.cfg.model_copy(update={"substitution": new_cfg.substitution})
+                if self.reconciler is not None:
+                    self.reconciler.set_allow(new_cfg.substitution.allow)
         self.request_reconcile(None)
-        applied = self.reconciler.applied if self.reconciler else None
+        if self.reconciler is None or not self.reconciler.first_applied.is_set():
+            # Not ready yet: READY=1 must wait for the first applied revision (_announce_ready).
+            self.notifier.status("reloaded; waiting for the first good revision")
+            return
+        applied = self.reconciler.applied
         self.notifier.send("READY=1", f"STATUS=serving revision {applied.revision if applied else '-'}")
 
     def request_reconcile(self, source: str | None) -> list[str]:
@@ -251,7 +258,11 @@ class Daemon:
                 self.notifier.watchdog()
 
     def healthy(self) -> bool:
+        """Audit writable, runtime healthy, and no reconcile pass stuck for `WATCHDOG_STUCK_PASS_S`."""
         if self.audit is not None and self.audit.unavailable():
+            return False
+        started = self.reconciler.pass_started if self.reconciler is not None else None
+        if started is not None and time.monotonic() - started > WATCHDOG_STUCK_PASS_S:
             return False
         return self.runtime is None or self.runtime.healthy()
 

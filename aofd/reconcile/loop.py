@@ -84,7 +84,12 @@ class Reconciler:
         self.last_rejected: status_mod.PassSummary | None = None
         self.records: dict[str, state_mod.SourceRecord] = store.load_sources()
         self.passes = 0
+        self.pass_started: float | None = None  # monotonic start of the pass in progress, if any
         self.first_applied = asyncio.Event()
+        # Conditions as the last apply left them (before any rejected revision marked them),
+        # and the applied state whose persistence failed and must be retried.
+        self._applied_conditions: dict[ids.ResourceKey, status_mod.Condition] = {}
+        self._unsaved: desired_mod.DesiredState | None = None
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -108,6 +113,10 @@ class Reconciler:
         log.info("restored last good snapshot", revision=revision, sources=sorted(known))
         self.request()
         return True
+
+    def set_allow(self, allow: Sequence[str]) -> None:
+        """Replace the substitution allow-list (SIGHUP re-read the daemon config); next pass uses it."""
+        self._allow = tuple(allow)
 
     @property
     def snapshots(self) -> Mapping[str, snapshot.Snapshot]:
@@ -138,6 +147,7 @@ class Reconciler:
     async def reconcile_once(self) -> status_mod.PassSummary:
         async with self._lock:
             started = time.monotonic()
+            self.pass_started = started
             summary = status_mod.PassSummary(revision="", outcome="failed", at=time.time())
             try:
                 summary = await self._pass(started)
@@ -152,6 +162,7 @@ class Reconciler:
                     at=time.time(),
                 )
             finally:
+                self.pass_started = None
                 self.passes += 1
                 self.last_pass = summary
                 self._log_pass(summary)
@@ -162,7 +173,11 @@ class Reconciler:
             return summary
 
     async def _pass(self, started: float) -> status_mod.PassSummary:
-        missing = [name for name in self._sources if name not in self._snapshots]
+        # The snapshots this pass works on, taken once: `offer()` may replace entries while
+        # the pass awaits the applier, and what is recorded and persisted as applied must be
+        # exactly what was validated and applied, never a newer, unchecked snapshot.
+        snaps = dict(self._snapshots)
+        missing = [name for name in self._sources if name not in snaps]
         if missing:
             return status_mod.PassSummary(
                 revision="",
@@ -176,7 +191,7 @@ class Reconciler:
                 at=time.time(),
             )
         views = [
-            desired_mod.SourceView(name=name, kinds=policy.kinds, snapshot=self._snapshots[name])
+            desired_mod.SourceView(name=name, kinds=policy.kinds, snapshot=snaps[name])
             for name, policy in self._sources.items()
         ]
         desired = desired_mod.build(
@@ -187,16 +202,17 @@ class Reconciler:
             cache=self._cache,
         )
         now = time.time()
-        for name, snap in self._snapshots.items():
+        for name, snap in snaps.items():
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(old, last_attempted=snap.revision, attempted_at=now)
 
         if not desired.ok:
-            return await self._reject(desired, started)
+            return await self._reject(desired, snaps, started)
 
         plan = diff_mod.compute(desired, self.inventory)
         counts = plan.counts()
         if plan.is_noop() and self.applied is not None and self.applied.revision == desired.revision:
+            await self._back_to_applied()
             return status_mod.PassSummary(
                 revision=desired.revision,
                 outcome="unchanged",
@@ -210,7 +226,7 @@ class Reconciler:
         previous = self.applied
         self.applied = desired
         self.inventory = diff_mod.Inventory.of(desired)
-        self._applied_snapshots = dict(self._snapshots)
+        self._applied_snapshots = snaps
         self.conditions = status_mod.conditions_after_apply(
             keys=desired.resources.keys(),
             revision=desired.revision,
@@ -218,15 +234,18 @@ class Reconciler:
             reasons=outcome.reasons,
             previous=self.conditions,
         )
-        for name, snap in self._snapshots.items():
+        self._applied_conditions = dict(self.conditions)
+        for name, snap in snaps.items():
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(
                 old, last_applied=snap.revision, applied_at=now, last_error=""
             )
         self.last_rejected = None
-        await asyncio.to_thread(self._persist, desired)
-        await self._audit_applied(desired, plan, previous)
+        # The revision runs from here on, whatever happens to the state dir.
         self.first_applied.set()
+        self._unsaved = desired
+        await self._save()
+        await self._audit_applied(desired, plan, previous)
         return status_mod.PassSummary(
             revision=desired.revision,
             outcome="applied",
@@ -240,9 +259,24 @@ class Reconciler:
             at=time.time(),
         )
 
-    async def _reject(self, desired: desired_mod.DesiredState, started: float) -> status_mod.PassSummary:
+    async def _back_to_applied(self) -> None:
+        """The desired state is the running one again (e.g. a bad commit was reverted):
+        forget the rejection, and retry persisting the applied state if that failed."""
+        if self.last_rejected is not None:
+            self.last_rejected = None
+            self.conditions = dict(self._applied_conditions)
+            for name, old in list(self.records.items()):
+                self.records[name] = dataclasses.replace(old, last_error="")
+            if self._unsaved is None:
+                await self._save_sources()
+        if self._unsaved is not None:
+            await self._save()
+
+    async def _reject(
+        self, desired: desired_mod.DesiredState, snaps: Mapping[str, snapshot.Snapshot], started: float
+    ) -> status_mod.PassSummary:
         errs = tuple(i for i in desired.issues if i.is_error)
-        for name in self._snapshots:
+        for name in snaps:
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(
                 old, last_error=f"revision {desired.revision} rejected: {len(errs)} error(s)"
@@ -254,7 +288,7 @@ class Reconciler:
         self.conditions = status_mod.mark_rejected(
             self.conditions, revision=desired.revision, issues=errs, key_of_path=key_of_path
         )
-        await asyncio.to_thread(self._store.save_sources, dict(self.records))
+        await self._save_sources()
         summary = status_mod.PassSummary(
             revision=desired.revision,
             outcome="rejected",
@@ -269,11 +303,44 @@ class Reconciler:
 
     # -- effects at the end of a pass -----------------------------------------------------
 
-    def _persist(self, desired: desired_mod.DesiredState) -> None:
+    async def _save(self) -> None:
+        """Persist the applied state; on failure (disk full, read-only) log it and retry on the
+        next pass - the revision already runs, and a pass must not fail after the swap."""
+        desired = self._unsaved
+        if desired is None:
+            return
+        snaps, inventory, records = (
+            dict(self._applied_snapshots),
+            self.inventory.to_json(),
+            dict(self.records),
+        )
+        try:
+            await asyncio.to_thread(self._persist, desired.revision, snaps, inventory, records)
+        except OSError as exc:
+            log.error(
+                "cannot persist the applied revision; will retry", revision=desired.revision, error=str(exc)
+            )
+            return
+        if self._unsaved is desired:
+            self._unsaved = None
+
+    async def _save_sources(self) -> None:
+        try:
+            await asyncio.to_thread(self._store.save_sources, dict(self.records))
+        except OSError as exc:
+            log.error("cannot persist source status", error=str(exc))
+
+    def _persist(
+        self,
+        revision: str,
+        snaps: Mapping[str, snapshot.Snapshot],
+        inventory: Mapping[str, str],
+        records: Mapping[str, state_mod.SourceRecord],
+    ) -> None:
         self._store.ensure()
-        self._store.save_snapshots(self._applied_snapshots, revision=desired.revision)
-        self._store.save_inventory(self.inventory.to_json())
-        self._store.save_sources(dict(self.records))
+        self._store.save_snapshots(snaps, revision=revision)
+        self._store.save_inventory(inventory)
+        self._store.save_sources(records)
 
     async def _audit_applied(
         self,

@@ -12,6 +12,8 @@ Contract of `run(on_snapshot=..., stop=...)`:
 - calls `on_snapshot` only when the revision differs from the last one it delivered
   (the first successful fetch is always delivered); exceptions from `on_snapshot` propagate
   and end `run` (the owner's TaskGroup decides what happens then);
+- any other exception from a fetch (a bug, an untranslated library error) is logged and
+  handled as a failed fetch: the loop never dies of it;
 - after a failed fetch sleeps `SourceError.retry_after` (exponential backoff with jitter,
   1 s ... 5 min); a wake-up cuts any sleep short; the last good snapshot stays in force;
 - returns when `stop` is set (promptly, also during a sleep; a fetch in flight is awaited
@@ -176,6 +178,10 @@ class _BaseSource(abc.ABC):
                 raise self._failed(failure) from exc
             except SourceError as exc:
                 raise self._failed(exc) from exc
+            except Exception as exc:  # a bug or an untranslated library error: retry, never crash
+                log.exception("source.fetch_crashed", source=self.name)
+                failure = SourceError(f"fetch of {self.location} failed: {type(exc).__name__}: {exc}")
+                raise self._failed(failure) from exc
             if self._last_good is None or snap.revision != self._last_good.revision:
                 log.info(
                     "source.revision",
@@ -378,6 +384,9 @@ class DirectorySource(_BaseSource):
             except SourceError as exc:
                 self._last_error = redact.text(str(exc))
                 await _wait_any(stop, seconds=exc.retry_after)
+            except Exception:  # the watcher must not take the source (and the daemon) down
+                log.exception("source.watch_crashed", source=self.name)
+                await _wait_any(stop, seconds=5.0)
 
 
 def build_source(

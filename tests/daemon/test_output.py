@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aofd.cli import output
 from aofd.daemon import admin
 
@@ -25,3 +27,11 @@ def test_secrets_are_masked() -> None:
     assert {"config": {"bot_token": "***", "channels": ["a"]}, "env": {"REGION": "***"}, "name": "n"} == (
         admin.mask_secrets(spec)
     )
+
+
+def test_a_bad_admin_address_is_an_error_message_not_a_traceback(capsys: Any) -> None:
+    """`aofctl status --admin nonsense` exits 1 with a message."""
+    from aofd.cli import aofctl_main
+
+    assert 1 == aofctl_main.main(["status", "--admin", "nonsense"])
+    assert "bad admin address" in capsys.readouterr().err

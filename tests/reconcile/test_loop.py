@@ -218,3 +218,72 @@ async def test_triggers_during_a_pass_coalesce_into_one_follow_up(tmp_path: Path
 
     assert 2 == rec.passes
     assert 2 == len(applier.applied)
+
+
+async def test_snapshot_offered_during_apply_is_not_persisted_as_applied(tmp_path: Path) -> None:
+    """A snapshot that arrives while a pass applies is neither recorded nor persisted as applied."""
+    applier = RecordingApplier()
+    applier.gate = asyncio.Event()
+    rec, _, _ = make(tmp_path, applier)
+    good = snap(files())
+    rec.offer(good)
+    pass_ = asyncio.create_task(rec.reconcile_once())
+    while not applier.gate._waiters:  # the pass is inside apply()
+        await asyncio.sleep(0.001)
+    broken = snap(files(**{"bindings/prod.yaml": BINDING.replace("ops-flow", "ops-flwo")}))
+    rec.offer(broken)
+    applier.gate.set()
+    await pass_
+
+    assert good.revision == rec.records["main"].last_applied
+    _, persisted = state.StateStore(tmp_path / "state").load_snapshots()
+    assert good.revision == persisted["main"].revision
+    assert "rejected" == (await rec.reconcile_once()).outcome
+    again, _, _ = make(tmp_path)
+    again.restore()
+    assert "applied" == (await again.reconcile_once()).outcome
+
+
+async def test_reverting_a_rejected_revision_clears_the_rejection(tmp_path: Path) -> None:
+    """Going back to the running revision (a revert) clears the rejection from status."""
+    rec, _, _ = make(tmp_path)
+    rec.offer(snap(files()))
+    await rec.reconcile_once()
+    binding = ids.ResourceKey.of(ids.Kind.BINDING, "prod-hook")
+    ready = rec.conditions[binding]
+    rec.offer(snap(files(**{"bindings/prod.yaml": BINDING.replace("ops-flow", "ops-flwo")})))
+    await rec.reconcile_once()
+    assert rec.last_rejected is not None
+
+    rec.offer(snap(files()))
+    summary = await rec.reconcile_once()
+
+    assert "unchanged" == summary.outcome
+    assert rec.last_rejected is None
+    assert "" == rec.records["main"].last_error
+    assert ready == rec.conditions[binding]
+    assert "" == state.StateStore(tmp_path / "state").load_sources()["main"].last_error
+
+
+async def test_a_state_dir_write_failure_is_retried_and_does_not_fail_the_pass(tmp_path: Path) -> None:
+    """The revision runs even if the state dir cannot be written; the next pass persists it."""
+    rec, applier, _ = make(tmp_path)
+    real = rec._store.save_snapshots
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        real(*args, **kwargs)
+
+    rec._store.save_snapshots = flaky  # type: ignore[method-assign]
+    rec.offer(snap(files()))
+
+    assert "applied" == (await rec.reconcile_once()).outcome
+    assert rec.first_applied.is_set()
+    assert not (tmp_path / "state" / state.SNAPSHOT_FILE).exists()
+    rec.request()
+    assert "unchanged" == (await rec.reconcile_once()).outcome
+    assert (tmp_path / "state" / state.SNAPSHOT_FILE).exists()
+    assert 1 == len(applier.applied)

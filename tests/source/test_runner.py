@@ -207,3 +207,37 @@ async def test_watch_coalesces_a_burst(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 5)
     assert 101 == len(snaps[-1].files)
     assert 1 <= len(snaps) - 1 <= 2, [len(s.files) for s in snaps]
+
+
+async def test_an_unexpected_fetch_exception_is_a_failed_fetch_not_a_dead_loop() -> None:
+    """A bug-shaped exception in a fetch backs off and retries; the run loop keeps going."""
+    source = ScriptedSource()
+    delivered: list[str] = []
+
+    async def on_snapshot(snap: snapshot.Snapshot) -> None:
+        delivered.append(snap.revision)
+
+    stop = asyncio.Event()
+    source.revisions = [RuntimeError("libgit2 said something odd"), "r1"]
+    task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
+    await _settle(0.3)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert ["r1"] == delivered
+    assert 2 == source.produced
+
+
+async def test_an_unexpected_fetch_exception_is_reported_in_status() -> None:
+    """`fetch()` turns an unexpected exception into a SourceError with backoff, shown in status."""
+    source = ScriptedSource()
+    source.revisions = [ValueError("boom")]
+
+    with pytest.raises(SourceError) as caught:
+        await source.fetch()
+
+    assert caught.value.retry_after > 0
+    st = source.status()
+    assert 1 == st.consecutive_failures
+    assert st.last_error is not None
+    assert "ValueError: boom" in st.last_error

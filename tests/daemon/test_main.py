@@ -1,0 +1,135 @@
+"""The daemon's process wiring, without a process: SIGHUP, readiness, watchdog, pass metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from aofd import errors
+from aofd.daemon import config, main, metrics, notify
+from aofd.reconcile import loop, state, status
+from aofd.resources import ids
+
+
+class RecordingNotifier(notify.Notifier):
+    def __init__(self) -> None:
+        super().__init__(environ={})
+        self.sent: list[str] = []
+
+    def send(self, *lines: str) -> bool:
+        self.sent.extend(lines)
+        return True
+
+
+class NoAudit:
+    async def write(self, context: str, record: Any, *, durable: bool = False) -> None:
+        return None
+
+
+class NoApply:
+    async def apply(self, desired: Any, plan: Any) -> loop.ApplyOutcome:
+        return loop.ApplyOutcome()
+
+
+CONFIG = """\
+sources:
+  - name: local
+    directory: {{path: repo}}
+state_dir: state
+audit_dir: audit
+substitution:
+  allow: [{allow}]
+"""
+
+
+def make_daemon(tmp_path: Path, allow: str = "AOF_*") -> tuple[main.Daemon, RecordingNotifier, Path]:
+    (tmp_path / "repo").mkdir(exist_ok=True)
+    path = tmp_path / "aofd.yaml"
+    path.write_text(CONFIG.format(allow=allow))
+    cfg = config.load(path)
+    notifier = RecordingNotifier()
+    daemon = main.Daemon(cfg, config_path=path, notifier=notifier)
+    daemon.reconciler = loop.Reconciler(
+        sources=[loop.SourcePolicy("local", frozenset(ids.Kind))],
+        store=state.StateStore(cfg.state_dir),
+        applier=NoApply(),
+        audit=NoAudit(),
+        variables=daemon._variables,
+        allow=cfg.substitution.allow,
+    )
+    return daemon, notifier, path
+
+
+async def test_sighup_before_the_first_revision_does_not_report_ready(tmp_path: Path) -> None:
+    """SIGHUP while nothing is applied yet never sends READY=1 (readiness is not assumed)."""
+    daemon, notifier, _ = make_daemon(tmp_path)
+
+    daemon._on_sighup()
+
+    assert "RELOADING=1" in notifier.sent
+    assert "READY=1" not in notifier.sent
+
+
+async def test_sighup_after_the_first_revision_reports_ready_again(tmp_path: Path) -> None:
+    """Once serving, a reload ends with READY=1 (RELOADING=1 ... READY=1, as systemd expects)."""
+    daemon, notifier, _ = make_daemon(tmp_path)
+    assert daemon.reconciler is not None
+    daemon.reconciler.first_applied.set()
+
+    daemon._on_sighup()
+
+    assert ["RELOADING=1", "READY=1"] == [x for x in notifier.sent if x.endswith("=1")]
+
+
+async def test_sighup_reload_of_the_allow_list_reaches_the_reconciler(tmp_path: Path) -> None:
+    """A new substitution allow-list is used by the next pass, not only by the variable reader."""
+    daemon, _, path = make_daemon(tmp_path, allow="AOF_*")
+    path.write_text(CONFIG.format(allow="SLACK_*"))
+
+    daemon._on_sighup()
+
+    assert ("SLACK_*",) == tuple(daemon.cfg.substitution.allow)
+    assert daemon.reconciler is not None
+    assert ("SLACK_*",) == daemon.reconciler._allow
+
+
+async def test_a_broken_config_on_sighup_keeps_the_running_one(tmp_path: Path) -> None:
+    """A config that does not load on SIGHUP changes nothing."""
+    daemon, _, path = make_daemon(tmp_path, allow="AOF_*")
+    path.write_text("sources: [\n")
+
+    daemon._on_sighup()
+
+    assert ("AOF_*",) == tuple(daemon.cfg.substitution.allow)
+    assert daemon.reconciler is not None
+    assert ("AOF_*",) == daemon.reconciler._allow
+
+
+async def test_passes_are_counted_in_metrics(tmp_path: Path) -> None:
+    """Every pass shows up in aofd_reconcile_passes_total and the duration histogram."""
+    daemon, _, _ = make_daemon(tmp_path)
+    registry = metrics.Metrics(metrics.Samples)
+    daemon.runtime = SimpleNamespace(metrics=registry)  # type: ignore[assignment]
+    issue = errors.Issue("a.yaml", 1, 1, "error", "bad", "x")
+
+    await daemon._on_pass(status.PassSummary(revision="r1", outcome="applied", duration_s=0.02))
+    await daemon._on_pass(status.PassSummary(revision="r2", outcome="rejected", issues=(issue,)))
+
+    text = registry.render()[0].decode()
+    assert 'aofd_reconcile_passes_total{outcome="applied"} 1.0' in text
+    assert 'aofd_reconcile_passes_total{outcome="rejected"} 1.0' in text
+    assert "aofd_reconcile_duration_seconds_count 2.0" in text
+    assert "aofd_reconcile_errors_total 1.0" in text
+
+
+async def test_a_stuck_pass_stops_the_watchdog(tmp_path: Path) -> None:
+    """A reconcile pass running longer than WATCHDOG_STUCK_PASS_S makes the daemon unhealthy."""
+    daemon, _, _ = make_daemon(tmp_path)
+    assert daemon.reconciler is not None
+    assert daemon.healthy()
+
+    daemon.reconciler.pass_started = time.monotonic() - main.WATCHDOG_STUCK_PASS_S - 1
+
+    assert not daemon.healthy()
