@@ -302,6 +302,9 @@ class Admission(Protocol):
         self, context_name: str, *, user: ports.UserRef, run_id: str, agent: str = ""
     ) -> limits.Lease | guard.Denial: ...
 
+    def charge_tokens(self, context_name: str, tokens: int) -> None:
+        """Count a finished run's model tokens against the Context's `max_tokens_per_day`."""
+
 
 class StoreApprovals:
     """`fleets.ApprovalGate` over the guard's `approvals.ApprovalStore`: Approval nodes and human review
@@ -947,6 +950,8 @@ class Engine:
         record.output_tokens = run.scope.usage.output_tokens
         record.model_calls = run.scope.model_calls
         record.tool_calls = run.scope.tool_calls
+        if self._admission is not None:
+            self._admission.charge_tokens(run.plan.context.name, record.input_tokens + record.output_tokens)
 
     async def _report(self, run: _Run) -> None:
         record = run.record

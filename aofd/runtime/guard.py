@@ -12,7 +12,8 @@ This module owns the order of a command's life and its audit trail (RELIABILITY.
    such as a non-approver's, are audited by `decide`);
 4. **the policy is checked again** against the Context as it is *now*
    (`policy_provider(name)`): a hot swap that tightened it between request and approval wins,
-   and a grant is void if the command it covered would now run differently;
+   and a grant is void if the command it covered would now run differently, or if its
+   approvers no longer satisfy the current `approval` rules (removed from `allowed_users`);
 5. the kubeconfig is checked (exec credential plugins and auth providers must be allow-listed);
 6. `command.started` is written **durable**; if that fails (`AuditUnavailable`) the command
    does not run and the answer is "audit unavailable";
@@ -82,6 +83,21 @@ def _user(user: ports.UserRef) -> dict[str, str]:
     if user.domain:
         out["domain"] = user.domain
     return out
+
+
+def _approvers_still_count(
+    approvers: Sequence[ports.UserRef], requester: ports.UserRef, rules: policy.ApprovalPolicy | None
+) -> bool:
+    """Do the approvals collected under the old rules satisfy the Context's approval rules *now*
+    (approvers still listed, self-approval still allowed, enough of them)?"""
+    rules = rules or policy.ApprovalPolicy()
+    valid = [
+        u
+        for u in approvers
+        if approvals.is_allowed_approver(u, rules.allowed_users)
+        and (rules.allow_self_approval or not approvals.same_user(u, requester))
+    ]
+    return len(valid) >= rules.min_approvers
 
 
 class CommandGuard:
@@ -259,6 +275,9 @@ class CommandGuard:
             return await self._deny(request, cid, reason, "approval", "recheck", pol=now, verdict=again)
         if approvers and again.exec_argv != verdict.exec_argv:
             reason = "the Context changed how this command would run; the approval no longer applies"
+            return await self._deny(request, cid, reason, "approval", "recheck", pol=now, verdict=again)
+        if again.needs_approval and not _approvers_still_count(approvers, request.user, now.approval):
+            reason = "the Context's approvers changed; the approval no longer applies, ask again"
             return await self._deny(request, cid, reason, "approval", "recheck", pol=now, verdict=again)
 
         problem = await asyncio.to_thread(
@@ -512,6 +531,10 @@ class CommandGuard:
         return decision
 
     # ------------------------------------------------------------------ limits
+
+    def charge_tokens(self, context_name: str, tokens: int) -> None:
+        """Count model tokens (input + output) of a run against the Context's daily budget."""
+        self._limits.charge_tokens(context_name, tokens)
 
     async def admit(
         self, context_name: str, *, user: ports.UserRef, run_id: str, agent: str = ""

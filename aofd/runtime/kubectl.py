@@ -6,7 +6,7 @@ against the verb kubectl will really run rather than against a string prefix
 
 - global flags anywhere, as cobra/pflag parse them: `-n x`, `-nx`, `-n=x`, `--namespace x`,
   `--namespace=x`, `-A`/`--all-namespaces`, shorthand clusters (`-itn prod`); parsing stops
-  at `--`;
+  at `--`; `_` in a long flag's name is read as `-`, as kubectl does (`--as_group`);
 - the verb comes from a closed list of built-ins; an unknown verb would make kubectl look for a
   `kubectl-<verb>` plugin, so it is refused, as is a case variant (`GET`: kubectl is case-sensitive);
 - identity and target flags (`--kubeconfig`, `--context`, `--server`, `--token`, `--as*`, ...)
@@ -266,6 +266,8 @@ def parse(
             break
         if tok.startswith("--") and len(tok) > 2:
             name, eq, value = tok.partition("=")
+            # kubectl normalises "_" to "-" in every flag name (`--as_group` is `--as-group`).
+            name = name.replace("_", "-")
             _refuse_global(name)
             if name == "--namespace":
                 add_namespace(value if eq else take_value(name))
@@ -293,7 +295,7 @@ def parse(
             while j < len(tok):
                 c = tok[j]
                 rest = tok[j + 1 :]
-                if rest.startswith("="):
+                if rest.startswith("=") and len(rest) > 1:  # pflag: `-n=x` is x, but `-n=` is "="
                     rest = rest[1:]
                 if c == "n":
                     add_namespace(rest if rest else take_value("-n"))
@@ -384,17 +386,29 @@ def _escapes(cmd: KubectlCommand) -> tuple[str, ...]:
                 found.append("--filename=-")
             elif "://" in value or value.startswith(("http:", "https:")):
                 found.append("--filename=url")
-            elif _host_path(value):
+            elif any(_host_path(part) for part in _list_items(value)):
                 found.append("--filename=host-path")
-        elif name in _FILE_FLAGS and value is not None and _host_path(value.rsplit("=", 1)[-1]):
+        elif (
+            name in _FILE_FLAGS
+            and value is not None
+            and any(_host_path(part.rsplit("=", 1)[-1]) for part in _list_items(value))
+        ):
             found.append(f"{name}=host-path")
-        elif name == "--output" and value is not None and value.split("=", 1)[0].endswith("-file"):
+        elif name == "--output" and value is not None and value.split("=", 1)[0].endswith("file"):
+            # go-template-file, jsonpath-file, custom-columns-file and `templatefile`
             found.append("--output=file")
     return tuple(dict.fromkeys(found))
 
 
-_FILE_FLAGS = frozenset({"--from-file", "--from-env-file", "--patch-file", "--template"})
+_FILE_FLAGS = frozenset({"--from-file", "--from-env-file", "--patch-file", "--template", "--cert", "--key"})
 """Flags that read a local file: outside the command's own directory that is a host-file read."""
+
+
+def _list_items(value: str) -> list[str]:
+    """The items kubectl may read from a (string-slice) flag value: `a,/etc/x` and `"/etc/x"`
+    (pflag reads slices as CSV) each name a file. Splitting a plain string flag too only makes
+    the check stricter."""
+    return [part.strip().strip("\"'") for part in value.split(",")]
 
 
 def _host_path(value: str) -> bool:

@@ -715,12 +715,15 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
     exec_argv = argv
     if (
         cmd.tool in NAMESPACED_TOOLS
-        and policy.namespace
+        and (policy.namespace or policy.allowed_namespaces)
         and not cmd.namespace_flag
         and not cmd.all_namespaces
         and cmd.verb is not None
+        and cmd.namespace is not None
     ):
-        exec_argv = (argv[0], "--namespace", policy.namespace, *argv[1:])
+        # With allowed_namespaces the checked namespace must be the one that runs: without the
+        # flag kubectl would use the kubeconfig context's namespace, which nobody checked.
+        exec_argv = (argv[0], "--namespace", cmd.namespace, *argv[1:])
 
     needs, approval_rule = False, None
     approval = policy.approval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping
@@ -504,3 +505,39 @@ async def test_unknown_context_is_refused(tmp_path: Path) -> None:
     result = await h.run("nope", "kubectl get pods")
     assert isinstance(result, guard.Denial)
     assert result.stage == "context"
+
+
+async def test_approver_removed_while_waiting_voids_the_grant(tmp_path: Path) -> None:
+    """Row 26: a reload that drops the approver from allowed_users voids their grant; nothing runs."""
+    h = Harness(tmp_path)
+    pol = h.add("prod", approval=STRICT_APPROVAL)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await wait_prompt(h)
+    h.policies["prod"] = policy.GuardPolicy(
+        context="prod",
+        env=pol.env,
+        approval=policy.ApprovalPolicy(
+            required=True, allowed_users=("U0SOMEONE_ELSE",), require_for=("kubectl delete",)
+        ),
+    )
+    assert (
+        await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="ok") is approvals.Decision.GRANTED
+    )
+    result = await task
+    assert isinstance(result, guard.Denial)
+    assert (result.stage, result.rule) == ("recheck", "approval")
+    assert "approvers changed" in result.reason
+    assert h.runs("prod") == []
+    assert h.audit.actions()[-2:] == ["approval.granted", "command.denied"]
+
+
+async def test_approval_still_counts_when_the_approver_stays_listed(tmp_path: Path) -> None:
+    """A reload that keeps the approver (and adds rules elsewhere) does not void the grant."""
+    h = Harness(tmp_path)
+    pol = h.add("prod", approval=STRICT_APPROVAL)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await wait_prompt(h)
+    h.policies["prod"] = dataclasses.replace(pol, blocked_commands=("kubectl exec",))
+    await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="ok")
+    assert isinstance(await task, commands.CommandResult)
+    assert len(h.runs("prod")) == 1

@@ -149,3 +149,57 @@ def test_subcommands_and_resource_types() -> None:
     cmd = kubectl.parse(["rollout", "restart", "deploy/web"])
     assert (cmd.subcommand, cmd.resource, cmd.resource_types()) == ("restart", "deploy/web", ("deployments",))
     assert kubectl.canonical_resources("po,svc,deployments.apps") == ("pods", "services", "deployments")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get", "pods", "--as_group=system:masters"],
+        ["get", "pods", "--as_uid", "0"],
+        ["get", "pods", "--insecure_skip_tls_verify"],
+        ["get", "pods", "--client_key=/tmp/k"],
+        ["get", "pods", "--cache_dir=/tmp/c"],
+        ["get", "pods", "--tls_server_name=evil"],
+        ["get", "pods", "--profile_output=/tmp/p"],
+    ],
+)
+def test_underscore_spellings_of_refused_flags_refused(args: list[str]) -> None:
+    """kubectl normalises `_` to `-` in flag names: `--as_group` is `--as-group` and is refused too."""
+    with pytest.raises(errors.PolicyDenied) as info:
+        kubectl.parse(args)
+    assert info.value.rule == "identity-flag"
+
+
+def test_underscore_all_namespaces_and_flags_normalised() -> None:
+    """`--all_namespaces` means all namespaces; other flags are reported under their `-` name."""
+    assert kubectl.parse(["get", "secrets", "--all_namespaces"]).all_namespaces
+    cmd = kubectl.parse(["drain", "node-1", "--delete_emptydir_data", "--dry_run=client"])
+    assert cmd.flag_names() == {"--delete-emptydir-data", "--dry-run"}
+
+
+@pytest.mark.parametrize(
+    ("args", "escape"),
+    [
+        (["apply", "-f", "ok.yaml,/etc/shadow"], "--filename=host-path"),
+        (["apply", "-f", "ok.yaml,https://evil.example/x.yaml"], "--filename=url"),
+        (["apply", "-f", '"/etc/shadow"'], "--filename=host-path"),
+        (["create", "secret", "generic", "x", "--from-file=a,/etc/shadow"], "--from-file=host-path"),
+        (["create", "secret", "generic", "x", "--from-file=k=ok,k2=/etc/shadow"], "--from-file=host-path"),
+        (["create", "secret", "generic", "x", '--from-file="/etc/shadow"'], "--from-file=host-path"),
+        (["create", "secret", "generic", "x", "--from_file=/etc/shadow"], "--from-file=host-path"),
+        (["create", "secret", "tls", "x", "--cert=/etc/ssl/c.pem", "--key=ok"], "--cert=host-path"),
+        (["create", "secret", "tls", "x", "--cert=ok", "--key", "/root/.ssh/id_rsa"], "--key=host-path"),
+        (["get", "pods", "-o", "templatefile=/etc/shadow"], "--output=file"),
+        (["get", "pods", "-o=templatefile", "--template=x"], "--output=file"),
+    ],
+)
+def test_host_file_reads_in_lists_quotes_and_other_flags_reported(args: list[str], escape: str) -> None:
+    """String-slice flags are CSV (`a,/etc/x`, `"/etc/x"`), `--cert`/`--key` read files, and
+    `-o templatefile` reads its template from a file: all are host-file reads."""
+    assert escape in kubectl.parse(args).escapes
+
+
+def test_shorthand_equals_alone_is_the_value() -> None:
+    """pflag reads `-n=` as the namespace "=" (not as `-n` taking the next token)."""
+    with pytest.raises(errors.PolicyDenied, match="invalid namespace name '='"):
+        kubectl.parse(["get", "pods", "-n=", "prod"])

@@ -403,3 +403,15 @@ def test_policy_from_context_reads_the_model() -> None:
     assert (pol.limits.max_requests_per_hour, pol.limits.max_concurrent) == (100, 2)
     assert pol.log_responses
     assert pol.allowed_namespaces == ("default",)
+
+
+def test_allowed_namespaces_enforced_without_a_context_namespace() -> None:
+    """With `allowed_namespaces` but no Context namespace, the checked namespace (`default`) is the
+    one that runs: without `--namespace` kubectl would use the kubeconfig context's namespace."""
+    pol = ctx("team", security={"allowed_namespaces": ["default", "team-a"]})
+    verdict = decide("kubectl get secrets", pol)
+    assert verdict.allowed
+    assert verdict.exec_argv == ("kubectl", "--namespace", "default", "get", "secrets")
+    assert decide("kubectl -n team-a get pods", pol).exec_argv == ("kubectl", "-n", "team-a", "get", "pods")
+    assert not decide("kubectl get secrets --all_namespaces", pol).allowed
+    assert decide("kubectl get pods", OPEN).exec_argv == ("kubectl", "get", "pods")

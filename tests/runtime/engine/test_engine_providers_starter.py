@@ -10,7 +10,7 @@ import pytest
 from aofd import settings
 from aofd.runtime import runs, starter
 from aofd.runtime.providers import base, google, registry
-from tests.runtime.engine.conftest import EngineFactory, RecordingReplier, message
+from tests.runtime.engine.conftest import EngineFactory, GuardFactory, RecordingReplier, message
 from tests.runtime.fakes_models import resources as res
 from tests.runtime.fakes_models.scripted import ScriptedProvider
 
@@ -159,3 +159,25 @@ async def test_run_keeps_its_binding_snapshot(make_engine: EngineFactory) -> Non
     records = [await sup.wait(first), await sup.wait(second)]
     assert [r.answer for r in records if r is not None] == ["v1", "v2"]
     await sup.drain()
+
+
+async def test_max_tokens_per_day_counts_the_runs_tokens(
+    make_engine: EngineFactory, make_guard: GuardFactory, replier: RecordingReplier
+) -> None:
+    """`limits.max_tokens_per_day`: a run's model tokens are charged to its Context, so once the
+    budget is spent the next run is refused (ScriptedProvider uses 5 tokens per call)."""
+    ctx = res.context("prod", limits={"max_tokens_per_day": 8})
+    provider = ScriptedProvider(lambda r: "ok")
+    command_guard = make_guard({"prod": ctx})
+    eng = make_engine(
+        factories={"anthropic": lambda: provider}, commands=command_guard, admission=command_guard
+    )
+    binding = res.bind("b", ctx=ctx, agent_res=res.agent("a", model="anthropic:m"))
+    records = [await eng.run(eng.prepare(binding), message(f"q{i}")) for i in range(3)]
+    assert [r.status for r in records] == [
+        runs.RunStatus.COMPLETED,
+        runs.RunStatus.COMPLETED,
+        runs.RunStatus.FAILED,
+    ]
+    assert "8 tokens per day" in (records[2].error or "")
+    assert len(provider.requests) == 2
