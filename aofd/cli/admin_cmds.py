@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from aofd import errors
 from aofd.cli import client as client_mod
 from aofd.cli import output
 from aofd.resources import ids, snapshot
@@ -185,11 +186,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"error: {path}: no such file or directory", file=sys.stderr)
         return 2
-    if path.is_dir():
-        snap = directory.read_tree(path)
-        files = {p: f.content for p, f in snap.files.items()}
-    else:
-        files = {path.name: path.read_bytes()}
+    try:
+        if path.is_dir():
+            snap = directory.read_tree(path)
+            files = {p: f.content for p, f in snap.files.items()}
+        else:
+            files = {path.name: path.read_bytes()}
+    except (errors.AofdError, OSError) as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 1
     body = {"source": args.source, "files": {p: base64.b64encode(c).decode() for p, c in files.items()}}
     try:
         status_code, data = _client(args).request("POST", "/api/v1/diff", body)

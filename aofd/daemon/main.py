@@ -296,3 +296,10 @@ def serve(cfg: settings.DaemonConfig, **kwargs: Any) -> int:
     except errors.Stalled as exc:
         print(f"aofd: {exc}", flush=True)
         return 1
+    except errors.AofdError as exc:
+        print(f"aofd: cannot start: {exc}", flush=True)
+        return 1
+    except OSError as exc:  # e.g. the listen or admin address is already in use
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"aofd: cannot start: {exc.strerror or exc}{where}", flush=True)
+        return 1
