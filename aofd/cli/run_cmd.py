@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from aofd import settings
-from aofd.audit import journal
+from aofd.audit import journal, records
 from aofd.cli import validate_cmd
 from aofd.daemon import config as daemon_config
+from aofd.daemon import wiring
 from aofd.plan import desired
 from aofd.resources import ids
 from aofd.runtime import agents, approvals, commands, engine, fleets, guard, limits, policy, ports, runs
@@ -135,7 +136,9 @@ async def execute(
         store.expire(request.id, "aofctl run cannot collect approvals")
         collect.messages.append(f"approval needed for {request.rendered_argv()}: not available in aofctl run")
 
-    async with journal.AuditLog(audit_dir=args.audit_dir) as audit:
+    async with journal.AuditLog(audit_dir=args.audit_dir) as journal_:
+        # The daemon's adapter: the same ECS envelope and argv secret redaction as `aofd serve`.
+        audit = wiring.AuditAdapter(journal_, redactor=records.ArgvRedactor(key=None))
         runner = commands.CommandRunner(
             executables=cfg.executables, cache_dir=args.state_dir / "cache", work_dir=args.state_dir / "work"
         )

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aofd import errors
-from aofd.runtime import guard, policy, ports
+from aofd.runtime import guard, http_policy, policy, ports
 from aofd.runtime.providers import base
 
 MAX_TOOL_OUTPUT = 16_000
@@ -187,18 +188,26 @@ def argv_for(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...]:
     return tokens
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+
+
 def _http_argv(arguments: Mapping[str, Any]) -> tuple[str, ...]:
     url = str(arguments.get("url", ""))
     if not url.startswith(("http://", "https://")):
         raise errors.PolicyDenied("http: url must start with http:// or https://", rule="http")
+    refused = http_policy.HttpPolicy().check(url)
+    if refused:
+        raise errors.PolicyDenied(f"http: {refused}", rule="http")
     method = str(arguments.get("method", "GET")).upper()
     if method not in {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}:
         raise errors.PolicyDenied(f"http: method {method} is not allowed", rule="http")
-    argv = ["curl", "--silent", "--show-error", "--proto", "=http,https", "--max-time", "30"]
+    argv = ["curl", "--silent", "--show-error", "--globoff", "--proto", "=http,https", "--max-time", "30"]
     argv += ["--max-filesize", "1048576", "--include", "--request", method]
     headers = arguments.get("headers") or {}
     if isinstance(headers, Mapping):
         for key, value in headers.items():
+            if not _HEADER_NAME.match(str(key)):  # `@file` would make curl read a host file
+                raise errors.PolicyDenied(f"http: {str(key)[:40]!r} is not a header name", rule="http")
             argv += ["--header", f"{key}: {value}"]
     body = arguments.get("body")
     if body is not None:
