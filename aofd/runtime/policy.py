@@ -102,6 +102,10 @@ _HELM_VALUE_FLAGS: frozenset[str] = frozenset(
 _HELM_SHORT_VALUE: dict[str, str] = {"f": "--values", "o": "--output", "l": "--selector"}
 
 NAMESPACED_TOOLS: frozenset[str] = frozenset({"kubectl", "helm"})
+"""The tools aofd parses semantically (verbs, identity flags, escapes, namespaces)."""
+# Every other pinned tool (git, docker, terraform, curl ...) is parsed only generically and can
+# act as an interpreter (`git -c alias.x='!sh'`, `docker run -v /:/host`), so it runs only when
+# the Context's allowed_commands names it: default deny, whatever else the Context says.
 """Tools with a `--namespace` flag: aofd injects the Context's namespace and checks it."""
 
 _SHAPE_TOKEN = re.compile(r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_./:=,@+-]*$")
@@ -682,6 +686,13 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
             return deny(f"blocked by blocked_commands rule {pattern.text!r}", f"blocked:{pattern.text}", cmd)
 
     matching_allowed = [p for p in allowed if pattern_matches(p, cmd, argv, strict=True)]
+    if cmd.tool not in NAMESPACED_TOOLS and not matching_allowed:
+        return deny(
+            f"{cmd.tool!r} runs only when the Context's allowed_commands names it "
+            "(aofd has no semantic policy for it)",
+            "allowed_commands",
+            cmd,
+        )
     if allowed and not matching_allowed:
         what = f"{cmd.tool} {cmd.verb}" if cmd.verb else cmd.tool
         return deny(f"{what!r} is not in the Context's allowed_commands", "allowed_commands", cmd)

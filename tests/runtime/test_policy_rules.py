@@ -415,3 +415,19 @@ def test_allowed_namespaces_enforced_without_a_context_namespace() -> None:
     assert decide("kubectl -n team-a get pods", pol).exec_argv == ("kubectl", "-n", "team-a", "get", "pods")
     assert not decide("kubectl get secrets --all_namespaces", pol).allowed
     assert decide("kubectl get pods", OPEN).exec_argv == ("kubectl", "get", "pods")
+
+
+def test_tools_without_a_semantic_policy_run_only_when_allowed_by_name() -> None:
+    """A pinned git or docker is an interpreter in disguise: it runs only where allowed_commands names it."""
+    executables = {**EXECUTABLES, "docker": Path("/opt/bin/docker"), "git": Path("/opt/bin/git")}
+    listed = ctx("ops", security={"allowed_commands": ["docker ps", "kubectl get"]})
+
+    def verdict(command: str, pol: policy.GuardPolicy) -> policy.Verdict:
+        return policy.evaluate(policy.tokenize(command), policy=pol, executables=executables)
+
+    assert not verdict("docker run -v /:/host alpine", OPEN).allowed
+    assert not verdict("git -c alias.x=!sh x", OPEN).allowed
+    assert "names it" in verdict("git status", OPEN).reason
+    assert verdict("kubectl get pods", OPEN).allowed
+    assert verdict("docker ps", listed).allowed
+    assert not verdict("docker run alpine", listed).allowed
