@@ -60,13 +60,16 @@ class DedupeCache:
         if not delivery_id:
             return True
         now = self._clock()
-        self._expire(now)
+        expires = self._expires
+        # `_expire(now)`, with the common case (the oldest entry is still live) kept inline.
+        if expires and next(iter(expires.values())) <= now:
+            self._expire(now)
         key = (platform, trigger, delivery_id)
-        if key in self._expires:
+        if key in expires:
             return False
-        self._expires[key] = now + self._ttl
-        while len(self._expires) > self._max:
-            self._expires.popitem(last=False)
+        expires[key] = now + self._ttl
+        while len(expires) > self._max:
+            expires.popitem(last=False)
         return True
 
     def seen(self, platform: str, trigger: str, delivery_id: str) -> bool:

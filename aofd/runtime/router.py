@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -162,12 +163,15 @@ class Filters:
         return kind in self.events or kind.partition(".")[0] in self.events
 
     def matches(self, message: ports.EventMessage, *, events: bool = True) -> bool:
-        return (
-            self.channel_ok(message)
-            and self.user_ok(message)
-            and (not events or self.event_ok(message))
-            and self.pattern_ok(message)
-        )
+        # Same checks as `*_ok` (each is pure), but an empty filter costs no call: this runs for
+        # every candidate route of every event.
+        if self.channels and not self.channel_ok(message):
+            return False
+        if self.users and not self.user_ok(message):
+            return False
+        if events and self.events and not self.event_ok(message):
+            return False
+        return not self.patterns or self.pattern_ok(message)
 
 
 COMMAND_EVENTS = frozenset({"slash_command", "approval_action"})
@@ -280,6 +284,22 @@ def _fields(message: ports.EventMessage) -> dict[str, str]:
     }
 
 
+_ABOVE_DEBUG = frozenset(
+    structlog.make_filtering_bound_logger(level)
+    for level in (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+)
+"""structlog's filtering wrapper classes (shared, one per level) whose `debug` is a no-op."""
+
+
+def debug_enabled() -> bool:
+    """False only when the configured structlog wrapper certainly drops `debug` events.
+
+    Cheap enough for the per-event path (one dict of the current config, read each call, so a later
+    `structlog.configure()` is honoured); any other wrapper class counts as enabled.
+    """
+    return structlog.get_config()["wrapper_class"] not in _ABOVE_DEBUG
+
+
 def binding_enabled(bound: BoundFlow) -> bool:
     model = bound.binding.model
     spec_enabled = not isinstance(model, binding_kind.FlowBinding) or bool(model.spec.enabled)
@@ -351,14 +371,16 @@ class Dispatcher:
                 "error", binding=chosen.name, context=chosen.context, score=chosen.score, detail=str(exc)
             )
         # Debug level: the flow engine logs (and audits) the run it starts; one line per event is enough.
-        log.debug(
-            "event.routed",
-            binding=chosen.name,
-            context=chosen.context,
-            score=chosen.score,
-            run_id=run_id,
-            **_fields(message),
-        )
+        # Not even called unless debug logging is on: building the event costs more than routing.
+        if debug_enabled():
+            log.debug(
+                "event.routed",
+                binding=chosen.name,
+                context=chosen.context,
+                score=chosen.score,
+                run_id=run_id,
+                **_fields(message),
+            )
         return RouteOutcome(
             "started", binding=chosen.name, context=chosen.context, run_id=run_id, score=chosen.score
         )

@@ -50,19 +50,25 @@ def make_app(
     app = web.Application(client_max_size=client_max_size)
     app[SWITCHBOARD_KEY] = switchboard
     app.router.add_routes(list(extra_routes))
-    app.router.add_route("*", HOOK_PATH, _hook)
+    app.router.add_route("*", HOOK_PATH, _hook_for(switchboard))
     return app
 
 
-async def _hook(request: web.Request) -> web.StreamResponse:
-    platform = request.match_info["platform"]
-    trigger = request.match_info["trigger"]
-    switchboard = request.app[SWITCHBOARD_KEY]
-    listener = switchboard.current.listeners.get(trigger)
-    if listener is None or listener.platform != platform:  # Schedule listeners answer 404 themselves
-        log.info("hook.unknown", platform=platform, trigger=trigger, remote=request.remote or "")
-        return base.generic(404)
-    return await listener.handle(request)
+def _hook_for(switchboard: routing.Switchboard) -> Handler:
+    """The `/hooks/{platform}/{trigger}` handler, bound to `switchboard` (read per request)."""
+
+    async def hook(request: web.Request) -> web.StreamResponse:
+        match = request.match_info
+        trigger = match["trigger"]
+        listener = switchboard.current.listeners.get(trigger)
+        # Schedule listeners answer 404 themselves.
+        if listener is None or listener.platform != match["platform"]:
+            platform = match["platform"]
+            log.info("hook.unknown", platform=platform, trigger=trigger, remote=request.remote or "")
+            return base.generic(404)
+        return await listener.handle(request)
+
+    return hook
 
 
 class TriggerServer:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import structlog
 
 from aofd.runtime import dedupe, ports, router, routing
 from aofd.runtime.listeners import factory
@@ -220,3 +223,23 @@ def test_disabled_trigger_gets_no_listener() -> None:
     )
     transition = routing.prepare(None, revision="r", bindings=[resources.binding("b", off)], build=build)
     assert ({}, ()) == (dict(transition.table.listeners), transition.started)
+
+
+@pytest.mark.parametrize(("level", "logged"), [(logging.DEBUG, True), (logging.INFO, False)])
+def test_event_routed_is_logged_exactly_when_debug_is_on(level: int, logged: bool) -> None:
+    """The hot path skips building `event.routed` only when the configured level drops it anyway."""
+    saved = structlog.get_config()
+    seen: list[str] = []
+
+    def keep(_logger: object, _name: str, event: dict[str, object]) -> str:
+        seen.append(str(event["event"]))
+        raise structlog.DropEvent
+
+    try:
+        structlog.configure(processors=[keep], wrapper_class=structlog.make_filtering_bound_logger(level))
+        assert router.debug_enabled() is logged
+        dispatcher, _starter = _dispatcher([resources.binding("any", SLACK, context_name="prod")])
+        assert dispatcher.dispatch(_message()).started
+        assert ("event.routed" in seen) is logged
+    finally:
+        structlog.configure(**saved)

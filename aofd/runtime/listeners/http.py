@@ -56,15 +56,16 @@ class HttpListener(base.WebhookListener):
         return await self.on_request(request, b"")
 
     async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+        headers = request.headers
         for name, expected in self._required:
-            verify.static_header(expected=expected, given=request.headers.get(name), name=name)
-        signature = request.headers.get("X-Aofd-Signature")
-        delivery = request.headers.get("X-Aofd-Delivery", "").strip()
+            verify.static_header(expected=expected, given=headers.get(name), name=name)
+        signature = headers.get("X-Aofd-Signature")
+        delivery = headers.get("X-Aofd-Delivery", "").strip()
         if self.secrets:
             verify.aofd_http(
                 secrets=self.secrets,
                 body=body,
-                timestamp=request.headers.get("X-Aofd-Timestamp"),
+                timestamp=headers.get("X-Aofd-Timestamp"),
                 signature=signature,
                 now=self.deps.clock(),
             )
@@ -78,7 +79,7 @@ class HttpListener(base.WebhookListener):
     def normalize(self, request: web.Request, body: bytes, delivery: str) -> ports.EventMessage:
         payload: dict[str, Any] = {}
         text = ""
-        if body and (body.lstrip()[:1] in (b"{", b"[") or request.content_type == "application/json"):
+        if body and (_looks_like_json(body) or request.content_type == "application/json"):
             parsed = self.parse_json(body)
             payload = parsed if isinstance(parsed, dict) else {"data": parsed}
         elif body:
@@ -86,14 +87,19 @@ class HttpListener(base.WebhookListener):
         elif request.method == "GET":
             payload = dict(request.query)
         get = payload.get
-        text = text or _text(get("text") or get("message"))
+        if not text:
+            value = get("text") or get("message")
+            text = value if isinstance(value, str) else ""
         user = get("user")
         if isinstance(user, dict):
             user_ref = ports.UserRef(str(user.get("id", "")), str(user.get("name", "")), "http")
         else:
             name = user if isinstance(user, str) else ""
             user_ref = ports.UserRef(name, name, "http")
-        event_type = request.headers.get("X-Aofd-Event") or _text(get("event") or get("type")) or "webhook"
+        event_type = request.headers.get("X-Aofd-Event")
+        if not event_type:
+            value = get("event") or get("type")
+            event_type = value if isinstance(value, str) and value else "webhook"
         channel = _text(get("channel"))
         return ports.EventMessage(
             platform=self.platform,
@@ -112,3 +118,14 @@ class HttpListener(base.WebhookListener):
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
+
+
+_JSON_START = (b"{", b"[")
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """`body.lstrip()[:1] in (b"{", b"[")` without copying the body unless it starts with whitespace."""
+    first = body[:1]
+    if first in _JSON_START:
+        return True
+    return first.isspace() and body.lstrip()[:1] in _JSON_START
