@@ -98,7 +98,7 @@ def test_notify_ready_status_watchdog_stopping(tmp_path: Path) -> None:
                 daemon.wait_for(lambda: len(notify.find("WATCHDOG=1")) >= 2, what="two watchdog pings")
                 pings = [t for t, _ in notify.find("WATCHDOG=1")]
                 assert all(t > started for t in pings)
-                assert pings[1] - pings[0] < 1.0
+                assert pings[1] - pings[0] < 1.5  # WatchdogSec/2 = 0.5 s, with slack for a loaded machine
                 assert 0 == daemon.stop(signal.SIGTERM)
                 assert notify.find("STOPPING=1")
     finally:

@@ -2,7 +2,6 @@
 
 # The house style is `expected == actual` (STYLE.md habit 9); ruff's SIM300 calls that a Yoda condition.
 
-
 from __future__ import annotations
 
 import math
@@ -66,7 +65,7 @@ def test_billion_laughs_is_rejected_fast_with_flat_memory() -> None:
         result.issues[0].col,
         result.issues[0].message,
     )
-    assert elapsed < 0.05
+    assert elapsed < 2.0  # an expansion would take minutes; timing is bench/load.py's job
     assert peak < 1_000_000
 
 
@@ -381,7 +380,7 @@ def test_oversized_files_are_rejected_before_parsing(content: bytes, size: int) 
         PATH, 0, 0, "error", f"file is {size} bytes; at most 1048576 are allowed", "too-large"
     )
     assert expected == issue
-    assert elapsed < 0.05
+    assert elapsed < 2.0  # the cap is checked before parsing 50 MB
 
 
 def test_oversized_scalar_is_rejected() -> None:

@@ -201,12 +201,12 @@ def test_strict_turns_unknown_keys_into_errors_everywhere() -> None:
     assert [("error", "unknown field 'colour' in Agent spec")] == messages(result)
 
 
-def test_validation_is_fast() -> None:
-    """Validating a small document costs well under a millisecond (the budget is about 100 us)."""
+def test_validation_is_not_pathologically_slow() -> None:
+    """Validating a small document stays far below 10 ms (a sanity bound; bench/load.py measures speed)."""
     doc = parse_one(AGENT)
     rounds = 2000
     started = time.perf_counter()
     for _ in range(rounds):
         validation.validate_document(doc)
     per_document = (time.perf_counter() - started) / rounds
-    assert per_document < 0.001
+    assert per_document < 0.01

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -120,12 +119,9 @@ async def test_parallel_branches_overlap_and_join_runs_once(make_engine: EngineF
         ],
     )
     binding = res.bind("b", ctx=res.context("prod"), flow_res=flow, agents=agents("left", "right", "summary"))
-    began = time.monotonic()
     record = await eng.run(eng.prepare(binding), message("go"))
-    elapsed = time.monotonic() - began
     assert record.status is runs.RunStatus.COMPLETED, record.error
     assert provider.max_active == 2
-    assert elapsed < 0.39
     assert [r.model for r in provider.requests].count("summary") == 1
     summary = next(r for r in provider.requests if r.model == "summary")
     assert summary.messages[0].text == "left-done + right-done"
