@@ -19,7 +19,7 @@ from typing import Any
 from aofd import errors
 from aofd.cli import client as client_mod
 from aofd.cli import output
-from aofd.resources import ids, snapshot
+from aofd.resources import ids
 from aofd.source import directory
 
 
@@ -248,6 +248,3 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     _print_rejection(data)
     return 0
-
-
-_ = snapshot  # directory.read_tree returns snapshot.Snapshot

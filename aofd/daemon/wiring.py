@@ -671,6 +671,3 @@ class AdminView:
         if rt is None:
             return b"", "text/plain"
         return rt.metrics.render()
-
-
-_ = errors  # errors.AofdError is what callers of this module catch
