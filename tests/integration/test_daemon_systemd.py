@@ -60,7 +60,9 @@ class NotifyListener:
         self.sock.close()
 
 
-def serve_args(repo: Path, model_url: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+def serve_args(
+    repo: Path, model_url: str, tmp: Path, *, drain_grace: float = 10
+) -> tuple[list[str], dict[str, str]]:
     config = tmp / "aofd.yaml"
     config.write_text(
         json.dumps(
@@ -71,7 +73,7 @@ def serve_args(repo: Path, model_url: str, tmp: Path) -> tuple[list[str], dict[s
                 "state_dir": str(tmp / "state"),
                 "audit_dir": str(tmp / "audit"),
                 "models": {"anthropic_base_url": model_url},
-                "drain_grace_seconds": 10,
+                "drain_grace_seconds": drain_grace,
             }
         )
     )
@@ -204,10 +206,7 @@ def test_deleted_binding_run_is_cancelled_after_the_grace_period(tmp_path: Path)
     repo = make_repo(tmp_path)
     with fakes.anthropic_server() as model:
         model.delay = 30.0
-        args, env = serve_args(repo, fakes.url(model), tmp_path)
-        config = json.loads((tmp_path / "aofd.yaml").read_text())
-        config["drain_grace_seconds"] = 1
-        (tmp_path / "aofd.yaml").write_text(json.dumps(config))
+        args, env = serve_args(repo, fakes.url(model), tmp_path, drain_grace=1)
         with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
             daemon.wait_ready()
             assert 202 == send_event(daemon, "slow question", "del-1")
@@ -238,10 +237,7 @@ def test_second_sigterm_stops_at_once_without_a_torn_audit_line(tmp_path: Path) 
     repo = make_repo(tmp_path)
     with fakes.anthropic_server() as model:
         model.delay = 30.0
-        args, env = serve_args(repo, fakes.url(model), tmp_path)
-        config = json.loads((tmp_path / "aofd.yaml").read_text())
-        config["drain_grace_seconds"] = 60
-        (tmp_path / "aofd.yaml").write_text(json.dumps(config))
+        args, env = serve_args(repo, fakes.url(model), tmp_path, drain_grace=60)
         with harness.run_daemon(*args, cwd=tmp_path, state_dir=tmp_path / "state", env=env) as daemon:
             daemon.wait_ready()
             assert 202 == send_event(daemon, "very slow question", "twice-1")
