@@ -111,6 +111,21 @@ def _norm_channel(entry: str) -> str:
     return entry[1:] if entry.startswith("#") else entry
 
 
+def _user_values(users: frozenset[str], platform: str) -> frozenset[str]:
+    """The non-empty values `users` entries stand for on `platform` (`platform:` prefixes removed)."""
+    values = set()
+    for entry in users:
+        prefix, sep, rest = entry.partition(":")
+        value = rest if sep and prefix == platform else entry
+        if value:
+            values.add(value)
+    return frozenset(values)
+
+
+_USER_VALUES_CACHE_MAX = 32
+"""Platforms whose user values a `Filters` remembers (platform names are a small fixed set)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Filters:
     """Compiled channel/user/pattern/event filters; an empty filter matches everything."""
@@ -119,6 +134,22 @@ class Filters:
     users: frozenset[str] = frozenset()
     patterns: tuple[_Pattern, ...] = ()
     events: frozenset[str] = frozenset()
+    # Derived once in __post_init__ (not part of equality): what `matches` needs per event.
+    empty: bool = dataclasses.field(init=False, compare=False, repr=False)
+    any_channel: bool = dataclasses.field(init=False, compare=False, repr=False)
+    any_user: bool = dataclasses.field(init=False, compare=False, repr=False)
+    any_event: bool = dataclasses.field(init=False, compare=False, repr=False)
+    # Invariant: platform -> `_user_values(users, platform)`; filled on first use, bounded.
+    _user_values: dict[str, frozenset[str]] = dataclasses.field(
+        init=False, compare=False, repr=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "empty", not (self.channels or self.users or self.patterns or self.events))
+        setattr_(self, "any_channel", not self.channels or "*" in self.channels)
+        setattr_(self, "any_user", not self.users or "*" in self.users)
+        setattr_(self, "any_event", not self.events or "*" in self.events)
 
     @classmethod
     def compile(
@@ -137,27 +168,42 @@ class Filters:
         )
 
     def channel_ok(self, message: ports.EventMessage) -> bool:
-        if not self.channels or "*" in self.channels:
+        if self.any_channel:
             return True
-        name = _norm_channel(message.channel_name)
+        name = message.channel_name
+        if name.startswith("#"):
+            name = name[1:]
         return message.channel_id in self.channels or (bool(name) and name in self.channels)
 
+    def user_values(self, platform: str) -> frozenset[str]:
+        """The values a user id or name must equal on `platform` (computed once per platform)."""
+        cache = self._user_values
+        values = cache.get(platform)
+        if values is None:
+            values = _user_values(self.users, platform)
+            if len(cache) < _USER_VALUES_CACHE_MAX:
+                cache[platform] = values
+        return values
+
     def user_ok(self, message: ports.EventMessage) -> bool:
-        if not self.users or "*" in self.users:
+        if self.any_user:
             return True
+        values = self.user_values(message.platform)
         user = message.user
-        for entry in self.users:
-            prefix, sep, rest = entry.partition(":")
-            value = rest if sep and prefix == message.platform else entry
-            if value in (user.id, user.name) and value:
+        # `values` holds no empty string, so an empty id or name never matches.
+        return user.id in values or user.name in values
+
+    def pattern_ok(self, message: ports.EventMessage) -> bool:
+        if not self.patterns:
+            return True
+        text = message.text
+        for pattern in self.patterns:  # noqa: SIM110 - a loop, not a generator: this runs per event
+            if pattern.search(text):
                 return True
         return False
 
-    def pattern_ok(self, message: ports.EventMessage) -> bool:
-        return not self.patterns or any(p.search(message.text) for p in self.patterns)
-
     def event_ok(self, message: ports.EventMessage) -> bool:
-        if not self.events or "*" in self.events:
+        if self.any_event:
             return True
         kind = message.event_type
         return kind in self.events or kind.partition(".")[0] in self.events
@@ -165,11 +211,13 @@ class Filters:
     def matches(self, message: ports.EventMessage, *, events: bool = True) -> bool:
         # Same checks as `*_ok` (each is pure), but an empty filter costs no call: this runs for
         # every candidate route of every event.
-        if self.channels and not self.channel_ok(message):
+        if self.empty:
+            return True
+        if not self.any_channel and not self.channel_ok(message):
             return False
-        if self.users and not self.user_ok(message):
+        if not self.any_user and not self.user_ok(message):
             return False
-        if events and self.events and not self.event_ok(message):
+        if events and not self.any_event and not self.event_ok(message):
             return False
         return not self.patterns or self.pattern_ok(message)
 
@@ -234,14 +282,17 @@ class Route:
         return cls(bound.name, bound, context_name(bound), filters, required, excluded, score + gate_score)
 
     def matches(self, message: ports.EventMessage) -> bool:
-        if not self.filters.matches(message):
+        filters = self.filters
+        if not filters.empty and not filters.matches(message):
             return False
         if self.required or self.excluded:
             text = message.text.lower()
-            if not all(k in text for k in self.required):
-                return False
-            if any(k in text for k in self.excluded):
-                return False
+            for keyword in self.required:
+                if keyword not in text:
+                    return False
+            for keyword in self.excluded:
+                if keyword in text:
+                    return False
         return True
 
 
@@ -252,6 +303,21 @@ class TriggerRoutes:
     gate: Gate | None
     routes: tuple[Route, ...]
     contexts: tuple[str, ...]
+    # Derived once in __post_init__ (not part of equality), so that `select` does no work that
+    # does not depend on the event: whether the gate filters anything, and the routes worth trying.
+    gated: bool = dataclasses.field(init=False, compare=False, repr=False)
+    candidates: tuple[Route, ...] = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gated", self.gate is not None and not self.gate.filters.empty)
+        # Routes are sorted best first and `select` returns the first that matches, so nothing after
+        # a route that matches every event (no filters, no keywords) can ever be chosen.
+        candidates: list[Route] = []
+        for route in self.routes:
+            candidates.append(route)
+            if route.filters.empty and not route.required and not route.excluded:
+                break
+        object.__setattr__(self, "candidates", tuple(candidates))
 
     @classmethod
     def build(cls, trigger: trigger_kind.Trigger | None, bindings: Sequence[BoundFlow]) -> TriggerRoutes:
@@ -266,9 +332,9 @@ class TriggerRoutes:
 
     def select(self, message: ports.EventMessage) -> Route | RouteOutcome:
         """The best route for `message`, or the outcome that explains why there is none."""
-        if self.gate is not None and not self.gate.admits(message):
+        if self.gated and not self.gate.admits(message):  # type: ignore[union-attr] # gated: gate is set
             return RouteOutcome("filtered", detail="the trigger's own filters do not admit this event")
-        for route in self.routes:
+        for route in self.candidates:
             if route.matches(message):
                 return route
         return RouteOutcome("no_match", detail="no binding of this trigger matches")
@@ -381,9 +447,7 @@ class Dispatcher:
                 run_id=run_id,
                 **_fields(message),
             )
-        return RouteOutcome(
-            "started", binding=chosen.name, context=chosen.context, run_id=run_id, score=chosen.score
-        )
+        return RouteOutcome("started", chosen.name, chosen.context, run_id, chosen.score)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in a task this dispatcher owns (drained by `aclose`)."""

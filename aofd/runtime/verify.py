@@ -12,6 +12,7 @@ here happens before anything interprets the payload.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Sequence
@@ -200,6 +201,16 @@ def aofd_basestring(timestamp: str, body: bytes) -> bytes:
     return timestamp.encode("ascii") + b"." + body
 
 
+def keyed(secrets: Sequence[str]) -> tuple[hmac.HMAC, ...]:
+    """One HMAC-SHA256 keyed with each non-empty secret, for `aofd_http_keyed`.
+
+    Keying (hashing the padded key) is done once here; each request `copy()`s the keyed state, which
+    yields exactly `HMAC(secret, message)`. Listeners build these when they are built, so that a
+    rotated secret (a changed trigger digest, hence a new listener) gets new keys.
+    """
+    return tuple(hmac.new(s.encode("utf-8"), digestmod=hashlib.sha256) for s in secrets if s)
+
+
 def aofd_http(
     *,
     secrets: Sequence[str],
@@ -214,20 +225,45 @@ def aofd_http(
     Raises:
         Rejected: 401 for missing, malformed, stale or wrong signatures.
     """
-    usable = _secrets(secrets)
+    aofd_http_keyed(
+        keys=keyed(_secrets(secrets)),
+        body=body,
+        timestamp=timestamp,
+        signature=signature,
+        now=now,
+        window=window,
+    )
+
+
+def aofd_http_keyed(
+    *,
+    keys: Sequence[hmac.HMAC],
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    now: float,
+    window: float = DEFAULT_WINDOW,
+) -> None:
+    """`aofd_http` with the secrets already keyed (`keyed(secrets)`): the same checks, in the same order.
+
+    Raises:
+        Rejected: 403 when there is no key; 401 for missing, malformed, stale or wrong signatures.
+    """
+    if not keys:
+        raise Rejected(403, SIGNATURE_INVALID, "no secret is configured for this trigger")
     if not signature or not signature.strip():
         raise Rejected(401, MALFORMED, "X-Aofd-Signature missing")
     check_timestamp(timestamp, now=now, window=window)
     assert timestamp is not None  # checked above
-    base = aofd_basestring(timestamp.strip(), body)
-    if len(usable) == 1 and "," not in signature:
+    # What is signed is `<timestamp>.<raw body>`; it is fed in parts rather than copied into one buffer.
+    stamp = timestamp.strip().encode("ascii")
+    if len(keys) == 1 and "," not in signature:
         # The common case (one secret, one signature), without the list machinery.
         given_one = signature.strip()
         if not given_one.startswith("v1=") or _HEX.fullmatch(given_one, 3) is None:
             raise Rejected(401, MALFORMED, "X-Aofd-Signature is not a v1 signature")
         # Both sides are ASCII hex (checked above), which compare_digest takes as str directly.
-        expected_one = hmac_sha256_hex(usable[0], base)
-        if not hmac.compare_digest(expected_one, given_one[3:].lower()):
+        if not hmac.compare_digest(_aofd_hex(keys[0], stamp, body), given_one[3:].lower()):
             raise Rejected(401, SIGNATURE_INVALID, "no X-Aofd-Signature v1 value matches")
         return
     try:
@@ -235,9 +271,18 @@ def aofd_http(
     except Rejected as exc:
         raise Rejected(401, exc.reason, exc.detail) from None
     given = [value for version, value in pairs if version == "v1"]
-    expected = [hmac_sha256_hex(secret, base) for secret in usable]
+    expected = [_aofd_hex(key, stamp, body) for key in keys]
     if not given or not _any_equal(expected, given):
         raise Rejected(401, SIGNATURE_INVALID, "no X-Aofd-Signature v1 value matches")
+
+
+def _aofd_hex(key: hmac.HMAC, stamp: bytes, body: bytes) -> str:
+    """Lower-case hex of HMAC-SHA256(secret, `aofd_basestring(stamp, body)`), from the keyed state."""
+    mac = key.copy()
+    mac.update(stamp)
+    mac.update(b".")
+    mac.update(body)
+    return mac.hexdigest()
 
 
 def static_header(*, expected: str, given: str | None, name: str) -> None:

@@ -243,3 +243,29 @@ def test_event_routed_is_logged_exactly_when_debug_is_on(level: int, logged: boo
         assert ("event.routed" in seen) is logged
     finally:
         structlog.configure(**saved)
+
+
+def test_platform_prefixed_user_entries_match_only_their_platform() -> None:
+    """`slack:U9` matches user id U9 on Slack only; elsewhere the whole entry must equal the id or name."""
+    filters = router.Filters.compile(users=["slack:U9", "ci"])
+    on_slack = _message(user="U9")
+    elsewhere = ports.EventMessage(platform="http", trigger="t", text="", user=ports.UserRef("U9"))
+    whole = ports.EventMessage(platform="http", trigger="t", text="", user=ports.UserRef("slack:U9"))
+    by_name = ports.EventMessage(platform="http", trigger="t", text="", user=ports.UserRef("", "ci"))
+    nobody = ports.EventMessage(platform="http", trigger="t", text="", user=ports.UserRef(""))
+    results = [filters.matches(m) for m in (on_slack, elsewhere, whole, by_name, nobody, on_slack)]
+    assert [True, False, True, True, False, True] == results
+
+
+def test_routes_after_a_match_everything_route_are_never_tried() -> None:
+    """`select` stops at the best route without filters; the table still lists every route, best first."""
+    plain = resources.binding("a-plain", SLACK)
+    narrow = resources.binding("z-narrow", SLACK, filters={"channels": ["C1"]})
+    low = resources.binding("b-low", SLACK, match={"priority": -5})
+    dispatcher, _ = _dispatcher([plain, narrow, low])
+    table = dispatcher._switchboard.current.routes["slack-bot"]
+    assert ["z-narrow", "a-plain", "b-low"] == [r.name for r in table.routes]
+    assert ["z-narrow", "a-plain"] == [r.name for r in table.candidates]
+    assert ["z-narrow", "a-plain"] == [
+        dispatcher.dispatch(_message(channel_id=c)).binding for c in ("C1", "C2")
+    ]

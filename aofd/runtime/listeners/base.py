@@ -234,16 +234,18 @@ class Listener:
         """
         fresh = self.deps.dedupe.first_time(self.platform, self.trigger_name, delivery_id)
         if not fresh:
-            log.info(
-                "event.duplicate",
-                platform=self.platform,
-                trigger=self.trigger_name,
-                delivery_id=delivery_id,
-            )
-            self.audit_rejection(
-                verify.Rejected(200, verify.REPLAY, f"delivery {delivery_id} seen before"), ""
-            )
+            self.duplicate(delivery_id)
         return fresh
+
+    def duplicate(self, delivery_id: str) -> None:
+        """Log and audit (`trigger.rejected`, reason `replay`) a delivery the dedupe cache had seen."""
+        log.info(
+            "event.duplicate",
+            platform=self.platform,
+            trigger=self.trigger_name,
+            delivery_id=delivery_id,
+        )
+        self.audit_rejection(verify.Rejected(200, verify.REPLAY, f"delivery {delivery_id} seen before"), "")
 
     def audit_rejection(self, exc: verify.Rejected, remote: str) -> None:
         """Audit a rejection in the contexts of this trigger's bindings, at most once a second per reason.
@@ -405,8 +407,16 @@ async def read_body(request: web.Request, *, limit: int) -> bytes:
         raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"Content-Length {declared} > {limit}")
     if declared is not None:
         # Known length within the cap: read exactly that much.
+        content = request.content
+        if declared and content.is_eof():
+            # The whole body is already buffered (the usual small webhook): take it without a coroutine.
+            # With EOF fed, this is what `readexactly` returns, and shorter means the same 400.
+            data = content.read_nowait(declared)
+            if len(data) < declared:
+                raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length")
+            return data
         try:
-            return await request.content.readexactly(declared) if declared else b""
+            return await content.readexactly(declared) if declared else b""
         except asyncio.IncompleteReadError:
             raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length") from None
     chunks: list[bytes] = []

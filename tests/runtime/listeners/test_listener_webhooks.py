@@ -262,3 +262,18 @@ async def test_unsigned_http_webhook_is_accepted(rig: harness.Rig) -> None:
     status, text = await rig.send("http", "open-hook", b"plain text body", {"Content-Type": "text/plain"})
     assert (202, "plain text body") == (status, rig.starter.calls[0][1].text)
     assert "started" == json.loads(text)["outcome"]
+
+
+async def test_http_webhook_normalizes_every_field(rig: harness.Rig) -> None:
+    """Each field of the normalized message comes from where the HTTP listener documents it."""
+    payload = {"text": "deploy api", "user": {"id": "svc-7", "name": "ci"}, "channel": "ops", "thread": "t-9"}
+    body = json.dumps(payload).encode()
+    headers = {**_hook_headers(body, delivery="d-fields"), "X-Aofd-Event": "deploy.requested"}
+    before = time.time()
+    assert 202 == (await rig.send("http", "hook", body, headers))[0]
+    ((_name, m),) = rig.starter.calls
+    assert ("http", "hook", "deploy api") == (m.platform, m.trigger, m.text)
+    assert ("svc-7", "ci", "http") == (m.user.id, m.user.name, m.user.domain)
+    assert ("ops", "ops", "t-9") == (m.channel_id, m.channel_name, m.thread)
+    assert ("deploy.requested", "d-fields", payload) == (m.event_type, m.delivery_id, dict(m.raw))
+    assert before <= m.received_at <= time.time()
