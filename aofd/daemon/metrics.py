@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -76,48 +77,65 @@ class _Pull(Collector):
             src_fail.add_metric([name], float(data.get("failures", 0) or 0))
         yield src_info
         yield src_fail
-        lst = GaugeMetricFamily(
-            "aofd_listeners", "Trigger listeners by platform and state", labels=["platform", "state"]
+        labelled: tuple[
+            tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, list[str], Mapping[Any, int]], ...
+        ] = (
+            (
+                GaugeMetricFamily,
+                "aofd_listeners",
+                "Trigger listeners by platform and state",
+                ["platform", "state"],
+                s.listeners,
+            ),
+            (
+                CounterMetricFamily,
+                "aofd_events_received",
+                "Events received per platform",
+                ["platform"],
+                s.events_received,
+            ),
+            (
+                CounterMetricFamily,
+                "aofd_events_rejected",
+                "Events rejected per platform and reason",
+                ["platform", "reason"],
+                s.events_rejected,
+            ),
+            (CounterMetricFamily, "aofd_runs", "Flow runs by outcome", ["outcome"], s.runs),
+            (CounterMetricFamily, "aofd_model_tokens", "Model tokens used", ["direction"], s.model_tokens),
+            (
+                CounterMetricFamily,
+                "aofd_ratelimit_refusals",
+                "Requests refused by a Context's limits",
+                ["context"],
+                s.ratelimit_refusals,
+            ),
         )
-        for (platform, state), n in sorted(s.listeners.items()):
-            lst.add_metric([platform, state], float(n))
-        yield lst
-        rec = CounterMetricFamily("aofd_events_received", "Events received per platform", labels=["platform"])
-        for platform, n in sorted(s.events_received.items()):
-            rec.add_metric([platform], float(n))
-        yield rec
-        rej = CounterMetricFamily(
-            "aofd_events_rejected", "Events rejected per platform and reason", labels=["platform", "reason"]
+        for family_type, name, doc, labels, values in labelled:
+            family = family_type(name, doc, labels=labels)
+            for key, n in sorted(values.items()):
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], float(n))
+            yield family
+        single: tuple[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, float], ...] = (
+            (GaugeMetricFamily, "aofd_runs_active", "Flow runs in flight", s.runs_active),
+            (
+                GaugeMetricFamily,
+                "aofd_approvals_pending",
+                "Approval requests waiting for a decision",
+                s.approvals_pending,
+            ),
+            (CounterMetricFamily, "aofd_audit_records", "Audit records written", s.audit_records),
+            (
+                CounterMetricFamily,
+                "aofd_audit_failures",
+                "Audit writes that failed (fail closed)",
+                s.audit_failures,
+            ),
         )
-        for (platform, reason), n in sorted(s.events_rejected.items()):
-            rej.add_metric([platform, reason], float(n))
-        yield rej
-        runs = CounterMetricFamily("aofd_runs", "Flow runs by outcome", labels=["outcome"])
-        for outcome, n in sorted(s.runs.items()):
-            runs.add_metric([outcome], float(n))
-        yield runs
-        active = GaugeMetricFamily("aofd_runs_active", "Flow runs in flight")
-        active.add_metric([], float(s.runs_active))
-        yield active
-        tokens = CounterMetricFamily("aofd_model_tokens", "Model tokens used", labels=["direction"])
-        for direction, n in sorted(s.model_tokens.items()):
-            tokens.add_metric([direction], float(n))
-        yield tokens
-        pending = GaugeMetricFamily("aofd_approvals_pending", "Approval requests waiting for a decision")
-        pending.add_metric([], float(s.approvals_pending))
-        yield pending
-        rl = CounterMetricFamily(
-            "aofd_ratelimit_refusals", "Requests refused by a Context's limits", labels=["context"]
-        )
-        for context, n in sorted(s.ratelimit_refusals.items()):
-            rl.add_metric([context], float(n))
-        yield rl
-        ar = CounterMetricFamily("aofd_audit_records", "Audit records written")
-        ar.add_metric([], float(s.audit_records))
-        yield ar
-        af = CounterMetricFamily("aofd_audit_failures", "Audit writes that failed (fail closed)")
-        af.add_metric([], float(s.audit_failures))
-        yield af
+        for family_type, name, doc, value in single:
+            family = family_type(name, doc)
+            family.add_metric([], float(value))
+            yield family
         for name, sample in (
             ("aofd_audit_durable_write_seconds", s.audit_durable_latency),
             ("aofd_audit_grouped_write_seconds", s.audit_grouped_latency),
