@@ -60,6 +60,15 @@ class NotifyListener:
         self.sock.close()
 
 
+def audit_records(tmp: Path, context: str = "prod") -> list[dict[str, Any]]:
+    """Every record of a context's audit log, in segment order (names sort by time and seq)."""
+    return [
+        json.loads(line)
+        for segment in sorted((tmp / "audit" / context).glob("audit-*.jsonl"))
+        for line in segment.read_text().splitlines()
+    ]
+
+
 def serve_args(
     repo: Path, model_url: str, tmp: Path, *, drain_grace: float = 10
 ) -> tuple[list[str], dict[str, str]]:
@@ -136,11 +145,7 @@ def test_sigterm_drains_a_run_in_flight(tmp_path: Path) -> None:
             daemon.proc.send_signal(signal.SIGTERM)
             code = daemon.proc.wait(30)
             assert 0 == code
-    lines = [
-        json.loads(x)
-        for x in (tmp_path / "audit" / "prod").glob("audit-*.jsonl")
-        for x in x.read_text().splitlines()
-    ]
+    lines = audit_records(tmp_path)
     actions = [line["event"]["action"] for line in lines]
     assert "agent.run.finished" in actions
     finished = [line for line in lines if line["event"]["action"] == "agent.run.finished"]
@@ -217,13 +222,7 @@ def test_deleted_binding_run_is_cancelled_after_the_grace_period(tmp_path: Path)
             )
 
             def finished() -> list[dict[str, Any]]:
-                found = []
-                for segment in (tmp_path / "audit" / "prod").glob("audit-*.jsonl"):
-                    for line in segment.read_text().splitlines():
-                        record = json.loads(line)
-                        if record["event"]["action"] == "agent.run.finished":
-                            found.append(record)
-                return found
+                return [r for r in audit_records(tmp_path) if r["event"]["action"] == "agent.run.finished"]
 
             records = daemon.wait_for(finished, timeout=20, what="the cancelled run to be recorded")
             assert "cancelled" == records[0]["aofd"]["run"]["status"]
@@ -258,10 +257,5 @@ def test_second_sigterm_stops_at_once_without_a_torn_audit_line(tmp_path: Path) 
         check=False,
     )
     assert 0 == verified.returncode, verified.stdout + verified.stderr
-    lines = [
-        json.loads(x)
-        for p in (tmp_path / "audit" / "prod").glob("audit-*.jsonl")
-        for x in p.read_text().splitlines()
-    ]
-    finished = [x for x in lines if x["event"]["action"] == "agent.run.finished"]
+    finished = [x for x in audit_records(tmp_path) if x["event"]["action"] == "agent.run.finished"]
     assert "cancelled" == finished[-1]["aofd"]["run"]["status"]
