@@ -208,7 +208,7 @@ class Runtime:
             on_rejected=self.counters.event_rejected,
         )
         self.server = server.TriggerServer(switchboard=self.switchboard, listen=cfg.listen)
-        self.server.add_route("POST", "/hooks/git/{source}", self._git_hook)
+        self.server.add_hook("git", self._git_hook)
         self.reconciler: loop.Reconciler | None = None
         self.metrics = metrics_mod.Metrics(self._samples)
         self._retiring: set[asyncio.Task[None]] = set()
@@ -428,8 +428,7 @@ class Runtime:
             request.origin, request_id=request.id, summary=summary, argv=request.argv
         )
 
-    async def _git_hook(self, request: web.Request) -> web.Response:
-        name = request.match_info["source"]
+    async def _git_hook(self, request: web.BaseRequest, name: str) -> web.Response:
         source = self.sources.get(name)
         spec = next((s for s in self.cfg.sources if s.name == name), None)
         if source is None or spec is None:

@@ -1,15 +1,19 @@
-"""The trigger HTTP server: `/hooks/<platform>/<trigger>` on `DaemonConfig.listen`.
+"""The trigger HTTP server: `/hooks/<platform>/<name>` on `DaemonConfig.listen`.
 
-Owns the aiohttp application and its lifecycle. Per request it looks the trigger's listener up
-in the *current* routing table (`Switchboard.current`, a dict lookup: O(1)) and hands the request
-to `Listener.handle`. An unknown trigger, a disabled one, or a platform in the path that is not the
-trigger's type answers 404 with a generic body. The listener caps the body (`max_body_bytes`, 413
-before any HMAC); the application's `client_max_size` is the hard cap for everything else.
+Owns the listening socket and its lifecycle. The path space is fixed and two levels deep, so it
+runs on aiohttp's low-level server (`web.Server`, no application router or middlewares) and
+splits the path itself: `/hooks/<platform>/<name>` and nothing else. Per request it looks the
+trigger's listener up in the *current* routing table (`Switchboard.current`, a dict lookup: O(1))
+and hands the request to `Listener.handle`. An unknown trigger, a disabled one, a platform in the
+path that is not the trigger's type, or any other path answers 404 with a generic body.
 
-The daemon mounts extra routes (the git push hook `/hooks/git/<source>`) through `extra_routes` or
-`TriggerServer.add_route` before `start()`.
+The daemon mounts its own hooks on a platform name no trigger type uses (the git push hook
+`/hooks/git/<source>`) with `TriggerServer.add_hook` before `start()`; such a handler gets the
+request and the name from the path.
 
-It must not verify, parse or route events itself; listeners do that.
+Bodies are capped by the listener (`max_body_bytes`, 413 before any HMAC; `read_body` also
+answers `Expect: 100-continue` only after that check) and by the daemon's own hooks. It must not
+verify, parse or route events itself; listeners do that.
 """
 
 from __future__ import annotations
@@ -24,12 +28,10 @@ from aofd.runtime.listeners import base
 
 log = structlog.get_logger()
 
-HOOK_PATH = "/hooks/{platform}/{trigger}"
-DEFAULT_CLIENT_MAX_SIZE = 32 * 1024 * 1024
-"""The server-wide body cap; per-trigger caps are smaller and checked first by the listener."""
+HOOK_PREFIX = "hooks"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SWITCHBOARD_KEY = web.AppKey("aofd_switchboard", routing.Switchboard)
+HookHandler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+"""A daemon hook: `(request, name)` where `name` is the last path segment."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -40,71 +42,80 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def make_app(
-    switchboard: routing.Switchboard,
-    *,
-    extra_routes: Iterable[web.RouteDef] = (),
-    client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
-) -> web.Application:
-    """The aiohttp application serving the trigger hooks (and `extra_routes`)."""
-    app = web.Application(client_max_size=client_max_size)
-    app[SWITCHBOARD_KEY] = switchboard
-    app.router.add_routes(list(extra_routes))
-    app.router.add_route("*", HOOK_PATH, _hook_for(switchboard))
-    return app
+class _Hook:
+    __slots__ = ("handler", "methods")
+
+    def __init__(self, handler: HookHandler, methods: frozenset[str]) -> None:
+        self.handler = handler
+        self.methods = methods
 
 
-def _hook_for(switchboard: routing.Switchboard) -> Handler:
-    """The `/hooks/{platform}/{trigger}` handler, bound to `switchboard` (read per request)."""
+class HookServer:
+    """The request handler: splits `/hooks/<platform>/<name>` and calls a daemon hook or a listener."""
 
-    async def hook(request: web.Request) -> web.StreamResponse:
-        match = request.match_info
-        trigger = match["trigger"]
-        listener = switchboard.current.listeners.get(trigger)
-        # Schedule listeners answer 404 themselves.
-        if listener is None or listener.platform != match["platform"]:
-            platform = match["platform"]
-            log.info("hook.unknown", platform=platform, trigger=trigger, remote=request.remote or "")
-            return base.generic(404)
-        return await listener.handle(request)
+    def __init__(self, switchboard: routing.Switchboard, hooks: Iterable[tuple[str, _Hook]] = ()) -> None:
+        self._switchboard = switchboard
+        self._hooks = dict(hooks)
 
-    return hook
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        parts = request.path.split("/")
+        if len(parts) != 4 or parts[1] != HOOK_PREFIX or parts[0]:
+            return self._not_found(request, "", request.path)
+        platform = parts[2]
+        name = parts[3]
+        listener = self._switchboard.current.listeners.get(name)
+        if listener is not None and listener.platform == platform:
+            return await listener.handle(request)
+        hook = self._hooks.get(platform)
+        if hook is not None and name:
+            if request.method not in hook.methods:
+                return base.generic(405)
+            return await hook.handler(request, name)
+        # Schedule listeners are in the table too, and answer 404 themselves.
+        return self._not_found(request, platform, name)
+
+    @staticmethod
+    def _not_found(request: web.BaseRequest, platform: str, name: str) -> web.Response:
+        log.info("hook.unknown", platform=platform, trigger=name, remote=request.remote or "")
+        return base.generic(404)
 
 
 class TriggerServer:
-    """Runs `make_app()` on a host and port; `start()` binds, `stop()` closes."""
+    """Serves `HookServer` on a host and port; `start()` binds, `stop()` closes."""
 
     def __init__(
         self,
         *,
         switchboard: routing.Switchboard,
         listen: str = "127.0.0.1:8080",
-        client_max_size: int = DEFAULT_CLIENT_MAX_SIZE,
         shutdown_timeout: float = 10.0,
         lingering_time: float = 0.5,
     ) -> None:
         self.host, self.port = parse_listen(listen)
         self._switchboard = switchboard
-        self._client_max_size = client_max_size
         self._shutdown_timeout = shutdown_timeout
         # How long the rest of a refused (413) upload is read and discarded so that the client can
         # read the answer; then the connection is closed. aiohttp's default is 10 s.
         self._lingering_time = lingering_time
-        self._extra: list[web.RouteDef] = []
-        self._runner: web.AppRunner | None = None
+        self._hooks: dict[str, _Hook] = {}
+        self._runner: web.ServerRunner | None = None
 
-    def add_route(self, method: str, path: str, handler: Handler) -> None:
-        """Mount another route (e.g. `POST /hooks/git/{source}`); only before `start()`."""
+    def add_hook(self, platform: str, handler: HookHandler, *, methods: Iterable[str] = ("POST",)) -> None:
+        """Serve `/hooks/<platform>/<name>` with `handler(request, name)`; only before `start()`.
+
+        `platform` must not be a trigger type's platform (those belong to listeners).
+        """
         if self._runner is not None:
-            raise RuntimeError("routes must be added before the server starts")
-        self._extra.append(web.route(method, path, handler))
+            raise RuntimeError("hooks must be added before the server starts")
+        if not platform or "/" in platform:
+            raise ValueError(f"hook platform must be one path segment, got {platform!r}")
+        self._hooks[platform] = _Hook(handler, frozenset(m.upper() for m in methods))
 
     async def start(self) -> None:
         """Bind and serve; with port 0 the chosen port is in `self.port` afterwards."""
-        app = make_app(self._switchboard, extra_routes=self._extra, client_max_size=self._client_max_size)
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self._shutdown_timeout, lingering_time=self._lingering_time
-        )
+        handler = HookServer(self._switchboard, self._hooks.items())
+        lowlevel = web.Server(handler, access_log=None, lingering_time=self._lingering_time)
+        runner = web.ServerRunner(lowlevel, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:

@@ -51,6 +51,9 @@ _encode_str = json.encoder.encode_basestring_ascii
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 """Per-trigger body cap unless `max_body_bytes` says otherwise (GitHub's default is larger)."""
 
+MAX_BODY_BYTES_LIMIT = 32 * 1024 * 1024
+"""The hard cap: a Trigger's `max_body_bytes` above this is lowered to it."""
+
 GENERIC_BODIES: Mapping[int, str] = {
     400: "bad request",
     401: "unauthorized",
@@ -58,6 +61,7 @@ GENERIC_BODIES: Mapping[int, str] = {
     404: "not found",
     405: "method not allowed",
     413: "payload too large",
+    417: "expectation failed",
 }
 
 
@@ -220,7 +224,7 @@ class Listener:
                 error=repr(task.exception()),
             )
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
         """Answer a webhook request; listeners without a webhook answer 404."""
         return generic(404)
 
@@ -295,12 +299,12 @@ class WebhookListener(Listener):
 
     def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
         super().__init__(resource=resource, deps=deps)
-        self.max_body = int(self.config.max_body_bytes or self.default_max_body)
+        self.max_body = min(int(self.config.max_body_bytes or self.default_max_body), MAX_BODY_BYTES_LIMIT)
 
     def methods(self) -> frozenset[str]:
         return self.default_methods
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
         """Run the pipeline; every failure becomes a generic 4xx, never a 500."""
         try:
             method = request.method
@@ -317,13 +321,13 @@ class WebhookListener(Listener):
             log.exception("listener.request_failed", trigger=self.trigger_name, platform=self.platform)
             return generic(400)
 
-    async def on_get(self, request: web.Request) -> web.Response:
+    async def on_get(self, request: web.BaseRequest) -> web.Response:
         return generic(405)
 
-    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
         raise NotImplementedError
 
-    async def rejected(self, request: web.Request, exc: verify.Rejected) -> None:
+    async def rejected(self, request: web.BaseRequest, exc: verify.Rejected) -> None:
         """Log a rejection and audit it in the contexts of this trigger's bindings (throttled)."""
         remote = request.remote or ""
         log.warning(
@@ -397,17 +401,18 @@ def rejection_record(
     }
 
 
-async def read_body(request: web.Request, *, limit: int) -> bytes:
+async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
     """Read at most `limit` bytes of the body; 413 as soon as it is known to be larger.
 
-    `Content-Length` is checked before reading anything; a chunked body is counted while read.
+    `Content-Length` is checked before reading anything (and only then is `Expect: 100-continue`
+    answered); a chunked body is counted while read.
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"Content-Length {declared} > {limit}")
+    content = request.content
     if declared is not None:
         # Known length within the cap: read exactly that much.
-        content = request.content
         if declared and content.is_eof():
             # The whole body is already buffered (the usual small webhook): take it without a coroutine.
             # With EOF fed, this is what `readexactly` returns, and shorter means the same 400.
@@ -415,14 +420,17 @@ async def read_body(request: web.Request, *, limit: int) -> bytes:
             if len(data) < declared:
                 raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length")
             return data
+        if declared:
+            await _continue(request)
         try:
             return await content.readexactly(declared) if declared else b""
         except asyncio.IncompleteReadError:
             raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length") from None
+    await _continue(request)
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = await request.content.read(64 * 1024)
+        chunk = await content.read(64 * 1024)
         if not chunk:
             break
         total += len(chunk)
@@ -432,7 +440,23 @@ async def read_body(request: web.Request, *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def header(request: web.Request, name: str) -> str | None:
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (HTTP/1.1) once the body is known to be within the cap.
+
+    The trigger server has no application router to do it, and doing it here means a client that
+    waits for `100 Continue` never uploads a body that would be refused with 413 anyway.
+    """
+    expect = request.headers.get("Expect")
+    if expect is None or request.version < (1, 1):
+        return
+    if expect.lower() != "100-continue":
+        raise verify.Rejected(417, verify.MALFORMED, "unknown Expect header")
+    writer = request.writer
+    await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    writer.output_size = 0  # the interim answer is not part of the response that follows
+
+
+def header(request: web.BaseRequest, name: str) -> str | None:
     return request.headers.get(name)
 
 

@@ -53,10 +53,10 @@ class HttpListener(base.WebhookListener):
             )
         await super().start()
 
-    async def on_get(self, request: web.Request) -> web.Response:
+    async def on_get(self, request: web.BaseRequest) -> web.Response:
         return await self.on_request(request, b"")
 
-    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
         headers = request.headers
         for name, expected in self._required:
             verify.static_header(expected=expected, given=headers.get(name), name=name)
@@ -81,7 +81,7 @@ class HttpListener(base.WebhookListener):
             return base.outcome_response(None)
         return base.outcome_response(self.deps.dispatcher.dispatch(message))
 
-    def normalize(self, request: web.Request, body: bytes, delivery: str) -> ports.EventMessage:
+    def normalize(self, request: web.BaseRequest, body: bytes, delivery: str) -> ports.EventMessage:
         payload: dict[str, Any] = {}
         text = ""
         if body and (_looks_like_json(body) or request.content_type == "application/json"):

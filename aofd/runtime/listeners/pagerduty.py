@@ -29,7 +29,7 @@ class PagerDutyListener(base.SignedWebhookListener):
 
     platform = "pagerduty"
 
-    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
         verify.pagerduty(
             secrets=self.secrets, body=body, signature=request.headers.get("X-PagerDuty-Signature")
         )

@@ -114,7 +114,7 @@ class SlackListener(base.WebhookListener):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
         verify.slack(
             secrets=(self.signing_secret,),
             body=body,

@@ -83,7 +83,7 @@ class TelegramListener(base.WebhookListener):
             self._session = None
         await super().stop(drain=drain)
 
-    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
         if self.polling:
             raise verify.Rejected(403, verify.UNKNOWN_SOURCE, "this trigger uses long polling")
         verify.telegram(

@@ -62,7 +62,7 @@ class WhatsAppListener(base.WebhookListener):
             )
         await super().start()
 
-    async def on_get(self, request: web.Request) -> web.Response:
+    async def on_get(self, request: web.BaseRequest) -> web.Response:
         mode = request.query.get("hub.mode")
         token = request.query.get("hub.verify_token")
         challenge = request.query.get("hub.challenge", "")
@@ -72,7 +72,7 @@ class WhatsAppListener(base.WebhookListener):
             raise verify.Rejected(403, verify.SIGNATURE_INVALID, "hub.verify_token does not match")
         return web.Response(status=200, text=challenge)
 
-    async def on_request(self, request: web.Request, body: bytes) -> web.Response:
+    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
         verify.whatsapp(
             secrets=self.app_secrets, body=body, signature=request.headers.get("X-Hub-Signature-256")
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -277,3 +278,42 @@ async def test_http_webhook_normalizes_every_field(rig: harness.Rig) -> None:
     assert ("ops", "ops", "t-9") == (m.channel_id, m.channel_name, m.thread)
     assert ("deploy.requested", "d-fields", payload) == (m.event_type, m.delivery_id, dict(m.raw))
     assert before <= m.received_at <= time.time()
+
+
+async def _raw_exchange(rig: harness.Rig, head: bytes, body: bytes | None) -> tuple[bytes, bytes]:
+    """Send `head`, read what the server answers first, then send `body` (if any) and read the rest
+    until the server closes the connection (`Connection: close`), so that no server task outlives the test.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.server.port)
+    try:
+        writer.write(head)
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if body is not None:
+            writer.write(body)
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return first, rest
+
+
+def _expect_head(length: int, expect: str = "100-continue") -> bytes:
+    return (
+        f"POST /hooks/http/open-hook HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {length}\r\nExpect: {expect}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+async def test_expect_100_continue_is_answered_only_within_the_cap(rig: harness.Rig) -> None:
+    """`Expect: 100-continue` gets `100 Continue` then the answer; over the cap it gets 413 at once
+    (the body is never asked for); an unknown expectation gets 417.
+    """
+    body = b"deploy api"
+    cont, answer = await _raw_exchange(rig, _expect_head(len(body)), body)
+    too_big, _ = await _raw_exchange(rig, _expect_head(1024 * 1024 + 1), None)
+    odd, _ = await _raw_exchange(rig, _expect_head(len(body), "tea"), None)
+    assert cont.startswith(b"HTTP/1.1 100 Continue")
+    assert answer.startswith(b"HTTP/1.1 202 ")
+    assert too_big.startswith(b"HTTP/1.1 413 ")
+    assert odd.startswith(b"HTTP/1.1 417 ")
+    assert ["deploy api"] == [m.text for _n, m in rig.starter.calls]

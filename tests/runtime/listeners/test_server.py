@@ -42,25 +42,47 @@ async def test_requests_see_the_table_published_by_the_latest_swap() -> None:
     assert (202, [404, 202]) == (before, after)
 
 
-async def test_extra_routes_are_mounted() -> None:
-    """The daemon can mount `/hooks/git/<source>` next to the trigger hooks."""
+async def test_daemon_hooks_are_mounted_beside_the_trigger_hooks() -> None:
+    """The daemon mounts `/hooks/git/<source>`: its handler gets the name, other methods get 405."""
     seen: list[str] = []
 
-    async def git_hook(request: web.Request) -> web.Response:
-        seen.append(request.match_info["source"])
+    async def git_hook(request: web.BaseRequest, name: str) -> web.Response:
+        seen.append(name)
         return web.Response(status=202)
 
     srv = server.TriggerServer(switchboard=routing.Switchboard(), listen="127.0.0.1:0")
-    srv.add_route("POST", "/hooks/git/{source}", git_hook)
+    srv.add_hook("git", git_hook)
     await srv.start()
     try:
-        async with aiohttp.ClientSession() as session, session.post(f"{srv.url}/hooks/git/main") as resp:
-            status = resp.status
+        with pytest.raises(RuntimeError):
+            srv.add_hook("other", git_hook)
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for method, path in [
+                ("POST", "/hooks/git/main"),
+                ("GET", "/hooks/git/main"),
+                ("POST", "/hooks/git/"),
+                ("POST", "/hooks/git/main/extra"),
+                ("POST", "/elsewhere"),
+                ("POST", "/"),
+            ]:
+                async with session.request(method, srv.url + path) as resp:
+                    statuses.append((resp.status, await resp.text()))
     finally:
         await srv.stop()
-    assert (202, ["main"]) == (status, seen)
+    assert ["main"] == seen
+    assert [
+        (202, ""),
+        (405, "method not allowed"),
+        (404, "not found"),
+        (404, "not found"),
+        (404, "not found"),
+        (404, "not found"),
+    ] == statuses
     with pytest.raises(ValueError):
         server.parse_listen("localhost")
+    with pytest.raises(ValueError):
+        srv.add_hook("a/b", git_hook)
 
 
 @pytest.fixture
