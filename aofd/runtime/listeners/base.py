@@ -300,19 +300,19 @@ class WebhookListener(Listener):
     def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
         super().__init__(resource=resource, deps=deps)
         self.max_body = min(int(self.config.max_body_bytes or self.default_max_body), MAX_BODY_BYTES_LIMIT)
-
-    def methods(self) -> frozenset[str]:
-        return self.default_methods
+        self.methods: frozenset[str] = self.default_methods
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         """Run the pipeline; every failure becomes a generic 4xx, never a 500."""
         try:
             method = request.method
-            if method not in self.methods():
+            if method not in self.methods:
                 return generic(405)
             if method == "GET" or method == "HEAD":
                 return await self.on_get(request)
-            body = await read_body(request, limit=self.max_body)
+            body = buffered_body(request, self.max_body)
+            if body is None:
+                body = await read_body(request, limit=self.max_body)
             return await self.on_request(request, body)
         except verify.Rejected as exc:
             await self.rejected(request, exc)
@@ -401,29 +401,43 @@ def rejection_record(
     }
 
 
+def buffered_body(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The body when it is already whole in memory (the usual small webhook), else None.
+
+    No coroutine: with EOF fed, this is what `readexactly` would return. Same checks and errors as
+    `read_body`, which the caller awaits when this answers None.
+    """
+    declared = request.content_length
+    if declared is None:
+        return None
+    if declared > limit:
+        raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"Content-Length {declared} > {limit}")
+    if not declared:
+        return b""
+    content = request.content
+    if not content.is_eof():
+        return None
+    data = content.read_nowait(declared)
+    if len(data) < declared:
+        raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length")
+    return data
+
+
 async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
     """Read at most `limit` bytes of the body; 413 as soon as it is known to be larger.
 
     `Content-Length` is checked before reading anything (and only then is `Expect: 100-continue`
     answered); a chunked body is counted while read.
     """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"Content-Length {declared} > {limit}")
+    buffered = buffered_body(request, limit)
+    if buffered is not None:
+        return buffered
     content = request.content
+    declared = request.content_length
     if declared is not None:
-        # Known length within the cap: read exactly that much.
-        if declared and content.is_eof():
-            # The whole body is already buffered (the usual small webhook): take it without a coroutine.
-            # With EOF fed, this is what `readexactly` returns, and shorter means the same 400.
-            data = content.read_nowait(declared)
-            if len(data) < declared:
-                raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length")
-            return data
-        if declared:
-            await _continue(request)
+        await _continue(request)
         try:
-            return await content.readexactly(declared) if declared else b""
+            return await content.readexactly(declared)
         except asyncio.IncompleteReadError:
             raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length") from None
     await _continue(request)

@@ -35,13 +35,10 @@ class HttpListener(base.WebhookListener):
         super().__init__(**kwargs)
         self.secrets = tuple(base.secret_value(s) for s in self.config.all_webhook_secrets if s)
         self._keys = verify.keyed(self.secrets)  # HMAC keyed once; `secrets` changes mean a new listener
-        self._methods = frozenset(m.upper() for m in self.config.methods) or self.default_methods
+        self.methods = frozenset(m.upper() for m in self.config.methods) or self.default_methods
         self._required = tuple(
             (name, base.secret_value(value)) for name, value in sorted(self.config.required_headers.items())
         )
-
-    def methods(self) -> frozenset[str]:
-        return self._methods
 
     async def start(self) -> None:
         if not self.secrets:
