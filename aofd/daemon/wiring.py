@@ -50,6 +50,7 @@ from aofd.runtime import (
     runs,
     server,
     starter,
+    verify,
 )
 from aofd.runtime.listeners import base as listener_base
 from aofd.runtime.listeners import factory as listener_factory
@@ -435,6 +436,10 @@ class Runtime:
             return web.Response(status=404, text="not found\n")
         if request.content_length is not None and request.content_length > MAX_GIT_HOOK_BYTES:
             return web.Response(status=413, text="too large\n")
+        try:
+            await listener_base.answer_expect(request)
+        except verify.Rejected:
+            return web.Response(status=417, text="expectation failed\n")
         body = await request.content.read(MAX_GIT_HOOK_BYTES + 1)
         if len(body) > MAX_GIT_HOOK_BYTES:
             return web.Response(status=413, text="too large\n")

@@ -283,7 +283,9 @@ def test_kill_9_then_restart_with_the_remote_gone(setup: dict[str, Any]) -> None
 
 
 def test_push_hook_wakes_the_source(setup: dict[str, Any]) -> None:
-    """A signed GitHub push hook fetches at once (polling is an hour away); a bad signature is refused."""
+    """A signed GitHub push hook fetches at once (polling is an hour away); a bad signature is refused,
+    an unknown source is 404 and a GET is 405.
+    """
     with start(setup) as daemon:
         daemon.wait_ready()
         before = applied(daemon)
@@ -298,9 +300,14 @@ def test_push_hook_wakes_the_source(setup: dict[str, Any]) -> None:
         time.sleep(0.5)
         assert before == applied(daemon)
 
+        assert 405 == daemon.get("/hooks/git/main", which="listen")[0]
         sig = hmac.new(b"push-hook-secret", payload, hashlib.sha256).hexdigest()
+        # With `Expect: 100-continue` the server answers `100 Continue` first (the client skips it).
         good = daemon.post(
-            "/hooks/git/main", payload, which="listen", headers={"X-Hub-Signature-256": f"sha256={sig}"}
+            "/hooks/git/main",
+            payload,
+            which="listen",
+            headers={"X-Hub-Signature-256": f"sha256={sig}", "Expect": "100-continue"},
         )
         assert 202 == good[0]
         daemon.wait_for(lambda: applied(daemon) != before, timeout=10, what="the pushed commit applied")

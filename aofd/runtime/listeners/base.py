@@ -435,12 +435,12 @@ async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
     content = request.content
     declared = request.content_length
     if declared is not None:
-        await _continue(request)
+        await answer_expect(request)
         try:
             return await content.readexactly(declared)
         except asyncio.IncompleteReadError:
             raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length") from None
-    await _continue(request)
+    await answer_expect(request)
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -454,7 +454,7 @@ async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _continue(request: web.BaseRequest) -> None:
+async def answer_expect(request: web.BaseRequest) -> None:
     """Answer `Expect: 100-continue` (HTTP/1.1) once the body is known to be within the cap.
 
     The trigger server has no application router to do it, and doing it here means a client that
