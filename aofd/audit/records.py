@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import os
+import posixpath
 import re
 import secrets
 import shlex
@@ -105,6 +106,22 @@ SECRET_FLAGS: Final[frozenset[str]] = frozenset(
 )
 """Flags whose value is a secret; the value (next argv element or `=value`) is HMAC'd."""
 
+TOOL_SECRET_FLAGS: Final[Mapping[str, frozenset[str]]] = {
+    "curl": frozenset(
+        {"-u", "--user", "-U", "--proxy-user", "--oauth2-bearer", "--pass", "--proxy-pass", "--aws-sigv4"}
+    ),
+    "wget": frozenset({"--http-password", "--ftp-password", "--proxy-password", "--user", "--http-user"}),
+    "mysql": frozenset({"-p", "--password"}),
+    "mysqladmin": frozenset({"-p", "--password"}),
+    "mysqldump": frozenset({"-p", "--password"}),
+    "psql": frozenset({"--password"}),
+    "redis-cli": frozenset({"-a", "--pass", "--user"}),
+    "sshpass": frozenset({"-p"}),
+}
+"""Flags whose value is a secret only for one tool (by argv[0]'s basename): `curl -u user:pass`,
+`mysql -pSECRET` (a short flag's value may be attached), `redis-cli -a PASS`. Elsewhere `-u` or `-p`
+mean something else (`sort -u`, `mkdir -p`), so they are not in `SECRET_FLAGS`."""
+
 _SECRET_ENV_NAME = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(?:TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY)[A-Za-z0-9_]*=", re.I
 )
@@ -165,13 +182,23 @@ class ArgvRedactor:
         """Return argv with every secret value replaced; the length never changes."""
         out: list[str] = []
         hide_next = False
+        tool_flags = TOOL_SECRET_FLAGS.get(posixpath.basename(argv[0]), frozenset()) if argv else frozenset()
         for arg in argv:
             if hide_next:
                 out.append(self.digest(arg))
                 hide_next = False
                 continue
             flag, eq, value = arg.partition("=")
-            if flag in SECRET_FLAGS:
+            if tool_flags and (flag in tool_flags or arg[:2] in tool_flags):
+                if flag in tool_flags:
+                    if eq:
+                        out.append(f"{flag}={self.digest(value)}")
+                    else:
+                        out.append(arg)
+                        hide_next = True
+                else:  # a short flag with its value attached: -uuser:pass, -pSECRET
+                    out.append(arg[:2] + self.digest(arg[2:]))
+            elif flag in SECRET_FLAGS:
                 if eq:
                     out.append(f"{flag}={self.digest(value)}")
                 else:

@@ -4,9 +4,10 @@ This module owns the rules for what counts as a secret in free text and in event
 values under secret-sounding keys (`authorization`, `token`, `password`, `api_key` ...),
 URL userinfo (`https://user:pass@host`), query parameters named like token/key/secret/
 password, bearer and basic credentials, Slack (`xoxb-`, `xapp-` ...), Anthropic
-(`sk-ant-`), OpenAI, GitHub, GitLab and AWS access key ids, JWTs, and `--token VALUE` style
-flags. It is pure (no I/O) and recursive over mappings, lists and tuples. Like Flux's
-`sanitized.go`, it prefers to over-redact: a log line is not the place for a secret.
+(`sk-ant-`), OpenAI, GitHub, GitLab and AWS access key ids, JWTs, `--token VALUE` style
+flags and `-u user:pass` credentials. It is pure (no I/O) and recursive over mappings, lists
+and tuples. Like Flux's `sanitized.go`, it prefers to over-redact: a log line is not the place
+for a secret.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
             r"(?i)(--(?:token|password|passwd|secret|client-secret|api-key|auth-token|bearer-token)[ =])"
             r"(?!\[REDACTED\])\S+"
         ),
+        r"\1" + REDACTED,
+    ),
+    # curl/wget-style credentials: -u user:pass, --user=user:pass, --proxy-user user:pass
+    (
+        re.compile(r"(?<!\S)(-[uU]\s*|--(?:proxy-)?user[ =])(?!\[REDACTED\])[^\s:]*:\S+"),
         r"\1" + REDACTED,
     ),
 )

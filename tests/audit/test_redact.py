@@ -28,6 +28,10 @@ from aofd.audit import redact
         ("kubectl --token s3cr3tvalue get pods", "s3cr3tvalue"),
         ("password=hunter2 user=bob", "hunter2"),
         ("AWS AKIAIOSFODNN7EXAMPLE used", "AKIAIOSFODNN7EXAMPLE"),
+        ("refused: curl -u ops:hunter2 https://x", "hunter2"),
+        ("refused: curl -uops:hunter2 https://x", "hunter2"),
+        ("refused: curl --user=ops:hunter2 https://x", "hunter2"),
+        ("refused: curl --proxy-user ops:hunter2 https://x", "hunter2"),
     ],
 )
 def test_redact_text_removes_secrets(text: str, secret: str) -> None:
@@ -41,6 +45,8 @@ def test_redact_text_keeps_ordinary_text() -> None:
     """Text without secrets is unchanged (hosts, paths, ordinary query params stay readable)."""
     text = "fetch https://git.example.com/ops.git?ref=main failed: timeout after 60s"
     assert redact.redact_text(text) == text
+    command = "sort -u names.txt; kubectl -n prod get pods -l app=web"
+    assert redact.redact_text(command) == command
 
 
 def test_processor_redacts_nested_values_and_secret_keys() -> None:

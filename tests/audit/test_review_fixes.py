@@ -99,3 +99,24 @@ async def test_verify_reports_an_emptied_older_segment(audit_dir: Path) -> None:
     first = report.first_problem
     assert first is not None
     assert (first.file, first.line) == (f"prod/{segs[0].name}", 0)
+
+
+def test_tool_specific_secret_flags_are_hashed_only_for_that_tool() -> None:
+    """`curl -u user:pass`, `curl --user=…`, `mysql -pSECRET`, `redis-cli -a PASS` hide their values;
+    `-u` and `-p` of other tools (`sort -u`, `mkdir -p`) keep theirs.
+    """
+    redactor = records.ArgvRedactor(key=b"k" * 32)
+    curl = redactor.redact(
+        ["/usr/bin/curl", "-u", "ops:hunter2", "--user=ops:s3cr3t", "-Uproxy:pw9", "https://x"]
+    )
+    mysql = redactor.redact(["mysql", "-pTopSecret", "-u", "root", "db"])
+    redis = redactor.redact(["redis-cli", "-a", "r3dispw", "ping"])
+    plain = redactor.redact(["sort", "-u", "names.txt"]) + redactor.redact(["mkdir", "-p", "/tmp/x"])
+    text = json.dumps([curl, mysql, redis])
+    for secret in ("hunter2", "s3cr3t", "pw9", "TopSecret", "r3dispw"):
+        assert secret not in text
+    assert ("-u", redactor.digest("ops:hunter2")) == curl[1:3]
+    assert curl[3] == "--user=" + redactor.digest("ops:s3cr3t")
+    assert curl[4] == "-U" + redactor.digest("proxy:pw9")
+    assert mysql[2:] == ("-u", "root", "db")  # mysql's -u is the user name, not a secret
+    assert ("sort", "-u", "names.txt", "mkdir", "-p", "/tmp/x") == plain
