@@ -108,6 +108,23 @@ def is_allowed_approver(user: ports.UserRef, allowed_users: Sequence[str]) -> bo
     return False
 
 
+def narrow_approvers(requested: Sequence[str], allowed_users: Sequence[str]) -> tuple[str, ...]:
+    """The entries of `requested` that are also approvers in `allowed_users` (the Context's).
+
+    A flow may name fewer approvers than its Context, never others: an entry counts when its id
+    matches an allowed entry's id and their platform prefixes (when both have one) agree.
+    """
+    kept = []
+    for entry in requested:
+        prefix, wanted = _split(entry)
+        for allowed in allowed_users:
+            allowed_prefix, allowed_id = _split(allowed)
+            if wanted and wanted == allowed_id and (prefix is None or allowed_prefix in (None, prefix)):
+                kept.append(entry)
+                break
+    return tuple(kept)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApprovalRequest:
     """One command waiting for approval (immutable; its progress lives in the store)."""

@@ -801,7 +801,16 @@ class Engine:
         text = templates.render(
             str(_cfg(cfg, "message") or f"Approve continuing flow {run.plan.flow.name}?"), run.vars
         )
-        approvers = tuple(_cfg(cfg, "approvers") or ()) or ctx.approvers
+        approvers = ctx.approvers
+        named = tuple(str(a) for a in _cfg(cfg, "approvers") or ())
+        if named:
+            # The Context is the boundary: a flow may narrow its approvers, never widen them.
+            approvers = approvals.narrow_approvers(named, ctx.approvers)
+            if not approvers:
+                raise NodeFailed(
+                    f"node {node.id}: none of its approvers ({', '.join(named)}) is an approver "
+                    f"of context {ctx.name}"
+                )
         request = fleets.ApprovalRequest(
             run_id=run.record.run_id,
             context_name=ctx.name,

@@ -354,3 +354,42 @@ async def test_model_error_in_flow_fails_run(make_engine: EngineFactory, replier
     )
     assert record.status is runs.RunStatus.FAILED
     assert "HTTP 400" in replier.texts()[0]
+
+
+def _approval_flow_naming(name: str, approvers: list[str]) -> Any:
+    return res.flow(
+        name,
+        nodes=[
+            {"id": "approve", "type": "Approval", "config": {"message": "go?", "approvers": approvers}},
+            {"id": "say", "type": "Response", "config": {"message": "done"}},
+        ],
+        connections=[{"from": "start", "to": "approve"}, {"from": "approve", "to": "say"}],
+    )
+
+
+async def test_an_approval_node_narrows_the_context_approvers_never_widens_them(
+    make_engine: EngineFactory, replier: RecordingReplier
+) -> None:
+    """A node's `approvers` keep only the Context's approvers; naming only outsiders fails the node
+    before anyone is asked.
+    """
+    ctx = res.context("prod", approval={"allowed_users": ["slack:U-LEAD", "U-SRE"]})
+    gate = ScriptedApprovals("approved")
+    eng = make_engine(approvals_gate=gate)
+    narrowed = await eng.run(
+        eng.prepare(
+            res.bind("b", ctx=ctx, flow_res=_approval_flow_naming("narrow", ["U-LEAD", "U-MALLORY"]))
+        ),
+        message("x"),
+    )
+    widened = await eng.run(
+        eng.prepare(res.bind("c", ctx=ctx, flow_res=_approval_flow_naming("widen", ["U-MALLORY"]))),
+        message("y"),
+    )
+    assert narrowed.status is runs.RunStatus.COMPLETED
+    assert [("U-LEAD",)] == [r.approvers for r in gate.requests]
+    assert widened.status is runs.RunStatus.FAILED
+    assert "none of its approvers (U-MALLORY) is an approver of context prod" in str(
+        widened.nodes["approve"].error
+    )
+    assert 1 == len(gate.requests)
