@@ -40,6 +40,7 @@ from aofd import errors
 from aofd.plan import extract, substitute
 from aofd.resources import ids
 from aofd.resources.kinds import base as kinds_base
+from aofd.resources.kinds import trigger as trigger_kind
 
 LoadedResource = kinds_base.LoadedResource
 Kind = ids.Kind
@@ -405,11 +406,35 @@ class Registry:
             for issues in group.values():
                 collected.extend(issues)
         collected.extend(self._cycle_issues())
+        collected.extend(self._trigger_path_issues())
         return tuple(sorted(set(collected), key=_issue_order))
 
     def read_variables(self) -> tuple[str, ...]:
         """Every variable name the current resources' secret fields refer to."""
         return tuple(sorted({n for names in self.read.values() for n in names}))
+
+    def _trigger_path_issues(self) -> Iterator[errors.Issue]:
+        """Two enabled Triggers serving the same `config.path`: an error at the second, naming the first."""
+        served: list[tuple[str, LoadedResource]] = []
+        for key, resource in self.resources.items():
+            model = resource.model
+            if key.kind is Kind.TRIGGER and isinstance(model, trigger_kind.Trigger):
+                path = model.spec.config.path
+                if path and model.spec.enabled:
+                    served.append((path, resource))
+        first: dict[str, LoadedResource] = {}
+        for path, resource in sorted(served, key=lambda item: _issue_order_of(item[1])):
+            other = first.setdefault(path, resource)
+            if other is not resource:
+                yield errors.Issue(
+                    resource.path,
+                    resource.line,
+                    resource.col,
+                    "error",
+                    f"config.path {path!r} is already served by {other.key} at "
+                    f"{other.path}:{other.line}:{other.col}",
+                    "duplicate",
+                )
 
     def _cycle_issues(self) -> Iterator[errors.Issue]:
         if not self.upward:
@@ -540,6 +565,10 @@ def duplicate_issue(
         f"{resource.key} is defined twice: here (source {source!r}) and at {where}",
         "duplicate",
     )
+
+
+def _issue_order_of(resource: LoadedResource) -> tuple[str, int, int]:
+    return (resource.path, resource.line, resource.col)
 
 
 def _issue_order(issue: errors.Issue) -> tuple[str, int, int, str]:

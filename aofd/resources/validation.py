@@ -755,9 +755,38 @@ def _check_trigger(model: base.ResourceModel, report: _Report) -> None:
         )
     elif spec.type is kind.GITHUB and not config.all_webhook_secrets:
         report.warning(loc, "a GitHub trigger without config.webhook_secret cannot verify deliveries")
+    if config.path is not None:
+        own = f"/hooks/{spec.type.value.lower()}/{model.metadata.name}"
+        _check_trigger_path(config.path, own, spec.type is kind.SCHEDULE, report)
     for name, command in spec.commands.items():
         if not (command.agent or command.fleet or command.flow):
             report.warning(("spec", "commands", name), f"command {name!r} names no agent, fleet or flow")
+
+
+_URL_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+
+
+def _check_trigger_path(path: str, own: str, schedule: bool, report: _Report) -> None:
+    """`config.path`: an extra URL path the trigger server answers for this trigger (upstream's).
+
+    Under `/hooks/` only the trigger's own hook path (`own`, served anyway) is accepted.
+    """
+    loc: Loc = ("spec", "config", "path")
+    if schedule:
+        report.warning(loc, "config.path is ignored: a Schedule trigger receives no requests")
+        return
+    segments = path.split("/")[1:]
+    if len(path) > 256 or not _URL_PATH.fullmatch(path) or any(s in (".", "..") for s in segments):
+        report.error(
+            loc,
+            f"config.path must be an absolute URL path such as /webhook/pagerduty, got {path!r}",
+        )
+    elif segments[0] == "hooks" and path != own:
+        report.error(
+            loc,
+            f"config.path {path!r} is under /hooks/, which the trigger server reserves; "
+            f"this trigger is served at {own} anyway",
+        )
 
 
 def _check_binding(model: base.ResourceModel, report: _Report) -> None:

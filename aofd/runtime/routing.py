@@ -44,6 +44,10 @@ class RoutingTable:
     listeners: Mapping[str, listener_base.Listener]
     bindings_by_trigger: Mapping[str, tuple[router.BoundFlow, ...]]
     routes: Mapping[str, router.TriggerRoutes]
+    paths: Mapping[str, listener_base.Listener] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """A webhook trigger's own `config.path` (upstream's) -> its listener, besides `/hooks/...`."""
 
     @classmethod
     def empty(cls) -> RoutingTable:
@@ -75,13 +79,22 @@ class RoutingTable:
             if model is None:
                 model = next((_trigger_model(b.trigger) for b in group if b.trigger is not None), None)
             routes[name] = router.TriggerRoutes.build(model, group)
-        for name in listeners:
-            routes.setdefault(name, router.TriggerRoutes.build(_listener_trigger(listeners[name]), ()))
+        paths: dict[str, listener_base.Listener] = {}
+        for name in sorted(listeners):
+            listener = listeners[name]
+            routes.setdefault(name, router.TriggerRoutes.build(_listener_trigger(listener), ()))
+            path = listener.config.path
+            webhook = isinstance(listener, listener_base.WebhookListener)
+            # Two triggers on one path are a plan error; should one get here, the first name wins.
+            # A trigger's own `/hooks/...` path is served by the hook route already.
+            if path and webhook and not path.startswith("/hooks/"):
+                paths.setdefault(path, listener)
         return cls(
             revision,
             MappingProxyType(dict(listeners)),
             MappingProxyType(by_trigger),
             MappingProxyType(routes),
+            MappingProxyType(paths),
         )
 
     def listener(self, trigger: str) -> listener_base.Listener | None:

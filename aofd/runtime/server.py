@@ -5,7 +5,10 @@ runs on aiohttp's low-level server (`web.Server`, no application router or middl
 splits the path itself: `/hooks/<platform>/<name>` and nothing else. Per request it looks the
 trigger's listener up in the *current* routing table (`Switchboard.current`, a dict lookup: O(1))
 and hands the request to `Listener.handle`. An unknown trigger, a disabled one, a platform in the
-path that is not the trigger's type, or any other path answers 404 with a generic body.
+path that is not the trigger's type, or any other path answers 404 with a generic body. A
+webhook Trigger's own `config.path` (upstream's field, e.g. `/webhook/pagerduty`) is served too,
+looked up in the same table; the planner refuses two triggers on one path and paths under
+`/hooks/` other than the trigger's own.
 
 The daemon mounts its own hooks on a platform name no trigger type uses (the git push hook
 `/hooks/git/<source>`) with `TriggerServer.add_hook` before `start()`; such a handler gets the
@@ -58,9 +61,13 @@ class HookServer:
         self._hooks = dict(hooks)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        parts = request.path.split("/")
+        path = request.path
+        parts = path.split("/")
         if len(parts) != 4 or parts[1] != HOOK_PREFIX or parts[0]:
-            return self._not_found(request, "", request.path)
+            own = self._switchboard.current.paths.get(path)
+            if own is not None:
+                return await own.handle(request)
+            return self._not_found(request, "", path)
         platform = parts[2]
         name = parts[3]
         listener = self._switchboard.current.listeners.get(name)

@@ -36,7 +36,7 @@ def flow(name: str, *agents: str) -> str:
 
 
 def trigger(name: str) -> str:
-    return doc("Trigger", name, "type: HTTP\nconfig:\n  path: /hooks/x\n  webhook_secret: s3cret")
+    return doc("Trigger", name, f"type: HTTP\nconfig:\n  path: /hooks/http/{name}\n  webhook_secret: s3cret")
 
 
 def binding(name: str, flow_name: str, context_name: str, trigger_name: str = "hook") -> str:

@@ -354,3 +354,27 @@ def test_composite_revision_names_every_source() -> None:
         "secrets": ids.Revision("sha256:9b71e02aaaaabbbb"),
     }
     assert "main@3f2a9c1+secrets@9b71e02aaaaa" == desired.composite_revision(revisions)
+
+
+def test_two_triggers_on_one_path_is_an_error_naming_both(write_tree: WriteTree) -> None:
+    """Upstream's `config.path` can be served by one Trigger only; a disabled one does not count."""
+
+    def hook(name: str, path: str, enabled: bool = True) -> str:
+        return doc("Trigger", name, f"type: PagerDuty\nenabled: {enabled}\nconfig:\n  path: {path}")
+
+    state = build(
+        view(
+            write_tree(
+                {
+                    "a.yaml": hook("pd-a", "/webhook/pagerduty"),
+                    "b.yaml": hook("pd-b", "/webhook/pagerduty"),
+                    "c.yaml": hook("pd-c", "/webhook/pagerduty", enabled=False),
+                    "d.yaml": hook("pd-d", "/webhook/other"),
+                }
+            )
+        )
+    )
+    assert [
+        "main/b.yaml:1:1: error: config.path '/webhook/pagerduty' is already served by Trigger/pd-a at "
+        "main/a.yaml:1:1"
+    ] == messages(state, "duplicate")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from aofd.resources import documents, validation
 from aofd.resources.kinds import base, flow, trigger
 
@@ -305,3 +307,35 @@ def test_http_node_accepts_fail_on_error_in_both_spellings() -> None:
         )
         assert () == result.issues
         assert flow_spec(result).nodes[0].config.fail_on_error is False
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "expected"),
+    [
+        ("PagerDuty", "/webhook/pagerduty", []),
+        ("HTTP", "/hooks/http/t", []),
+        ("HTTP", "webhook/x", ["error: config.path must be an absolute URL path"]),
+        ("HTTP", "/a/../b", ["error: config.path must be an absolute URL path"]),
+        ("HTTP", "/a b", ["error: config.path must be an absolute URL path"]),
+        ("HTTP", "/a?x=1", ["error: config.path must be an absolute URL path"]),
+        ("HTTP", "/hooks/http/other", ["error: config.path '/hooks/http/other' is under /hooks/"]),
+        ("Schedule", "/cron", ["warning: config.path is ignored"]),
+    ],
+)
+def test_trigger_path_is_an_absolute_path_outside_the_hook_space(
+    kind: str, path: str, expected: list[str]
+) -> None:
+    """`config.path` (upstream's) must be a plain absolute path; under /hooks/ only the trigger's own."""
+    extra = "cron: '0 * * * *'" if kind == "Schedule" else "webhook_secret: s"
+    result = load(
+        f"""\
+        apiVersion: aof.dev/v1
+        kind: Trigger
+        metadata: {{name: t}}
+        spec: {{type: {kind}, config: {{path: "{path}", {extra}}}}}
+        """
+    )
+    found = [f"{i.severity}: {i.message}" for i in result.issues if "path" in i.message]
+    assert len(expected) == len(found), found
+    for want, got in zip(expected, found, strict=True):
+        assert got.startswith(want), got

@@ -85,6 +85,26 @@ async def test_daemon_hooks_are_mounted_beside_the_trigger_hooks() -> None:
         srv.add_hook("a/b", git_hook)
 
 
+async def test_a_trigger_is_also_served_at_its_own_path_which_moves_with_a_swap() -> None:
+    """Upstream's `config.path` serves the same listener as `/hooks/http/<name>`; a swap that edits
+    the path answers at the new one at once and 404 at the old one.
+    """
+    async with harness.Rig() as rig:
+        assert rig.session is not None
+
+        async def post(path: str) -> int:
+            assert rig.session is not None
+            async with rig.session.post(rig.server.url + path, data=b"deploy api") as resp:
+                return resp.status
+
+        await rig.apply([resources.binding("b", resources.trigger("hook", "HTTP", path="/incoming/deploys"))])
+        first = [await post("/incoming/deploys"), await post("/hooks/http/hook"), await post("/incoming")]
+        await rig.apply([resources.binding("b", resources.trigger("hook", "HTTP", path="/incoming/v2"))])
+        second = [await post("/incoming/deploys"), await post("/incoming/v2")]
+    assert ([202, 202, 404], [404, 202]) == (first, second)
+    assert 3 == len(rig.starter.calls)
+
+
 @pytest.fixture
 async def slack_api() -> AsyncIterator[platforms.FakeSlack]:
     async with platforms.FakeSlack() as fake:
