@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -133,3 +134,27 @@ async def test_a_stuck_pass_stops_the_watchdog(tmp_path: Path) -> None:
     daemon.reconciler.pass_started = time.monotonic() - main.WATCHDOG_STUCK_PASS_S - 1
 
     assert not daemon.healthy()
+
+
+async def test_a_stalled_event_loop_misses_its_watchdog_ping(tmp_path: Path) -> None:
+    """Pings come from the loop itself: a loop blocked for longer than the interval sends none for the
+    tick that overran (so systemd's WatchdogSec can kill a wedged daemon), then pings resume.
+    """
+    daemon, notifier, _ = make_daemon(tmp_path)
+    notifier.watchdog_interval = 0.05
+    pinged: list[float] = []
+    notifier.send = lambda *lines: bool(pinged.append(time.monotonic())) or True  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon._watchdog())
+    try:
+        await asyncio.sleep(0.2)
+        before = len(pinged)
+        stall_started = time.monotonic()
+        time.sleep(0.3)  # the point: block the event loop
+        stall_ended = time.monotonic()
+        await asyncio.sleep(0.3)
+    finally:
+        daemon.stop.set()
+        await task
+    assert before >= 2
+    assert [] == [t for t in pinged if stall_started <= t < stall_ended + 0.04]
+    assert any(t > stall_ended for t in pinged)
