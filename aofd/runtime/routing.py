@@ -137,10 +137,18 @@ class Transition:
     retired: tuple[listener_base.Listener, ...]
 
     async def start_new(self) -> None:
-        """Start every new listener; if one fails, stop those already started and re-raise."""
+        """Start every new listener; if one fails, stop those already started and re-raise.
+
+        A listener that replaces one of the same trigger first `succeed()`s it (e.g. Telegram's
+        polling offset), so that nothing is fetched twice across the swap.
+        """
+        replaced = {x.trigger_name: x for x in self.retired}
         done: list[listener_base.Listener] = []
         try:
             for listener in self.started:
+                previous = replaced.get(listener.trigger_name)
+                if previous is not None:
+                    listener.succeed(previous)
                 await listener.start()
                 done.append(listener)
         except BaseException:

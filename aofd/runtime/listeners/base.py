@@ -184,6 +184,11 @@ class Listener:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.trigger_name} {self.config_digest[:15]}>"
 
+    def succeed(self, previous: Listener) -> None:
+        """Take over what must carry across a hot swap from `previous`, the listener this one replaces
+        for the same trigger (called before `start()`; `previous` is still running). Default: nothing.
+        """
+
     async def start(self) -> None:
         """Connect or subscribe (webhook listeners only mark themselves running)."""
         self.running = True

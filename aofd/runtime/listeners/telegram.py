@@ -6,7 +6,10 @@ Owns
   trigger's `secret_token` (or `webhook_secret`), else 403 (a missing token too); there is no body
   signature and no timestamp, so dedupe on `update_id` is the replay defence;
 - long polling (`getUpdates` with `offset` and `timeout`) when `mode: polling`, or when no secret
-  token is configured and no mode is given (no public URL needed); the webhook then answers 403;
+  token is configured and no mode is given (no public URL needed); the webhook then answers 403.
+  A listener that replaces another for the same bot goes on from its offset, and the brief
+  overlap of the two pollers during a hot swap (Telegram answers one of them 409) is retried
+  after a second, quietly;
 - normalization of `message`, `edited_message`, `channel_post` (chat id and title as channel,
   `from` as user, `message_thread_id` or the message id as thread) and of `callback_query`
   buttons `aofd_approve:<request id>` / `aofd_deny:<request id>` (approval decisions);
@@ -33,6 +36,9 @@ from aofd.runtime.listeners import base
 
 log = structlog.get_logger()
 
+CONFLICT = 409
+"""What getUpdates answers while another getUpdates for the same bot is pending."""
+
 APPROVE_PREFIX = "aofd_approve:"
 DENY_PREFIX = "aofd_deny:"
 
@@ -51,10 +57,16 @@ class TelegramListener(base.WebhookListener):
         self.api_url = (self.config.base_url or self.deps.platforms.telegram_api_url).rstrip("/")
         self.poll_timeout = 25.0
         self.retry_delay = 5.0
+        self.conflict_delay = 1.0
         self.replier = replies.TelegramReplier(api_url=self.api_url, token=self.token)
         self._poller: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.offset = 0
+
+    def succeed(self, previous: base.Listener) -> None:
+        """Polling the same bot: go on from the offset the replaced listener reached."""
+        if isinstance(previous, TelegramListener) and previous.token == self.token:
+            self.offset = max(self.offset, previous.offset)
 
     async def start(self) -> None:
         if self.polling:
@@ -131,6 +143,12 @@ class TelegramListener(base.WebhookListener):
                 timeout = aiohttp.ClientTimeout(total=self.poll_timeout + 10)
                 async with self._session.get(url, params=params, timeout=timeout) as resp:
                     data = await resp.json(content_type=None)
+                if resp.status == CONFLICT:
+                    # Another getUpdates holds the bot: the listener this one replaces, for the moment
+                    # of a hot swap, or another process. Telegram ended one of the two requests.
+                    log.info("telegram.poll_conflict", trigger=self.trigger_name)
+                    await asyncio.sleep(self.conflict_delay)
+                    continue
                 if not isinstance(data, dict) or not data.get("ok"):
                     raise RuntimeError(f"getUpdates answered {resp.status}")
                 for update in data.get("result") or []:

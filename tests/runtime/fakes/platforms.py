@@ -5,6 +5,7 @@ API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -109,6 +110,9 @@ class FakeTelegram(FakeServer):
         self.token = token
         self.updates: list[dict[str, Any]] = []
         self.offsets: list[str] = []
+        self.conflicts = 0
+        # As the real API does, a second getUpdates ends the one still waiting with 409 Conflict.
+        self._waiting: asyncio.Event | None = None
         self.app.router.add_route("*", "/bot{token}/{method}", self._api)
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -120,9 +124,19 @@ class FakeTelegram(FakeServer):
         if method == "getUpdates":
             offset = request.query.get("offset", "0")
             self.offsets.append(offset)
+            if self._waiting is not None:
+                self._waiting.set()
+            ended = self._waiting = asyncio.Event()
             pending = [u for u in self.updates if u["update_id"] >= int(offset)]
             if not pending:
-                await asyncio.sleep(min(float(request.query.get("timeout", "0")), 0.2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), min(float(request.query.get("timeout", "0")), 0.2))
+            if self._waiting is ended:
+                self._waiting = None
+            if ended.is_set():
+                self.conflicts += 1
+                conflict = {"ok": False, "error_code": 409, "description": "Conflict: terminated by other"}
+                return web.json_response(conflict, status=409)
             return web.json_response({"ok": True, "result": pending})
         fields = await _fields(request)
         self.requests.append((method, fields))

@@ -4,6 +4,7 @@ fakes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -118,6 +119,33 @@ async def test_telegram_long_polling(telegram_api: platforms.FakeTelegram) -> No
         webhook = await rig.send("telegram", "tg-poll", _update(9), {"Content-Type": "application/json"})
     assert ["status api", "status db"] == [m.text for _, m in rig.starter.calls]
     assert 403 == webhook[0]
+
+
+async def test_telegram_polling_goes_on_from_the_replaced_listeners_offset(
+    telegram_api: platforms.FakeTelegram,
+) -> None:
+    """A hot swap that edits a polling trigger: the new poller starts at the offset the old one reached,
+    the two pollers' brief overlap (409 Conflict) is retried, and the update runs once.
+    """
+    telegram_api.updates = [json.loads(_update(500))]
+    async with harness.Rig(platforms=PlatformsSpec(telegram_api_url=telegram_api.url)) as rig:
+        old = resources.trigger("tg-poll", "Telegram", bot_token=TG_TOKEN, mode="polling")
+        await rig.apply([resources.binding("poll", old, context_name="prod")])
+        first = rig.switchboard.current.listeners["tg-poll"]
+        first.poll_timeout = 0  # type: ignore[attr-defined]
+        await rig.settle(lambda: "501" in telegram_api.offsets)
+        seen = len(telegram_api.offsets)
+        first.poll_timeout = 1  # type: ignore[attr-defined] # its getUpdates now waits when the new one comes
+        await asyncio.sleep(0.05)
+        edited = resources.trigger("tg-poll", "Telegram", bot_token=TG_TOKEN, mode="polling", users=["7"])
+        await rig.apply([resources.binding("poll", edited, context_name="prod")])
+        second = rig.switchboard.current.listeners["tg-poll"]
+        second.conflict_delay = 0.05  # type: ignore[attr-defined]
+        await rig.settle(lambda: telegram_api.offsets.count("501") > 1, timeout=3)
+    assert second is not first
+    assert "0" not in telegram_api.offsets[seen:]
+    assert telegram_api.conflicts >= 1
+    assert ["status api"] == [m.text for _, m in rig.starter.calls]
 
 
 def _wa_message(message_id: str, text: str = "status api") -> bytes:
