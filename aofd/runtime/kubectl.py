@@ -386,12 +386,12 @@ def _escapes(cmd: KubectlCommand) -> tuple[str, ...]:
                 found.append("--filename=-")
             elif "://" in value or value.startswith(("http:", "https:")):
                 found.append("--filename=url")
-            elif any(_host_path(part) for part in _list_items(value)):
+            elif any(host_path(part) for part in list_items(value)):
                 found.append("--filename=host-path")
         elif (
             name in _FILE_FLAGS
             and value is not None
-            and any(_host_path(part.rsplit("=", 1)[-1]) for part in _list_items(value))
+            and any(host_path(part.rsplit("=", 1)[-1]) for part in list_items(value))
         ):
             found.append(f"{name}=host-path")
         elif name == "--output" and value is not None and value.split("=", 1)[0].endswith("file"):
@@ -404,14 +404,14 @@ _FILE_FLAGS = frozenset({"--from-file", "--from-env-file", "--patch-file", "--te
 """Flags that read a local file: outside the command's own directory that is a host-file read."""
 
 
-def _list_items(value: str) -> list[str]:
+def list_items(value: str) -> list[str]:
     """The items kubectl may read from a (string-slice) flag value: `a,/etc/x` and `"/etc/x"`
     (pflag reads slices as CSV) each name a file. Splitting a plain string flag too only makes
     the check stricter."""
     return [part.strip().strip("\"'") for part in value.split(",")]
 
 
-def _host_path(value: str) -> bool:
+def host_path(value: str) -> bool:
     """An absolute path, or one climbing out of the working directory (`../x`, `~/x`)."""
     parts = value.replace("\\", "/").split("/")
     return value.startswith(("/", "~")) or ".." in parts

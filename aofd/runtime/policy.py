@@ -101,6 +101,12 @@ _HELM_VALUE_FLAGS: frozenset[str] = frozenset(
 )  # fmt: skip
 _HELM_SHORT_VALUE: dict[str, str] = {"f": "--values", "o": "--output", "l": "--selector"}
 
+_HELM_FILE_FLAGS: frozenset[str] = frozenset(
+    {"--values", "--set-file", "--ca-file", "--cert-file", "--key-file"}
+)
+"""helm flags that read a local file (`--values` also a URL): outside the working directory that is a
+host-file read (`--set-file k=/etc/shadow` puts the file into the release), an escape."""
+
 NAMESPACED_TOOLS: frozenset[str] = frozenset({"kubectl", "helm"})
 """The tools aofd parses semantically (verbs, identity flags, escapes, namespaces)."""
 # Every other pinned tool (git, docker, terraform, curl ...) is parsed only generically and can
@@ -440,7 +446,7 @@ def _parse_generic(
     for ns in distinct:
         if not kubectl.DNS1123_LABEL.match(ns) or len(ns) > 63:
             raise _deny(f"invalid namespace name {ns!r}", "namespace")
-    escapes = tuple(name for name, _ in flags if helm and name == "--post-renderer")
+    escapes = _helm_escapes(flags) if helm else ()
     return ParsedCommand(
         tool=tool,
         verb=verb,
@@ -473,6 +479,24 @@ class Pattern:
     @property
     def is_shape(self) -> bool:
         return self.shape is not None
+
+
+def _helm_escapes(flags: Sequence[tuple[str, str | None]]) -> tuple[str, ...]:
+    """`--post-renderer` (runs a host program) and file flags that read outside the working directory."""
+    found: list[str] = []
+    for name, value in flags:
+        if name == "--post-renderer":
+            found.append(name)
+        elif name in _HELM_FILE_FLAGS and value is not None:
+            items = [
+                part.rsplit("=", 1)[-1] if name == "--set-file" else part
+                for part in kubectl.list_items(value)
+            ]
+            if name == "--values" and any("://" in item for item in items):
+                found.append("--values=url")
+            if any(kubectl.host_path(item) for item in items):
+                found.append(f"{name}=host-path")
+    return tuple(dict.fromkeys(found))
 
 
 def parse_pattern(text: str, *, tools: frozenset[str]) -> Pattern:

@@ -431,3 +431,27 @@ def test_tools_without_a_semantic_policy_run_only_when_allowed_by_name() -> None
     assert verdict("kubectl get pods", OPEN).allowed
     assert verdict("docker ps", listed).allowed
     assert not verdict("docker run alpine", listed).allowed
+
+
+@pytest.mark.parametrize(
+    ("command", "rule"),
+    [
+        ("helm upgrade web chart -f /etc/shadow", "escape:--values=host-path"),
+        ("helm upgrade web chart --values=../../etc/passwd", "escape:--values=host-path"),
+        ("helm upgrade web chart -f https://evil.example/v.yaml", "escape:--values=url"),
+        ("helm install web chart --set-file cert=/etc/ssl/private/key.pem", "escape:--set-file=host-path"),
+        ("helm install web chart --set-file a=ok.txt,b=~/.kube/config", "escape:--set-file=host-path"),
+        ("helm pull chart --ca-file /etc/aofd/ca.pem", "escape:--ca-file=host-path"),
+        ("helm upgrade web chart --post-renderer ./render.sh", "escape:--post-renderer"),
+    ],
+)
+def test_helm_host_file_reads_are_escapes(command: str, rule: str) -> None:
+    """helm flags that read a host file (or fetch values from a URL) are denied unless a rule names them;
+    files inside the working directory are fine.
+    """
+    verdict = decide(command, OPEN)
+    assert (False, rule) == (verdict.allowed, verdict.rule)
+    assert decide("helm upgrade web chart -f values.yaml --set-file cert=certs/tls.pem", OPEN).allowed
+    flag = rule.removeprefix("escape:").split("=", 1)[0]
+    verb = command.split()[1]
+    assert decide(command, ctx("c", security={"allowed_commands": [f"helm {verb} {flag}"]})).allowed
