@@ -763,7 +763,8 @@ def _check_trigger(model: base.ResourceModel, report: _Report) -> None:
             report.warning(("spec", "commands", name), f"command {name!r} names no agent, fleet or flow")
 
 
-_URL_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+_URL_PATH = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
+"""Segments of unreserved and sub-delimiter characters; no `%` (requests are matched decoded)."""
 
 
 def _check_trigger_path(path: str, own: str, schedule: bool, report: _Report) -> None:

@@ -112,7 +112,8 @@ def narrow_approvers(requested: Sequence[str], allowed_users: Sequence[str]) -> 
     """The entries of `requested` that are also approvers in `allowed_users` (the Context's).
 
     A flow may name fewer approvers than its Context, never others: an entry counts when its id
-    matches an allowed entry's id and their platform prefixes (when both have one) agree.
+    matches an allowed entry's id and their platform prefixes (when both have one) agree; the
+    more specific of the two spellings is kept.
     """
     kept = []
     for entry in requested:
@@ -120,7 +121,8 @@ def narrow_approvers(requested: Sequence[str], allowed_users: Sequence[str]) -> 
         for allowed in allowed_users:
             allowed_prefix, allowed_id = _split(allowed)
             if wanted and wanted == allowed_id and (prefix is None or allowed_prefix in (None, prefix)):
-                kept.append(entry)
+                # The narrower of the two: `U1` named by the flow stays `slack:U1` if the Context says so.
+                kept.append(entry if prefix is not None else allowed)
                 break
     return tuple(kept)
 

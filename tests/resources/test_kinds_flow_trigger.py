@@ -318,6 +318,7 @@ def test_http_node_accepts_fail_on_error_in_both_spellings() -> None:
         ("HTTP", "/a/../b", ["error: config.path must be an absolute URL path"]),
         ("HTTP", "/a b", ["error: config.path must be an absolute URL path"]),
         ("HTTP", "/a?x=1", ["error: config.path must be an absolute URL path"]),
+        ("HTTP", "/web%20hook", ["error: config.path must be an absolute URL path"]),
         ("HTTP", "/hooks/http/other", ["error: config.path '/hooks/http/other' is under /hooks/"]),
         ("Schedule", "/cron", ["warning: config.path is ignored"]),
     ],

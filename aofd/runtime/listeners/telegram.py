@@ -142,7 +142,7 @@ class TelegramListener(base.WebhookListener):
                 params = {"offset": str(self.offset), "timeout": str(int(self.poll_timeout))}
                 timeout = aiohttp.ClientTimeout(total=self.poll_timeout + 10)
                 async with self._session.get(url, params=params, timeout=timeout) as resp:
-                    data = await resp.json(content_type=None)
+                    data = None if resp.status == CONFLICT else await resp.json(content_type=None)
                 if resp.status == CONFLICT:
                     # Another getUpdates holds the bot: the listener this one replaces, for the moment
                     # of a hot swap, or another process. Telegram ended one of the two requests.

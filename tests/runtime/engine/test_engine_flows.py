@@ -387,7 +387,7 @@ async def test_an_approval_node_narrows_the_context_approvers_never_widens_them(
         message("y"),
     )
     assert narrowed.status is runs.RunStatus.COMPLETED
-    assert [("U-LEAD",)] == [r.approvers for r in gate.requests]
+    assert [("slack:U-LEAD",)] == [r.approvers for r in gate.requests]  # not widened to other platforms
     assert widened.status is runs.RunStatus.FAILED
     assert "none of its approvers (U-MALLORY) is an approver of context prod" in str(
         widened.nodes["approve"].error
