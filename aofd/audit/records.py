@@ -183,27 +183,21 @@ class ArgvRedactor:
         out: list[str] = []
         hide_next = False
         tool_flags = TOOL_SECRET_FLAGS.get(posixpath.basename(argv[0]), frozenset()) if argv else frozenset()
+        secret_flags = SECRET_FLAGS | tool_flags if tool_flags else SECRET_FLAGS
         for arg in argv:
             if hide_next:
                 out.append(self.digest(arg))
                 hide_next = False
                 continue
             flag, eq, value = arg.partition("=")
-            if tool_flags and (flag in tool_flags or arg[:2] in tool_flags):
-                if flag in tool_flags:
-                    if eq:
-                        out.append(f"{flag}={self.digest(value)}")
-                    else:
-                        out.append(arg)
-                        hide_next = True
-                else:  # a short flag with its value attached: -uuser:pass, -pSECRET
-                    out.append(arg[:2] + self.digest(arg[2:]))
-            elif flag in SECRET_FLAGS:
+            if flag in secret_flags:
                 if eq:
                     out.append(f"{flag}={self.digest(value)}")
                 else:
                     out.append(arg)
                     hide_next = True
+            elif arg[:2] in tool_flags:  # a short flag with its value attached: -uuser:pass, -pSECRET
+                out.append(arg[:2] + self.digest(arg[2:]))
             elif _SECRET_ENV_NAME.match(arg):
                 out.append(f"{flag}={self.digest(value)}")
             elif _TOKEN_LIKE.search(arg) or redact.redact_text(arg) != arg:
