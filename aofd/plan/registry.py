@@ -551,20 +551,27 @@ def _names(names: Sequence[str]) -> str:
 def duplicate_issue(
     resource: LoadedResource, first: LoadedResource, source: str, first_source: str
 ) -> errors.Issue:
-    """The error for a key defined a second time, naming both places."""
+    """The error for a key defined a second time, at its name, naming where the first one's name is."""
+    line, col = _name_position(resource)
+    first_line, first_col = _name_position(first)
     where = (
-        f"{first.path}:{first.line}:{first.col}"
+        f"{first.path}:{first_line}:{first_col}"
         if source == first_source
-        else f"{first.path}:{first.line}:{first.col} (source {first_source!r})"
+        else f"{first.path}:{first_line}:{first_col} (source {first_source!r})"
     )
     return errors.Issue(
         resource.path,
-        resource.line,
-        resource.col,
+        line,
+        col,
         "error",
         f"{resource.key} is defined twice: here (source {source!r}) and at {where}",
         "duplicate",
     )
+
+
+def _name_position(resource: LoadedResource) -> tuple[int, int]:
+    """Where `metadata.name` is written: under `metadata`, or the top-level `name:` of the flat form."""
+    return resource.position(extract._written(resource.doc.data, ("metadata", "name")))
 
 
 def _issue_order_of(resource: LoadedResource) -> tuple[str, int, int]:

@@ -125,21 +125,50 @@ def test_reference_errors(write_tree: WriteTree, files: dict[str, str], expected
     assert (expected, {}) == ([m for m in messages(state) if ": error: " in m], dict(state.bindings))
 
 
-def test_duplicate_in_one_source_names_both_places(write_tree: WriteTree) -> None:
-    """The same key twice in one source is an error naming both files."""
-    state = build(view(write_tree({"a.yaml": agent("x"), "b.yaml": agent("x")})))
-    assert [
-        "main/b.yaml:1:1: error: Agent/x is defined twice: here (source 'main') and at main/a.yaml:1:1"
-    ] == messages(state, "duplicate")
+FLAT_AGENT = "apiVersion: aof.dev/v1\nkind: Agent\nname: x\nmodel: anthropic:claude-sonnet-4\n"
+FLOW_STYLE_AGENT = "apiVersion: aof.dev/v1\nkind: Agent\nmetadata: {name: x}\nspec:\n  model: m\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        pytest.param(
+            {"a.yaml": agent("x"), "b.yaml": agent("x")},
+            "main/b.yaml:4:9: error: Agent/x is defined twice: here (source 'main') and at main/a.yaml:4:9",
+            id="two-files",
+        ),
+        pytest.param(
+            {"a.yaml": agent("x") + "---\n" + FLOW_STYLE_AGENT},
+            "main/a.yaml:11:18: error: Agent/x is defined twice: here (source 'main') and at main/a.yaml:4:9",
+            id="two-documents-in-one-file",
+        ),
+        pytest.param(
+            {"a.yaml": FLAT_AGENT, "b.yaml": agent("x")},
+            "main/b.yaml:4:9: error: Agent/x is defined twice: here (source 'main') and at main/a.yaml:3:7",
+            id="flat-form-first",
+        ),
+        pytest.param(
+            {"a.yaml": agent("x") + "---\n" + FLAT_AGENT},
+            "main/a.yaml:11:7: error: Agent/x is defined twice: here (source 'main') and at main/a.yaml:4:9",
+            id="flat-form-second-in-one-file",
+        ),
+    ],
+)
+def test_duplicate_in_one_source_points_at_both_names(
+    write_tree: WriteTree, files: dict[str, str], expected: str
+) -> None:
+    """The same key twice in one source is an error at the second metadata.name, naming the first one's."""
+    state = build(view(write_tree(files)))
+    assert [expected] == messages(state, "duplicate")
 
 
 def test_duplicate_across_sources_names_both_sources(write_tree: WriteTree) -> None:
-    """The same key in two sources is an error naming both places and both sources."""
+    """The same key in two sources: an error at the second name, naming the first name and both sources."""
     one = write_tree({"a.yaml": agent("x")}, name="main")
-    two = write_tree({"a.yaml": agent("x")}, name="extra")
+    two = write_tree({"a.yaml": FLAT_AGENT}, name="extra")
     state = build(view(one), view(two))
     assert [
-        "extra/a.yaml:1:1: error: Agent/x is defined twice: here (source 'extra') and at main/a.yaml:1:1 "
+        "extra/a.yaml:3:7: error: Agent/x is defined twice: here (source 'extra') and at main/a.yaml:4:9 "
         "(source 'main')"
     ] == messages(state, "duplicate")
 
