@@ -38,70 +38,16 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aofd import errors, settings
 from aofd.resources import documents
-from aofd.runtime import kubectl, policy
+from aofd.specs import kubectl, policy
 
 MAX_KUBECONFIG_BYTES = 1024 * 1024
 MISSING_PATH = "/nonexistent/aofd-helpers"
 """The child's PATH when no helpers dir is configured (never empty: empty means ".")."""
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_ENV: frozenset[str] = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "KUBECONFIG",
-        "KUBECACHEDIR",
-        "KUBERC",
-        "LANG",
-        "AOF_CONTEXT",
-        "AOF_NAMESPACE",
-        "AOF_CLUSTER",
-    }
-)
-"""Variables aofd sets itself; a Context may not override them."""
-
-FORBIDDEN_ENV: frozenset[str] = frozenset(
-    {
-        "KUBE_EDITOR", "KUBECTL_EXTERNAL_DIFF", "KUBECTL_PLUGINS_PATH", "KUBECTL_ENABLE_CMD_SHADOW",
-        "EDITOR", "VISUAL", "PAGER", "BASH_ENV", "ENV", "SHELL", "IFS", "CDPATH",
-        "GCONV_PATH", "NODE_OPTIONS", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS",
-        "GIT_EXEC_PATH", "GIT_CONFIG_GLOBAL", "HELM_PLUGINS", "HELM_POST_RENDERER", "PROMPT_COMMAND",
-        "TMPDIR",
-    }
-)  # fmt: skip
-"""Variables that make a program run another program or load code."""
-
-# Not "KUBECTL_": the seed's own Contexts set KUBECTL_READONLY, which kubectl ignores; the
-# kubectl variables that run programs are listed by name above.
-_FORBIDDEN_PREFIXES: tuple[str, ...] = (
-    "LD_",
-    "DYLD_",
-    "PYTHON",
-    "PERL5",
-    "RUBY",
-    "LUA_",
-    "MALLOC_",
-)
-
-
-def env_problems(env: Mapping[str, str]) -> list[str]:
-    """Problems with a Context's declared `env` map; [] when it may be passed to commands."""
-    problems: list[str] = []
-    for name, value in env.items():
-        if not _ENV_NAME.match(name):
-            problems.append(f"env: {name!r} is not a valid variable name")
-        elif name in RESERVED_ENV:
-            problems.append(f"env: {name} is set by aofd for every command and cannot be overridden")
-        elif name in FORBIDDEN_ENV or name.startswith(_FORBIDDEN_PREFIXES):
-            problems.append(f"env: {name} can make a command run other programs; not passed to commands")
-        elif "\x00" in value:
-            problems.append(f"env: the value of {name} contains a NUL byte")
-    return problems
 
 
 def check_kubeconfig(path: str | None, allowed_plugins: Sequence[str]) -> str | None:
@@ -280,9 +226,9 @@ class CommandRunner:
             aofd.errors.PolicyDenied: the Context's env sets a reserved or dangerous variable.
         """
         declared = pol.env_map
-        problems = env_problems(declared)
-        if problems:
-            raise errors.PolicyDenied(problems[0], rule="env")
+        problems = policy.env_problems(declared)
+        if problems:  # compiled policies never carry these; this guards hand-built ones
+            raise errors.PolicyDenied(problems[0][1], rule="env")
         base = self._context_dir(pol.context)
         env = dict(declared)
         env.update(

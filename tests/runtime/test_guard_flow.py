@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from aofd import errors, settings
-from aofd.runtime import approvals, commands, guard, limits, policy, ports
+from aofd.runtime import approvals, commands, guard, limits, ports
+from aofd.specs import policy
 
 FAKE = Path(__file__).parent / "bin" / "fake_kubectl.py"
 REQUESTER = ports.UserRef("U0REQUESTER", "alice", "slack:T1")
@@ -111,7 +112,7 @@ class Harness:
 STRICT_APPROVAL = policy.ApprovalPolicy(
     required=True,
     allowed_users=("U015SRE_LEAD",),
-    require_for=("kubectl delete", "kubectl scale", "kubectl apply"),
+    require_for=policy.patterns(("kubectl delete", "kubectl scale", "kubectl apply")),
 )
 
 
@@ -144,7 +145,7 @@ async def test_shell_operators_never_execute_and_are_audited(tmp_path: Path, com
 async def test_flag_first_delete_denied_when_only_get_allowed(tmp_path: Path) -> None:
     """Row 18: `kubectl -n prod delete pod x` is parsed to verb delete and denied."""
     h = Harness(tmp_path)
-    h.add("prod", allowed_commands=("kubectl get",))
+    h.add("prod", allowed=policy.patterns(("kubectl get",), allow=True))
     result = await h.run("prod", ("kubectl", "-n", "prod", "delete", "pod", "x"))
     assert isinstance(result, guard.Denial)
     assert result.rule == "allowed_commands"
@@ -229,7 +230,7 @@ async def test_daemon_env_hooks_absent_in_child(tmp_path: Path, monkeypatch: pyt
 async def test_escape_runs_when_explicitly_allowed(tmp_path: Path) -> None:
     """Row 24: `kubectl exec` runs where the Context's allowed_commands names it."""
     h = Harness(tmp_path)
-    h.add("debug", allowed_commands=("kubectl exec", "kubectl get"))
+    h.add("debug", allowed=policy.patterns(("kubectl exec", "kubectl get"), allow=True))
     result = await h.run("debug", "kubectl exec web -- ls")
     assert isinstance(result, commands.CommandResult)
     assert h.runs("debug")[0]["argv"][1:] == ["exec", "web", "--", "ls"]
@@ -347,7 +348,9 @@ async def test_only_an_allowed_id_other_than_the_requester_approves(tmp_path: Pa
     """Rows 25-26: requester, stranger and spoofed name are refused and audited; a repeat click is a no-op."""
     h = Harness(tmp_path)
     listed = policy.ApprovalPolicy(
-        required=True, allowed_users=("U015SRE_LEAD", REQUESTER.id), require_for=("kubectl delete",)
+        required=True,
+        allowed_users=("U015SRE_LEAD", REQUESTER.id),
+        require_for=policy.patterns(("kubectl delete",)),
     )
     h.add("prod", approval=listed)
     task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
@@ -406,7 +409,7 @@ async def test_click_after_expiry_runs_nothing(tmp_path: Path) -> None:
         approval=policy.ApprovalPolicy(
             required=True,
             allowed_users=("U015SRE_LEAD",),
-            require_for=("kubectl delete",),
+            require_for=policy.patterns(("kubectl delete",)),
             timeout_seconds=0.2,
         ),
     )
@@ -430,7 +433,7 @@ async def test_policy_tightened_while_waiting_is_denied_at_execution(tmp_path: P
     task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
     prompt = await wait_prompt(h)
     h.policies["prod"] = policy.GuardPolicy(
-        context="prod", env=pol.env, approval=STRICT_APPROVAL, blocked_commands=("kubectl delete",)
+        context="prod", env=pol.env, approval=STRICT_APPROVAL, blocked=policy.patterns(("kubectl delete",))
     )
     await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="ok")
     result = await task
@@ -446,8 +449,8 @@ async def test_readonly_context_through_the_guard(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.add(
         "readonly-context",
-        allowed_commands=("kubectl get", "kubectl describe", "kubectl logs"),
-        blocked_commands=("kubectl delete", "kubectl apply", "kubectl scale"),
+        allowed=policy.patterns(("kubectl get", "kubectl describe", "kubectl logs"), allow=True),
+        blocked=policy.patterns(("kubectl delete", "kubectl apply", "kubectl scale")),
     )
     for command in ("kubectl get pods", "kubectl describe pod x", "kubectl logs x"):
         assert isinstance(await h.run("readonly-context", command), commands.CommandResult), command
@@ -517,7 +520,7 @@ async def test_approver_removed_while_waiting_voids_the_grant(tmp_path: Path) ->
         context="prod",
         env=pol.env,
         approval=policy.ApprovalPolicy(
-            required=True, allowed_users=("U0SOMEONE_ELSE",), require_for=("kubectl delete",)
+            required=True, allowed_users=("U0SOMEONE_ELSE",), require_for=policy.patterns(("kubectl delete",))
         ),
     )
     assert (
@@ -537,7 +540,7 @@ async def test_approval_still_counts_when_the_approver_stays_listed(tmp_path: Pa
     pol = h.add("prod", approval=STRICT_APPROVAL)
     task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
     prompt = await wait_prompt(h)
-    h.policies["prod"] = dataclasses.replace(pol, blocked_commands=("kubectl exec",))
+    h.policies["prod"] = dataclasses.replace(pol, blocked=policy.patterns(("kubectl exec",)))
     await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="ok")
     assert isinstance(await task, commands.CommandResult)
     assert len(h.runs("prod")) == 1

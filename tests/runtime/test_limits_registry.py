@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aofd.runtime import limits, policy
+from aofd.runtime import limits
+from aofd.specs import policy
 
 
 class Clock:

@@ -2,10 +2,9 @@
 
 This module owns the provider-neutral value types (`ModelRequest`, `ModelResponse`,
 `ToolCall`, `Usage`, ...), the error a provider raises (`ModelError`, already classified
-as retryable or not), the parsing of `model:` strings (`anthropic:claude-sonnet-4`, bare
-names default to anthropic, as upstream does) and `complete_with_retry`, the only place
-that retries: exponential backoff with jitter, honouring `retry-after`, never past the
-run's deadline.
+as retryable or not) and `complete_with_retry`, the only place that retries: exponential
+backoff with jitter, honouring `retry-after`, never past the run's deadline. Parsing `model:`
+strings is pure and lives in `aofd.specs.models`.
 
 It must not import any provider SDK: `anthropic` is imported only in `anthropic.py`,
 `openai` only in `openai.py`, `google.genai` only in `google.py`.
@@ -140,52 +139,6 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 # --- model strings -------------------------------------------------------------------------
-
-PROVIDER_ALIASES: Mapping[str, str] = {
-    "anthropic": "anthropic",
-    "claude": "anthropic",
-    "openai": "openai",
-    "gpt": "openai",
-    "google": "google",
-    "gemini": "google",
-    # OpenAI-compatible servers reached through the openai client and `models.openai_base_url`.
-    "ollama": "ollama",
-    "groq": "groq",
-    "vllm": "vllm",
-    "litellm": "litellm",
-}
-OPENAI_COMPATIBLE = frozenset({"openai", "ollama", "groq", "vllm", "litellm"})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ModelRef:
-    """A parsed `model:` string: the provider (canonical name) and the provider's model name."""
-
-    provider: str
-    model: str
-
-    def __str__(self) -> str:
-        return f"{self.provider}:{self.model}"
-
-
-def parse_model(model: str, provider: str | None = None) -> ModelRef:
-    """`anthropic:claude-x` -> (anthropic, claude-x); a bare name uses `provider`, else anthropic.
-
-    An unknown prefix keeps its name as the provider (so `provider_problem` can name it);
-    a prefix that is not a provider (`llama3:8b` with `provider: ollama`) stays in the model.
-    """
-    text = model.strip()
-    head, sep, tail = text.partition(":")
-    if sep and head.lower() in PROVIDER_ALIASES:
-        return ModelRef(PROVIDER_ALIASES[head.lower()], tail)
-    if provider:
-        name = provider.strip().lower()
-        return ModelRef(PROVIDER_ALIASES.get(name, name), text)
-    if sep and head and "/" not in head and not any(c.isdigit() for c in tail[:1]):
-        # `bedrock:foo`, `azure:foo`: a provider aofd does not have.
-        return ModelRef(head.lower(), tail)
-    return ModelRef("anthropic", text)
-
 
 # --- retries -------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from aofd import settings
 from aofd.runtime.providers import base
+from aofd.specs import models as model_refs
 
 ModuleAvailable = Callable[[str], bool]
 """`module_available("openai") -> bool`; injected so tests need not uninstall packages."""
@@ -46,7 +47,7 @@ def module_available(name: str) -> bool:
 
 
 def _sdk_for(provider: str) -> str:
-    return "openai" if provider in base.OPENAI_COMPATIBLE else provider
+    return "openai" if provider in model_refs.OPENAI_COMPATIBLE else provider
 
 
 def provider_problem(
@@ -65,13 +66,11 @@ def provider_problem(
     local OpenAI/Anthropic-compatible servers).
     """
     env = environ if environ is not None else {}
-    ref = base.parse_model(model, provider)
-    if not ref.model:
-        return f"model {model!r} names no model after the provider prefix"
+    ref = model_refs.parse_model(model, provider)
+    static = model_refs.static_problem(ref, model)
+    if static is not None:
+        return static
     sdk = _sdk_for(ref.provider)
-    if sdk not in _EXTRAS:
-        known = ", ".join(sorted(set(base.PROVIDER_ALIASES)))
-        return f"provider {ref.provider} (model {model!r}) is not supported; supported providers: {known}"
     module, package, extra = _EXTRAS[sdk]
     if not available(module):
         via = "" if sdk == ref.provider else " (served through the OpenAI-compatible client)"
@@ -98,7 +97,7 @@ def _config_problem(provider: str, models: settings.ModelsSpec, env: Mapping[str
             "provider openai is not configured: set models.openai_api_key_file in the daemon config "
             "or OPENAI_API_KEY in the daemon's environment"
         )
-    if provider in base.OPENAI_COMPATIBLE:
+    if provider in model_refs.OPENAI_COMPATIBLE:
         if models.openai_base_url or env.get("OPENAI_BASE_URL"):
             return None
         return (
@@ -156,13 +155,17 @@ class Providers:
 
     def problem(self, model: str, provider: str | None = None) -> str | None:
         """`provider_problem` for this daemon's config and environment (a factory always counts as usable)."""
-        ref = base.parse_model(model, provider)
+        ref = model_refs.parse_model(model, provider)
         if ref.provider in self._factories:
             return None
         return provider_problem(model, self._models, provider=provider, environ=self._env)
 
+    def ref_problem(self, ref: model_refs.ModelRef) -> str | None:
+        """`problem` for a compiled model reference (`aofd.specs.models.ModelRef`)."""
+        return self.problem(ref.model, ref.provider)
+
     def get(self, provider: str) -> base.ModelProvider:
-        """The client for `provider` (a canonical name from `base.parse_model`), built once."""
+        """The client for `provider` (a canonical name from `model_refs.parse_model`), built once."""
         client = self._clients.get(provider)
         if client is None:
             client = self._build(provider)
@@ -187,7 +190,7 @@ class Providers:
                 timeout=m.request_timeout,
                 http_client=self._http_clients.get(provider),
             )
-        if provider in base.OPENAI_COMPATIBLE:
+        if provider in model_refs.OPENAI_COMPATIBLE:
             from aofd.runtime.providers import openai as openai_provider
 
             key = _read_key(m.openai_api_key_file, self._env, "OPENAI_API_KEY") or LOCAL_PLACEHOLDER_KEY

@@ -9,14 +9,23 @@ import pytest
 
 from aofd import errors
 from aofd.resources.kinds import context
-from aofd.runtime import policy
+from aofd.specs import policy
 
 EXECUTABLES = {"kubectl": Path("/opt/bin/kubectl"), "helm": Path("/opt/bin/helm")}
 
 
-def ctx(name: str, **spec: Any) -> policy.GuardPolicy:
+def problems_of(name: str, **spec: Any) -> list[str]:
+    """The messages of the problems compiling a Context with `spec` finds."""
     model = context.Context.model_validate({"metadata": {"name": name}, "spec": spec})
-    return policy.policy_from_context(model)
+    return [p.message for p in policy.compile_context(model, tools=policy.known_tools(EXECUTABLES))[1]]
+
+
+def ctx(name: str, *, executables: dict[str, Path] = EXECUTABLES, **spec: Any) -> policy.GuardPolicy:
+    """A Context's compiled policy (its patterns read with `executables` pinned); it must compile."""
+    model = context.Context.model_validate({"metadata": {"name": name}, "spec": spec})
+    compiled, problems = policy.compile_context(model, tools=policy.known_tools(executables))
+    assert () == problems
+    return compiled
 
 
 def decide(command: str | list[str], pol: policy.GuardPolicy) -> policy.Verdict:
@@ -304,35 +313,28 @@ def test_legacy_patterns_keep_upstream_semantics_where_they_only_tighten() -> No
     assert decide("kubectl drain node1", pol).needs_approval
     assert not decide("kubectl get pods", pol).needs_approval
     assert not decide("kubectl delete pod x --force", pol).allowed
-    legacy_allow = ctx("c", security={"allowed_commands": ["kubectl (get|delete)"]})
-    verdict = decide("kubectl get pods", legacy_allow)
-    assert (verdict.allowed, verdict.rule) == (False, "invalid-policy")
+    problems = problems_of("c", security={"allowed_commands": ["kubectl (get|delete)"]})
+    assert 1 == len(problems)
+    assert "not a command shape" in problems[0]
 
 
-def test_validate_patterns_reports_bidi_and_non_shapes() -> None:
+def test_compiling_reports_bidi_and_non_shapes() -> None:
     """Bidi/zero-width characters are invalid anywhere; regexes are invalid in allowed_commands."""
-    tools = policy.known_tools(EXECUTABLES)
-    problems = policy.validate_patterns(
-        ["kubectl get", "kubectl delete\u202e", "kubectl\u200b get", "kubectl (get|x)", "kubectl foo"],
-        field="allowed_commands",
-        tools=tools,
-    )
+    allowed = ["kubectl get", "kubectl delete\u202e", "kubectl\u200b get", "kubectl (get|x)", "kubectl foo"]
+    problems = problems_of("c", security={"allowed_commands": allowed})
     assert len(problems) == 4
     assert "bidi" in problems[0]
     assert "\\u202e" in problems[0]
     assert "zero-width" in problems[1]
     assert "not a command shape" in problems[2]
     assert "unknown kubectl verb" in problems[3]
-    assert (
-        policy.validate_patterns(["kubectl (get|x)", "rm -rf /"], field="blocked_commands", tools=tools) == []
-    )
+    assert [] == problems_of("c", security={"blocked_commands": ["kubectl (get|x)", "rm -rf /"]})
 
 
-def test_invalid_policy_denies_everything() -> None:
-    """A Context whose patterns are invalid refuses every command rather than guessing."""
-    pol = ctx("c", security={"blocked_commands": ["kubectl delete\u202e"]})
-    verdict = decide("kubectl get pods", pol)
-    assert (verdict.allowed, verdict.rule) == (False, "invalid-policy")
+def test_an_invalid_pattern_keeps_the_context_from_compiling() -> None:
+    """A Context whose patterns are invalid never yields a policy to run with: compiling reports it."""
+    problems = problems_of("c", security={"blocked_commands": ["kubectl delete\u202e"]})
+    assert ["bidi" in p for p in problems] == [True]
 
 
 def test_allowed_namespaces() -> None:
@@ -375,7 +377,7 @@ def test_render_argv_escapes_non_ascii() -> None:
     )
 
 
-def test_policy_from_context_reads_the_model() -> None:
+def test_compile_context_reads_the_model() -> None:
     """The guard's view copies every field it needs, with the smaller concurrency cap."""
     pol = ctx(
         "prod-context",
@@ -420,7 +422,7 @@ def test_allowed_namespaces_enforced_without_a_context_namespace() -> None:
 def test_tools_without_a_semantic_policy_run_only_when_allowed_by_name() -> None:
     """A pinned git or docker is an interpreter in disguise: it runs only where allowed_commands names it."""
     executables = {**EXECUTABLES, "docker": Path("/opt/bin/docker"), "git": Path("/opt/bin/git")}
-    listed = ctx("ops", security={"allowed_commands": ["docker ps", "kubectl get"]})
+    listed = ctx("ops", executables=executables, security={"allowed_commands": ["docker ps", "kubectl get"]})
 
     def verdict(command: str, pol: policy.GuardPolicy) -> policy.Verdict:
         return policy.evaluate(policy.tokenize(command), policy=pol, executables=executables)
@@ -455,3 +457,32 @@ def test_helm_host_file_reads_are_escapes(command: str, rule: str) -> None:
     flag = rule.removeprefix("escape:").split("=", 1)[0]
     verb = command.split()[1]
     assert decide(command, ctx("c", security={"allowed_commands": [f"helm {verb} {flag}"]})).allowed
+
+
+def test_context_env_may_not_override_or_inject() -> None:
+    """A Context env setting PATH, KUBE_EDITOR, LD_PRELOAD or KUBECTL_EXTERNAL_DIFF is a problem, by name.
+
+    The seed's own KUBECTL_READONLY is not: kubectl ignores it.
+    """
+    problems = policy.env_problems(
+        {
+            "PATH": "/tmp",
+            "KUBE_EDITOR": "x",
+            "LD_PRELOAD": "x",
+            "KUBECTL_EXTERNAL_DIFF": "x",
+            "OK_VAR": "1",
+            "a-b": "1",
+        }
+    )
+    assert ["PATH", "KUBE_EDITOR", "LD_PRELOAD", "KUBECTL_EXTERNAL_DIFF", "a-b"] == [n for n, _ in problems]
+    assert policy.env_problems({"ENVIRONMENT": "production", "HTTPS_PROXY": "http://proxy:3128"}) == []
+    assert policy.env_problems({"KUBECTL_READONLY": "true"}) == []
+
+
+def test_a_context_env_problem_points_at_the_variable() -> None:
+    """Compiling a Context reports a forbidden env variable at `spec.env.<NAME>`."""
+    model = context.Context.model_validate(
+        {"metadata": {"name": "c"}, "spec": {"env": {"LD_PRELOAD": "/x.so"}}}
+    )
+    _policy, problems = policy.compile_context(model, tools=policy.known_tools(EXECUTABLES))
+    assert [("spec", "env", "LD_PRELOAD")] == [p.loc for p in problems]

@@ -30,8 +30,11 @@ approval?" (RELIABILITY.md section 3.2):
 - **Approval** follows upstream's `requires_approval`: none unless `approval.required`; with an
   empty `require_for` every command needs one, else any matching pattern does.
 
-`GuardPolicy` is the guard's own frozen view of a Context, built by `policy_from_context`,
-so nothing here depends on the pydantic model's details.
+`GuardPolicy` is the guard's compiled view of a Context, built once per Context version by
+`compile_context` in the compile stage (`aofd.plan.compile`): every pattern is parsed there,
+and a pattern that does not compile is a `Problem` that keeps the revision from applying, so
+`evaluate` never parses a rule and never meets an invalid one. The Context's `env` is vetted
+there too (`env_problems`).
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from aofd import errors
-from aofd.runtime import kubectl
+from aofd.resources.kinds import context as context_kind
+from aofd.specs import kubectl
+from aofd.specs.problems import Problem
 
 MAX_TOKEN_BYTES = 4096
 MAX_TOKENS = 256
@@ -124,11 +128,11 @@ _INT = re.compile(r"^[+-]?[0-9]+$")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApprovalPolicy:
-    """`spec.approval` as the guard needs it."""
+    """`spec.approval` as the guard needs it; `require_for` is compiled (`Pattern`s)."""
 
     required: bool = False
     allowed_users: tuple[str, ...] = ()
-    require_for: tuple[str, ...] = ()
+    require_for: tuple[Pattern, ...] = ()
     timeout_seconds: float = 300
     allow_self_approval: bool = False
     min_approvers: int = 1
@@ -148,7 +152,11 @@ class LimitsPolicy:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GuardPolicy:
-    """Everything the command guard reads from one Context, as a frozen value."""
+    """Everything the command guard reads from one Context, compiled: every pattern parsed once.
+
+    Built by `compile_context` (which reports every pattern it cannot compile as a `Problem`);
+    a `GuardPolicy` never holds an invalid pattern, so `evaluate` parses none.
+    """
 
     context: str
     kubeconfig: str | None = None
@@ -156,8 +164,8 @@ class GuardPolicy:
     cluster: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     working_dir: str | None = None
-    allowed_commands: tuple[str, ...] = ()
-    blocked_commands: tuple[str, ...] = ()
+    allowed: tuple[Pattern, ...] = ()
+    blocked: tuple[Pattern, ...] = ()
     allowed_namespaces: tuple[str, ...] = ()
     approval: ApprovalPolicy | None = None
     limits: LimitsPolicy = LimitsPolicy()
@@ -168,62 +176,161 @@ class GuardPolicy:
         return dict(self.env)
 
 
-def _opt_int(obj: object, name: str) -> int | None:
-    value = getattr(obj, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def compile_context(
+    ctx: context_kind.Context, *, tools: frozenset[str]
+) -> tuple[GuardPolicy, tuple[Problem, ...]]:
+    """The guard's compiled view of a Context, and every problem that makes it unusable.
 
-
-def _strs(obj: object, name: str) -> tuple[str, ...]:
-    value = getattr(obj, name, None) or ()
-    return tuple(str(v) for v in value)
-
-
-def policy_from_context(ctx: Any) -> GuardPolicy:
-    """Build the guard's view of a Context model (`aofd.resources.kinds.context.Context`).
-
-    Reads attributes with getattr, so any object of the same shape works (tests, older models).
-    `max_concurrent` and `max_concurrent_requests` both cap concurrency: the smaller wins.
-    Responses are logged when `audit.log_responses` or upstream's `audit.include_payload` is set.
+    Every pattern of `allowed_commands`, `blocked_commands` and `approval.require_for` is parsed
+    here, once (`tools` decides which first words make a command shape: `known_tools`);
+    `allowed_namespaces` must be namespace names and `env` must be passable to commands
+    (`env_problems`). A Context with any problem must not run: the caller reports the problems
+    and keeps the policy out of service. `max_concurrent` and `max_concurrent_requests` both cap
+    concurrency (the smaller wins); responses are logged when `audit.log_responses` or upstream's
+    `audit.include_payload` is set.
     """
     spec = ctx.spec
-    approval = getattr(spec, "approval", None)
-    limits = getattr(spec, "limits", None)
-    security = getattr(spec, "security", None)
-    audit = getattr(spec, "audit", None)
-    caps = [c for c in (_opt_int(limits, "max_concurrent"), _opt_int(limits, "max_concurrent_requests")) if c]
-    env = getattr(spec, "env", None) or {}
-    return GuardPolicy(
-        context=str(ctx.metadata.name),
-        kubeconfig=getattr(spec, "kubeconfig", None),
-        namespace=getattr(spec, "namespace", None),
-        cluster=getattr(spec, "cluster", None),
-        env=tuple(sorted((str(k), str(v)) for k, v in dict(env).items())),
-        working_dir=getattr(spec, "working_dir", None),
-        allowed_commands=_strs(security, "allowed_commands"),
-        blocked_commands=_strs(security, "blocked_commands"),
-        allowed_namespaces=_strs(security, "allowed_namespaces"),
-        approval=None
-        if approval is None
-        else ApprovalPolicy(
-            required=bool(getattr(approval, "required", False)),
-            allowed_users=_strs(approval, "allowed_users"),
-            require_for=_strs(approval, "require_for"),
-            timeout_seconds=_opt_int(approval, "timeout_seconds") or 300,
-            allow_self_approval=bool(getattr(approval, "allow_self_approval", False)),
-            min_approvers=max(1, _opt_int(approval, "min_approvers") or 1),
-        ),
-        limits=LimitsPolicy(
-            max_requests_per_hour=_opt_int(limits, "max_requests_per_hour"),
-            max_requests_per_minute=_opt_int(limits, "max_requests_per_minute"),
-            max_concurrent=min(caps) if caps else None,
-            max_tokens_per_request=_opt_int(limits, "max_tokens_per_request"),
-            max_tokens_per_day=_opt_int(limits, "max_tokens_per_day"),
-            max_execution_time_seconds=_opt_int(limits, "max_execution_time_seconds"),
-        ),
-        log_responses=bool(
-            getattr(audit, "log_responses", False) or getattr(audit, "include_payload", False)
-        ),
+    security = spec.security or context_kind.Security()
+    problems: list[Problem] = []
+    allowed = _compile_list(
+        security.allowed_commands, ("spec", "security", "allowed_commands"), tools, problems, allow=True
     )
+    blocked = _compile_list(
+        security.blocked_commands, ("spec", "security", "blocked_commands"), tools, problems, allow=False
+    )
+    for index, ns in enumerate(security.allowed_namespaces):
+        if not kubectl.DNS1123_LABEL.match(ns):
+            problems.append(
+                Problem(
+                    ("spec", "security", "allowed_namespaces", index),
+                    f"allowed_namespaces: {json.dumps(ns, ensure_ascii=True)} is not a namespace name",
+                )
+            )
+    for name, message in env_problems(spec.env):
+        problems.append(Problem(("spec", "env", name), message))
+    approval: ApprovalPolicy | None = None
+    if spec.approval is not None:
+        rules = spec.approval
+        approval = ApprovalPolicy(
+            required=rules.required,
+            allowed_users=rules.allowed_users,
+            require_for=_compile_list(
+                rules.require_for, ("spec", "approval", "require_for"), tools, problems, allow=False
+            ),
+            timeout_seconds=rules.timeout_seconds,
+            allow_self_approval=rules.allow_self_approval,
+            min_approvers=rules.min_approvers,
+        )
+    limits = spec.limits or context_kind.Limits()
+    audit = spec.audit or context_kind.Audit()
+    policy = GuardPolicy(
+        context=ctx.metadata.name,
+        kubeconfig=spec.kubeconfig,
+        namespace=spec.namespace,
+        cluster=spec.cluster,
+        env=tuple(sorted(spec.env.items())),
+        working_dir=spec.working_dir,
+        allowed=allowed,
+        blocked=blocked,
+        allowed_namespaces=security.allowed_namespaces,
+        approval=approval,
+        limits=LimitsPolicy(
+            max_requests_per_hour=limits.max_requests_per_hour,
+            max_requests_per_minute=limits.max_requests_per_minute,
+            max_concurrent=limits.concurrency,
+            max_tokens_per_request=limits.max_tokens_per_request,
+            max_tokens_per_day=limits.max_tokens_per_day,
+            max_execution_time_seconds=limits.max_execution_time_seconds,
+        ),
+        log_responses=audit.log_responses or audit.include_payload,
+    )
+    return policy, tuple(problems)
+
+
+def _compile_list(
+    texts: Sequence[str],
+    loc: tuple[str, ...],
+    tools: frozenset[str],
+    problems: list[Problem],
+    *,
+    allow: bool,
+) -> tuple[Pattern, ...]:
+    compiled: list[Pattern] = []
+    for index, text in enumerate(texts):
+        pattern, problem = compile_pattern(text, field=loc[-1], tools=tools, allow=allow)
+        if problem is not None:
+            problems.append(Problem((*loc, index), f"{loc[-1]}[{index}] {problem}"))
+        elif pattern is not None:
+            compiled.append(pattern)
+    return tuple(compiled)
+
+
+def patterns(
+    texts: Sequence[str], *, tools: frozenset[str] = NAMESPACED_TOOLS, allow: bool = False
+) -> tuple[Pattern, ...]:
+    """Compile a list of pattern texts (for code that writes rules rather than reading a Context).
+
+    Raises:
+        ValueError: the first pattern that does not compile, and why.
+    """
+    out: list[Pattern] = []
+    for text in texts:
+        pattern, problem = compile_pattern(text, field="pattern", tools=tools, allow=allow)
+        if problem is not None or pattern is None:
+            raise ValueError(f"pattern {text!r}: {problem}")
+        out.append(pattern)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- environment
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV: frozenset[str] = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "KUBECONFIG",
+        "KUBECACHEDIR",
+        "KUBERC",
+        "LANG",
+        "AOF_CONTEXT",
+        "AOF_NAMESPACE",
+        "AOF_CLUSTER",
+    }
+)
+"""Variables aofd sets itself for every command; a Context may not override them."""
+
+FORBIDDEN_ENV: frozenset[str] = frozenset(
+    {
+        "KUBE_EDITOR", "KUBECTL_EXTERNAL_DIFF", "KUBECTL_PLUGINS_PATH", "KUBECTL_ENABLE_CMD_SHADOW",
+        "EDITOR", "VISUAL", "PAGER", "BASH_ENV", "ENV", "SHELL", "IFS", "CDPATH",
+        "GCONV_PATH", "NODE_OPTIONS", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS",
+        "GIT_EXEC_PATH", "GIT_CONFIG_GLOBAL", "HELM_PLUGINS", "HELM_POST_RENDERER", "PROMPT_COMMAND",
+        "TMPDIR",
+    }
+)  # fmt: skip
+"""Variables that make a program run another program or load code."""
+
+# Not "KUBECTL_": the seed's own Contexts set KUBECTL_READONLY, which kubectl ignores; the
+# kubectl variables that run programs are listed by name above.
+FORBIDDEN_ENV_PREFIXES: tuple[str, ...] = ("LD_", "DYLD_", "PYTHON", "PERL5", "RUBY", "LUA_", "MALLOC_")
+
+
+def env_problems(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`(name, problem)` for each variable of a Context's `env` that may not be passed to commands."""
+    problems: list[tuple[str, str]] = []
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            problems.append((name, f"env: {name!r} is not a valid variable name"))
+        elif name in RESERVED_ENV:
+            problems.append((name, f"env: {name} is set by aofd for every command and cannot be overridden"))
+        elif name in FORBIDDEN_ENV or name.startswith(FORBIDDEN_ENV_PREFIXES):
+            problems.append(
+                (name, f"env: {name} can make a command run other programs; not passed to commands")
+            )
+        elif "\x00" in value:
+            problems.append((name, f"env: the value of {name} contains a NUL byte"))
+    return problems
 
 
 # --------------------------------------------------------------------------- tokens
@@ -533,43 +640,27 @@ def known_tools(executables: Mapping[str, Path]) -> frozenset[str]:
     return frozenset(executables) | NAMESPACED_TOOLS
 
 
-def validate_patterns(patterns: Sequence[str], *, field: str, tools: frozenset[str]) -> list[str]:
-    """Problems with a list of patterns, for the loader and planner to report; [] when fine.
+def compile_pattern(
+    text: str, *, field: str, tools: frozenset[str], allow: bool
+) -> tuple[Pattern | None, str | None]:
+    """One rule compiled, or the problem that keeps it out (`(None, why)`).
 
-    `field` is `allowed_commands`, `blocked_commands` or `require_for`: in `allowed_commands`
-    a legacy (regex or substring) pattern is a problem, because it would match nothing.
+    In `allowed_commands` (`allow=True`) a legacy (regex or substring) pattern is a problem,
+    because it would match nothing.
     """
-    problems: list[str] = []
-    for index, text in enumerate(patterns):
-        where = f"{field}[{index}] {json.dumps(text, ensure_ascii=True)}"
-        if not text.strip():
-            problems.append(f"{where}: empty pattern")
-            continue
-        try:
-            pattern = parse_pattern(text, tools=tools)
-        except errors.PolicyDenied as exc:
-            problems.append(f"{where}: {exc.reason}")
-            continue
-        if field == "allowed_commands" and not pattern.is_shape:
-            problems.append(
-                f"{where}: not a command shape (tool, verb, flags such as 'kubectl get'); "
-                "regular expressions are not accepted in allowed_commands"
-            )
-    return problems
-
-
-def policy_problems(policy: GuardPolicy, *, tools: frozenset[str]) -> list[str]:
-    """Every pattern problem in a policy (`validate_patterns` over its three lists)."""
-    problems = validate_patterns(policy.allowed_commands, field="allowed_commands", tools=tools)
-    problems += validate_patterns(policy.blocked_commands, field="blocked_commands", tools=tools)
-    if policy.approval is not None:
-        problems += validate_patterns(policy.approval.require_for, field="require_for", tools=tools)
-    for ns in policy.allowed_namespaces:
-        if not kubectl.DNS1123_LABEL.match(ns):
-            problems.append(
-                f"allowed_namespaces: {json.dumps(ns, ensure_ascii=True)} is not a namespace name"
-            )
-    return problems
+    shown = json.dumps(text, ensure_ascii=True)
+    if not text.strip():
+        return None, f"{shown}: empty pattern"
+    try:
+        pattern = parse_pattern(text, tools=tools)
+    except errors.PolicyDenied as exc:
+        return None, f"{shown}: {exc.reason}"
+    if allow and not pattern.is_shape:
+        return None, (
+            f"{shown}: not a command shape (tool, verb, flags such as 'kubectl get'); "
+            f"regular expressions are not accepted in {field}"
+        )
+    return pattern, None
 
 
 def _token_matches(want: str, got: str, *, strict: bool) -> bool:
@@ -677,10 +768,6 @@ class Verdict:
     approval_rule: str | None = None
 
 
-def _patterns(texts: Sequence[str], tools: frozenset[str]) -> list[Pattern]:
-    return [parse_pattern(t, tools=tools) for t in texts]
-
-
 def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[str, Path]) -> Verdict:
     """Decide whether an already tokenized argv may run under `policy`, and with approval or not.
 
@@ -698,18 +785,11 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
     except errors.PolicyDenied as exc:
         return deny(exc.reason, exc.rule)
 
-    tools = known_tools(executables)
-    problems = policy_problems(policy, tools=tools)
-    if problems:
-        return deny(f"the Context's command policy is invalid: {problems[0]}", "invalid-policy", cmd)
-    blocked = _patterns(policy.blocked_commands, tools)
-    allowed = _patterns(policy.allowed_commands, tools)
-
-    for pattern in blocked:
+    for pattern in policy.blocked:
         if pattern_matches(pattern, cmd, argv, strict=False):
             return deny(f"blocked by blocked_commands rule {pattern.text!r}", f"blocked:{pattern.text}", cmd)
 
-    matching_allowed = [p for p in allowed if pattern_matches(p, cmd, argv, strict=True)]
+    matching_allowed = [p for p in policy.allowed if pattern_matches(p, cmd, argv, strict=True)]
     if cmd.tool not in NAMESPACED_TOOLS and not matching_allowed:
         return deny(
             f"{cmd.tool!r} runs only when the Context's allowed_commands names it "
@@ -717,7 +797,7 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
             "allowed_commands",
             cmd,
         )
-    if allowed and not matching_allowed:
+    if policy.allowed and not matching_allowed:
         what = f"{cmd.tool} {cmd.verb}" if cmd.verb else cmd.tool
         return deny(f"{what!r} is not in the Context's allowed_commands", "allowed_commands", cmd)
     for escape in cmd.escapes:
@@ -766,7 +846,7 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
         if not approval.require_for:
             needs, approval_rule = True, "*"
         else:
-            for pattern in _patterns(approval.require_for, tools):
+            for pattern in approval.require_for:
                 if pattern_matches(pattern, cmd, argv, strict=False):
                     needs, approval_rule = True, pattern.text
                     break

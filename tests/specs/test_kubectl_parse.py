@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aofd import errors
-from aofd.runtime import kubectl
+from aofd.specs import kubectl
 
 
 @pytest.mark.parametrize(

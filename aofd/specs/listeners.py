@@ -1,0 +1,105 @@
+"""Listener specs: what the runtime needs to serve one Trigger, compiled once per revision; pure.
+
+This module owns `ListenerSpec` (the trigger's name and platform, its configuration after
+`${VAR}` substitution, whether it is served over HTTP and at which extra `config.path`, its
+parsed `Schedule`, and the config digest the plan compares) and `compile_trigger`, which
+reports everything the files alone decide about serving a Trigger:
+
+- a type aofd serves no listener for (Discord, Jira, Manual) is a warning, and the bindings
+  that use it take no events (`ListenerUnsupported`);
+- a Schedule's `cron` and `timezone` must parse (`aofd.specs.cron`), each error at its field;
+- Telegram long polling needs a `bot_token`.
+
+Facts of the host (a Socket Mode connection, a port) are found when the listener starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from aofd.resources.kinds import trigger as trigger_kind
+from aofd.specs import cron
+from aofd.specs.problems import Problem
+
+PLATFORMS: frozenset[str] = frozenset(
+    {"slack", "telegram", "whatsapp", "pagerduty", "github", "http", "schedule"}
+)
+"""Trigger types (lower-cased) aofd serves a listener for."""
+
+WEBHOOK_PLATFORMS: frozenset[str] = PLATFORMS - {"schedule"}
+"""Platforms whose events arrive as requests at `/hooks/<platform>/<trigger>`."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    """One Trigger as its listener serves it."""
+
+    trigger: str
+    platform: str
+    config: trigger_kind.TriggerConfig
+    digest: str
+    schedule: cron.Schedule | None = None
+
+    @property
+    def webhook(self) -> bool:
+        return self.platform in WEBHOOK_PLATFORMS
+
+    @property
+    def path(self) -> str | None:
+        """The trigger's own `config.path` (upstream's), served besides `/hooks/<platform>/<name>`."""
+        path = self.config.path
+        return path if self.webhook and path and not path.startswith("/hooks/") else None
+
+
+def platform_of(model: trigger_kind.Trigger) -> str:
+    return str(model.spec.type.value).lower()
+
+
+def config_digest(model: trigger_kind.Trigger) -> str:
+    """`sha256:` of the Trigger's name and spec after substitution (a rotated secret changes it)."""
+    data = {"name": model.metadata.name, "spec": model.spec.model_dump(mode="json")}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compile_trigger(model: trigger_kind.Trigger) -> tuple[ListenerSpec | None, list[Problem]]:
+    """The listener spec of an enabled Trigger, or None and why it cannot be served."""
+    platform = platform_of(model)
+    name = model.metadata.name
+    config = model.spec.config
+    if platform not in PLATFORMS:
+        return None, [
+            Problem(
+                ("spec", "type"),
+                f"Trigger {name}: type {model.spec.type.value} has no listener in aofd (served: "
+                f"{', '.join(sorted(PLATFORMS))}); its bindings take no events",
+                "warning",
+                "listener-unsupported",
+            )
+        ]
+    problems: list[Problem] = []
+    schedule: cron.Schedule | None = None
+    if platform == "schedule":
+        if not config.cron:
+            problems.append(Problem(("spec", "config"), f"Trigger {name}: a Schedule needs config.cron"))
+        else:
+            schedule, found = cron.parse(config.cron, config.timezone)
+            problems.extend(found)
+    elif platform == "telegram" and polls(config) and not config.bot_token:
+        problems.append(
+            Problem(
+                ("spec", "config", "bot_token"), f"Trigger {name}: Telegram long polling needs a bot_token"
+            )
+        )
+    if problems:
+        return None, problems
+    return ListenerSpec(name, platform, config, config_digest(model), schedule), []
+
+
+def polls(config: trigger_kind.TriggerConfig) -> bool:
+    """Telegram: long polling when `mode: polling`, or when no mode and no secret token are given."""
+    mode = config.mode
+    secret = config.secret_token or config.webhook_secret
+    return mode is trigger_kind.ListenMode.POLLING or (mode is None and not secret)
