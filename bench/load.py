@@ -116,7 +116,7 @@ spec:
 
 
 def _fleet(name: str, agents: list[str]) -> str:
-    members = "\n".join(f"    - name: {a}\n      config: {a}\n      role: worker" for a in agents)
+    members = "\n".join(f"    - name: {a}\n      role: worker" for a in agents)
     return f"""\
 apiVersion: aof.dev/v1
 kind: AgentFleet

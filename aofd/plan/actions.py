@@ -8,6 +8,10 @@ This module owns the `Action` value and the dependency order a plan is applied a
   Flows before the Agents they run), after every create and update (make-before-break);
 - unchanged resources are listed separately, not ordered (nothing is done to them).
 
+An action carries the compiled spec of its resource (`aofd.plan.compiler`): the applier
+executes it and compiles nothing. `ListenerAction` is the same for a Trigger's listener, which
+runs while at least one active binding uses the Trigger.
+
 No I/O, no clock, no logging.
 """
 
@@ -17,7 +21,21 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Literal
 
+from aofd.plan import compiler
 from aofd.resources import ids
+from aofd.specs import bindings, flows, listeners
+
+Spec = (
+    compiler.ContextSpec
+    | flows.AgentSpec
+    | flows.FleetSpec
+    | flows.FlowSpec
+    | listeners.ListenerSpec
+    | bindings.BindingSpec
+    | None
+)
+"""What an action carries: the compiled spec of its resource (None for a delete, a Workflow, a
+disabled Trigger or one that cannot be served)."""
 
 Op = Literal["create", "update", "delete", "unchanged"]
 
@@ -43,6 +61,7 @@ class Action:
     new: ids.Digest | None = None
     reason: str = ""
     path: str = ""
+    spec: Spec = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def is_change(self) -> bool:
@@ -59,6 +78,23 @@ class Action:
             "reason": self.reason,
             "path": self.path,
         }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListenerAction:
+    """Start (`create`), replace (`update`) or retire (`delete`) one Trigger's listener.
+
+    `spec` is what to serve (None for a delete); `old`/`new` are listener config digests.
+    """
+
+    op: Op
+    trigger: str
+    spec: listeners.ListenerSpec | None = None
+    old: str | None = None
+    new: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"action": self.op, "trigger": self.trigger, "old": self.old, "new": self.new}
 
 
 def _up(action: Action) -> tuple[int, str, str, str]:

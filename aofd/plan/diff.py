@@ -1,13 +1,16 @@
-"""Diff desired state against the running inventory: `(DesiredState, Inventory) -> Plan`; pure.
+"""Diff a compiled revision against what runs: `(Compiled, Inventory) -> Plan`; pure.
 
 This module owns:
 
 - `Inventory`: what runs now, as `ResourceKey -> Digest` plus each FlowBinding's effective
-  digest (Flux kustomize-controller's inventory), with a flat JSON form for the state dir;
+  digest (Flux kustomize-controller's inventory), with a flat JSON form for the state dir,
+  and the config digest of each listener the runtime reports running (not persisted: after a
+  restart nothing runs, so every listener is started again);
 - `compute()`: create / update / delete / unchanged per resource, in dependency order
-  (`aofd.plan.actions`). A FlowBinding is compared by its effective digest, which covers its
-  flow, agents, fleets, context and trigger: changing an agent updates exactly the bindings
-  that use it, and nothing else;
+  (`aofd.plan.actions`), each action carrying its compiled spec, and the listener actions (start,
+  replace, retire). A FlowBinding is compared by its effective digest, which covers its flow,
+  agents, fleets, context and trigger: changing an agent updates exactly the bindings that use
+  it, and nothing else. This is the only diff: the applier executes the plan as it is;
 - `Plan`: the result, with counts, JSON form and the Contexts each change touches (their
   audit logs record the applied revision).
 
@@ -21,7 +24,7 @@ from collections.abc import Collection, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from aofd.plan import actions, desired
+from aofd.plan import actions, compiler, desired
 from aofd.resources import ids
 
 _EFFECTIVE = "effective:"
@@ -54,19 +57,22 @@ class Inventory:
     revision: str = ""
     origin: object = dataclasses.field(default=None, compare=False, repr=False)
     """The `bindings` map of the state this inventory was made from (`of`): `compute`'s fast path."""
+    listeners: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Trigger name -> config digest of the listener running for it (what the runtime reported)."""
 
     @classmethod
     def empty(cls) -> Inventory:
         return cls(digests=MappingProxyType({}), effective=MappingProxyType({}))
 
     @classmethod
-    def of(cls, state: desired.DesiredState) -> Inventory:
-        """The inventory once `state` is applied."""
+    def of(cls, state: desired.DesiredState, *, listeners: Mapping[str, str] | None = None) -> Inventory:
+        """The inventory once `state` is applied, with the listeners the runtime runs for it."""
         return cls(
             digests=state.digests,
             effective=MappingProxyType({b.key: b.digest for b in state.bindings.values()}),
             revision=state.revision,
             origin=state.bindings,
+            listeners=MappingProxyType(dict(listeners or {})),
         )
 
     def __len__(self) -> int:
@@ -113,6 +119,9 @@ class Plan:
     previous: str
     changes: tuple[actions.Action, ...]
     unchanged: Collection[ids.ResourceKey] = ()
+    listeners: tuple[actions.ListenerAction, ...] = ()
+    compiled: compiler.Compiled | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The compiled revision the actions come from (its routes, contexts and listener specs)."""
 
     def counts(self) -> dict[str, int]:
         """`{"create": n, "update": n, "delete": n, "unchanged": n}`."""
@@ -123,7 +132,7 @@ class Plan:
         return counts
 
     def is_noop(self) -> bool:
-        return not self.changes
+        return not self.changes and not self.listeners
 
     def of_op(self, op: actions.Op) -> tuple[actions.Action, ...]:
         if op == "unchanged":
@@ -142,6 +151,7 @@ class Plan:
             "previous": self.previous,
             "summary": self.counts(),
             "changes": [a.as_dict() for a in self.changes],
+            "listeners": [a.as_dict() for a in self.listeners],
         }
         if include_unchanged:
             out["unchanged"] = [key_text(k) for k in self.unchanged]
@@ -192,12 +202,57 @@ class _Unchanged(Collection[ids.ResourceKey]):
         return key in self._keys and key not in self._changed
 
 
-def compute(state: desired.DesiredState, inventory: Inventory) -> Plan:
-    """The plan that turns `inventory` into `state` (pure; `state` need not be `ok`).
+def compute(compiled: compiler.Compiled, inventory: Inventory) -> Plan:
+    """The plan that turns `inventory` into `compiled` (pure; `compiled` need not be `ok`).
 
     When `inventory` was made from the state the build started from (`DesiredState.delta`),
     only the keys the build touched are compared: the cost follows the change, not the repo.
+    Each change carries its compiled spec; listener actions compare each served Trigger's
+    config digest with the listener the runtime reports running.
     """
+    plan = _resources(compiled.desired, inventory)
+    changes = tuple(dataclasses.replace(a, spec=spec_of(compiled, a.key)) for a in plan.changes)
+    return dataclasses.replace(
+        plan, changes=changes, listeners=listener_actions(compiled, inventory), compiled=compiled
+    )
+
+
+def spec_of(compiled: compiler.Compiled, key: ids.ResourceKey) -> actions.Spec:
+    """The compiled spec of `key` in `compiled` (None when it has none: deleted, a Workflow, ...)."""
+    kind = key.kind
+    if kind is ids.Kind.CONTEXT:
+        context = compiled.contexts.get(key.name)
+        return context if context is not None and context.key == key else None
+    if kind is ids.Kind.AGENT:
+        return compiled.agents.get(key)
+    if kind is ids.Kind.FLEET:
+        return compiled.fleets.get(key)
+    if kind is ids.Kind.FLOW:
+        return compiled.flows.get(key)
+    if kind is ids.Kind.TRIGGER:
+        return compiled.triggers.get(key.name)
+    if kind is ids.Kind.BINDING:
+        return compiled.bindings.get(desired.binding_id(key))
+    return None
+
+
+def listener_actions(compiled: compiler.Compiled, inventory: Inventory) -> tuple[actions.ListenerAction, ...]:
+    """Start the listeners that do not run, replace those whose config changed, retire the rest."""
+    out: list[actions.ListenerAction] = []
+    running = inventory.listeners
+    for name, spec in compiled.listeners.items():
+        old = running.get(name)
+        if old is None:
+            out.append(actions.ListenerAction("create", name, spec, None, spec.digest))
+        elif old != spec.digest:
+            out.append(actions.ListenerAction("update", name, spec, old, spec.digest))
+    for name, old in sorted(running.items()):
+        if name not in compiled.listeners:
+            out.append(actions.ListenerAction("delete", name, None, old, None))
+    return tuple(out)
+
+
+def _resources(state: desired.DesiredState, inventory: Inventory) -> Plan:
     delta = state.delta
     if (
         delta is not None

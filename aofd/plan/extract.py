@@ -89,19 +89,19 @@ def _written(doc_data: object, loc: Sequence[str | int]) -> Loc:
                 node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
             )
             continue
-        key = part
-        if part not in node:
-            camel = _camel(part)
-            if camel in node:
-                key = camel
+        key = validation.find_key(node, part) or part
         out.append(key)
         node = node.get(key)
     return tuple(out)
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+def position(resource: LoadedResource, loc: Sequence[str | int]) -> tuple[int, int]:
+    """1-based (line, col) where the value at model path `loc` is written (or its nearest ancestor).
+
+    `loc` uses the models' attribute names; the document may spell a key in camelCase or with a
+    synonym, and upstream's flat form leaves out `spec`/`metadata`.
+    """
+    return resource.position(_written(resource.doc.data, loc))
 
 
 def _dotted(loc: Sequence[str | int]) -> str:

@@ -455,7 +455,7 @@ def _synonyms_of() -> Mapping[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _find_key(mapping: Mapping[str, object], seg: str) -> str | None:
+def find_key(mapping: Mapping[str, object], seg: str) -> str | None:
     """The key of `mapping` that pydantic's `seg` came from: exact, other spelling, or a synonym."""
     if seg in mapping:
         return seg
@@ -477,7 +477,7 @@ def _data_path(data: object, loc: Sequence[str | int]) -> Loc:
     for seg in loc:
         if isinstance(current, dict):
             if isinstance(seg, str):
-                key = _find_key(current, seg)
+                key = find_key(current, seg)
                 if key is not None:
                     path.append(key)
                     current = current[key]

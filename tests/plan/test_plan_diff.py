@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import WriteTree, agent, binding, context, flow, trigger, view
 
-from aofd.plan import desired, diff, render
+from aofd.plan import compiler, desired, diff, render
 from aofd.resources import ids
 
 K = ids.Kind
@@ -101,14 +101,14 @@ def test_plans(write_tree: WriteTree, after: dict[str, str], expected: list[tupl
     before = desired.build([view(write_tree(base_tree()))], variables={}, cache=cache)
     inventory = diff.Inventory.of(before)
     state = desired.build([view(write_tree(after))], variables={}, cache=cache)
-    plan = diff.compute(state, inventory)
+    plan = diff.compute(compiler.build(state), inventory)
     assert (True, expected) == (state.ok, [(a.op, str(a.key)) for a in plan.changes])
 
 
 def test_create_order_puts_contexts_and_agents_before_bindings(write_tree: WriteTree) -> None:
     """From an empty inventory, creates go up the layers: contexts, agents, flows, triggers, bindings."""
     state = desired.build([view(write_tree(base_tree()))], variables={}, cache=None)
-    plan = diff.compute(state, diff.Inventory.empty())
+    plan = diff.compute(compiler.build(state), diff.Inventory.empty())
     layers = [a.key.kind.layer for a in plan.changes]
     assert (sorted(layers), {"create": 12, "update": 0, "delete": 0, "unchanged": 0}) == (
         layers,
@@ -120,17 +120,22 @@ def test_deep_change_reason_names_the_dependency(write_tree: WriteTree) -> None:
     """A binding updated through a dependency says which one changed."""
     before = desired.build([view(write_tree(base_tree()))], variables={})
     state = desired.build([view(write_tree(changed(agents__shared=agent("shared", "v2"))))], variables={})
-    plan = diff.compute(state, diff.Inventory.of(before))
+    plan = diff.compute(compiler.build(state), diff.Inventory.of(before))
     reasons = {str(a.key): a.reason for a in plan.changes}
     assert "uses Agent/shared (changed)" == reasons["FlowBinding/b0"]
 
 
 def test_inventory_json_round_trip(write_tree: WriteTree) -> None:
-    """An inventory written to JSON and read back plans as a no-op."""
+    """An inventory written to JSON and read back plans no resource change; its listeners are not persisted
+    (nothing runs after a restart), so the plan starts them all again."""
     state = desired.build([view(write_tree(base_tree()))], variables={})
-    inventory = diff.Inventory.of(state)
+    compiled = compiler.build(state)
+    inventory = diff.Inventory.of(state, listeners={n: s.digest for n, s in compiled.listeners.items()})
     restored = diff.Inventory.from_json(json.loads(json.dumps(inventory.to_json())))
-    assert (inventory, True) == (restored, diff.compute(state, restored).is_noop())
+    plan = diff.compute(compiled, restored)
+    assert (inventory.digests, inventory.effective) == (restored.digests, restored.effective)
+    assert ((), ["create"] * len(compiled.listeners)) == (plan.changes, [a.op for a in plan.listeners])
+    assert diff.compute(compiled, inventory).is_noop()
 
 
 def test_inventory_from_json_skips_garbage() -> None:
@@ -145,7 +150,7 @@ def test_touched_contexts(write_tree: WriteTree) -> None:
     """A change to a shared agent touches the Contexts of the bindings that use it."""
     before = desired.build([view(write_tree(base_tree()))], variables={})
     state = desired.build([view(write_tree(changed(agents__shared=agent("shared", "v2"))))], variables={})
-    plan = diff.compute(state, diff.Inventory.of(before))
+    plan = diff.compute(compiler.build(state), diff.Inventory.of(before))
     touched = plan.touched_contexts(state, before)
     assert {
         "prod": ["update Agent/shared", "update FlowBinding/b0"],
@@ -158,7 +163,7 @@ def test_plan_text_rendering(write_tree: WriteTree) -> None:
     before = desired.build([view(write_tree(base_tree()))], variables={})
     after = changed(agents__shared=agent("shared", "v2"), agents__new=agent("new"), bindings__b4=None)
     state = desired.build([view(write_tree(after))], variables={})
-    text = render.plan_text(diff.compute(state, diff.Inventory.of(before)))
+    text = render.plan_text(diff.compute(compiler.build(state), diff.Inventory.of(before)))
     body = text.splitlines()[1:]
     assert [
         "  + create    Agent/new       main/agents/new.yaml",
@@ -173,7 +178,7 @@ def test_plan_text_rendering(write_tree: WriteTree) -> None:
 def test_plan_json(write_tree: WriteTree) -> None:
     """The JSON plan lists changes with kind, name, action and digests, plus a summary."""
     state = desired.build([view(write_tree({"a.yaml": agent("a")}))], variables={})
-    data = json.loads(render.plan_json(diff.compute(state, diff.Inventory.empty())))
+    data = json.loads(render.plan_json(diff.compute(compiler.build(state), diff.Inventory.empty())))
     change = data["changes"][0]
     assert (
         {"create": 1, "update": 0, "delete": 0, "unchanged": 0},

@@ -7,7 +7,7 @@ import random
 import pytest
 from conftest import agent, binding, context, doc, flow, trigger, view
 
-from aofd.plan import desired, diff
+from aofd.plan import compiler, desired, diff
 from aofd.resources import snapshot
 
 
@@ -59,14 +59,30 @@ EDITS = [
 ]
 
 
+def _specs(compiled: compiler.Compiled) -> tuple[object, ...]:
+    """Everything a compiled revision hands the runtime, in comparable form."""
+    return (
+        dict(compiled.contexts),
+        dict(compiled.agents),
+        dict(compiled.fleets),
+        dict(compiled.flows),
+        dict(compiled.bindings),
+        dict(compiled.listeners),
+        dict(compiled.routes),
+        dict(compiled.users),
+    )
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_incremental_equals_full(seed: int) -> None:
-    """After each random edit, the incremental state and plan equal a from-scratch build's."""
+    """After each random edit, the incremental state, compiled specs and plan equal a from-scratch build's."""
     rng = random.Random(seed)
     files = tree()
     cache = desired.ParseCache()
+    compile_cache = compiler.Cache()
     variables = {"KUBECONFIG_DEV": "/k/dev"}
     state = desired.build([view(snap_of(files))], variables=variables, cache=cache)
+    compiler.build(state, cache=compile_cache)
     inventory = diff.Inventory.of(state)
     mismatches = []
     for step in range(25):
@@ -74,21 +90,25 @@ def test_incremental_equals_full(seed: int) -> None:
         snap = snap_of(files)
         incremental = desired.build([view(snap)], variables=variables, cache=cache)
         full = desired.build([view(snap)], variables=variables)
-        plan_inc = diff.compute(incremental, inventory)
-        plan_full = diff.compute(full, inventory)
+        compiled_inc = compiler.build(incremental, cache=compile_cache)
+        compiled_full = compiler.build(full)
+        plan_inc = diff.compute(compiled_inc, inventory)
+        plan_full = diff.compute(compiled_full, inventory)
         got = (
             dict(incremental.digests),
             {k: b.digest for k, b in incremental.bindings.items()},
-            incremental.issues,
+            compiled_inc.issues,
             plan_inc.changes,
             sorted(plan_inc.unchanged),
+            _specs(compiled_inc),
         )
         want = (
             dict(full.digests),
             {k: b.digest for k, b in full.bindings.items()},
-            full.issues,
+            compiled_full.issues,
             plan_full.changes,
             sorted(plan_full.unchanged),
+            _specs(compiled_full),
         )
         if got != want:
             mismatches.append(step)
