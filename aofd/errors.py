@@ -5,6 +5,8 @@ Temporary/Permanent):
 
 - `Temporary` carries `retry_after`: retry later with backoff (a git fetch timed out).
 - `Stalled`: nothing will change until a new revision arrives (invalid YAML at this commit).
+- `RunFailed`: one flow run cannot go on; the run is recorded as failed, its origin is told,
+  and nothing else stops (a node, an agent or a fleet failed).
 - anything else deriving from `AofdError` is generic: report it, keep the last good state.
 
 Validation problems are *data*, not exceptions: an `Issue` names a file, a line and a
@@ -47,6 +49,18 @@ class ConfigError(Stalled):
 
 class SourceError(Temporary):
     """A source (git remote, watched directory) could not produce a snapshot."""
+
+
+class RunFailed(AofdError):
+    """One flow run cannot go on: it is recorded as failed and its origin is told; the daemon goes on."""
+
+
+class RunStopped(AofdError):
+    """A flow run was stopped on purpose (an Approval node denied or expired): recorded as stopped."""
+
+
+class NotAccepting(AofdError):
+    """The daemon is draining: no new runs start; the event is answered as refused."""
 
 
 class AuditUnavailable(AofdError):

@@ -32,6 +32,7 @@ from aofd import settings
 from aofd.runtime import engine, ports, runs
 from aofd.runtime.providers import anthropic as anthropic_provider
 from aofd.runtime.providers import base, registry
+from aofd.specs import flows
 from tests.runtime.fakes_models import servers
 
 
@@ -83,21 +84,28 @@ class NoCommands:
         raise AssertionError("no commands in the benchmark")
 
 
-def plan() -> engine.RunPlan:
-    nodes = (
-        engine.NodeSpec("triage", "agent", {"agent": "triage", "input": "${event.text}"}),
-        engine.NodeSpec("shape", "transform", {"script": 'export SUMMARY="${triage.output}"'}),
-        engine.NodeSpec("answer", "agent", {"agent": "answer", "input": "Summarize: ${SUMMARY}"}),
-    )
-    edges = (engine.Edge("triage", "shape"), engine.Edge("shape", "answer"))
-    flow = engine.FlowSpec("bench", nodes, edges, ("triage",))
-    from aofd.runtime import agents
+def plan() -> flows.RunPlan:
+    """Agent -> Transform -> Agent, compiled as the daemon compiles a binding's flow."""
+    from aofd.testing import resources
 
-    specs = {
-        "triage": agents.AgentSpec("triage", "anthropic:claude-bench", instructions="triage"),
-        "answer": agents.AgentSpec("answer", "anthropic:claude-bench", instructions="answer"),
-    }
-    return engine.RunPlan("bench", flow, specs, {}, engine.ContextView("bench"))
+    flow = resources.flow(
+        "bench",
+        nodes=[
+            {"id": "triage", "type": "Agent", "config": {"agent": "triage", "input": "${event.text}"}},
+            {"id": "shape", "type": "Transform", "config": {"script": 'export SUMMARY="${triage.output}"'}},
+            {"id": "answer", "type": "Agent", "config": {"agent": "answer", "input": "Sum up: ${SUMMARY}"}},
+        ],
+        connections=[
+            {"from": "start", "to": "triage"},
+            {"from": "triage", "to": "shape"},
+            {"from": "shape", "to": "answer"},
+        ],
+    )
+    agents = [
+        resources.agent(n, model="anthropic:claude-bench", instructions=n) for n in ("triage", "answer")
+    ]
+    binding = resources.bind("bench", ctx=resources.context("bench"), flow_res=flow, agents=agents)
+    return resources.run_plan(binding)
 
 
 def pct(values: list[float], q: float) -> float:

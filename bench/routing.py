@@ -83,10 +83,12 @@ async def _serve_aofd() -> object:
     import structlog
 
     sys.path.insert(0, str(HERE.parent))
-    from aofd.runtime import dedupe, router, routing, server
+    from aofd.plan import diff
+    from aofd.runtime import applier, dedupe, dispatch, limits, routing, server
     from aofd.runtime.listeners import factory
-    from aofd.settings import PlatformsSpec
-    from tests.runtime.fakes import resources
+    from aofd.runtime.providers import registry
+    from aofd.settings import ModelsSpec, PlatformsSpec
+    from aofd.testing import recorders, resources
 
     # The daemon logs JSON at info level; every routed event writes one line (to /dev/null here).
     devnull = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - lives as long as the process
@@ -97,7 +99,8 @@ async def _serve_aofd() -> object:
         cache_logger_on_first_use=True,
     )
     switchboard = routing.Switchboard()
-    dispatcher = router.Dispatcher(switchboard=switchboard, starter=resources.NoopStarter())
+    starter = recorders.NoopStarter()
+    dispatcher = dispatch.Dispatcher(switchboard=switchboard, starter=starter)
     build = factory.ListenerFactory(
         platforms=PlatformsSpec(), dispatcher=dispatcher, dedupe=dedupe.DedupeCache()
     )
@@ -108,9 +111,17 @@ async def _serve_aofd() -> object:
         resources.binding("by-user", hook, context_name="prod", filters={"users": ["u-other"]}),
         resources.binding("catch-all", hook, context_name="staging"),
     ]
-    await routing.apply(
-        switchboard, routing.prepare(None, revision="bench", bindings=bindings, build=build), drain=0
+    apply = applier.Applier(
+        switchboard=switchboard,
+        build=build,
+        providers=registry.Providers(models=ModelsSpec(), environ={}),
+        audit_logs=recorders.RecordingAudit(),
+        policies={},
+        limits=limits.RateLimits(),
+        starter=starter,
     )
+    compiled = resources.compiled(bindings, revision="bench")
+    await apply.apply(diff.compute(compiled, diff.Inventory.empty()))
     srv = server.TriggerServer(switchboard=switchboard, listen="127.0.0.1:0")
     await srv.start()
     print(srv.port, flush=True)

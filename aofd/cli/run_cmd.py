@@ -23,17 +23,16 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from aofd import settings
 from aofd.audit import journal, records
 from aofd.cli import validate_cmd
+from aofd.daemon import auditsink
 from aofd.daemon import config as daemon_config
-from aofd.daemon import wiring
-from aofd.plan import desired
-from aofd.resources import ids
-from aofd.runtime import agents, approvals, commands, engine, fleets, guard, limits, policy, ports, runs
+from aofd.plan import compiler, desired
+from aofd.runtime import approvals, commands, engine, guard, limits, ports, runs
 from aofd.runtime.providers import registry
+from aofd.specs import flows, policy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
         variables=validate_cmd.environment_variables(allow=cfg.substitution.allow),
         allow=cfg.substitution.allow,
     )
-    if not state.ok:
-        for issue in state.errors:
+    compiled = compiler.build(state, options=compiler.Options.of(cfg))
+    if not compiled.ok:
+        for issue in compiled.errors:
             print(issue.format(), file=sys.stderr)
         return EXIT_FAILED
     try:
-        plan, ctx = build_plan(state, kind=args.kind, name=args.name, context=args.context)
+        plan, ctx = build_plan(compiled, kind=args.kind, name=args.name, context=args.context)
     except LookupError as exc:
         print(f"aofctl run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -100,37 +100,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_plan(
-    state: desired.DesiredState, *, kind: str, name: str, context: str
-) -> tuple[engine.RunPlan, Any]:
+    compiled: compiler.Compiled, *, kind: str, name: str, context: str
+) -> tuple[flows.RunPlan, compiler.ContextSpec]:
     """The plan for `aofctl run`: every Agent and AgentFleet of the repo is available by name."""
-    ctx = state.get(ids.Kind.CONTEXT, context)
+    ctx = compiled.contexts.get(context)
     if ctx is None:
         raise LookupError(f"no Context named {context!r} under this path")
-    agent_specs = {r.name: agents.agent_spec(r.name, r.model.spec) for r in state.of_kind(ids.Kind.AGENT)}  # type: ignore[attr-defined]
-    fleet_specs = {
-        r.name: fleets.fleet_spec(r.name, r.model.spec, agent_specs)  # type: ignore[attr-defined]
-        for r in state.of_kind(ids.Kind.FLEET)
-    }
-    view = engine.context_view(ctx.name, ctx.model.spec)  # type: ignore[attr-defined]
+    agent_specs = {key.name: spec for key, spec in compiled.agents.items()}
+    fleet_specs = {key.name: spec for key, spec in compiled.fleets.items()}
     if kind == "agent":
-        if name not in agent_specs:
+        agent = compiled.agent(name)
+        if agent is None:
             raise LookupError(f"no Agent named {name!r} under this path")
-        plan = engine.agent_plan(agent_specs[name], view)
-        return engine.RunPlan(plan.binding, plan.flow, agent_specs, fleet_specs, view), ctx
-    flow = state.get(ids.Kind.FLOW, name)
+        plan = flows.agent_plan(agent, ctx.view)
+        return flows.RunPlan(plan.binding, plan.flow, agent_specs, fleet_specs, ctx.view), ctx
+    flow = compiled.flow(name)
     if flow is None:
         raise LookupError(f"no AgentFlow named {name!r} under this path")
-    spec = engine.flow_spec(name, flow.model.spec)  # type: ignore[attr-defined]
-    return engine.RunPlan(f"run-flow-{name}", spec, agent_specs, fleet_specs, view), ctx
+    return flows.RunPlan(f"run-flow-{name}", flow, agent_specs, fleet_specs, ctx.view), ctx
 
 
 async def execute(
-    plan: engine.RunPlan, ctx: Any, *, text: str, cfg: settings.DaemonConfig, args: argparse.Namespace
+    plan: flows.RunPlan,
+    ctx: compiler.ContextSpec,
+    *,
+    text: str,
+    cfg: settings.DaemonConfig,
+    args: argparse.Namespace,
 ) -> tuple[runs.RunRecord, list[str]]:
     """Run `plan` once with the real guard and audit log; returns the record and the messages."""
     collect = _Collect()
     store = approvals.ApprovalStore()
-    policies: Mapping[str, policy.GuardPolicy] = {ctx.name: policy.policy_from_context(ctx.model)}
+    policies: Mapping[str, policy.GuardPolicy] = {ctx.name: ctx.policy}
 
     async def no_approvals(request: approvals.ApprovalRequest) -> None:
         store.expire(request.id, "aofctl run cannot collect approvals")
@@ -138,7 +139,7 @@ async def execute(
 
     async with journal.AuditLog(audit_dir=args.audit_dir) as journal_:
         # The daemon's adapter: the same ECS envelope and argv secret redaction as `aofd serve`.
-        audit = wiring.AuditAdapter(journal_, redactor=records.ArgvRedactor(key=None))
+        audit = auditsink.AuditAdapter(journal_, redactor=records.ArgvRedactor(key=None))
         runner = commands.CommandRunner(
             executables=cfg.executables, cache_dir=args.state_dir / "cache", work_dir=args.state_dir / "work"
         )

@@ -29,8 +29,9 @@ import structlog
 
 from aofd import __version__, errors, settings
 from aofd.audit import journal, segment
-from aofd.daemon import admin, notify, variables, wiring
+from aofd.daemon import admin, notify, variables, view, wiring
 from aofd.daemon import config as config_mod
+from aofd.plan import compiler
 from aofd.reconcile import loop, state
 from aofd.resources import ids
 from aofd.source import runner as source_runner
@@ -106,6 +107,7 @@ class Daemon:
             audit=self.audit,
             variables=self._variables,
             allow=self.cfg.substitution.allow,
+            options=compiler.Options.of(self.cfg),
             on_pass=self._on_pass,
         )
         self.runtime.attach(self.reconciler)
@@ -120,7 +122,7 @@ class Daemon:
         try:
             listen = await self.runtime.start(self.cfg.listen)
             self.endpoints["listen"] = listen
-            admin_app = admin.make_app(wiring.AdminView(self))
+            admin_app = admin.make_app(view.AdminView(self))
             admin_runner, admin_address = await admin.start_site(admin_app, self.cfg.admin)
             self.endpoints["admin"] = admin_address
             self.endpoints["pid"] = str(os.getpid())

@@ -178,3 +178,28 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class Counters:
+    """Monotonic counters the runtime reports through callbacks (events, refusals, runs)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+        self.tokens: dict[str, int] = {"input": 0, "output": 0}
+        self.refusals: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+        self.rejected: dict[tuple[str, str], int] = {}
+
+    def event_received(self, platform: str) -> None:
+        self.received[platform] = self.received.get(platform, 0) + 1
+
+    def event_rejected(self, platform: str, reason: str) -> None:
+        self.rejected[(platform, reason)] = self.rejected.get((platform, reason), 0) + 1
+
+    def refused(self, context: str) -> None:
+        self.refusals[context] = self.refusals.get(context, 0) + 1
+
+    def run_finished(self, status: str, input_tokens: int, output_tokens: int) -> None:
+        self.runs[status] = self.runs.get(status, 0) + 1
+        self.tokens["input"] += input_tokens
+        self.tokens["output"] += output_tokens

@@ -1,4 +1,4 @@
-"""The reconcile loop: sources' snapshots -> desired state -> plan -> apply -> status.
+"""The reconcile loop: sources' snapshots -> desired state -> compiled specs -> plan -> apply -> status.
 
 One pass at a time (single flight). Triggers that arrive during a pass - a new snapshot,
 `aofctl reconcile`, SIGHUP - coalesce into exactly one follow-up pass (kopf's "pressure"
@@ -6,8 +6,11 @@ flag). A pass is transactional: any error in the new revision means nothing chan
 last good revision keeps running, and the status names every error with file:line and
 the revision (Flux: "by design transactional").
 
-Each pass is the same ordered list of steps - build, plan, apply, persist, record - and
-its outcome is recorded in a `finally` (status, one canonical log line, audit records).
+Each pass is the same ordered list of steps - build, compile, plan, apply, persist, record -
+and its outcome is recorded in a `finally` (status, one canonical log line, audit records).
+Build and compile are the pure half (`aofd.plan`); a revision with any error from either is
+rejected whole. A listener that could not start is retried by a later pass (after
+`LISTENER_RETRY_S`), since the plan starts every listener the runtime does not report running.
 """
 
 from __future__ import annotations
@@ -21,28 +24,27 @@ from typing import Any, Protocol
 import structlog
 
 from aofd import errors
+from aofd.plan import compiler
 from aofd.plan import desired as desired_mod
 from aofd.plan import diff as diff_mod
 from aofd.reconcile import state as state_mod
 from aofd.reconcile import status as status_mod
 from aofd.resources import ids, snapshot
+from aofd.runtime import applier as applier_mod
 from aofd.runtime import ports
 
 log = structlog.get_logger("aofd.reconcile")
 
+ApplyOutcome = applier_mod.ApplyOutcome
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ApplyOutcome:
-    """What the runtime made of a revision: resources it could not run, and why."""
-
-    stalled: Mapping[ids.ResourceKey, str] = dataclasses.field(default_factory=dict)
-    reasons: Mapping[ids.ResourceKey, str] = dataclasses.field(default_factory=dict)
+LISTENER_RETRY_S = 30.0
+"""Seconds before a pass retries the listeners that did not start."""
 
 
 class Applier(Protocol):
-    """The effectful half of a pass: make the runtime match `desired` (make-before-break)."""
+    """The effectful half of a pass: execute the plan (it carries its compiled revision)."""
 
-    async def apply(self, desired: desired_mod.DesiredState, plan: diff_mod.Plan) -> ApplyOutcome: ...
+    async def apply(self, plan: diff_mod.Plan) -> applier_mod.ApplyOutcome: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class Reconciler:
         audit: ports.AuditSink,
         variables: Callable[[], Mapping[str, str]],
         allow: Sequence[str],
+        options: compiler.Options | None = None,
         on_pass: Callable[[status_mod.PassSummary], Awaitable[None] | None] | None = None,
     ) -> None:
         self._sources = {s.name: s for s in sources}
@@ -72,12 +75,16 @@ class Reconciler:
         self._variables = variables
         self._allow = tuple(allow)
         self._on_pass = on_pass
+        self._options = options or compiler.Options()
         self._cache = desired_mod.ParseCache()
+        self._compile_cache = compiler.Cache()
+        self._retry_at: float | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._snapshots: dict[str, snapshot.Snapshot] = {}
         self._applied_snapshots: dict[str, snapshot.Snapshot] = {}
         self.applied: desired_mod.DesiredState | None = None
+        self.compiled: compiler.Compiled | None = None
         self.inventory = diff_mod.Inventory.empty()
         self.conditions: dict[ids.ResourceKey, status_mod.Condition] = {}
         self.last_pass: status_mod.PassSummary | None = None
@@ -127,11 +134,18 @@ class Reconciler:
     async def run(self, *, stop: asyncio.Event) -> None:
         """Run passes until `stop` is set; triggers during a pass give one follow-up pass."""
         stop_wait = asyncio.ensure_future(stop.wait())
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 wake_wait = asyncio.ensure_future(self._wake.wait())
+                retry_in = None if self._retry_at is None else max(0.0, self._retry_at - loop.time())
                 try:
-                    await asyncio.wait({stop_wait, wake_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {stop_wait, wake_wait}, timeout=retry_in, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if retry_in is not None and not wake_wait.done() and not stop.is_set():
+                        self._retry_at = None
+                        self._wake.set()
                 finally:
                     if not wake_wait.done():
                         wake_wait.cancel()
@@ -201,15 +215,16 @@ class Reconciler:
             undefined="error",
             cache=self._cache,
         )
+        compiled = compiler.build(desired, options=self._options, cache=self._compile_cache)
         now = time.time()
         for name, snap in snaps.items():
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(old, last_attempted=snap.revision, attempted_at=now)
 
-        if not desired.ok:
-            return await self._reject(desired, snaps, started)
+        if not compiled.ok:
+            return await self._reject(compiled, snaps, started)
 
-        plan = diff_mod.compute(desired, self.inventory)
+        plan = diff_mod.compute(compiled, self.inventory)
         counts = plan.counts()
         if plan.is_noop() and self.applied is not None and self.applied.revision == desired.revision:
             await self._back_to_applied()
@@ -217,15 +232,18 @@ class Reconciler:
                 revision=desired.revision,
                 outcome="unchanged",
                 unchanged=counts.get("unchanged", 0),
-                issues=tuple(i for i in desired.issues if not i.is_error),
+                issues=compiled.warnings,
                 duration_s=time.monotonic() - started,
                 at=time.time(),
             )
 
-        outcome = await self._applier.apply(desired, plan)
+        outcome = await self._applier.apply(plan)
         previous = self.applied
         self.applied = desired
-        self.inventory = diff_mod.Inventory.of(desired)
+        self.compiled = compiled
+        self.inventory = diff_mod.Inventory.of(desired, listeners=outcome.listeners)
+        failed = set(compiled.listeners) - set(outcome.listeners)
+        self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S if failed else None
         self._applied_snapshots = snaps
         self.conditions = status_mod.conditions_after_apply(
             keys=desired.resources.keys(),
@@ -254,7 +272,7 @@ class Reconciler:
             deleted=counts.get("delete", 0),
             unchanged=counts.get("unchanged", 0),
             failed=len(outcome.stalled),
-            issues=tuple(i for i in desired.issues if not i.is_error),
+            issues=compiled.warnings,
             duration_s=time.monotonic() - started,
             at=time.time(),
         )
@@ -273,9 +291,10 @@ class Reconciler:
             await self._save()
 
     async def _reject(
-        self, desired: desired_mod.DesiredState, snaps: Mapping[str, snapshot.Snapshot], started: float
+        self, compiled: compiler.Compiled, snaps: Mapping[str, snapshot.Snapshot], started: float
     ) -> status_mod.PassSummary:
-        errs = tuple(i for i in desired.issues if i.is_error)
+        desired = compiled.desired
+        errs = compiled.errors
         for name in snaps:
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(
@@ -293,7 +312,7 @@ class Reconciler:
             revision=desired.revision,
             outcome="rejected",
             failed=len(errs),
-            issues=desired.issues,
+            issues=compiled.issues,
             duration_s=time.monotonic() - started,
             at=time.time(),
         )

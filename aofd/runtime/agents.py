@@ -1,10 +1,9 @@
 """One agent answering one prompt: the model call and the tool-use loop.
 
-This module owns `AgentSpec` (the runtime's frozen view of an Agent, a fleet's inline agent
-or a flow's inline agent), `RunScope` (what one flow run lends its agents: run id,
-Context, user, origin, deadline, the Context's max-tokens cap and the usage tally) and
-`AgentRunner.run`, the loop: call the model with the instructions as system prompt and
-the built-in tools; run each requested tool through the guard (`tools.Toolbox`); feed the
+This module owns `RunScope` (what one flow run lends its agents: run id, Context, user,
+origin, deadline, the Context's max-tokens cap and the usage tally) and `AgentRunner.run`
+for a compiled `aofd.specs.flows.AgentSpec`, the loop: call the model with the instructions
+as system prompt and the built-in tools; run each requested tool through the guard (`tools.Toolbox`); feed the
 results back; stop at a final answer or after `max_iterations` model turns. Model errors
 are retried with backoff inside the run's deadline (`base.complete_with_retry`).
 
@@ -16,76 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import structlog
 
+from aofd import errors
 from aofd.runtime import ports, tools
 from aofd.runtime.providers import base, registry
+from aofd.specs import flows
 
 log = structlog.get_logger()
 
 DEFAULT_MAX_TOKENS = 4096
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AgentSpec:
-    """An agent as the runtime needs it, whatever resource it came from."""
-
-    name: str
-    model: str
-    provider: str | None = None
-    instructions: str = ""
-    tools: tuple[Any, ...] = ()
-    max_iterations: int = 10
-    temperature: float | None = 0.7
-    max_tokens: int | None = None
-
-    @property
-    def model_ref(self) -> base.ModelRef:
-        return base.parse_model(self.model, self.provider)
-
-
-def agent_spec(name: str, spec: Any) -> AgentSpec:
-    """An `AgentSpec` from a pydantic spec (Agent, fleet inline, flow inline) or a plain mapping."""
-    data = as_data(spec)
-    return AgentSpec(
-        name=name,
-        model=str(data.get("model") or ""),
-        provider=_opt_str(data.get("provider")),
-        instructions=str(data.get("instructions") or data.get("system_prompt") or ""),
-        tools=tuple(data.get("tools") or ()),
-        max_iterations=int(data.get("max_iterations") or 10),
-        temperature=_opt_float(data.get("temperature", 0.7)),
-        max_tokens=_opt_int(data.get("max_tokens")),
-    )
-
-
-def as_data(obj: Any) -> Mapping[str, Any]:
-    """A pydantic model as its JSON-able snake_case dict; a mapping as itself."""
-    if obj is None:
-        return {}
-    if isinstance(obj, Mapping):
-        return obj
-    dump = getattr(obj, "model_dump", None)
-    if dump is not None:
-        data = dump(mode="json", by_alias=True)
-        if isinstance(data, dict):
-            return data
-    raise TypeError(f"cannot read {type(obj).__name__} as a mapping")
-
-
-def _opt_str(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
-
-
-def _opt_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _opt_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,7 +68,7 @@ class AgentResult:
     unknown_tools: tuple[str, ...] = ()
 
 
-class AgentFailed(Exception):
+class AgentFailed(errors.RunFailed):
     """The agent could not produce an answer (model error after retries, unknown provider)."""
 
 
@@ -150,14 +91,14 @@ class AgentRunner:
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    def max_tokens(self, agent: AgentSpec, scope: RunScope) -> int:
+    def max_tokens(self, agent: flows.AgentSpec, scope: RunScope) -> int:
         """The agent's `max_tokens` (default 4096), capped by `limits.max_tokens_per_request`."""
         wanted = agent.max_tokens or DEFAULT_MAX_TOKENS
         if scope.max_tokens_cap is not None:
             return max(1, min(wanted, scope.max_tokens_cap))
         return wanted
 
-    async def run(self, agent: AgentSpec, prompt: str, scope: RunScope) -> AgentResult:
+    async def run(self, agent: flows.AgentSpec, prompt: str, scope: RunScope) -> AgentResult:
         """Answer `prompt` as `agent`, using its tools through the guard. Raises `AgentFailed`."""
         ref = agent.model_ref
         problem = self._providers.problem(agent.model, agent.provider)
@@ -167,7 +108,8 @@ class AgentRunner:
             provider = self._providers.get(ref.provider)
         except base.ModelError as exc:
             raise AgentFailed(f"agent {agent.name}: {exc}") from exc
-        offered, unknown = tools.resolve(agent.tools)
+        offered = tools.offered(agent.tools)
+        unknown = agent.unknown_tools
         by_name = {t.name: t for t in offered}
         for alias in ("bash", "sh"):
             if "shell" in by_name:

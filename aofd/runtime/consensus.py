@@ -34,41 +34,12 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aofd.specs import flows
+
 ALGORITHMS = ("majority", "unanimous", "weighted", "first_wins", "human_review")
 
 _WS = re.compile(r"\s+")
 _TRAILING = ".!?;:,\u3002"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Config:
-    """`coordination.consensus` as the runtime uses it."""
-
-    algorithm: str = "majority"
-    min_votes: int | None = None
-    timeout_ms: int | None = None
-    allow_partial: bool = False
-    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    min_confidence: float | None = None
-
-
-def config_from(data: Mapping[str, Any] | None) -> Config:
-    """A `Config` from the snake_case consensus mapping (None gives the majority default)."""
-    if not data:
-        return Config()
-    algorithm = str(data.get("algorithm") or "majority").lower().replace("-", "_")
-    if algorithm == "firstwins":
-        algorithm = "first_wins"
-    if algorithm == "humanreview":
-        algorithm = "human_review"
-    return Config(
-        algorithm=algorithm,
-        min_votes=data.get("min_votes"),
-        timeout_ms=data.get("timeout_ms"),
-        allow_partial=bool(data.get("allow_partial", False)),
-        weights={str(k): float(v) for k, v in (data.get("weights") or {}).items()},
-        min_confidence=data.get("min_confidence"),
-    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -161,7 +132,7 @@ def key_of(answer: str) -> tuple[str, float | None]:
     return normalize(answer), None
 
 
-def decide(votes: Sequence[Vote], config: Config) -> Result:
+def decide(votes: Sequence[Vote], config: flows.Consensus) -> Result:
     """Decide the consensus of `votes` (in arrival order) under `config`; see the module docstring."""
     expected = len(votes)
     answered = [v for v in votes if v.answered]
@@ -274,7 +245,7 @@ def decide(votes: Sequence[Vote], config: Config) -> Result:
     )
 
 
-def _with_confidence(res: Result, config: Config) -> Result:
+def _with_confidence(res: Result, config: flows.Consensus) -> Result:
     if config.min_confidence is not None and res.confidence < config.min_confidence:
         return dataclasses.replace(
             res,

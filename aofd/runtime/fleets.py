@@ -1,8 +1,8 @@
 """Running an AgentFleet: the coordination modes, on top of `agents.AgentRunner` and `consensus`.
 
-This module owns `FleetSpec` (the runtime's view of an AgentFleet, members by name or
-inline), `ApprovalGate` (the port through which human review and Approval nodes reach the
-approvals store), and `FleetRunner.run` for every mode:
+This module owns `ApprovalGate` (the port through which human review and Approval nodes
+reach the approvals store) and `FleetRunner.run` of a compiled `aofd.specs.flows.FleetSpec`,
+for every mode:
 
 - peer: every member (and replica) answers in parallel; `aggregation` consensus (default),
   merge, or manager_synthesis (the manager writes the answer from the others').
@@ -36,10 +36,11 @@ import random
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
+from aofd import errors
 from aofd.runtime import agents, consensus, ports
+from aofd.specs import flows
 
 ApprovalStatus = Literal["approved", "denied", "expired"]
-ConsensusConfig = consensus.Config
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,96 +73,8 @@ class ApprovalGate(Protocol):
     async def request(self, request: ApprovalRequest) -> ApprovalDecision: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Member:
-    name: str
-    agent: agents.AgentSpec
-    role: str = "worker"
-    tier: int | None = None
-    weight: float | None = None
-    replicas: int = 1
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FleetSpec:
-    name: str
-    members: tuple[Member, ...]
-    mode: str = "peer"
-    manager: str | None = None
-    distribution: str = "round-robin"
-    consensus: ConsensusConfig | None = None
-    aggregation: str | None = None
-    tier_consensus: Mapping[str, ConsensusConfig] = dataclasses.field(default_factory=dict)
-    pass_all_results: bool = False
-    final_aggregation: str = "consensus"
-    deep_max_iterations: int = 10
-    deep_planning: bool = True
-    planner_prompt: str | None = None
-    synthesizer_prompt: str | None = None
-
-    def member(self, name: str) -> Member | None:
-        return next((m for m in self.members if m.name == name), None)
-
-    def manager_member(self) -> Member | None:
-        if self.manager:
-            return self.member(self.manager)
-        return next((m for m in self.members if m.role == "manager"), None)
-
-
-class FleetFailed(Exception):
+class FleetFailed(errors.RunFailed):
     """The fleet produced no answer (no consensus, a pipeline stage failed, ...)."""
-
-
-def fleet_spec(name: str, spec: Any, agent_specs: Mapping[str, agents.AgentSpec]) -> FleetSpec:
-    """A `FleetSpec` from an AgentFleet spec (pydantic or mapping); members by name use `agent_specs`."""
-    data = agents.as_data(spec)
-    members: list[Member] = []
-    for raw in data.get("agents") or ():
-        m = agents.as_data(raw)
-        member_name = str(m["name"])
-        if m.get("spec"):
-            agent = agents.agent_spec(member_name, m["spec"])
-        elif member_name in agent_specs:
-            agent = dataclasses.replace(agent_specs[member_name], name=member_name)
-        elif m.get("config"):
-            raise FleetFailed(
-                f"fleet {name}: member {member_name} points at a file ({m['config']}); "
-                "aofd resolves members by Agent name or inline spec"
-            )
-        else:
-            raise FleetFailed(f"fleet {name}: member {member_name} names no Agent this binding resolves")
-        weight = m.get("weight")
-        members.append(
-            Member(
-                name=member_name,
-                agent=agent,
-                role=str(m.get("role") or "worker").lower(),
-                tier=m.get("tier"),
-                weight=float(weight) if weight is not None else None,
-                replicas=int(m.get("replicas") or 1),
-            )
-        )
-    coord = agents.as_data(data.get("coordination"))
-    tiered = agents.as_data(coord.get("tiered"))
-    deep = agents.as_data(coord.get("deep"))
-    return FleetSpec(
-        name=name,
-        members=tuple(members),
-        mode=str(coord.get("mode") or "peer").lower(),
-        manager=coord.get("manager"),
-        distribution=str(coord.get("distribution") or "round-robin").lower(),
-        consensus=consensus.config_from(coord["consensus"]) if coord.get("consensus") else None,
-        aggregation=str(coord["aggregation"]).lower() if coord.get("aggregation") else None,
-        tier_consensus={
-            str(k): consensus.config_from(v) for k, v in (tiered.get("tier_consensus") or {}).items()
-        },
-        pass_all_results=bool(tiered.get("pass_all_results", False)),
-        final_aggregation=str(tiered.get("final_aggregation") or "consensus").lower(),
-        deep_max_iterations=int(deep.get("max_iterations") or 10),
-        deep_planning=bool(deep.get("planning", True)),
-        planner_prompt=deep.get("planner_prompt"),
-        synthesizer_prompt=deep.get("synthesizer_prompt"),
-    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,7 +86,7 @@ class FleetResult:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Answer:
-    member: Member
+    member: flows.Member
     label: str
     text: str | None
     error: str | None = None
@@ -201,7 +114,7 @@ class FleetRunner:
         self._load: dict[str, dict[str, int]] = {}
         self._turns: dict[str, itertools.count[int]] = {}
 
-    async def run(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def run(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         """Run `task` on `fleet` in its coordination mode. Raises `FleetFailed` or `agents.AgentFailed`."""
         if not fleet.members:
             raise FleetFailed(f"fleet {fleet.name} has no agents")
@@ -222,13 +135,13 @@ class FleetRunner:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    async def _ask(self, member: Member, prompt: str, scope: agents.RunScope) -> str:
+    async def _ask(self, member: flows.Member, prompt: str, scope: agents.RunScope) -> str:
         result = await self._agents.run(member.agent, prompt, scope)
         return result.text
 
     async def _gather(
         self,
-        jobs: list[tuple[Member, str, str]],
+        jobs: list[tuple[flows.Member, str, str]],
         scope: agents.RunScope,
         timeout_ms: int | None,
     ) -> list[_Answer]:
@@ -236,7 +149,7 @@ class FleetRunner:
         arrived: list[_Answer] = []
         timeout = timeout_ms / 1000.0 if timeout_ms else None
 
-        async def one(member: Member, label: str, prompt: str) -> None:
+        async def one(member: flows.Member, label: str, prompt: str) -> None:
             try:
                 async with asyncio.timeout(timeout):
                     text = await self._ask(member, prompt, scope)
@@ -256,9 +169,9 @@ class FleetRunner:
 
     async def _vote(
         self,
-        fleet: FleetSpec,
+        fleet: flows.FleetSpec,
         answers: list[_Answer],
-        config: consensus.Config,
+        config: flows.Consensus,
         scope: agents.RunScope,
         *,
         what: str,
@@ -300,7 +213,7 @@ class FleetRunner:
         )
 
     @staticmethod
-    def _needs_review_text(fleet: FleetSpec, result: consensus.Result, answers: list[_Answer]) -> str:
+    def _needs_review_text(fleet: flows.FleetSpec, result: consensus.Result, answers: list[_Answer]) -> str:
         listing = "\n".join(
             f"- {a.label}: {a.text if a.text is not None else '(' + (a.error or 'no answer') + ')'}"
             for a in answers
@@ -310,14 +223,14 @@ class FleetRunner:
             f"Suggested answer: {result.answer}\n\nAll answers:\n{listing}"
         )
 
-    def _consensus_failure(self, fleet: FleetSpec, result: consensus.Result, what: str) -> FleetFailed:
+    def _consensus_failure(self, fleet: flows.FleetSpec, result: consensus.Result, what: str) -> FleetFailed:
         return FleetFailed(
             f"fleet {fleet.name}: no consensus on {what} ({result.algorithm}): {result.reason}"
         )
 
     # --- modes -------------------------------------------------------------------------------
 
-    async def _peer(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def _peer(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         aggregation = fleet.aggregation or "consensus"
         manager = fleet.manager_member() if aggregation == "manager_synthesis" else None
         peers = [m for m in fleet.members if m is not manager]
@@ -326,7 +239,7 @@ class FleetRunner:
             for m in peers
             for i in range(m.replicas)
         ]
-        config = fleet.consensus or consensus.Config()
+        config = fleet.consensus or flows.Consensus()
         answers = await self._gather(jobs, scope, config.timeout_ms)
         detail: dict[str, Any] = {
             "answers": {a.label: a.text if a.text is not None else None for a in answers}
@@ -356,7 +269,7 @@ class FleetRunner:
             raise self._consensus_failure(fleet, result, "the peers' answers")
         return FleetResult(answer, "peer", detail)
 
-    async def _hierarchical(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def _hierarchical(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         manager = fleet.manager_member()
         if manager is None:
             raise FleetFailed(f"fleet {fleet.name}: hierarchical mode needs a manager")
@@ -388,7 +301,7 @@ class FleetRunner:
         }
         return FleetResult(synth, "hierarchical", detail)
 
-    async def _pipeline(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def _pipeline(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         previous: str | None = None
         stages: list[dict[str, Any]] = []
         for member in fleet.members:
@@ -404,7 +317,7 @@ class FleetRunner:
             stages.append({"agent": member.name, "output": previous})
         return FleetResult(previous or "", "pipeline", {"stages": stages})
 
-    async def _swarm(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def _swarm(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         load = self._load.setdefault(fleet.name, {})
         if fleet.distribution == "random":
             member = self._rng.choice(fleet.members)
@@ -420,9 +333,9 @@ class FleetRunner:
             load[member.name] -= 1
         return FleetResult(text, "swarm", {"agent": member.name})
 
-    async def _tiered(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def _tiered(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         manager = fleet.manager_member() if fleet.final_aggregation == "manager_synthesis" else None
-        tiers: dict[int, list[Member]] = {}
+        tiers: dict[int, list[flows.Member]] = {}
         for m in fleet.members:
             if m is manager and m.tier is None:
                 continue  # the synthesizing manager does not vote in tier 1 unless placed in a tier
@@ -431,7 +344,7 @@ class FleetRunner:
         tier_results: list[dict[str, Any]] = []
         last_answer: str | None = None
         for tier in sorted(tiers):
-            config = fleet.tier_consensus.get(str(tier)) or fleet.consensus or consensus.Config()
+            config = fleet.tier_consensus.get(str(tier)) or fleet.consensus or flows.Consensus()
             jobs = [(m, m.name, prompt) for m in tiers[tier]]
             answers = await self._gather(jobs, scope, config.timeout_ms)
             result, answer = await self._vote(fleet, answers, config, scope, what=f"tier {tier}")
@@ -483,7 +396,7 @@ class FleetRunner:
             raise FleetFailed(f"fleet {fleet.name}: the last tier reached no consensus")
         return FleetResult(last_answer, "tiered", detail)
 
-    async def _deep(self, fleet: FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
+    async def _deep(self, fleet: flows.FleetSpec, task: str, scope: agents.RunScope) -> FleetResult:
         planner = fleet.manager_member() or fleet.members[0]
         executors = [m for m in fleet.members if m is not planner] or [planner]
         goal = task
@@ -525,7 +438,7 @@ class FleetRunner:
         return FleetResult(conclusion, "deep", detail)
 
 
-def _in_order(answers: list[_Answer], jobs: list[tuple[Member, str, str]]) -> list[_Answer]:
+def _in_order(answers: list[_Answer], jobs: list[tuple[flows.Member, str, str]]) -> list[_Answer]:
     """Answers in the fleet's declared order (arrival order is for first_wins only)."""
     rank = {label: i for i, (_m, label, _p) in enumerate(jobs)}
     return sorted(answers, key=lambda a: rank.get(a.label, len(rank)))
@@ -557,7 +470,9 @@ def _synthesis_prompt(task: str, answers: list[_Answer], assignments: Mapping[st
     )
 
 
-def _assignments(plan_text: str, workers: list[Member], task: str) -> tuple[list[tuple[str, str]], bool]:
+def _assignments(
+    plan_text: str, workers: list[flows.Member], task: str
+) -> tuple[list[tuple[str, str]], bool]:
     """(worker, sub-task) pairs from the manager's plan; all workers get the task if the plan is unusable."""
     plan = consensus.json_object(plan_text, "assignments")
     names = {w.name for w in workers}

@@ -4,7 +4,7 @@ This module owns the order of a command's life and its audit trail (RELIABILITY.
 1.5 and 3.2; DESIGN.md section 2, "guard (context: policy, approval, limits) -> tools -> audit"):
 
 1. `command.requested` is audited (every attempt, even one that does not parse);
-2. the argv is tokenized and the policy evaluated (`aofd.runtime.policy`); a refusal is
+2. the argv is tokenized and the policy evaluated (`aofd.specs.policy`); a refusal is
    audited as `command.denied` and returned as a `Denial` whose reason is safe to show;
 3. when the Context's approval rules ask for it, an `ApprovalRequest` is opened, posted to
    the origin by `approval_requester`, and awaited; `approval.requested`, `approval.granted`,
@@ -37,7 +37,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aofd import errors
-from aofd.runtime import approvals, commands, limits, policy, ports
+from aofd.runtime import approvals, commands, limits, ports
+from aofd.specs import policy
 
 ApprovalRequester = Callable[[approvals.ApprovalRequest], Awaitable[None]]
 """Posts the approval prompt (argv rendered with `ApprovalRequest.rendered_argv()`) to its origin."""
@@ -118,7 +119,9 @@ class CommandGuard:
         audit: ports.AuditSink,
         approval_requester: ApprovalRequester,
         policy_provider: PolicyProvider,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_refused = on_refused  # (context) for every rate-limit refusal; metrics
         self._runner = runner
         self._limits = limits
         self._approvals = approvals
@@ -285,9 +288,6 @@ class CommandGuard:
         )
         if problem is not None:
             return await self._deny(request, cid, problem, "kubeconfig", "kubeconfig", pol=now, verdict=again)
-        env_problems = commands.env_problems(now.env_map)
-        if env_problems:
-            return await self._deny(request, cid, env_problems[0], "env", "policy", pol=now, verdict=again)
 
         return await self._execute(request, cid, now, again, approvers)
 
@@ -549,6 +549,8 @@ class CommandGuard:
         got = self._limits.admit(context_name, pol.limits)
         if isinstance(got, limits.Lease):
             return got
+        if self._on_refused is not None:
+            self._on_refused(context_name)
         if got.audit:
             record = {
                 "event": {
@@ -570,3 +572,13 @@ class CommandGuard:
             }
             await self._write_quietly(context_name, record)
         return Denial(got.reason, got.limit, "limits")
+
+
+class Decider:
+    """`listeners.base.ApprovalDecider` over the guard: clicks from chat platforms reach `decide`."""
+
+    def __init__(self, guard: CommandGuard) -> None:
+        self._guard = guard
+
+    async def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object:
+        return await self._guard.decide(request_id, user=user, approve=approve, action_id=action_id)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from aofd.runtime import policy
+from aofd.specs import policy
 
 MINUTE = 60.0
 HOUR = 3600.0

@@ -1,9 +1,11 @@
 """The seams of the runtime: small Protocols and value types shared by listeners, the
-router, the flow engine and the command guard.
+dispatcher, the flow engine and the command guard.
 
 The runtime never imports the audit package (DESIGN.md section 3 keeps source, runtime
 and audit independent); it writes audit records through `AuditSink`, which the daemon
-wires to `aofd.audit`. Likewise replies go out through `Replier`, implemented per platform.
+wires to `aofd.audit`. Likewise replies go out through `Replier`, implemented per platform,
+and listeners hand events to the `Dispatch` port (`aofd.runtime.dispatch.Dispatcher`), so no
+listener module depends on routing or on another listener.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 
 class UserRef(NamedTuple):
@@ -70,7 +72,66 @@ class AuditSink(Protocol):
     async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None: ...
 
 
+class AuditLogs(Protocol):
+    """Opening a Context's audit log before its bindings take events (`aofd.audit.journal.AuditLog`).
+
+    `open_context` is idempotent; it returns why the Context's `audit.log_path` was ignored (or
+    None) and raises `aofd.errors.AuditUnavailable` when the log cannot be opened.
+    """
+
+    async def open_context(self, context: str, *, log_path: str | None = None) -> str | None: ...
+
+
 class Replier(Protocol):
     """Post text back to where an event came from (escaping is the replier's job)."""
 
     async def reply(self, target: ReplyTarget, text: str) -> None: ...
+
+
+NO_MATCH_TEXT = "No flow is bound to this channel."
+"""What a chat platform is told when no binding takes its message (never a random binding)."""
+
+STALLED_TEXT = "This bot cannot run flows right now; the operators can see why in aofd's status."
+"""What a chat platform is told when the binding that takes its message cannot run on this host now."""
+
+Outcome = Literal["started", "no_match", "filtered", "unknown_trigger", "stalled", "error"]
+
+
+class RouteOutcome(NamedTuple):
+    """What happened to one event: started (with binding and run id), or why not.
+
+    A named tuple: one is built for every event, and it is cheaper than a frozen dataclass.
+    """
+
+    outcome: Outcome
+    binding: str = ""
+    context: str = ""
+    run_id: str = ""
+    score: int = 0
+    detail: str = ""
+
+    @property
+    def started(self) -> bool:
+        return self.outcome == "started"
+
+
+class Dispatch(Protocol):
+    """Where listeners hand verified, de-duplicated events (`aofd.runtime.dispatch.Dispatcher`)."""
+
+    def dispatch(self, message: EventMessage, *, reply_on_no_match: bool = False) -> RouteOutcome:
+        """Route `message` and start the chosen binding's flow; never raises, never blocks."""
+
+    def contexts_for(self, trigger: str) -> tuple[str, ...]:
+        """The Contexts of the current bindings of `trigger` (where its rejections are audited)."""
+
+
+class ChatReplier(Protocol):
+    """Posts to one chat platform with one trigger's credentials (built in `aofd.runtime.replies`)."""
+
+    async def reply(self, target: ReplyTarget, text: str) -> None: ...
+
+    async def ask_approval(
+        self, target: ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...

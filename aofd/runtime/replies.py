@@ -22,7 +22,8 @@ the token in the URL) and must not choose where to post: the target comes from t
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import structlog
@@ -31,9 +32,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from aofd import errors
 from aofd.runtime import ports
-
-if TYPE_CHECKING:
-    from aofd.runtime import routing
 
 log = structlog.get_logger()
 
@@ -222,17 +220,20 @@ NO_CHAT_PLATFORMS = frozenset({"http", "pagerduty", "github", "schedule", "cli"}
 
 
 class MultiReplier:
-    """`ports.Replier` for every platform: posts through the current listener of the target's trigger."""
+    """`ports.Replier` for every platform: posts through the current listener of the target's trigger.
 
-    def __init__(self, *, switchboard: routing.Switchboard) -> None:
-        self._switchboard = switchboard
+    `lookup(trigger)` is the chat replier of that trigger's listener in the current routing table
+    (`routing.Switchboard.replier`), or None.
+    """
 
-    def _replier(self, target: ports.ReplyTarget) -> Any:
+    def __init__(self, *, lookup: Callable[[str], ports.ChatReplier | None]) -> None:
+        self._lookup = lookup
+
+    def _replier(self, target: ports.ReplyTarget) -> ports.ChatReplier | None:
         if target.platform in NO_CHAT_PLATFORMS:
             return None
-        listener = self._switchboard.current.listeners.get(target.trigger)
-        replier = getattr(listener, "replier", None)
-        if listener is None or replier is None:
+        replier = self._lookup(target.trigger)
+        if replier is None:
             log.warning("reply.no_listener", platform=target.platform, trigger=target.trigger)
         return replier
 

@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aofd import errors
-from aofd.runtime import guard, http_policy, policy, ports
+from aofd.runtime import guard, ports
 from aofd.runtime.providers import base
+from aofd.specs import flows, http_policy, policy
 
 MAX_TOOL_OUTPUT = 16_000
 """Characters of a command's output returned to the model (the head is kept, the rest noted)."""
@@ -101,8 +102,13 @@ CLI_TOOLS: Mapping[str, str] = {
     "terraform": 'Run terraform. Give the arguments after "terraform".',
     "aws": 'Run the aws CLI. Give the arguments after "aws".',
 }
-SHELL_ALIASES = frozenset({"shell", "bash", "sh"})
-HTTP_ALIASES = frozenset({"http", "http_request"})
+"""The description each CLI tool of `aofd.specs.flows.CLI_TOOLS` is offered with."""
+
+_SHELL_DESCRIPTION = (
+    "Run one program with arguments in this environment (no shell: pipes, redirects, ';' and "
+    'interpreters are refused). Give the full argv, e.g. {"args": ["df", "-h"]}.'
+)
+_HTTP_DESCRIPTION = "Make one HTTP request (http/https only, redirects not followed) and return the response."
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,51 +121,20 @@ class Tool:
 
 
 def builtin(name: str) -> Tool | None:
-    """The built-in tool called `name` (upstream names accepted), or None."""
-    key = name.strip().lower()
-    if key in CLI_TOOLS:
+    """The built-in tool called `name` (upstream names accepted: `bash` is `shell`), or None."""
+    key = flows.canonical_tool(name)
+    if key is not None and key in CLI_TOOLS:
         return Tool(key, "cli", base.ToolSchema(key, CLI_TOOLS[key], _ARGV_SCHEMA))
-    if key in SHELL_ALIASES:
-        description = (
-            "Run one program with arguments in this environment (no shell: pipes, redirects, ';' and "
-            'interpreters are refused). Give the full argv, e.g. {"args": ["df", "-h"]}.'
-        )
-        return Tool("shell", "shell", base.ToolSchema("shell", description, _ARGV_SCHEMA))
-    if key in HTTP_ALIASES:
-        description = (
-            "Make one HTTP request (http/https only, redirects not followed) and return the response."
-        )
-        return Tool("http", "http", base.ToolSchema("http", description, _HTTP_SCHEMA))
+    if key == "shell":
+        return Tool("shell", "shell", base.ToolSchema("shell", _SHELL_DESCRIPTION, _ARGV_SCHEMA))
+    if key == "http":
+        return Tool("http", "http", base.ToolSchema("http", _HTTP_DESCRIPTION, _HTTP_SCHEMA))
     return None
 
 
-def tool_names(specs: Sequence[Any]) -> list[str]:
-    """Tool names from an agent's `tools` (names, `{name: ...}` or `{type: Shell|HTTP}`)."""
-    names: list[str] = []
-    for spec in specs:
-        if isinstance(spec, str):
-            names.append(spec)
-        elif isinstance(spec, Mapping):
-            if spec.get("name"):
-                if spec.get("enabled", True) is not False:
-                    names.append(str(spec["name"]))
-            elif spec.get("type"):
-                kind = str(spec["type"]).lower()
-                names.append({"shell": "shell", "http": "http"}.get(kind, f"{kind}:unsupported"))
-    return names
-
-
-def resolve(specs: Sequence[Any]) -> tuple[tuple[Tool, ...], tuple[str, ...]]:
-    """The built-in tools an agent's `tools` name, and the names aofd has no built-in for."""
-    found: dict[str, Tool] = {}
-    unknown: list[str] = []
-    for name in tool_names(specs):
-        tool = builtin(name)
-        if tool is None:
-            unknown.append(name)
-        else:
-            found.setdefault(tool.name, tool)
-    return tuple(found.values()), tuple(unknown)
+def offered(names: Sequence[str]) -> tuple[Tool, ...]:
+    """The tools a compiled agent is offered (`AgentSpec.tools`: built-in names, once each)."""
+    return tuple(tool for tool in map(builtin, names) if tool is not None)
 
 
 def argv_for(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...]:

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aofd.plan import desired as desired_mod
 from aofd.plan import diff as diff_mod
 from aofd.reconcile import loop, state
 from aofd.resources import ids, snapshot
+from aofd.testing import recorders
 
 CONTEXT = """\
 apiVersion: aof.dev/v1
@@ -76,26 +76,23 @@ def snap(contents: Mapping[str, str], name: str = "main") -> snapshot.Snapshot:
 
 
 class RecordingApplier:
-    """Records what it was asked to apply; can report stalled resources."""
+    """Records what it was asked to apply; can report stalled resources; every listener starts."""
 
     def __init__(self) -> None:
         self.applied: list[tuple[str, dict[str, int]]] = []
         self.stalled: dict[ids.ResourceKey, str] = {}
         self.gate: asyncio.Event | None = None
 
-    async def apply(self, desired: desired_mod.DesiredState, plan: diff_mod.Plan) -> loop.ApplyOutcome:
+    async def apply(self, plan: diff_mod.Plan) -> loop.ApplyOutcome:
         if self.gate is not None:
             await self.gate.wait()
-        self.applied.append((desired.revision, plan.counts()))
-        return loop.ApplyOutcome(stalled=dict(self.stalled))
+        assert plan.compiled is not None
+        self.applied.append((plan.revision, plan.counts()))
+        running = {name: spec.digest for name, spec in plan.compiled.listeners.items()}
+        return loop.ApplyOutcome(stalled=dict(self.stalled), listeners=running)
 
 
-class RecordingAudit:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
-        self.records.append((context, dict(record)))
+RecordingAudit = recorders.RecordingAudit
 
 
 def make(

@@ -2,13 +2,14 @@
 
 Owns
 
-- `Listener`: one per enabled Trigger, shared by every binding that uses it. It has a
-  `trigger_name`, a `platform`, a `config_digest` (the reconciler reuses a listener whose digest
-  did not change), `start()`, `stop(drain=...)` and, for webhook platforms, `handle(request)`.
+- `Listener`: one per served Trigger, shared by every binding that uses it, built from the
+  Trigger's compiled `ListenerSpec` (`aofd.specs.listeners`). It has a `trigger_name`, a
+  `platform`, a `config_digest` (the plan replaces a listener whose digest changed), `start()`,
+  `stop(drain=...)` and, for webhook platforms, `handle(request)`.
 - `WebhookListener`: the request pipeline every webhook platform runs, in this order: method
   allowed -> body capped (`Content-Length`, then while reading; 413 before any HMAC) ->
   platform verification over the raw bytes (`aofd.runtime.verify`) -> parse -> normalize ->
-  dedupe on the platform's delivery id -> `Dispatcher.dispatch`. Every failure answers a status
+  dedupe on the platform's delivery id -> the `ports.Dispatch` port. Every failure answers a status
   with a generic body, never 500, is logged, and is audited as `trigger.rejected` (with
   `event.reason`) in the contexts of the trigger's bindings (throttled: one record per reason
   per second, with the count of suppressed ones).
@@ -18,30 +19,27 @@ Owns
 - `ApprovalDecider`: the small port through which interactive approval clicks reach the guard.
 
 Platform modules subclass these; they must not import each other. This module must not import
-slack_sdk, slack_bolt or apscheduler.
+slack_sdk, slack_bolt or apscheduler, nor anything that routes or starts runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import json.encoder
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import structlog
 from aiohttp import web
 
-from aofd.resources.kinds import base as kinds_base
+from aofd import errors
 from aofd.resources.kinds import trigger as trigger_kind
 from aofd.runtime import dedupe as dedupe_cache
-from aofd.runtime import ports, router, verify
+from aofd.runtime import ports, tasks, verify
 from aofd.settings import PlatformsSpec
-
-if TYPE_CHECKING:
-    from aofd.runtime.listeners import schedule
+from aofd.specs import listeners as listener_specs
 
 log = structlog.get_logger()
 
@@ -65,8 +63,8 @@ GENERIC_BODIES: Mapping[int, str] = {
 }
 
 
-class ListenerError(Exception):
-    """A trigger cannot be served (unsupported type, invalid schedule); says which and why."""
+class ListenerError(errors.Stalled):
+    """A trigger cannot be served on this host (its listener cannot start); its bindings stall."""
 
 
 class ApprovalDecider(Protocol):
@@ -78,18 +76,6 @@ class ApprovalDecider(Protocol):
     """
 
     def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object: ...
-
-
-class ChatReplier(Protocol):
-    """Posts to one chat platform with one trigger's credentials (built in `aofd.runtime.replies`)."""
-
-    async def reply(self, target: ports.ReplyTarget, text: str) -> None: ...
-
-    async def ask_approval(
-        self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
-    ) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class Deps:
@@ -110,11 +96,11 @@ class Deps:
         self,
         *,
         platforms: PlatformsSpec,
-        dispatcher: router.Dispatcher,
+        dispatcher: ports.Dispatch,
         dedupe: dedupe_cache.DedupeCache,
         audit: ports.AuditSink | None,
         approvals: ApprovalDecider | None,
-        scheduler: schedule.ScheduleHub | None = None,
+        scheduler: object = None,
         clock: Callable[[], float] = time.time,
         on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -124,7 +110,7 @@ class Deps:
         self.dedupe = dedupe
         self.audit = audit
         self.approvals = approvals
-        self.scheduler = scheduler
+        self.scheduler = scheduler  # the schedule listener's hub; typed there (listeners are independent)
         self.clock = clock
 
 
@@ -138,25 +124,6 @@ def secret_value(value: object) -> str:
     return str(value)
 
 
-def trigger_model(resource: kinds_base.LoadedResource) -> trigger_kind.Trigger:
-    model = resource.model
-    if not isinstance(model, trigger_kind.Trigger):
-        raise ListenerError(f"{resource.name}: expected a Trigger, got {type(model).__name__}")
-    return model
-
-
-def config_digest(resource: kinds_base.LoadedResource) -> str:
-    """`sha256:` of the Trigger's name and spec after substitution (a rotated secret changes it)."""
-    model = trigger_model(resource)
-    data = {"name": model.metadata.name, "spec": model.spec.model_dump(mode="json")}
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def platform_of(model: trigger_kind.Trigger) -> str:
-    return str(model.spec.type.value).lower()
-
-
 def generic(status: int) -> web.Response:
     """A response with a body that reveals nothing about why."""
     return web.Response(status=status, text=GENERIC_BODIES.get(status, "error"))
@@ -167,17 +134,15 @@ class Listener:
 
     platform: ClassVar[str] = ""
 
-    def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
-        self.resource = resource
-        self.trigger: trigger_kind.Trigger = trigger_model(resource)
-        self.config: trigger_kind.TriggerConfig = self.trigger.spec.config
-        self.trigger_name: str = self.trigger.metadata.name
-        self.config_digest: str = config_digest(resource)
+    def __init__(self, *, spec: listener_specs.ListenerSpec, deps: Deps) -> None:
+        self.spec = spec
+        self.config: trigger_kind.TriggerConfig = spec.config
+        self.trigger_name: str = spec.trigger
+        self.config_digest: str = spec.digest
         self.deps = deps
-        self.replier: ChatReplier | None = None
+        self.replier: ports.ChatReplier | None = None
         self.running = False
-        # Invariant: holds only tasks that have not finished (each removes itself when done).
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: tasks.TaskSet[None] = tasks.TaskSet(f"listener:{spec.trigger}")
         # Invariant: maps reason -> (time of the last audited rejection, suppressed since).
         self._audited: dict[str, tuple[float, int]] = {}
 
@@ -203,31 +168,17 @@ class Listener:
         log.info("listener.stopped", trigger=self.trigger_name, platform=self.platform)
 
     async def drain(self, grace: float) -> None:
-        if not self._tasks:
-            return
-        pending = set(self._tasks)
-        if grace > 0:
-            _done, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await self._tasks.drain(grace)
 
-    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str = "") -> asyncio.Task[None]:
+    def spawn(
+        self, coro: Coroutine[Any, Any, None], *, name: str = "", key: str | None = None
+    ) -> asyncio.Task[None]:
         """Run `coro` in a task owned by this listener (awaited or cancelled by `stop`)."""
-        task = asyncio.get_running_loop().create_task(coro, name=name or None)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
+        return self._tasks.spawn(coro, name=name or None, key=key)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "listener.task_failed",
-                trigger=self.trigger_name,
-                platform=self.platform,
-                error=repr(task.exception()),
-            )
+    async def cancel(self, key: str) -> None:
+        """Cancel the task spawned under `key` (a polling loop) and wait for it to end."""
+        await self._tasks.cancel(key)
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         """Answer a webhook request; listeners without a webhook answer 404."""
@@ -289,7 +240,7 @@ class Listener:
 
     def accept(
         self, message: ports.EventMessage, *, reply_on_no_match: bool = False
-    ) -> router.RouteOutcome | None:
+    ) -> ports.RouteOutcome | None:
         """Dedupe then dispatch one normalized event; None when it was a duplicate."""
         if not self.first_time(message.delivery_id):
             return None
@@ -302,8 +253,8 @@ class WebhookListener(Listener):
     default_max_body: ClassVar[int] = DEFAULT_MAX_BODY_BYTES
     default_methods: ClassVar[frozenset[str]] = frozenset({"POST"})
 
-    def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
-        super().__init__(resource=resource, deps=deps)
+    def __init__(self, *, spec: listener_specs.ListenerSpec, deps: Deps) -> None:
+        super().__init__(spec=spec, deps=deps)
         self.max_body = min(int(self.config.max_body_bytes or self.default_max_body), MAX_BODY_BYTES_LIMIT)
         self.methods: frozenset[str] = self.default_methods
 
@@ -363,8 +314,8 @@ class SignedWebhookListener(WebhookListener):
     `start()` warns about it once.
     """
 
-    def __init__(self, *, resource: kinds_base.LoadedResource, deps: Deps) -> None:
-        super().__init__(resource=resource, deps=deps)
+    def __init__(self, *, spec: listener_specs.ListenerSpec, deps: Deps) -> None:
+        super().__init__(spec=spec, deps=deps)
         self.secrets = tuple(secret_value(s) for s in self.config.all_webhook_secrets if s)
 
     async def start(self) -> None:
@@ -484,8 +435,20 @@ def json_response(data: Mapping[str, Any], *, status: int = 200) -> web.Response
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def outcome_response(outcome: router.RouteOutcome | None) -> web.Response:
-    """202 with the binding and run id when a flow started, else 200 with the outcome (JSON)."""
+STALLED_RETRY_AFTER = 30
+"""Seconds a sender is asked to wait before retrying an event whose binding is not ready."""
+
+
+def outcome_response(outcome: ports.RouteOutcome | None) -> web.Response:
+    """202 with the binding and run id when a flow started; 503 with `Retry-After` when its binding
+    cannot run on this host now (the sender may retry; the reason is one line); else 200 with the
+    outcome (JSON)."""
+    if outcome is not None and outcome.outcome == "stalled":
+        return web.Response(
+            status=503,
+            text=f"not ready: {outcome.detail}\n",
+            headers={"Retry-After": str(STALLED_RETRY_AFTER)},
+        )
     if outcome is not None and outcome.started:
         body = b'{"accepted":true,"outcome":"started","binding":%s,"run_id":%s}' % (
             _json_scalar(outcome.binding),
@@ -502,7 +465,7 @@ def _json_scalar(value: object) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
-def outcome_body(outcome: router.RouteOutcome | None) -> dict[str, Any]:
+def outcome_body(outcome: ports.RouteOutcome | None) -> dict[str, Any]:
     """What webhook senders get back: accepted or not, the binding and run id when started."""
     if outcome is None:
         return {"accepted": True, "outcome": "duplicate"}

@@ -1,8 +1,8 @@
-"""Building the listener for a Trigger resource: the one place that knows every platform module.
+"""Building the listener for a Trigger's compiled spec: the one place that knows every platform module.
 
-Owns `build_listener()` (a Trigger resource and the daemon's collaborators -> a Listener, not
-started) and `ListenerFactory`, the same with the collaborators bound, which is the `build`
-callable `aofd.runtime.routing.prepare()` takes.
+Owns `LISTENERS` (platform -> listener class; its keys are `aofd.specs.listeners.PLATFORMS`) and
+`ListenerFactory`, the daemon's collaborators bound to `build(spec)`: the applier calls it for
+each listener a plan starts.
 
 It must not start anything or do I/O.
 """
@@ -13,10 +13,10 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from aofd.resources.kinds import base as kinds_base
-from aofd.runtime import dedupe, ports, router
+from aofd.runtime import dedupe, ports
 from aofd.runtime.listeners import base, github, http, pagerduty, schedule, slack, telegram, whatsapp
 from aofd.settings import PlatformsSpec
+from aofd.specs import listeners as listener_specs
 
 LISTENERS: dict[str, type[base.Listener]] = {
     "slack": slack.SlackListener,
@@ -29,54 +29,13 @@ LISTENERS: dict[str, type[base.Listener]] = {
 }
 """Platform (the Trigger's `spec.type`, lower-cased) -> listener class."""
 
-WEBHOOK_PLATFORMS = frozenset({"slack", "telegram", "whatsapp", "pagerduty", "github", "http"})
-
-
-def build_listener(
-    trigger_resource: kinds_base.LoadedResource,
-    *,
-    platforms: PlatformsSpec,
-    dispatcher: router.Dispatcher,
-    dedupe: dedupe.DedupeCache,
-    audit: ports.AuditSink | None,
-    approvals: base.ApprovalDecider | None,
-    scheduler: schedule.ScheduleHub | None = None,
-    clock: Callable[[], float] = time.time,
-    on_rejected: Callable[[str, str], None] | None = None,
-) -> base.Listener:
-    """The (not yet started) listener for one Trigger.
-
-    Raises:
-        base.ListenerError: the trigger's type has no listener (Discord, Jira, Manual), or its
-            settings cannot work (a Schedule without cron, Telegram polling without a bot token).
-    """
-    model = base.trigger_model(trigger_resource)
-    platform = base.platform_of(model)
-    cls = LISTENERS.get(platform)
-    if cls is None:
-        raise base.ListenerError(
-            f"Trigger {model.metadata.name}: type {model.spec.type.value} has no listener in aofd "
-            f"(supported: {', '.join(sorted(LISTENERS))})"
-        )
-    deps = base.Deps(
-        platforms=platforms,
-        dispatcher=dispatcher,
-        dedupe=dedupe,
-        audit=audit,
-        approvals=approvals,
-        scheduler=scheduler,
-        clock=clock,
-        on_rejected=on_rejected,
-    )
-    return cls(resource=trigger_resource, deps=deps)
-
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerFactory:
-    """`build_listener` with the daemon's collaborators bound (pass it to `routing.prepare`)."""
+    """The daemon's collaborators, bound: `factory(spec)` is a new, not yet started listener."""
 
     platforms: PlatformsSpec
-    dispatcher: router.Dispatcher
+    dispatcher: ports.Dispatch
     dedupe: dedupe.DedupeCache
     audit: ports.AuditSink | None = None
     approvals: base.ApprovalDecider | None = None
@@ -84,9 +43,17 @@ class ListenerFactory:
     clock: Callable[[], float] = time.time
     on_rejected: Callable[[str, str], None] | None = None
 
-    def __call__(self, trigger_resource: kinds_base.LoadedResource) -> base.Listener:
-        return build_listener(
-            trigger_resource,
+    def __call__(self, spec: listener_specs.ListenerSpec) -> base.Listener:
+        """The listener serving `spec` (not started).
+
+        Raises:
+            base.ListenerError: no listener serves the spec's platform (the compile stage never
+                makes such a spec).
+        """
+        cls = LISTENERS.get(spec.platform)
+        if cls is None:
+            raise base.ListenerError(f"Trigger {spec.trigger}: no listener serves platform {spec.platform}")
+        deps = base.Deps(
             platforms=self.platforms,
             dispatcher=self.dispatcher,
             dedupe=self.dedupe,
@@ -96,3 +63,4 @@ class ListenerFactory:
             clock=self.clock,
             on_rejected=self.on_rejected,
         )
+        return cls(spec=spec, deps=deps)

@@ -10,16 +10,15 @@ Owns
   schedule reuses the job id: the new listener takes ownership and changes the job's trigger in
   place, keeping a tick that is already due (so nothing is skipped), and the old listener's
   `stop` leaves a job it no longer owns alone (so nothing fires twice).
-- `cron_trigger()`: five-field crontab (minute resolution) or six fields with seconds first.
-
-apscheduler is imported here only. It must not run flows itself: ticks go to the Dispatcher.
+The cron expression and time zone were parsed by the compile stage (`aofd.specs.cron`); the
+listener hands the spec's `CronTrigger` to the scheduler. apscheduler's scheduler is imported
+here only. It must not run flows itself: ticks go to the dispatch port.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-import zoneinfo
 from typing import Any
 
 import structlog
@@ -37,30 +36,6 @@ JOB_PREFIX = "aofd-schedule:"
 
 async def _tick() -> None:
     """The job body: nothing. The submission event (with the scheduled time) does the work."""
-
-
-def cron_trigger(expression: str, timezone: str | None) -> CronTrigger:
-    """A CronTrigger from a 5-field crontab or a 6-field one with seconds first.
-
-    Raises:
-        base.ListenerError: for an invalid expression or time zone.
-    """
-    try:
-        tz = zoneinfo.ZoneInfo(timezone or "UTC")
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise base.ListenerError(f"unknown time zone {timezone!r}") from exc
-    fields = expression.split()
-    try:
-        if len(fields) == 5:
-            return CronTrigger.from_crontab(expression, timezone=tz)
-        if len(fields) == 6:
-            second, minute, hour, day, month, dow = fields
-            return CronTrigger(
-                second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=tz
-            )
-    except ValueError as exc:
-        raise base.ListenerError(f"invalid cron expression {expression!r}: {exc}") from exc
-    raise base.ListenerError(f"cron expression {expression!r} must have 5 or 6 fields")
 
 
 class ScheduleHub:
@@ -125,12 +100,13 @@ class ScheduleListener(base.Listener):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         hub = self.deps.scheduler
-        if hub is None:
+        if not isinstance(hub, ScheduleHub):
             raise base.ListenerError(f"Trigger {self.trigger_name}: no scheduler is configured")
-        self.hub: ScheduleHub = hub
-        if not self.config.cron:
-            raise base.ListenerError(f"Trigger {self.trigger_name}: a Schedule needs cron")
-        self.cron = cron_trigger(self.config.cron, self.config.timezone)
+        self.hub = hub
+        schedule = self.spec.schedule
+        if schedule is None:
+            raise base.ListenerError(f"Trigger {self.trigger_name}: the spec has no schedule")
+        self.cron = schedule.trigger
         self.job_id = JOB_PREFIX + self.trigger_name
 
     async def start(self) -> None:
@@ -155,7 +131,7 @@ class ScheduleListener(base.Listener):
             raw={
                 "scheduled_time": stamp,
                 "cron": self.config.cron or "",
-                "timezone": self.config.timezone or "UTC",
+                "timezone": self.spec.schedule.timezone if self.spec.schedule is not None else "UTC",
             },
             received_at=time.time(),
         )

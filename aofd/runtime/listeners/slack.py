@@ -41,7 +41,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from aofd.runtime import ports, replies, router, verify
+from aofd.runtime import ports, replies, verify
 from aofd.runtime.listeners import base
 
 log = structlog.get_logger()
@@ -190,7 +190,9 @@ class SlackListener(base.WebhookListener):
         if outcome.started:
             return {"response_type": "ephemeral", "text": "Working on it."}
         if outcome.outcome in ("no_match", "unknown_trigger"):
-            return {"response_type": "ephemeral", "text": router.NO_MATCH_TEXT}
+            return {"response_type": "ephemeral", "text": ports.NO_MATCH_TEXT}
+        if outcome.outcome == "stalled":
+            return {"response_type": "ephemeral", "text": ports.STALLED_TEXT}
         return {"response_type": "ephemeral", "text": "This command could not be started."}
 
     def on_interactive(self, payload: dict[str, Any]) -> None:

@@ -30,9 +30,9 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aofd.resources.kinds import trigger as trigger_kind
 from aofd.runtime import ports, replies, verify
 from aofd.runtime.listeners import base
+from aofd.specs import listeners as listener_specs
 
 log = structlog.get_logger()
 
@@ -52,14 +52,12 @@ class TelegramListener(base.WebhookListener):
         super().__init__(**kwargs)
         self.token = base.secret_value(self.config.bot_token)
         self.secret_token = base.secret_value(self.config.secret_token or self.config.webhook_secret)
-        mode = self.config.mode
-        self.polling = mode == trigger_kind.ListenMode.POLLING or (mode is None and not self.secret_token)
+        self.polling = listener_specs.polls(self.config)
         self.api_url = (self.config.base_url or self.deps.platforms.telegram_api_url).rstrip("/")
         self.poll_timeout = 25.0
         self.retry_delay = 5.0
         self.conflict_delay = 1.0
         self.replier = replies.TelegramReplier(api_url=self.api_url, token=self.token)
-        self._poller: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.offset = 0
 
@@ -70,12 +68,8 @@ class TelegramListener(base.WebhookListener):
 
     async def start(self) -> None:
         if self.polling:
-            if not self.token:
-                raise base.ListenerError(f"Trigger {self.trigger_name}: polling needs a bot_token")
             self._session = aiohttp.ClientSession()
-            self._poller = asyncio.get_running_loop().create_task(
-                self._poll_loop(), name=f"telegram-poll:{self.trigger_name}"
-            )
+            self.spawn(self._poll_loop(), name=f"telegram-poll:{self.trigger_name}", key="poll")
         elif not self.secret_token:
             log.warning(
                 "listener.no_secret",
@@ -86,10 +80,7 @@ class TelegramListener(base.WebhookListener):
         await super().start()
 
     async def stop(self, *, drain: float) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
-            self._poller = None
+        await self.cancel("poll")
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -9,7 +9,6 @@ It owns translating `base.ModelRequest` into `client.aio.models.generate_content
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from typing import Any
 
@@ -21,8 +20,9 @@ EXTRA_HINT = "provider google needs the google-genai package: pip install 'aofd[
 def load_sdk() -> Any:
     """Import `google.genai` (and its `types`), or raise `base.ModelError` naming the extra to install."""
     try:
-        genai = importlib.import_module("google.genai")
-        types = importlib.import_module("google.genai.types")
+        # Imported here, not at module level: the SDK is an optional extra.
+        from google import genai
+        from google.genai import types
     except ImportError as exc:
         raise base.ModelError(EXTRA_HINT, provider="google", retryable=False) from exc
     return genai, types

@@ -12,26 +12,17 @@ from typing import Any
 import pytest
 
 from aofd import settings
-from aofd.runtime import approvals, commands, engine, guard, limits, policy, ports, runs
+from aofd.runtime import approvals, commands, engine, guard, limits, ports, runs
 from aofd.runtime.providers import base, registry
-from tests.runtime.fakes import resources as trigger_fakes
+from aofd.testing import recorders
+from aofd.testing import resources as res_kit
 from tests.runtime.fakes_models import servers
 
 FAKE_KUBECTL = Path(__file__).parents[1] / "bin" / "fake_kubectl.py"
 FAST_RETRY = base.RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 
 
-class RecordingReplier:
-    """A Replier that keeps (target, text) pairs."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[ports.ReplyTarget, str]] = []
-
-    async def reply(self, target: ports.ReplyTarget, text: str) -> None:
-        self.sent.append((target, text))
-
-    def texts(self) -> list[str]:
-        return [t for _target, t in self.sent]
+RecordingReplier = recorders.RecordingReplier
 
 
 class ScriptedApprovals:
@@ -80,8 +71,8 @@ def kubectl_bin(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def audit() -> trigger_fakes.RecordingAudit:
-    return trigger_fakes.RecordingAudit()
+def audit() -> recorders.RecordingAudit:
+    return recorders.RecordingAudit()
 
 
 @pytest.fixture
@@ -93,11 +84,11 @@ GuardFactory = Callable[[Mapping[str, Any]], guard.CommandGuard]
 
 
 @pytest.fixture
-def make_guard(tmp_path: Path, kubectl_bin: Path, audit: trigger_fakes.RecordingAudit) -> GuardFactory:
+def make_guard(tmp_path: Path, kubectl_bin: Path, audit: recorders.RecordingAudit) -> GuardFactory:
     """Build the real CommandGuard for a set of Context resources (name -> LoadedResource)."""
 
     def build(contexts: Mapping[str, Any]) -> guard.CommandGuard:
-        policies = {name: policy.policy_from_context(res.model) for name, res in contexts.items()}
+        policies = {name: res_kit.guard_policy(res) for name, res in contexts.items()}
         runner = commands.CommandRunner(
             executables=settings.ExecutablesSpec(paths={"kubectl": kubectl_bin}),
             cache_dir=tmp_path / "cache",

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from aofd import settings
+from aofd.resources.kinds import fleet as fleet_kind
 from aofd.runtime import agents, consensus, fleets, ports
 from aofd.runtime.providers import base, registry
+from aofd.specs import flows
 from tests.runtime.engine.conftest import FAST_RETRY, ScriptedApprovals
 from tests.runtime.fakes_models.scripted import ScriptedProvider
 
@@ -44,9 +46,15 @@ def scope() -> agents.RunScope:
     )
 
 
-def fleet(mode: str, members: list[dict[str, Any]], **coordination: Any) -> fleets.FleetSpec:
-    spec = {"agents": members, "coordination": {"mode": mode, **coordination}}
-    return fleets.fleet_spec("team", spec, {})
+def compile_fleet(spec: dict[str, Any], agents: dict[str, flows.AgentSpec] | None = None) -> flows.FleetSpec:
+    """An AgentFleet spec compiled (it must compile without problems)."""
+    compiled, problems = flows.fleet_spec("team", fleet_kind.FleetSpec.model_validate(spec), agents or {})
+    assert [] == problems
+    return compiled
+
+
+def fleet(mode: str, members: list[dict[str, Any]], **coordination: Any) -> flows.FleetSpec:
+    return compile_fleet({"agents": members, "coordination": {"mode": mode, **coordination}})
 
 
 def member(name: str, **extra: Any) -> dict[str, Any]:
@@ -337,13 +345,11 @@ async def test_deep_plans_executes_steps_and_synthesizes() -> None:
         return "pods bad" if "step 1" in prompt else "nodes ok"
 
     run, _provider = runner(answer)
-    spec = fleets.fleet_spec(
-        "team",
+    spec = compile_fleet(
         {
             "agents": [member("planner", role="manager"), member("worker")],
             "coordination": {"mode": "deep", "deep": {"max_iterations": 2}},
-        },
-        {},
+        }
     )
     result = await run.run(spec, "investigate", scope())
     assert result.text == "conclusion: both"
@@ -360,18 +366,17 @@ def test_consensus_normalization_and_verdicts() -> None:
     )
     assert consensus.verdict("no json here") == (None, None)
     votes = [consensus.Vote("a", None, error="boom"), consensus.Vote("b", "x")]
-    assert consensus.decide(votes, consensus.Config(allow_partial=True)).reached is True
-    assert consensus.decide(votes, consensus.Config()).reason.startswith("not every agent answered")
+    assert consensus.decide(votes, flows.Consensus(allow_partial=True)).reached is True
+    assert consensus.decide(votes, flows.Consensus()).reason.startswith("not every agent answered")
 
 
 async def test_members_by_agent_name() -> None:
     """A fleet member with only a name uses the Agent resource of that name."""
-    spec = fleets.fleet_spec(
-        "team",
-        {"agents": [{"name": "k8s", "weight": 2}]},
-        {"k8s": agents.AgentSpec("k8s", "anthropic:k8s-model")},
+    spec = compile_fleet(
+        {"agents": [{"name": "k8s", "weight": 2}]}, {"k8s": flows.AgentSpec("k8s", "anthropic:k8s-model")}
     )
     assert spec.members[0].agent.model == "anthropic:k8s-model"
     assert spec.members[0].weight == 2.0
-    with pytest.raises(fleets.FleetFailed, match="names no Agent"):
-        fleets.fleet_spec("team", {"agents": [{"name": "ghost"}]}, {})
+    model = fleet_kind.FleetSpec.model_validate({"agents": [{"name": "ghost"}]})
+    _spec, problems = flows.fleet_spec("team", model, {})
+    assert ["fleet team: member ghost names no Agent that resolves"] == [p.message for p in problems]

@@ -9,8 +9,8 @@ import pytest
 
 from aofd.runtime import runs, templates
 from aofd.runtime.providers import base
+from aofd.testing import resources as res
 from tests.runtime.engine.conftest import EngineFactory, RecordingReplier, ScriptedApprovals, message
-from tests.runtime.fakes_models import resources as res
 from tests.runtime.fakes_models.scripted import ScriptedProvider
 
 
@@ -31,7 +31,7 @@ async def test_short_form_runs_agents_in_order_and_posts_back(
     eng = make_engine(factories=factories)
     flow = res.flow("short", agents=[{"name": "first"}, {"name": "second"}])
     record = await eng.run(
-        eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow, agents=agents("first", "second"))),
+        res.run_plan(res.bind("b", ctx=res.context("prod"), flow_res=flow, agents=agents("first", "second"))),
         message("what is up"),
     )
     assert record.status is runs.RunStatus.COMPLETED
@@ -76,7 +76,7 @@ async def test_conditions_route_the_flow(make_engine: EngineFactory, replier: Re
         ],
     )
     record = await eng.run(
-        eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow, agents=agents("check"))),
+        res.run_plan(res.bind("b", ctx=res.context("prod"), flow_res=flow, agents=agents("check"))),
         message("pods?"),
     )
     assert record.status is runs.RunStatus.COMPLETED, record.error
@@ -119,7 +119,7 @@ async def test_parallel_branches_overlap_and_join_runs_once(make_engine: EngineF
         ],
     )
     binding = res.bind("b", ctx=res.context("prod"), flow_res=flow, agents=agents("left", "right", "summary"))
-    record = await eng.run(eng.prepare(binding), message("go"))
+    record = await eng.run(res.run_plan(binding), message("go"))
     assert record.status is runs.RunStatus.COMPLETED, record.error
     assert provider.max_active == 2
     assert [r.model for r in provider.requests].count("summary") == 1
@@ -152,7 +152,7 @@ async def test_join_strategies(make_engine: EngineFactory, strategy: str, runs_j
             {"from": "c", "to": "j", "when": "false"},
         ],
     )
-    record = await eng.run(eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow)), message("go"))
+    record = await eng.run(res.run_plan(res.bind("b", ctx=res.context("prod"), flow_res=flow)), message("go"))
     assert record.status is runs.RunStatus.COMPLETED
     expected = runs.NodeStatus.COMPLETED if runs_join else runs.NodeStatus.SKIPPED
     assert record.nodes["j"].status is expected
@@ -192,7 +192,7 @@ async def test_approval_pauses_then_resumes_on_approve(
         flow_res=approval_flow(),
         agents=agents("planner", "applier"),
     )
-    task = asyncio.create_task(eng.run(eng.prepare(binding), message("scale web")))
+    task = asyncio.create_task(eng.run(res.run_plan(binding), message("scale web")))
     for _ in range(100):
         await asyncio.sleep(0.01)
         if gate.requests:
@@ -219,7 +219,7 @@ async def test_approval_denied_or_expired_stops_the_run(
     binding = res.bind(
         "b", ctx=res.context("prod"), flow_res=approval_flow(), agents=agents("planner", "applier")
     )
-    record = await eng.run(eng.prepare(binding), message("x"))
+    record = await eng.run(res.run_plan(binding), message("x"))
     assert record.status is runs.RunStatus.STOPPED
     assert [r.model for r in provider.requests] == ["planner"]
     assert record.nodes["apply"].status is runs.NodeStatus.PENDING
@@ -247,7 +247,7 @@ async def test_templates_never_read_the_host_env(
         ],
     )
     ctx = res.context("prod", namespace="payments", env={"SECRET_TOKEN": "s3cr3t"})
-    record = await eng.run(eng.prepare(res.bind("b", ctx=ctx, flow_res=flow)), message("hi"))
+    record = await eng.run(res.run_plan(res.bind("b", ctx=ctx, flow_res=flow)), message("hi"))
     assert record.status is runs.RunStatus.COMPLETED
     assert replier.texts() == ["hi U1 ${HOME} ${AWS_SECRET_ACCESS_KEY} payments"]
 
@@ -270,7 +270,7 @@ async def test_run_deadline_times_out(make_engine: EngineFactory, replier: Recor
     flow = res.flow("slow", nodes=[{"id": "w", "type": "Wait", "config": {"duration": "5s"}}])
     ctx = res.context("prod", limits={"max_execution_time_seconds": 1})
     record = await asyncio.wait_for(
-        eng.run(eng.prepare(res.bind("b", ctx=ctx, flow_res=flow)), message("x")), 3
+        eng.run(res.run_plan(res.bind("b", ctx=ctx, flow_res=flow)), message("x")), 3
     )
     assert record.status is runs.RunStatus.TIMED_OUT
     assert record.nodes["w"].status is runs.NodeStatus.CANCELLED
@@ -309,7 +309,7 @@ async def test_script_node_splits_once_and_renders_tokens(make_engine: EngineFac
         ],
     )
     record = await eng.run(
-        eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow)), message("app=web; rm -rf /")
+        res.run_plan(res.bind("b", ctx=res.context("prod"), flow_res=flow)), message("app=web; rm -rf /")
     )
     assert record.status is runs.RunStatus.COMPLETED, record.error
     (req,) = recorder.requests
@@ -324,7 +324,7 @@ async def test_history_is_bounded_and_json_able(make_engine: EngineFactory) -> N
     _provider, factories = scripted(lambda r: "ok")
     eng = make_engine(factories=factories, history=runs.RunHistory(capacity=3))
     binding = res.bind("b", ctx=res.context("prod"), agent_res=agents("solo")[0])
-    ids = [(await eng.run(eng.prepare(binding), message(f"m{i}"))).run_id for i in range(5)]
+    ids = [(await eng.run(res.run_plan(binding), message(f"m{i}"))).run_id for i in range(5)]
     recent = eng.history.recent(binding="b", limit=10)
     assert [r["run_id"] for r in recent] == ids[:1:-1]
     assert eng.history.get(ids[0]) is None
@@ -350,7 +350,7 @@ async def test_model_error_in_flow_fails_run(make_engine: EngineFactory, replier
     _provider, factories = scripted(boom)
     eng = make_engine(factories=factories)
     record = await eng.run(
-        eng.prepare(res.bind("b", ctx=res.context("prod"), agent_res=agents("solo")[0])), message("x")
+        res.run_plan(res.bind("b", ctx=res.context("prod"), agent_res=agents("solo")[0])), message("x")
     )
     assert record.status is runs.RunStatus.FAILED
     assert "HTTP 400" in replier.texts()[0]
@@ -377,13 +377,13 @@ async def test_an_approval_node_narrows_the_context_approvers_never_widens_them(
     gate = ScriptedApprovals("approved")
     eng = make_engine(approvals_gate=gate)
     narrowed = await eng.run(
-        eng.prepare(
+        res.run_plan(
             res.bind("b", ctx=ctx, flow_res=_approval_flow_naming("narrow", ["U-LEAD", "U-MALLORY"]))
         ),
         message("x"),
     )
     widened = await eng.run(
-        eng.prepare(res.bind("c", ctx=ctx, flow_res=_approval_flow_naming("widen", ["U-MALLORY"]))),
+        res.run_plan(res.bind("c", ctx=ctx, flow_res=_approval_flow_naming("widen", ["U-MALLORY"]))),
         message("y"),
     )
     assert narrowed.status is runs.RunStatus.COMPLETED

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from aofd import settings
-from aofd.runtime import engine, runs
+from aofd.runtime import runs
+from aofd.testing import resources as res
 from tests.runtime.engine.conftest import EngineFactory, GuardFactory, RecordingReplier, message, read_records
-from tests.runtime.fakes_models import resources as res
 from tests.runtime.fakes_models import servers
 
 K8S_OPS = {
@@ -82,7 +82,7 @@ async def test_k8s_ops_answers_with_prod_kubeconfig_and_namespace(
     anthropic_server.script = k8s_script
     ctxs = contexts(tmp_path)
     eng = make_engine(commands=make_guard(ctxs), models=models(anthropic_server))
-    plan = eng.prepare(bindings(ctxs)["prod"])
+    plan = res.run_plan(bindings(ctxs)["prod"])
     record = await eng.run(plan, message("why is nginx crashing"))
 
     assert record.status is runs.RunStatus.COMPLETED, record.error
@@ -116,7 +116,7 @@ async def test_staging_binding_uses_staging_context(
     anthropic_server.script = k8s_script
     ctxs = contexts(tmp_path)
     eng = make_engine(commands=make_guard(ctxs), models=models(anthropic_server))
-    record = await eng.run(eng.prepare(bindings(ctxs)["staging"]), message("why is nginx crashing"))
+    record = await eng.run(res.run_plan(bindings(ctxs)["staging"]), message("why is nginx crashing"))
 
     assert record.status is runs.RunStatus.COMPLETED, record.error
     (call,) = read_records(tmp_path / "kubectl.jsonl")
@@ -142,7 +142,7 @@ async def test_two_contexts_concurrently_stay_isolated(
     anthropic_server.script = slow_script
     ctxs = contexts(tmp_path)
     eng = make_engine(commands=make_guard(ctxs), models=models(anthropic_server))
-    plans = {name: eng.prepare(b) for name, b in bindings(ctxs).items()}
+    plans = {name: res.run_plan(b) for name, b in bindings(ctxs).items()}
     records = await asyncio.gather(
         *(eng.run(plans[name], message(f"q{i}")) for i in range(10) for name in ("prod", "staging"))
     )
@@ -167,7 +167,7 @@ async def test_rate_limit_then_success_is_retried(
     )
     eng = make_engine(models=models(anthropic_server))
     agent = res.agent("plain", model="claude-sonnet-4")
-    plan = eng.prepare(res.bind("b", ctx=res.context("prod"), agent_res=agent))
+    plan = res.run_plan(res.bind("b", ctx=res.context("prod"), agent_res=agent))
     record = await eng.run(plan, message("hi"))
     assert record.status is runs.RunStatus.COMPLETED, record.error
     assert len(anthropic_server.requests) == 2
@@ -180,7 +180,9 @@ async def test_persistent_overload_fails_with_clear_message(
     """A persistent 529 is retried max_retries times, then the run fails and the origin is told why."""
     anthropic_server.script = servers.sequence(servers.a_error(529, "overloaded_error", "Overloaded"))
     eng = make_engine(models=models(anthropic_server))
-    plan = eng.prepare(res.bind("b", ctx=res.context("prod"), agent_res=res.agent("plain", model="claude-x")))
+    plan = res.run_plan(
+        res.bind("b", ctx=res.context("prod"), agent_res=res.agent("plain", model="claude-x"))
+    )
     record = await eng.run(plan, message("hi"))
     assert record.status is runs.RunStatus.FAILED
     assert len(anthropic_server.requests) == 4  # 1 + max_retries (3)
@@ -211,7 +213,7 @@ async def test_openai_compatible_server_with_tool_calls(
     eng = make_engine(commands=make_guard(ctxs), models=spec)
     agent = res.agent("k8s-oai", model="openai:gpt-4o-mini", instructions="be brief", tools=["kubectl"])
     record = await eng.run(
-        eng.prepare(res.bind("b", ctx=ctxs["prod"], agent_res=agent)), message("list pods")
+        res.run_plan(res.bind("b", ctx=ctxs["prod"], agent_res=agent)), message("list pods")
     )
     assert record.status is runs.RunStatus.COMPLETED, record.error
     first = openai_server.bodies()[0]
@@ -240,7 +242,7 @@ async def test_policy_refusal_goes_back_to_the_model(
     ctxs = contexts(tmp_path)
     eng = make_engine(commands=make_guard(ctxs), models=models(anthropic_server))
     agent = res.agent("k8s-ops", **K8S_OPS)
-    record = await eng.run(eng.prepare(res.bind("b", ctx=ctxs["prod"], agent_res=agent)), message("x"))
+    record = await eng.run(res.run_plan(res.bind("b", ctx=ctxs["prod"], agent_res=agent)), message("x"))
     assert record.answer == "refused: True"
     assert read_records(tmp_path / "kubectl.jsonl") == []
     tool_result = anthropic_server.bodies()[1]["messages"][-1]["content"][0]
@@ -248,7 +250,8 @@ async def test_policy_refusal_goes_back_to_the_model(
 
 
 def test_plan_lists_every_model_of_a_binding() -> None:
-    """model_strings covers named agents, fleet members and inline agents (what apply-time checks look at)."""
+    """A compiled binding lists the models of its named agents, fleet members and inline agents (what
+    the apply stage checks the providers of)."""
     fleet = res.fleet("f", agents=[{"name": "g", "spec": {"model": "google:gemini-2.5-flash"}}])
     flow = res.flow(
         "fl",
@@ -261,9 +264,5 @@ def test_plan_lists_every_model_of_a_binding() -> None:
     binding = res.bind(
         "b", ctx=res.context("prod"), flow_res=flow, agents=[res.agent("k8s-ops", **K8S_OPS)], fleets=[fleet]
     )
-    found = engine.model_strings(engine.plan_for(binding))
-    assert found == [
-        ("anthropic:claude-sonnet-4", None),
-        ("google:gemini-2.5-flash", None),
-        ("openai:gpt-4o", None),
-    ]
+    found = [str(ref) for ref in res.binding_spec(binding).models]
+    assert ["anthropic:claude-sonnet-4", "google:gemini-2.5-flash", "openai:gpt-4o"] == found

@@ -13,12 +13,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from aofd.plan import compiler
 from aofd.runtime import engine, ports, runs
+from aofd.specs import http_policy
+from aofd.testing import resources as res
 from tests.runtime.engine.conftest import EngineFactory, RecordingReplier, message
-from tests.runtime.fakes_models import resources as res
 
 ORIGIN = ports.ReplyTarget("slack", "slack-bot", "C-ORIGIN", "1700000000.0001")
-LOOPBACK = engine.HttpPolicy(allow_loopback=True, timeout=2.0)
+LOOPBACK = http_policy.HttpPolicy(allow_loopback=True, timeout=2.0)
+COMPILE_LOOPBACK = compiler.Options(http=LOOPBACK)
+"""Flows here name the loopback server: compiled with a policy that lets them, so the engine's own
+policy (the runtime check of every rendered URL) decides."""
 BIG_ITEMS = [{"n": i, "pad": "x" * 200} for i in range(1500)]  # ~330 KB of JSON
 
 
@@ -115,7 +120,8 @@ def flow_of(*nodes: dict[str, Any]) -> Any:
 
 
 async def run_flow(eng: engine.Engine, flow: Any, text: str = "v2.1 rollout") -> runs.RunRecord:
-    return await eng.run(eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow)), message(text))
+    plan = res.run_plan(res.bind("b", ctx=res.context("prod"), flow_res=flow), options=COMPILE_LOOPBACK)
+    return await eng.run(plan, message(text))
 
 
 def http(node_id: str, url: str, **config: Any) -> dict[str, Any]:
@@ -222,7 +228,8 @@ async def test_http_error_status_is_an_output_when_fail_on_error_is_false(
             say("answer", "got ${fetch.status_code}: ${fetch.output.body.error}"),
         ]
     }
-    plan = engine.RunPlan("b", engine.flow_spec("f", spec), {}, {}, engine.ContextView("prod"))
+    binding = res.bind("b", ctx=res.context("prod"), flow_res=res.flow("f", **spec))
+    plan = res.run_plan(binding, options=COMPILE_LOOPBACK)
     record = await eng.run(plan, message("x"))
     assert runs.RunStatus.COMPLETED == record.status, record.error
     assert {"status": 404, "body": {"error": "nope"}} == record.nodes["fetch"].output
@@ -303,19 +310,19 @@ async def test_http_node_times_out_after_the_policy_timeout(
 def test_default_policy_refuses(url: str, reason: str) -> None:
     """The default `HttpPolicy` refuses non-HTTP schemes, URL credentials, and metadata or loopback addresses
     written as IP literals (IPv4-mapped and unspecified ones too) or as localhost names."""
-    assert reason == engine.HttpPolicy().check(url)
+    assert reason == http_policy.HttpPolicy().check(url)
 
 
 def test_allow_loopback_still_refuses_metadata_and_allowed_hosts_match_on_label_boundaries() -> None:
     """`allow_loopback` never opens link-local, and `allowed_hosts` matches a host or its subdomains only."""
-    loopback = engine.HttpPolicy(allow_loopback=True)
+    loopback = http_policy.HttpPolicy(allow_loopback=True)
     assert [None, None, None] == [
         loopback.check(u) for u in ("http://127.0.0.1/", "http://[::1]/", "http://localhost/")
     ]
     assert "address 169.254.169.254 is link-local (cloud metadata) and not allowed" == loopback.check(
         "http://169.254.169.254/"
     )
-    hosts = engine.HttpPolicy(allowed_hosts=frozenset({"example.com"}))
+    hosts = http_policy.HttpPolicy(allowed_hosts=frozenset({"example.com"}))
     assert [None, None, "host evilexample.com is not in the allowed hosts"] == [
         hosts.check(u)
         for u in ("https://example.com/a", "https://API.example.com/a", "https://evilexample.com/")

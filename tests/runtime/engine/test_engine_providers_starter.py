@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from aofd import settings
+from aofd import errors, settings
 from aofd.runtime import runs, starter
 from aofd.runtime.providers import base, google, registry
+from aofd.testing import resources as res
 from tests.runtime.engine.conftest import EngineFactory, GuardFactory, RecordingReplier, message
-from tests.runtime.fakes_models import resources as res
 from tests.runtime.fakes_models.scripted import ScriptedProvider
 
 
@@ -60,23 +60,23 @@ def test_missing_openai_package_and_unconfigured_providers(tmp_path: Path) -> No
     )
 
 
-def test_binding_with_uninstalled_provider_has_a_stall_reason(make_engine: EngineFactory) -> None:
-    """Engine.problems lists provider problems of every model a binding reaches (Stalled reasons)."""
-    eng = make_engine()
+def test_binding_with_uninstalled_provider_has_a_stall_reason() -> None:
+    """A compiled binding names the models its fleet members use; without their SDK the provider check
+    (what the apply stage asks for each) names the extra to install."""
     fleet = res.fleet("f", agents=[{"name": "g", "spec": {"model": "google:gemini-2.5-flash"}}])
     flow = res.flow("fl", nodes=[{"id": "n", "type": "Fleet", "config": {"fleet": "f"}}])
-    plan = eng.prepare(res.bind("b", ctx=res.context("prod"), flow_res=flow, fleets=[fleet]))
-    problems = eng.problems(plan)
-    if not registry.module_available("google.genai"):
-        assert problems == ["provider google needs the google-genai package: pip install 'aofd[google]'"]
-
-
-def test_model_strings_parse() -> None:
-    """Bare names default to anthropic; prefixes and `provider:` choose the provider."""
-    assert base.parse_model("claude-sonnet-4") == base.ModelRef("anthropic", "claude-sonnet-4")
-    assert base.parse_model("google:gemini-2.5-flash") == base.ModelRef("google", "gemini-2.5-flash")
-    assert base.parse_model("llama3:8b", "ollama") == base.ModelRef("ollama", "llama3:8b")
-    assert base.parse_model("gpt:4o") == base.ModelRef("openai", "4o")
+    spec = res.binding_spec(res.bind("b", ctx=res.context("prod"), flow_res=flow, fleets=[fleet]))
+    problems = [
+        registry.provider_problem(
+            ref.model,
+            settings.ModelsSpec(),
+            provider=ref.provider,
+            environ={"GOOGLE_API_KEY": "k"},
+            available=lambda module: module != "google.genai",
+        )
+        for ref in spec.models
+    ]
+    assert ["provider google needs the google-genai package: pip install 'aofd[google]'"] == problems
 
 
 async def test_retries_stop_at_the_deadline() -> None:
@@ -109,16 +109,15 @@ async def test_starter_returns_at_once_and_drains(
     make_engine: EngineFactory, replier: RecordingReplier
 ) -> None:
     """start() returns at once; drain cancels runs past the grace period and records it."""
-    release = asyncio.Event()
-
-    async def slow(_r: base.ModelRequest) -> str:
-        raise AssertionError("unused")
-
     provider = ScriptedProvider(lambda r: "done", delays={"slow": 5.0, "fast": 0.0})
     eng = make_engine(factories={"anthropic": lambda: provider})
     sup = starter.FlowStarter(engine=eng, grace=0.2)
-    fast = res.bind("fast-b", ctx=res.context("prod"), agent_res=res.agent("fast", model="anthropic:fast"))
-    slow_b = res.bind("slow-b", ctx=res.context("prod"), agent_res=res.agent("slow", model="anthropic:slow"))
+    fast = res.binding_spec(
+        res.bind("fast-b", ctx=res.context("prod"), agent_res=res.agent("fast", model="anthropic:fast"))
+    )
+    slow_b = res.binding_spec(
+        res.bind("slow-b", ctx=res.context("prod"), agent_res=res.agent("slow", model="anthropic:slow"))
+    )
     fast_id = sup.start(fast, message("q"))
     slow_id = sup.start(slow_b, message("q"))
     assert sup.running == 2
@@ -132,9 +131,8 @@ async def test_starter_returns_at_once_and_drains(
     assert cancelled is not None
     assert cancelled["status"] == "cancelled"
     assert any("was cancelled" in t for t in replier.texts())
-    with pytest.raises(starter.NotAccepting):
+    with pytest.raises(errors.NotAccepting):
         sup.start(fast, message("late"))
-    release.set()
 
 
 async def test_run_keeps_its_binding_snapshot(make_engine: EngineFactory) -> None:
@@ -154,8 +152,8 @@ async def test_run_keeps_its_binding_snapshot(make_engine: EngineFactory) -> Non
         agent_res=res.agent("a", model="anthropic:m", instructions="v2"),
         digest="d2",
     )
-    first = sup.start(old, message("q"))
-    second = sup.start(new, message("q"))
+    first = sup.start(res.binding_spec(old), message("q"))
+    second = sup.start(res.binding_spec(new), message("q"))
     records = [await sup.wait(first), await sup.wait(second)]
     assert [r.answer for r in records if r is not None] == ["v1", "v2"]
     await sup.drain()
@@ -173,7 +171,7 @@ async def test_max_tokens_per_day_counts_the_runs_tokens(
         factories={"anthropic": lambda: provider}, commands=command_guard, admission=command_guard
     )
     binding = res.bind("b", ctx=ctx, agent_res=res.agent("a", model="anthropic:m"))
-    records = [await eng.run(eng.prepare(binding), message(f"q{i}")) for i in range(3)]
+    records = [await eng.run(res.run_plan(binding), message(f"q{i}")) for i in range(3)]
     assert [r.status for r in records] == [
         runs.RunStatus.COMPLETED,
         runs.RunStatus.COMPLETED,

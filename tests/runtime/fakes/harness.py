@@ -1,5 +1,5 @@
-"""A test rig: switchboard, dispatcher, listener factory and the real trigger server on a random loopback
-port.
+"""A test rig: switchboard, dispatcher, listener factory, the real applier and the real trigger server on a
+random loopback port.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from typing import Any
 
 import aiohttp
 
-from aofd.plan import desired
+from aofd.plan import desired, diff
 from aofd.resources.kinds import base as kinds_base
-from aofd.runtime import dedupe, replies, router, routing, server
+from aofd.runtime import applier, dedupe, dispatch, limits, replies, routing, server
 from aofd.runtime.listeners import factory, schedule
-from aofd.settings import PlatformsSpec
-from tests.runtime.fakes import resources
+from aofd.runtime.providers import registry
+from aofd.settings import ModelsSpec, PlatformsSpec
+from aofd.specs import policy
+from aofd.testing import recorders
+from aofd.testing import resources as res
 
 
 class Rig:
@@ -33,12 +36,12 @@ class Rig:
         self.platforms = platforms or PlatformsSpec()
         self.clock = clock
         self.switchboard = routing.Switchboard()
-        self.starter = resources.RecordingStarter()
-        self.audit = resources.RecordingAudit()
-        self.approvals = resources.RecordingApprovals()
+        self.starter = recorders.RecordingStarter()
+        self.audit = recorders.RecordingAudit()
+        self.approvals = recorders.RecordingApprovals()
         self.dedupe = dedupe.DedupeCache()
-        self.replier = replies.MultiReplier(switchboard=self.switchboard)
-        self.dispatcher = router.Dispatcher(
+        self.replier = replies.MultiReplier(lookup=self.switchboard.replier)
+        self.dispatcher = dispatch.Dispatcher(
             switchboard=self.switchboard, starter=self.starter, replier=self.replier
         )
         self.hub = schedule.ScheduleHub() if with_scheduler else None
@@ -51,6 +54,18 @@ class Rig:
             scheduler=self.hub,
             clock=self.clock,
         )
+        self.policies: dict[str, policy.GuardPolicy] = {}
+        self.applier = applier.Applier(
+            switchboard=self.switchboard,
+            build=self.factory,
+            providers=registry.Providers(models=ModelsSpec(), environ={}),
+            audit_logs=self.audit,
+            policies=self.policies,
+            limits=limits.RateLimits(),
+            starter=self.starter,
+            drain_grace=1.0,
+        )
+        self.inventory = diff.Inventory.empty()
         self.server = server.TriggerServer(switchboard=self.switchboard, listen="127.0.0.1:0")
         self.session: aiohttp.ClientSession | None = None
         self._revision = 0
@@ -61,8 +76,7 @@ class Rig:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for listener in self.switchboard.current.listeners.values():
-            await listener.stop(drain=1.0)
+        await self.applier.aclose()
         await self.dispatcher.aclose()
         if self.hub is not None:
             self.hub.shutdown()
@@ -76,18 +90,14 @@ class Rig:
         bindings: Iterable[desired.ResolvedBinding],
         *,
         triggers: Iterable[kinds_base.LoadedResource] = (),
-    ) -> routing.Transition:
-        """Make before break, as the reconciler does."""
+    ) -> applier.ApplyOutcome:
+        """Compile, plan and apply (make before break), as the reconciler does."""
         self._revision += 1
-        transition = routing.prepare(
-            self.switchboard.current,
-            revision=f"rev-{self._revision}",
-            bindings=list(bindings),
-            build=self.factory,
-            triggers=list(triggers),
-        )
-        await routing.apply(self.switchboard, transition, drain=1.0)
-        return transition
+        compiled = res.compiled(list(bindings), resources=list(triggers), revision=f"rev-{self._revision}")
+        plan = diff.compute(compiled, self.inventory)
+        outcome = await self.applier.apply(plan)
+        self.inventory = diff.Inventory.of(compiled.desired, listeners=outcome.listeners)
+        return outcome
 
     def url(self, platform: str, trigger: str) -> str:
         return f"{self.server.url}/hooks/{platform}/{trigger}"

@@ -13,7 +13,8 @@ import pytest
 
 from aofd.runtime import ports
 from aofd.settings import PlatformsSpec
-from tests.runtime.fakes import harness, platforms, resources, signing
+from aofd.testing import resources
+from tests.runtime.fakes import harness, platforms, signing
 
 TG_TOKEN = "123456:ABC-DEF"
 TG_SECRET = "tg_secret-Token"
@@ -141,7 +142,7 @@ async def test_telegram_polling_goes_on_from_the_replaced_listeners_offset(
         await rig.apply([resources.binding("poll", edited, context_name="prod")])
         second = rig.switchboard.current.listeners["tg-poll"]
         second.conflict_delay = 0.05  # type: ignore[attr-defined]
-        await rig.settle(lambda: telegram_api.offsets.count("501") > 1, timeout=3)
+        await rig.settle(lambda: telegram_api.conflicts >= 1 and telegram_api.offsets[seen:].count("501") > 1)
     assert second is not first
     assert "0" not in telegram_api.offsets[seen:]
     assert telegram_api.conflicts >= 1

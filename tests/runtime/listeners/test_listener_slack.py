@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from aofd.runtime import router
+from aofd.runtime import ports
 from aofd.settings import PlatformsSpec
-from tests.runtime.fakes import harness, platforms, resources, signing
+from aofd.testing import resources
+from tests.runtime.fakes import harness, platforms, signing
 
 SECRET = "slack-signing-secret"
 CHANNELS = {"C_US": "prod-us-east", "C_EU": "prod-eu-west", "C_X": "random"}
@@ -199,7 +200,7 @@ async def test_slash_commands_answer_in_the_response(rig: harness.Rig) -> None:
         headers = {**_signed(body), "Content-Type": "application/x-www-form-urlencoded"}
         status, text = await rig.send("slack", "slack-bot", body, headers)
         answers.append((status, json.loads(text)["text"]))
-    assert [(200, "Working on it."), (200, router.NO_MATCH_TEXT), (200, "Already received.")] == answers
+    assert [(200, "Working on it."), (200, ports.NO_MATCH_TEXT), (200, "Already received.")] == answers
     assert [("slack-eu-bot", "/k8s get pods", "slash_command")] == [
         (name, m.text, m.event_type) for name, m in rig.starter.calls
     ]

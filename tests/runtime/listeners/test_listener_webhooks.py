@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.fakes import harness, resources, signing
+from aofd.testing import resources
+from tests.runtime.fakes import harness, signing
 
 GH_SECRET = "It's a Secret to Everybody"
 PD_SECRET = "pd-secret"

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from aofd.runtime import ports, replies, routing, server
 from aofd.settings import PlatformsSpec
-from tests.runtime.fakes import harness, platforms, resources
+from aofd.testing import resources
+from tests.runtime.fakes import harness, platforms
 
 
 async def test_unknown_trigger_wrong_platform_and_disabled_are_404() -> None:

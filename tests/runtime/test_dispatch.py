@@ -1,4 +1,5 @@
-"""Routing: candidate bindings per trigger, filters, upstream scoring, ties, no match, table swaps."""
+"""Dispatching on compiled routes: candidate bindings per trigger, filters, upstream scoring, ties, no
+match, stalled bindings, table swaps."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import logging
 import pytest
 import structlog
 
-from aofd.runtime import dedupe, ports, router, routing
-from aofd.runtime.listeners import factory
-from aofd.settings import PlatformsSpec
-from tests.runtime.fakes import resources
+from aofd.runtime import dispatch, ports, routing
+from aofd.specs import routes
+from aofd.testing import recorders, resources
+from tests.runtime.fakes import harness
 
 SLACK = resources.trigger("slack-bot", "Slack", signing_secret="s", bot_token="xoxb-1")
 
@@ -37,15 +38,23 @@ def _message(
     )
 
 
-def _dispatcher(bindings: list[object]) -> tuple[router.Dispatcher, resources.RecordingStarter]:
+def _dispatcher(
+    bindings: list[object], *, stalled: dict[str, str] | None = None
+) -> tuple[dispatch.Dispatcher, recorders.RecordingStarter]:
+    """A dispatcher over the compiled routes of `bindings` (no listeners: events are dispatched directly)."""
     switchboard = routing.Switchboard()
-    starter = resources.RecordingStarter()
-    dispatcher = router.Dispatcher(switchboard=switchboard, starter=starter)
-    build = factory.ListenerFactory(
-        platforms=PlatformsSpec(), dispatcher=dispatcher, dedupe=dedupe.DedupeCache()
+    starter = recorders.RecordingStarter()
+    dispatcher = dispatch.Dispatcher(switchboard=switchboard, starter=starter)
+    compiled = resources.compiled(bindings)  # type: ignore[arg-type]
+    switchboard.swap(
+        routing.RoutingTable.build(
+            revision="r1",
+            listeners={},
+            routes=compiled.routes,
+            bindings=compiled.bindings,
+            stalled=stalled,
+        )
     )
-    transition = routing.prepare(None, revision="r1", bindings=bindings, build=build)  # type: ignore[arg-type]
-    switchboard.swap(transition.table)
     return dispatcher, starter
 
 
@@ -180,49 +189,43 @@ def test_lookup_only_considers_bindings_of_the_receiving_trigger() -> None:
 
 async def test_unchanged_listener_keeps_its_identity_across_a_swap() -> None:
     """Make-before-break: an unchanged trigger's listener is reused; a changed one is replaced and retired."""
-    switchboard = routing.Switchboard()
-    dispatcher = router.Dispatcher(switchboard=switchboard, starter=resources.RecordingStarter())
-    build = factory.ListenerFactory(
-        platforms=PlatformsSpec(), dispatcher=dispatcher, dedupe=dedupe.DedupeCache()
-    )
     hook = resources.trigger("hook", "HTTP", webhook_secret="one")
-    first = routing.prepare(
-        None, revision="r1", bindings=[resources.binding("b", SLACK)], build=build, triggers=[hook]
-    )
-    await routing.apply(switchboard, first, drain=0)
-    slack_before, hook_before = (
-        switchboard.current.listeners["slack-bot"],
-        switchboard.current.listeners["hook"],
-    )
-
-    rotated = resources.trigger("hook", "HTTP", webhook_secret="two")
-    second = routing.prepare(
-        switchboard.current,
-        revision="r2",
-        bindings=[resources.binding("b", SLACK, filters={"channels": ["ops"]})],
-        build=build,
-        triggers=[rotated],
-    )
-    assert (second.reused, second.retired) == ((slack_before,), (hook_before,))
-    old = await routing.apply(switchboard, second, drain=0)
-    assert "r1" == old.revision
-    assert switchboard.current.listeners["slack-bot"] is slack_before
-    assert switchboard.current.listeners["hook"] is not hook_before
-    assert (True, False) == (switchboard.current.listeners["hook"].running, hook_before.running)
-    for listener in switchboard.current.listeners.values():
-        await listener.stop(drain=0)
+    async with harness.Rig() as rig:
+        await rig.apply([resources.binding("b", SLACK), resources.binding("h", hook)])
+        slack_before = rig.switchboard.current.listeners["slack-bot"]
+        hook_before = rig.switchboard.current.listeners["hook"]
+        rotated = resources.trigger("hook", "HTTP", webhook_secret="two")
+        await rig.apply(
+            [resources.binding("b", SLACK, filters={"channels": ["ops"]}), resources.binding("h", rotated)]
+        )
+        current = rig.switchboard.current
+        await rig.settle(lambda: not hook_before.running)
+        assert "rev-2" == current.revision
+        assert current.listeners["slack-bot"] is slack_before
+        assert current.listeners["hook"] is not hook_before
+        assert (True, False) == (current.listeners["hook"].running, hook_before.running)
 
 
 def test_disabled_trigger_gets_no_listener() -> None:
-    """`spec.enabled: false` on a Trigger leaves it out of the table (its hooks answer 404)."""
+    """`spec.enabled: false` on a Trigger gives it no listener (its hooks answer 404), and its bindings
+    take no events."""
     off = resources.trigger("off", "HTTP", enabled=False)
-    build = factory.ListenerFactory(
-        platforms=PlatformsSpec(),
-        dispatcher=router.Dispatcher(switchboard=routing.Switchboard(), starter=resources.RecordingStarter()),
-        dedupe=dedupe.DedupeCache(),
-    )
-    transition = routing.prepare(None, revision="r", bindings=[resources.binding("b", off)], build=build)
-    assert ({}, ()) == (dict(transition.table.listeners), transition.started)
+    compiled = resources.compiled([resources.binding("b", off)])
+    inactive = compiled.bindings["b"].inactive
+    assert ({}, "TriggerDisabled") == (dict(compiled.listeners), inactive.reason if inactive else None)
+
+
+def test_a_stalled_binding_is_answered_and_never_replaced_by_another() -> None:
+    """The chosen binding cannot run here: the outcome is `stalled` with its reason, and the lower-scored
+    catch-all is not run in its place (it could run under another Context)."""
+    prod = resources.binding("prod", SLACK, context_name="prod", filters={"channels": ["prod"]})
+    dev = resources.binding("dev", SLACK, context_name="dev")
+    dispatcher, starter = _dispatcher([prod, dev], stalled={"prod": "Context prod is stalled: no kubeconfig"})
+    outcome = dispatcher.dispatch(_message(channel_name="prod"))
+    assert ("stalled", "prod", "prod") == (outcome.outcome, outcome.binding, outcome.context)
+    assert "no kubeconfig" in outcome.detail
+    assert [] == starter.calls
+    assert "dev" == dispatcher.dispatch(_message(channel_name="dev")).binding
 
 
 @pytest.mark.parametrize(("level", "logged"), [(logging.DEBUG, True), (logging.INFO, False)])
@@ -237,7 +240,7 @@ def test_event_routed_is_logged_exactly_when_debug_is_on(level: int, logged: boo
 
     try:
         structlog.configure(processors=[keep], wrapper_class=structlog.make_filtering_bound_logger(level))
-        assert router.debug_enabled() is logged
+        assert dispatch.debug_enabled() is logged
         dispatcher, _starter = _dispatcher([resources.binding("any", SLACK, context_name="prod")])
         assert dispatcher.dispatch(_message()).started
         assert ("event.routed" in seen) is logged
@@ -247,7 +250,7 @@ def test_event_routed_is_logged_exactly_when_debug_is_on(level: int, logged: boo
 
 def test_platform_prefixed_user_entries_match_only_their_platform() -> None:
     """`slack:U9` matches user id U9 on Slack only; elsewhere the whole entry must equal the id or name."""
-    filters = router.Filters.compile(users=["slack:U9", "ci"])
+    filters = routes.Filters.compile(users=["slack:U9", "ci"])
     on_slack = _message(user="U9")
     elsewhere = ports.EventMessage(platform="http", trigger="t", text="", user=ports.UserRef("U9"))
     whole = ports.EventMessage(platform="http", trigger="t", text="", user=ports.UserRef("slack:U9"))

@@ -1,0 +1,182 @@
+"""`AdminView`: what the admin API (`aofd.daemon.admin`) shows of the running daemon.
+
+It reads the daemon's reconciler, runtime, sources and audit log and answers the admin API's
+questions (health, readiness, status, resources with their conditions, inventory, a dry-run
+plan of a candidate tree, metrics). A dry run goes through the same pure half as a pass:
+desired state, compile, diff against the inventory. It changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aofd import __version__
+from aofd.daemon import admin
+from aofd.plan import compiler, desired, render
+from aofd.plan import diff as diff_mod
+from aofd.resources import ids, snapshot
+from aofd.resources.kinds import base as kinds_base
+
+if TYPE_CHECKING:  # the daemon builds the view; the view never builds a daemon
+    from aofd.daemon.main import Daemon
+
+
+class AdminView:
+    """`admin.DaemonView` over the running daemon."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    def healthy(self) -> bool:
+        return self._d.healthy()
+
+    def ready(self) -> tuple[bool, str]:
+        rec = self._d.reconciler
+        rt = self._d.runtime
+        if rec is None or rt is None or rec.applied is None:
+            return False, "no revision applied yet"
+        if not rt.ready():
+            return False, "listeners are not up"
+        unavailable = self._d.audit.unavailable() if self._d.audit is not None else {}
+        if unavailable:
+            return False, f"audit unavailable for {sorted(unavailable)}"
+        return True, ""
+
+    def status(self) -> dict[str, Any]:
+        rec = self._d.reconciler
+        ok, why = self.ready()
+        sources = []
+        for src in self._d.sources:
+            record = rec.records.get(src.name) if rec is not None else None
+            st = src.status()
+            sources.append(
+                {
+                    "name": src.name,
+                    "lastApplied": record.last_applied if record else "",
+                    "lastAttempted": record.last_attempted if record else "",
+                    "lastError": (record.last_error if record else "") or (st.last_error or ""),
+                    "consecutiveFailures": st.consecutive_failures,
+                    "stale": st.stale,
+                }
+            )
+        runtime = self._d.runtime
+        return {
+            "ready": ok,
+            "readyReason": why,
+            "pid": os.getpid(),
+            "version": __version__,
+            "startedAt": self._d.started_at,
+            "appliedRevision": rec.applied.revision if rec is not None and rec.applied is not None else "",
+            "sources": sources,
+            "passes": rec.passes if rec is not None else 0,
+            "lastPass": rec.last_pass.as_dict() if rec is not None and rec.last_pass is not None else None,
+            "lastRejected": (
+                rec.last_rejected.as_dict() if rec is not None and rec.last_rejected is not None else None
+            ),
+            "listeners": (
+                {
+                    name: {"platform": x.platform, "digest": x.config_digest, "id": id(x)}
+                    for name, x in runtime.switchboard.current.listeners.items()
+                }
+                if runtime is not None
+                else {}
+            ),
+            "endpoints": self._d.endpoints,
+        }
+
+    def resources(self, kind: ids.Kind | None, name: str | None) -> list[dict[str, Any]]:
+        rec = self._d.reconciler
+        if rec is None or rec.applied is None:
+            return []
+        state = rec.applied
+        items = []
+        for key, res in sorted(state.resources.items()):
+            if kind is not None and key.kind is not kind:
+                continue
+            if name is not None and key.name != name:
+                continue
+            items.append(self._item(state, key, res, detail=name is not None))
+        return items
+
+    def _item(
+        self,
+        state: desired.DesiredState,
+        key: ids.ResourceKey,
+        res: kinds_base.LoadedResource,
+        *,
+        detail: bool,
+    ) -> dict[str, Any]:
+        rec = self._d.reconciler
+        cond = rec.conditions.get(key) if rec is not None else None
+        item: dict[str, Any] = {
+            "kind": key.kind.value,
+            "namespace": key.namespace,
+            "name": key.name,
+            "source": state.origins.get(key, ""),
+            "path": res.path,
+            "line": res.line,
+            "digest": state.digests.get(key, ""),
+            "status": cond.as_dict() if cond is not None else None,
+        }
+        bound = state.binding_for(key) if key.kind is ids.Kind.BINDING else None
+        if bound is not None:
+            item["resolves"] = {
+                "flow": bound.flow.name if bound.flow else None,
+                "agent": bound.agent.name if bound.agent else None,
+                "fleet": bound.fleet.name if bound.fleet else None,
+                "context": bound.context.name if bound.context else None,
+                "trigger": bound.trigger.name if bound.trigger else None,
+                "agents": sorted(bound.agents),
+                "fleets": sorted(bound.fleets),
+                "effectiveDigest": bound.digest,
+            }
+        if detail:
+            item["spec"] = admin.mask_secrets(kinds_base.canonical(res.model).get("spec", {}))
+            item["usedBy"] = sorted(b.name for b in state.users_of(key) if b.key != key)
+            if bound is not None and self._d.runtime is not None:
+                item["runs"] = self._d.runtime.history.recent(binding=bound.name, limit=10)
+        return item
+
+    def inventory(self) -> dict[str, Any]:
+        rec = self._d.reconciler
+        return rec.inventory.to_json() if rec is not None else {}
+
+    def request_reconcile(self, source: str | None) -> list[str]:
+        return self._d.request_reconcile(source)
+
+    def diff(self, source: str | None, files: Mapping[str, bytes]) -> dict[str, Any]:
+        rec = self._d.reconciler
+        if rec is None:
+            return {"error": "not started"}
+        names = [s.name for s in self._d.cfg.sources]
+        target = source or (names[0] if names else "")
+        if target not in names:
+            return {"errors": [f"unknown source {target!r}; sources are {names}"], "text": ""}
+        views = []
+        for spec in self._d.cfg.sources:
+            kinds = frozenset(ids.Kind(k) for k in spec.kinds)
+            if spec.name == target:
+                snap = snapshot.Snapshot.build(
+                    source=spec.name, files={p: snapshot.SourceFile.of(p, c) for p, c in files.items()}
+                )
+            else:
+                current = rec.snapshots.get(spec.name)
+                if current is None:
+                    continue
+                snap = current
+            views.append(desired.SourceView(name=spec.name, kinds=kinds, snapshot=snap))
+        state = desired.build(views, variables=self._d._variables(), allow=self._d.cfg.substitution.allow)
+        compiled = compiler.build(state, options=compiler.Options.of(self._d.cfg))
+        errs = [i.format() for i in compiled.errors]
+        if errs:
+            return {"errors": errs, "text": "", "plan": None}
+        plan = diff_mod.compute(compiled, rec.inventory)
+        return {"errors": [], "text": render.plan_text(plan), "plan": plan.as_dict()}
+
+    def metrics(self) -> tuple[bytes, str]:
+        rt = self._d.runtime
+        if rt is None:
+            return b"", "text/plain"
+        return rt.metrics.render()
