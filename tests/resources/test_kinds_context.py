@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from aofd.resources import documents, validation
 from aofd.resources.kinds import base, context
 
@@ -247,6 +249,28 @@ def test_synonym_and_field_with_different_values_is_an_error() -> None:
     assert None is result.resource
     assert ["error"] == [i.severity for i in result.issues]
     assert "synonym of 'required'" in result.issues[0].message
+
+
+@pytest.mark.parametrize(("snake", "camel"), [("a", "a"), ("a", "b")])
+def test_a_synonym_in_both_spellings_never_crashes_the_loader(snake: str, camel: str) -> None:
+    """`cluster_name` and `clusterName` together (the same synonym twice, its field's two spellings alike)
+    load when they agree and are an error when they differ; never an exception."""
+    result = load(
+        f"""\
+        apiVersion: aof.dev/v1
+        kind: Context
+        metadata: {{name: c}}
+        spec:
+          cluster_name: {snake}
+          clusterName: {camel}
+        """
+    )
+    if snake == camel:
+        assert result.resource is not None
+        assert "a" == getattr(result.resource.model.spec, "cluster", None)
+    else:
+        assert None is result.resource
+        assert ["error"] == [i.severity for i in result.issues]
 
 
 def test_unknown_key_in_context_is_an_error_with_did_you_mean() -> None:

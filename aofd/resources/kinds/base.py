@@ -106,7 +106,7 @@ class WithSynonyms(Model):
             if renamed is None:
                 renamed = dict(data)
             value = renamed.pop(key)
-            present = [k for k in (target, to_camel(target)) if k in renamed]
+            present = [k for k in dict.fromkeys((target, to_camel(target))) if k in renamed]
             if present and renamed[present[0]] != value:
                 raise ValueError(
                     f"{key!r} is a synonym of {target!r} and both are set to different values; keep one"
