@@ -14,7 +14,7 @@ import json
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aofd import errors
 from aofd.cli import client as client_mod
@@ -130,17 +130,19 @@ def _short(revision: str) -> str:
     return revision if len(revision) <= 40 else revision[:37] + "..."
 
 
-def _print_rejection(status: dict[str, Any]) -> None:
+def _print_rejection(status: dict[str, Any], *, stream: TextIO = sys.stderr) -> None:
+    """The rejected revision and its errors at file:line:col (on stderr beside other output;
+    `aofctl status` prints it as part of the status)."""
     rejected = status.get("lastRejected")
     if not rejected:
         return
     print(
         f"\nWARNING: revision {rejected.get('revision')} was rejected; still running "
         f"{status.get('appliedRevision') or 'nothing'}:",
-        file=sys.stderr,
+        file=stream,
     )
     for line in rejected.get("errors", [])[:20]:
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {line}", file=stream)
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -246,5 +248,5 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"Last pass:         {last.get('outcome')} {last.get('revision')} in {last.get('duration_ms')} ms"
         )
-    _print_rejection(data)
+    _print_rejection(data, stream=sys.stdout)
     return 0

@@ -29,7 +29,7 @@ from aofd.audit import journal, records
 from aofd.cli import validate_cmd
 from aofd.daemon import auditsink
 from aofd.daemon import config as daemon_config
-from aofd.plan import compiler, desired
+from aofd.plan import compiler
 from aofd.runtime import approvals, commands, engine, guard, limits, ports, runs
 from aofd.runtime.providers import registry
 from aofd.specs import flows, policy
@@ -70,16 +70,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"aofctl run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        views = validate_cmd.load_views([args.path])
+        _views, compiled = validate_cmd.compile_paths([args.path], cfg=cfg, undefined="error")
     except validate_cmd.UsageError as exc:
         print(f"aofctl run: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    state = desired.build(
-        views,
-        variables=validate_cmd.environment_variables(allow=cfg.substitution.allow),
-        allow=cfg.substitution.allow,
-    )
-    compiled = compiler.build(state, options=compiler.Options.of(cfg))
     if not compiled.ok:
         for issue in compiled.errors:
             print(issue.format(), file=sys.stderr)

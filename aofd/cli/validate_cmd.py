@@ -1,14 +1,20 @@
-"""`aofctl validate PATH... [-o text|json] [--strict] [--env-strict]`: offline validation.
+"""`aofctl validate PATH... [-o text|json] [--strict] [--env-strict] [--config FILE]`: offline validation.
 
 Each PATH is a directory (read with the same safe walker as a directory source) or one
-file. Everything the daemon checks is checked: YAML safety, schemas, source-independent
-references, duplicates, `${VAR}` substitution. Paths in messages are shown as the user typed
-them. Exit 0 when valid (warnings allowed), 1 when any error, 2 for usage errors.
+file. Everything the daemon checks before it applies a revision is checked, by the same two
+pure stages the daemon runs: the desired state (YAML safety, schemas, source-independent
+references, duplicates, `${VAR}` substitution) and the compile stage (`aofd.plan.compiler`:
+command patterns, cron and time zones, flows that cannot be built, models no provider serves,
+...). What validate accepts, the daemon applies whole; what is left are facts of the host
+(a kubeconfig file, a provider key), which the daemon reports per resource. Paths in
+messages are shown as the user typed them. Exit 0 when valid (warnings allowed), 1 when any
+error, 2 for usage errors.
 
-Variables for substitution come from this process's environment, filtered by the default
-allow-list (this is the CLI edge; the planner itself never reads the environment). An
-undefined variable is a warning here (the daemon's environment differs from yours), and an
-error with `--env-strict`.
+Variables for substitution come from this process's environment, filtered by the allow-list
+(this is the CLI edge; the planner itself never reads the environment). An undefined variable
+is a warning here (the daemon's environment differs from yours), and an error with
+`--env-strict`. `--config` reads a daemon config for its substitution allow-list and pinned
+executables (which first words of a command pattern name a tool).
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aofd import errors, settings
 from aofd.cli import render
-from aofd.plan import desired, substitute
+from aofd.daemon import config as daemon_config
+from aofd.plan import compiler, desired, substitute
 from aofd.resources import ids, snapshot
 from aofd.source import directory
 
@@ -48,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--env-strict",
         action="store_true",
         help="an undefined ${VAR} in a secret-bearing field is an error (as in the daemon)",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="a daemon config: its substitution allow-list and pinned executables"
     )
     parser.set_defaults(func=run)
 
@@ -94,26 +104,57 @@ def _single_file(path: Path, shown: str, source: str) -> snapshot.Snapshot:
     )
 
 
+def daemon_settings(path: Path | None) -> settings.DaemonConfig:
+    """The daemon config at `path` (the defaults when None). Raises `UsageError` when it is invalid."""
+    if path is None:
+        return settings.DaemonConfig()
+    try:
+        return daemon_config.load(path)
+    except errors.ConfigError as exc:
+        lines = "; ".join(i.format() for i in exc.issues) or str(exc)
+        raise UsageError(f"{path}: {lines}") from exc
+
+
+def compile_paths(
+    paths: Sequence[str],
+    *,
+    cfg: settings.DaemonConfig,
+    strict: bool = False,
+    undefined: Literal["error", "warning"] = "warning",
+) -> tuple[list[desired.SourceView], compiler.Compiled]:
+    """The views of `paths` and their compiled revision, as the daemon would compile it.
+
+    Raises:
+        UsageError: a PATH that cannot be read.
+    """
+    views = load_views(paths)
+    allow = cfg.substitution.allow
+    state = desired.build(
+        views, variables=environment_variables(allow=allow), allow=allow, undefined=undefined, strict=strict
+    )
+    return views, compiler.build(state, options=compiler.Options.of(cfg))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        views = load_views(args.paths)
+        cfg = daemon_settings(args.config)
+        views, compiled = compile_paths(
+            args.paths, cfg=cfg, strict=args.strict, undefined="error" if args.env_strict else "warning"
+        )
     except UsageError as exc:
         print(f"aofctl validate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    state = desired.build(
-        views,
-        variables=environment_variables(),
-        allow=settings.DEFAULT_SUBSTITUTION_ALLOW,
-        undefined="error" if args.env_strict else "warning",
-        strict=args.strict,
-    )
     files = sum(len(v.snapshot.files) for v in views)
-    report: dict[str, Any] = {"issues": state.issues, "resources": len(state.resources), "files": files}
+    report: dict[str, Any] = {
+        "issues": compiled.issues,
+        "resources": len(compiled.desired.resources),
+        "files": files,
+    }
     if args.output == "json":
-        sys.stdout.write(render.validate_json(revision=state.revision, **report))
+        sys.stdout.write(render.validate_json(revision=compiled.revision, **report))
     else:
         sys.stdout.write(render.validate_text(**report))
-    return EXIT_OK if state.ok else EXIT_INVALID
+    return EXIT_OK if compiled.ok else EXIT_INVALID
 
 
 def kinds_summary(state: desired.DesiredState) -> dict[str, int]:

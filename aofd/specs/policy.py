@@ -656,6 +656,12 @@ def compile_pattern(
     except errors.PolicyDenied as exc:
         return None, f"{shown}: {exc.reason}"
     if allow and not pattern.is_shape:
+        operator = next((op for op in SHELL_OPERATORS if op in text), None)
+        if operator is not None:
+            return None, (
+                f"{shown}: shell operator {operator!r} in a pattern; a pattern is one command shape "
+                "(tool, verb, flags such as 'kubectl get'), and aofd runs no shell"
+            )
         return None, (
             f"{shown}: not a command shape (tool, verb, flags such as 'kubectl get'); "
             f"regular expressions are not accepted in {field}"
