@@ -264,11 +264,19 @@ def build(
     output: str | bytes | None = None,
     prompt: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    command_line: str | None = None,
+    related: Sequence[str] = (),
+    source_ip: str | None = None,
+    http_status: int | None = None,
+    message: str | None = None,
 ) -> dict[str, Any]:
     """Build one record for `action` (a name from `ACTIONS`); unknown actions raise ValueError.
 
     `process.args` must already be redacted (`ArgvRedactor.redact`). `extra` is merged into
-    the `aofd` object (for action-specific fields such as `aofd.file`).
+    the `aofd` object (for action-specific fields such as `aofd.file`). `command_line` is the
+    text of a command that never became an argv (used when there is no `process`; the journal
+    redacts it); `related` are further user ids; `source_ip`, `http_status` and `message` are
+    ECS's `source.ip`, `http.response.status_code` and `message`.
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}; known: {sorted(ACTIONS)}")
@@ -317,16 +325,25 @@ def build(
         "event": event,
         "aofd": aofd,
     }
-    related: list[str] = []
+    users: list[str] = []
     if user is not None:
         record["user"] = _actor(user)
-        related.append(user.id)
+        users.append(user.id)
     if approver is not None:
-        related.append(approver.id)
-    if related:
-        record["related"] = {"user": list(dict.fromkeys(related))}
+        users.append(approver.id)
+    users.extend(related)
+    if users:
+        record["related"] = {"user": list(dict.fromkeys(u for u in users if u))}
     if process is not None:
         record["process"] = _process(process)
+    elif command_line is not None:
+        record["process"] = {"command_line": command_line}
+    if source_ip is not None:
+        record["source"] = {"ip": source_ip}
+    if http_status is not None:
+        record["http"] = {"response": {"status_code": http_status}}
+    if message is not None:
+        record["message"] = message
     if cluster is not None or namespace is not None or resource_type is not None:
         record["orchestrator"] = _compact(
             {

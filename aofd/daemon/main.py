@@ -34,6 +34,7 @@ from aofd.daemon import config as config_mod
 from aofd.plan import compiler
 from aofd.reconcile import loop, state
 from aofd.resources import ids
+from aofd.runtime import ports
 from aofd.source import runner as source_runner
 
 log = structlog.get_logger("aofd.daemon")
@@ -104,7 +105,7 @@ class Daemon:
             ],
             store=self.store,
             applier=self.runtime,
-            audit=self.audit,
+            audit=self.runtime.audit,
             variables=self._variables,
             allow=self.cfg.substitution.allow,
             options=compiler.Options.of(self.cfg),
@@ -269,26 +270,16 @@ class Daemon:
         return self.runtime is None or self.runtime.healthy()
 
     async def _audit_all(self, action: str) -> None:
-        if self.audit is None or self.reconciler is None:
+        if self.runtime is None or self.reconciler is None:
             return
         applied = self.reconciler.applied
         if applied is None:
             return
+        event = ports.AuditEvent(action, details={"version": __version__, "pid": os.getpid()})
         for key in applied.resources:
             if key.kind is ids.Kind.CONTEXT:
-                record = {
-                    "event": {
-                        "kind": "event",
-                        "category": ["process"],
-                        "type": ["info"],
-                        "action": action,
-                        "outcome": "success",
-                    },
-                    "aofd": {"version": __version__, "pid": os.getpid()},
-                    "context": key.name,
-                }
                 with contextlib.suppress(errors.AofdError):
-                    await self.audit.write(key.name, record)
+                    await self.runtime.audit.write(key.name, event)
 
 
 def serve(cfg: settings.DaemonConfig, **kwargs: Any) -> int:

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -369,43 +369,25 @@ class Reconciler:
     ) -> None:
         touched = plan.touched_contexts(desired, previous)
         for context, changes in sorted(touched.items()):
-            record: dict[str, Any] = {
-                "event": {
-                    "kind": "event",
-                    "category": ["configuration"],
-                    "type": ["change"],
-                    "action": "config.applied",
-                    "outcome": "success",
-                },
-                "aofd": {"revision": desired.revision, "changes": changes},
-                "context": context,
-                "status": "success",
-            }
-            await self._safe_audit(context, record)
+            event = ports.AuditEvent(
+                "config.applied", details={"revision": desired.revision, "changes": changes}
+            )
+            await self._safe_audit(context, event)
 
     async def _audit_rejected(self, desired: desired_mod.DesiredState, errs: Sequence[errors.Issue]) -> None:
         contexts: set[str] = set()
         if self.applied is not None:
             contexts |= {k.name for k in self.applied.resources if k.kind is ids.Kind.CONTEXT}
         contexts |= {k.name for k in desired.resources if k.kind is ids.Kind.CONTEXT}
+        details = {"revision": desired.revision, "errors": [i.format() for i in errs[:50]]}
         for context in sorted(contexts):
-            record: dict[str, Any] = {
-                "event": {
-                    "kind": "event",
-                    "category": ["configuration"],
-                    "type": ["change", "denied"],
-                    "action": "config.rejected",
-                    "outcome": "failure",
-                },
-                "aofd": {"revision": desired.revision, "errors": [i.format() for i in errs[:50]]},
-                "context": context,
-                "status": "rejected",
-            }
-            await self._safe_audit(context, record)
+            await self._safe_audit(
+                context, ports.AuditEvent("config.rejected", outcome="failure", details=details)
+            )
 
-    async def _safe_audit(self, context: str, record: Mapping[str, Any]) -> None:
+    async def _safe_audit(self, context: str, event: ports.AuditEvent) -> None:
         try:
-            await self._audit.write(context, record)
+            await self._audit.write(context, event)
         except errors.AofdError as exc:
             log.warning("audit write failed", context=context, error=str(exc))
 

@@ -432,34 +432,29 @@ class Engine:
         except Exception:
             log.exception("run.reply_failed", platform=target.platform, channel=target.channel_id)
 
-    async def _audit_write(self, run: nodes.RunState, action: str, outcome: str) -> None:
+    async def _audit_write(self, run: nodes.RunState, action: str, outcome: ports.AuditOutcome) -> None:
         if self._audit is None:
             return
         record = run.record
-        fields: dict[str, Any] = {
-            "event": {"kind": "event", "category": ["process"], "action": action, "outcome": outcome},
-            "aofd": {
-                "context": record.context,
-                "agent": {"name": record.flow, "run_id": record.run_id},
-                "binding": record.binding,
-                "flow": record.flow,
-            },
-            "user": {
-                "id": run.message.user.id,
-                "name": run.message.user.name,
-                "domain": run.message.user.domain,
-            },
-        }
+        details: dict[str, Any] = {"binding": record.binding, "flow": record.flow}
         if action == "agent.run.finished":
-            fields["aofd"]["run"] = {
+            details["run"] = {
                 "status": record.status.value,
                 "error": record.error,
                 "input_tokens": record.input_tokens,
                 "output_tokens": record.output_tokens,
                 "model_calls": record.model_calls,
             }
+        event = ports.AuditEvent(
+            action,
+            outcome=outcome,
+            user=run.message.user,
+            run_id=record.run_id,
+            agent=record.flow,
+            details=details,
+        )
         try:
-            await self._audit.write(record.context, fields)
+            await self._audit.write(record.context, event)
         except Exception:
             log.exception("run.audit_failed", run_id=record.run_id, action=action)
 

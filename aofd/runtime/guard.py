@@ -131,73 +131,63 @@ class CommandGuard:
 
     # ------------------------------------------------------------------ records
 
-    def _record(
+    def _event(
         self,
         action: str,
         req: CommandRequest,
         cid: str,
         *,
-        outcome: str = "success",
-        types: Sequence[str] = (),
+        outcome: ports.AuditOutcome = "success",
         reason: str | None = None,
-        category: str = "process",
         pol: policy.GuardPolicy | None = None,
         verdict: policy.Verdict | None = None,
-        extra: Mapping[str, Any] | None = None,
-        aofd: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "kind": "event",
-            "category": [category],
-            "type": list(types),
-            "action": action,
-            "outcome": outcome,
-            "id": cid,
-        }
-        if reason:
-            event["reason"] = reason
-        record: dict[str, Any] = {
-            "event": event,
-            "user": _user(req.user),
-            "related": {"user": [req.user.id]},
-            "trace": {"id": req.run_id},
-        }
-        body: dict[str, Any] = {
-            "context": req.context_name,
-            "agent": {"name": req.agent, "run_id": req.run_id},
-            "tool": req.tool,
-        }
-        if isinstance(req.argv, str):
-            record["process"] = {"command_line": req.argv}
+        details: Mapping[str, Any] | None = None,
+        related: Sequence[str] = (),
+        result: commands.CommandResult | None = None,
+    ) -> ports.AuditEvent:
+        """The audit event of one stage of a command: its argv as run (with the pinned executable)
+        once the policy parsed it, else as requested; the decision; the Kubernetes target."""
+        fields: dict[str, Any] = {"tool": req.tool}
+        target: ports.AuditTarget | None = None
         if verdict is not None:
             run_argv = verdict.exec_argv or verdict.argv
-            args = [str(verdict.executable) if verdict.executable else run_argv[0], *run_argv[1:]]
-            record["process"] = {
-                "executable": args[0],
-                "args": args,
-                "args_count": len(args),
-                "command_line": policy.render_argv(run_argv),
-            }
-            body["decision"] = {"result": "allow" if verdict.allowed else "deny", "rule": verdict.rule}
+            args = (str(verdict.executable) if verdict.executable else run_argv[0], *run_argv[1:])
+            fields["decision"] = {"result": "allow" if verdict.allowed else "deny", "rule": verdict.rule}
             cmd = verdict.command
             if cmd is not None and cmd.tool in policy.NAMESPACED_TOOLS:
-                orch: dict[str, Any] = {"type": "kubernetes", "namespace": cmd.namespace}
-                if pol is not None and pol.cluster:
-                    orch["cluster"] = {"name": pol.cluster}
-                if cmd.resource:
-                    orch["resource"] = {"type": cmd.resource}
-                if cmd.all_namespaces:
-                    orch["namespace"] = "*"
-                record["orchestrator"] = orch
-        if aofd:
-            body.update(aofd)
-        record["aofd"] = body
-        if extra:
-            record.update(extra)
-        return record
+                target = ports.AuditTarget(
+                    namespace="*" if cmd.all_namespaces else cmd.namespace,
+                    cluster=pol.cluster if pol is not None else None,
+                    resource_type=cmd.resource,
+                )
+            process = ports.AuditProcess(
+                args=args,
+                exit_code=result.exit_code if result is not None else None,
+                working_directory=result.cwd if result is not None else None,
+            )
+        elif isinstance(req.argv, str):
+            process = ports.AuditProcess(command_line=req.argv)
+        else:
+            process = ports.AuditProcess(args=tuple(str(a) for a in req.argv))
+        if details:
+            fields.update(details)
+        return ports.AuditEvent(
+            action,
+            outcome=outcome,
+            reason=reason,
+            event_id=cid,
+            duration_ns=int(result.duration_s * 1e9) if result is not None else None,
+            user=req.user,
+            related=tuple(related),
+            run_id=req.run_id,
+            agent=req.agent,
+            process=process if process.args or process.command_line else None,
+            target=target,
+            details=fields,
+        )
 
-    async def _write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
-        await self._audit.write(context, record, durable=durable)
+    async def _write(self, context: str, event: ports.AuditEvent, *, durable: bool = False) -> None:
+        await self._audit.write(context, event, durable=durable)
 
     async def _deny(
         self,
@@ -210,16 +200,14 @@ class CommandGuard:
         pol: policy.GuardPolicy | None = None,
         verdict: policy.Verdict | None = None,
     ) -> Denial:
-        record = self._record(
+        record = self._event(
             "command.denied",
             req,
             cid,
-            outcome="success",
-            types=["denied"],
             reason=reason,
             pol=pol,
             verdict=verdict,
-            aofd={"decision": {"result": "deny", "rule": rule, "stage": stage}},
+            details={"decision": {"result": "deny", "rule": rule, "stage": stage}},
         )
         await self._write_quietly(req.context_name, record)  # refused either way
         return Denial(reason, rule, stage, cid)
@@ -233,9 +221,7 @@ class CommandGuard:
         if pol is None:
             return Denial(f"no Context named {request.context_name!r} is loaded", "context", "context", cid)
         try:
-            await self._write(
-                request.context_name, self._record("command.requested", request, cid, types=["info"])
-            )
+            await self._write(request.context_name, self._event("command.requested", request, cid))
         except errors.AuditUnavailable:
             return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
         try:
@@ -302,16 +288,15 @@ class CommandGuard:
         approval_info: dict[str, Any] = {"required": verdict.needs_approval}
         if approvers:
             approval_info["approvers"] = [_user(u) for u in approvers]
-        started = self._record(
+        started = self._event(
             "command.started",
             req,
             cid,
-            types=["start", "allowed"],
             reason=verdict.reason,
             pol=pol,
             verdict=verdict,
-            aofd={"approval": approval_info},
-            extra={"related": {"user": [req.user.id, *(u.id for u in approvers)]}} if approvers else None,
+            details={"approval": approval_info},
+            related=[u.id for u in approvers],
         )
         try:
             await self._write(req.context_name, started, durable=True)
@@ -332,16 +317,15 @@ class CommandGuard:
             )
         except (errors.PolicyDenied, commands.StartFailed) as exc:
             reason = exc.reason if isinstance(exc, errors.PolicyDenied) else str(exc)
-            record = self._record(
+            record = self._event(
                 "command.finished",
                 req,
                 cid,
                 outcome="failure",
-                types=["end"],
                 reason="start_failed",
                 pol=pol,
                 verdict=verdict,
-                aofd={"error": reason},
+                details={"error": reason},
             )
             await self._write_quietly(req.context_name, record)
             return Denial(reason, "start", "start", cid)
@@ -358,21 +342,17 @@ class CommandGuard:
         if pol.log_responses:
             output["stdout"] = result.stdout[:MAX_AUDITED_OUTPUT]
             output["stderr"] = result.stderr[:MAX_AUDITED_OUTPUT]
-        finished = self._record(
+        finished = self._event(
             "command.finished",
             req,
             cid,
             outcome="failure" if failed else "success",
-            types=["end"],
             reason=why,
             pol=pol,
             verdict=verdict,
-            aofd={"output": output, "truncated": result.truncated, "timed_out": result.timed_out},
-            extra={"event_duration_ns": int(result.duration_s * 1e9)},
+            details={"output": output, "truncated": result.truncated, "timed_out": result.timed_out},
+            result=result,
         )
-        finished["event"]["duration"] = finished.pop("event_duration_ns")
-        finished["process"]["exit_code"] = result.exit_code
-        finished["process"]["working_directory"] = result.cwd
         # The command already ran: if this write fails, the durable command.started record stands.
         await self._write_quietly(req.context_name, finished)
         return result
@@ -398,17 +378,10 @@ class CommandGuard:
         )
         info = {"id": pending.id, "required": True, "rule": verdict.approval_rule}
 
-        def approval_record(action: str, **kw: Any) -> dict[str, Any]:
+        def approval_record(action: str, **kw: Any) -> ports.AuditEvent:
             extra_info = kw.pop("info", {})
-            return self._record(
-                action,
-                req,
-                cid,
-                category="iam",
-                pol=pol,
-                verdict=verdict,
-                aofd={"approval": {**info, **extra_info}},
-                **kw,
+            return self._event(
+                action, req, cid, pol=pol, verdict=verdict, details={"approval": {**info, **extra_info}}, **kw
             )
 
         try:
@@ -416,7 +389,6 @@ class CommandGuard:
                 req.context_name,
                 approval_record(
                     "approval.requested",
-                    types=["creation"],
                     info={
                         "timeout_seconds": rules.timeout_seconds,
                         "allowed_users": list(rules.allowed_users),
@@ -447,9 +419,8 @@ class CommandGuard:
             ids = [u.id for u in outcome.approvers]
             record = approval_record(
                 "approval.granted",
-                types=["allowed"],
                 info={"approvers": [_user(u) for u in outcome.approvers]},
-                extra={"related": {"user": [req.user.id, *ids]}},
+                related=ids,
             )
             await self._write_quietly(req.context_name, record)
             return outcome.approvers
@@ -457,17 +428,16 @@ class CommandGuard:
             denier = outcome.denier
             record = approval_record(
                 "approval.denied",
-                types=["denied"],
                 reason="denied",
                 info={"denier": _user(denier) if denier else None},
-                extra={"related": {"user": [req.user.id, denier.id]}} if denier else None,
+                related=[denier.id] if denier else [],
             )
             await self._write_quietly(req.context_name, record)
             who = f" by {denier.id}" if denier else ""
             return await self._deny(
                 req, cid, f"approval denied{who}", "approval", "approval", pol=pol, verdict=verdict
             )
-        record = approval_record("approval.expired", types=["end"], outcome="failure", reason=outcome.reason)
+        record = approval_record("approval.expired", outcome="failure", reason=outcome.reason)
         await self._write_quietly(req.context_name, record)
         return await self._deny(
             req,
@@ -479,7 +449,7 @@ class CommandGuard:
             verdict=verdict,
         )
 
-    async def _write_quietly(self, context: str, record: Mapping[str, Any]) -> None:
+    async def _write_quietly(self, context: str, record: ports.AuditEvent) -> None:
         """Write a record whose loss must not change the outcome (the gate is command.started)."""
         with contextlib.suppress(errors.AuditUnavailable):
             await self._write(context, record)
@@ -503,30 +473,24 @@ class CommandGuard:
         ):
             return decision
         granted = decision is approvals.Decision.PENDING_MORE
-        record: dict[str, Any] = {
-            "event": {
-                "kind": "event",
-                "category": ["iam"],
-                "type": ["allowed" if granted else "denied"],
-                "action": "approval.granted" if granted else "approval.denied",
-                "outcome": "success" if granted else "failure",
-                "reason": decision.value,
-            },
-            "user": _user(user),
-            "related": {"user": [user.id, pending.requester.id]},
-            "trace": {"id": pending.run_id},
-            "process": {"command_line": pending.rendered_argv()},
-            "aofd": {
-                "context": pending.context,
-                "agent": {"name": pending.agent, "run_id": pending.run_id},
+        record = ports.AuditEvent(
+            "approval.granted" if granted else "approval.denied",
+            outcome="success" if granted else "failure",
+            reason=decision.value,
+            user=user,
+            related=(pending.requester.id,),
+            run_id=pending.run_id,
+            agent=pending.agent,
+            process=ports.AuditProcess(args=tuple(pending.argv)),
+            details={
                 "approval": {
                     "id": request_id,
                     "final": False,
                     "approver": _user(user),
                     "action_id": action_id,
-                },
+                }
             },
-        }
+        )
         await self._write_quietly(pending.context, record)
         return decision
 
@@ -552,24 +516,17 @@ class CommandGuard:
         if self._on_refused is not None:
             self._on_refused(context_name)
         if got.audit:
-            record = {
-                "event": {
-                    "kind": "event",
-                    "category": ["session"],
-                    "type": ["denied"],
-                    "action": "ratelimit.exceeded",
-                    "outcome": "failure",
-                    "reason": got.limit,
+            record = ports.AuditEvent(
+                "ratelimit.exceeded",
+                outcome="failure",
+                reason=got.limit,
+                user=user,
+                run_id=run_id,
+                agent=agent,
+                details={
+                    "ratelimit": {"limit": got.limit, "retry_after": got.retry_after, "message": got.reason}
                 },
-                "user": _user(user),
-                "related": {"user": [user.id]},
-                "trace": {"id": run_id},
-                "aofd": {
-                    "context": context_name,
-                    "agent": {"name": agent, "run_id": run_id},
-                    "ratelimit": {"limit": got.limit, "retry_after": got.retry_after, "message": got.reason},
-                },
-            }
+            )
             await self._write_quietly(context_name, record)
         return Denial(got.reason, got.limit, "limits")
 

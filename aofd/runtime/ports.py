@@ -61,15 +61,67 @@ class EventMessage(NamedTuple):
         return ReplyTarget(self.platform, self.trigger, self.channel_id, self.thread)
 
 
+AuditOutcome = Literal["success", "failure", "unknown"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditProcess:
+    """A command as its audit line shows it: the argv as run (argv[0] the pinned path), or only the
+    text of a command that never became an argv (`command_line`), and how it ended."""
+
+    args: tuple[str, ...] = ()
+    command_line: str | None = None
+    exit_code: int | None = None
+    working_directory: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditTarget:
+    """The Kubernetes target of a command (`orchestrator.*`): namespace (`*` for all), cluster, resource."""
+
+    namespace: str | None = None
+    cluster: str | None = None
+    resource_type: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit record, typed: what every writer hands the `AuditSink`, which renders it as one ECS line
+    (`aofd.daemon.auditsink.render`, through `aofd.audit.records.build`).
+
+    `action` is a name of the audit vocabulary (`aofd.audit.records.ACTIONS`: `command.started`,
+    `config.applied`, ...), which also fixes the ECS category and type; `event_id` is shared by the
+    stages of one command; `related` are further user ids (requester, approvers); `details` are the
+    action's own `aofd.*` fields (`decision`, `approval`, `output`, `run`, `revision`, ...).
+    """
+
+    action: str
+    outcome: AuditOutcome = "success"
+    reason: str | None = None
+    event_id: str | None = None
+    duration_ns: int | None = None
+    user: UserRef | None = None
+    related: tuple[str, ...] = ()
+    run_id: str | None = None
+    agent: str | None = None
+    process: AuditProcess | None = None
+    target: AuditTarget | None = None
+    trigger: Mapping[str, str] | None = None
+    source_ip: str | None = None
+    http_status: int | None = None
+    message: str | None = None
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class AuditSink(Protocol):
-    """Append one audit record to a Context's log.
+    """Append one audit event to a Context's log.
 
     `durable=True` returns only once the record is on disk (fsync); it raises
     `aofd.errors.AuditUnavailable` if that cannot be done, and the caller must not go on
     with the action the record authorises.
     """
 
-    async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None: ...
+    async def write(self, context: str, event: AuditEvent, *, durable: bool = False) -> None: ...
 
 
 class AuditLogs(Protocol):

@@ -656,7 +656,10 @@ def compile_pattern(
     except errors.PolicyDenied as exc:
         return None, f"{shown}: {exc.reason}"
     if allow and not pattern.is_shape:
-        operator = next((op for op in SHELL_OPERATORS if op in text), None)
+        # A standalone operator token, or one that never belongs to a regex (`|` and `>` may).
+        standalone = (t for t in text.split() if t in SHELL_OPERATORS)
+        embedded = (op for op in (";", "&&", "$(", "`") if op in text)
+        operator = next(standalone, None) or next(embedded, None)
         if operator is not None:
             return None, (
                 f"{shown}: shell operator {operator!r} in a pattern; a pattern is one command shape "

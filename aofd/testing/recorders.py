@@ -9,6 +9,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
+from aofd.audit import records
+from aofd.daemon import auditsink
 from aofd.runtime import ports
 from aofd.specs import bindings
 
@@ -43,14 +45,18 @@ class NoopStarter:
 
 
 class RecordingAudit:
-    """An AuditSink (and audit-log opener) that keeps records per context."""
+    """An AuditSink (and audit-log opener) that keeps each event, and the record the daemon would write
+    for it (`auditsink.render`), per context."""
 
     def __init__(self) -> None:
+        self.events: list[tuple[str, ports.AuditEvent]] = []
         self.records: list[tuple[str, Mapping[str, Any]]] = []
         self.opened: list[str] = []
+        self._redactor = records.ArgvRedactor(key=b"test-audit-key")
 
-    async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
-        self.records.append((context, record))
+    async def write(self, context: str, event: ports.AuditEvent, *, durable: bool = False) -> None:
+        self.events.append((context, event))
+        self.records.append((context, auditsink.render(event, context=context, redactor=self._redactor)))
 
     async def open_context(self, context: str, *, log_path: str | None = None) -> str | None:
         if context not in self.opened:

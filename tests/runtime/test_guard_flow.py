@@ -6,13 +6,14 @@ import asyncio
 import dataclasses
 import json
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aofd import errors, settings
+from aofd.audit import records
+from aofd.daemon import auditsink
 from aofd.runtime import approvals, commands, guard, limits, ports
 from aofd.specs import policy
 
@@ -27,10 +28,12 @@ class RecordingAudit:
     def __init__(self, *, fail_durable: bool = False) -> None:
         self.fail_durable = fail_durable
         self.records: list[tuple[str, dict[str, Any], bool]] = []
+        self._redactor = records.ArgvRedactor(key=b"test-audit-key")
 
-    async def write(self, context: str, record: Mapping[str, Any], *, durable: bool = False) -> None:
+    async def write(self, context: str, event: ports.AuditEvent, *, durable: bool = False) -> None:
         if durable and self.fail_durable:
             raise errors.AuditUnavailable("fsync failed: EIO")
+        record = auditsink.render(event, context=context, redactor=self._redactor)
         self.records.append((context, json.loads(json.dumps(record)), durable))
 
     def actions(self, context: str | None = None) -> list[str]:

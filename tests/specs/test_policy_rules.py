@@ -486,3 +486,10 @@ def test_a_context_env_problem_points_at_the_variable() -> None:
     )
     _policy, problems = policy.compile_context(model, tools=policy.known_tools(EXECUTABLES))
     assert [("spec", "env", "LD_PRELOAD")] == [p.loc for p in problems]
+
+
+def test_a_shell_operator_in_an_allow_rule_is_named() -> None:
+    """`kubectl get ;` in allowed_commands is refused as a shell operator, not as a regular expression."""
+    problems = problems_of("c", security={"allowed_commands": ["kubectl get ;"]})
+    assert 1 == len(problems)
+    assert "shell operator ';' in a pattern" in problems[0]

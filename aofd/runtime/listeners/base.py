@@ -230,7 +230,7 @@ class Listener:
         self.spawn(self._write_audit(audit, contexts, record), name=f"audit:{self.trigger_name}")
 
     async def _write_audit(
-        self, audit: ports.AuditSink, contexts: tuple[str, ...], record: dict[str, Any]
+        self, audit: ports.AuditSink, contexts: tuple[str, ...], record: ports.AuditEvent
     ) -> None:
         for context in contexts:
             try:
@@ -345,16 +345,18 @@ def loads_body(body: bytes) -> Any:
 
 def rejection_record(
     *, platform: str, trigger: str, exc: verify.Rejected, remote: str, suppressed: int = 0
-) -> dict[str, Any]:
-    """The `trigger.rejected` audit record (ECS-shaped; the daemon's sink adds the envelope)."""
-    return {
-        "event": {"action": "trigger.rejected", "outcome": "failure", "reason": exc.reason},
-        "trigger": {"platform": platform, "name": trigger},
-        "source": {"ip": remote},
-        "http": {"response": {"status_code": exc.status}},
-        "message": exc.detail,
-        "aofd": {"suppressed": suppressed},
-    }
+) -> ports.AuditEvent:
+    """The `trigger.rejected` audit event; `suppressed` counts the same rejections left out since the last."""
+    return ports.AuditEvent(
+        "trigger.rejected",
+        outcome="failure",
+        reason=exc.reason,
+        trigger={"platform": platform, "name": trigger},
+        source_ip=remote or None,
+        http_status=exc.status,
+        message=exc.detail,
+        details={"suppressed": suppressed},
+    )
 
 
 def buffered_body(request: web.BaseRequest, limit: int) -> bytes | None:
