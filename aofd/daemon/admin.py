@@ -1,6 +1,7 @@
 """The admin HTTP API (DESIGN.md section 4): health, readiness, metrics, status, resources.
 
-Served on loopback or a unix socket by default. Read-only except `POST /api/v1/reconcile`
+Served on loopback or a unix socket by default, through the runtime's HTTP server adapter
+(`aofd.runtime.httpserver`; a unix socket is created mode 0660). Read-only except `POST /api/v1/reconcile`
 (wake the sources and run a pass) and `POST /api/v1/diff` (plan a candidate tree against
 what runs, with the same pure planner; nothing is applied). Secret-bearing values (Context
 env values, Trigger tokens and secrets) are masked in every response.
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from aofd.resources import ids
+from aofd.runtime import httpserver, ports, verify
 
 SECRET_KEY_PARTS = ("token", "secret", "password", "api_key", "apikey", "routing_key", "private_key")
 MASK = "***"
@@ -56,107 +56,95 @@ class DaemonView(Protocol):
     def metrics(self) -> tuple[bytes, str]: ...
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, indent=2, sort_keys=False, default=str) + "\n",
-        status=status,
-        content_type="application/json",
-    )
+def _json(data: Any, status: int = 200) -> ports.HttpResponse:
+    body = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    return ports.HttpResponse(status, body.encode("utf-8"), "application/json")
 
 
-def make_app(view: DaemonView, *, max_diff_bytes: int = 64 * 1024 * 1024) -> web.Application:
-    app = web.Application(client_max_size=max_diff_bytes)
+def _text(status: int, text: str) -> ports.HttpResponse:
+    return ports.HttpResponse.text(status, text)
 
-    async def healthz(_: web.Request) -> web.Response:
-        ok = view.healthy()
-        return web.Response(text="ok\n" if ok else "unhealthy\n", status=200 if ok else 503)
 
-    async def readyz(_: web.Request) -> web.Response:
-        ok, why = view.ready()
-        return web.Response(text=("ready\n" if ok else f"not ready: {why}\n"), status=200 if ok else 503)
+class AdminApi:
+    """The admin API's request handler: routes by method and path to the `DaemonView`."""
 
-    async def metrics(_: web.Request) -> web.Response:
-        body, content_type = view.metrics()
-        resp = web.Response(body=body)
-        resp.headers["Content-Type"] = content_type
-        return resp
+    def __init__(self, view: DaemonView, *, max_diff_bytes: int = 64 * 1024 * 1024) -> None:
+        self._view = view
+        self._max_diff = max_diff_bytes
 
-    async def status(_: web.Request) -> web.Response:
-        return _json(view.status())
+    async def __call__(self, request: ports.HttpRequest) -> ports.HttpResponse:
+        method, path = request.method, request.path.rstrip("/") or "/"
+        get = method in ("GET", "HEAD")
+        if path == "/healthz" and get:
+            ok = self._view.healthy()
+            return _text(200 if ok else 503, "ok\n" if ok else "unhealthy\n")
+        if path == "/readyz" and get:
+            ready, why = self._view.ready()
+            return _text(200 if ready else 503, "ready\n" if ready else f"not ready: {why}\n")
+        if path == "/metrics" and get:
+            body, content_type = self._view.metrics()
+            return ports.HttpResponse(200, body, headers={"Content-Type": content_type})
+        if path == "/api/v1/status" and get:
+            return _json(self._view.status())
+        if path == "/api/v1/inventory" and get:
+            return _json(self._view.inventory())
+        if path == "/api/v1/reconcile" and method == "POST":
+            return self._reconcile(request)
+        if path == "/api/v1/diff" and method == "POST":
+            return await self._diff(request)
+        parts = path.split("/")
+        if parts[:4] == ["", "api", "v1", "resources"] and len(parts) <= 6 and get:
+            return self._resources(*parts[4:])
+        known = path in _ROUTES or parts[:4] == ["", "api", "v1", "resources"]
+        return _text(405, "method not allowed\n") if known else _text(404, "not found\n")
 
-    def _kind(text: str) -> ids.Kind | None:
-        return ids.parse_kind_name(text)
-
-    async def resources(request: web.Request) -> web.Response:
-        kind_text = request.match_info.get("kind")
-        name = request.match_info.get("name")
+    def _resources(self, kind_text: str | None = None, name: str | None = None) -> ports.HttpResponse:
         kind = None
         if kind_text:
-            kind = _kind(kind_text)
+            kind = ids.parse_kind_name(kind_text)
             if kind is None:
                 return _json({"error": f"unknown kind {kind_text!r}"}, 404)
-        items = view.resources(kind, name)
+        items = self._view.resources(kind, name)
         if name is not None and not items:
             return _json({"error": f"{kind_text}/{name} not found"}, 404)
         return _json({"items": items})
 
-    async def inventory(_: web.Request) -> web.Response:
-        return _json(view.inventory())
-
-    async def reconcile(request: web.Request) -> web.Response:
+    def _reconcile(self, request: ports.HttpRequest) -> ports.HttpResponse:
         source = request.query.get("source")
-        woke = view.request_reconcile(source)
+        woke = self._view.request_reconcile(source)
         if source and not woke:
             return _json({"error": f"unknown source {source!r}"}, 404)
         return _json({"requested": True, "sources": woke}, 202)
 
-    async def diff(request: web.Request) -> web.Response:
+    async def _diff(self, request: ports.HttpRequest) -> ports.HttpResponse:
         try:
-            body = await request.json()
+            raw = await request.body(self._max_diff)
+        except verify.Rejected as exc:
+            return _json({"error": exc.detail}, exc.status)
+        try:
+            body = json.loads(raw)
             files = {str(p): base64.b64decode(c) for p, c in dict(body.get("files", {})).items()}
             source = body.get("source")
         except (ValueError, TypeError, AttributeError):
             return _json({"error": "expected JSON {source, files: {path: base64}}"}, 400)
-        return _json(view.diff(str(source) if source else None, files))
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/status", status)
-    app.router.add_get("/api/v1/resources", resources)
-    app.router.add_get("/api/v1/resources/{kind}", resources)
-    app.router.add_get("/api/v1/resources/{kind}/{name}", resources)
-    app.router.add_get("/api/v1/inventory", inventory)
-    app.router.add_post("/api/v1/reconcile", reconcile)
-    app.router.add_post("/api/v1/diff", diff)
-    return app
+        return _json(self._view.diff(str(source) if source else None, files))
 
 
-async def start_site(app: web.Application, address: str) -> tuple[web.AppRunner, str]:
-    """Serve `app` on `HOST:PORT` or `unix:PATH`; return the runner and the bound address."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    if address.startswith("unix:"):
-        path = address[len("unix:") :]
-        site: web.BaseSite = web.UnixSite(runner, path)
-        await site.start()
-        return runner, address
-    host, port = split_hostport(address)
-    tcp = web.TCPSite(runner, host, port, reuse_address=True)
-    await tcp.start()
-    bound = port
-    for addr in runner.addresses:
-        if isinstance(addr, tuple) and len(addr) >= 2:
-            bound = int(addr[1])
-            break
-    return runner, f"{host}:{bound}"
+_ROUTES = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/status",
+        "/api/v1/inventory",
+        "/api/v1/reconcile",
+        "/api/v1/diff",
+    }
+)
 
 
-def split_hostport(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-Handler = Callable[[web.Request], Any]
+async def start_site(api: AdminApi, address: str) -> tuple[httpserver.Server, str]:
+    """Serve the admin API on `HOST:PORT` or `unix:PATH`; returns the server and the bound address."""
+    server = httpserver.Server(api, address=address)
+    bound = await server.start()
+    return server, bound

@@ -14,16 +14,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from aofd import settings
-from aofd.runtime import verify
-from aofd.runtime.listeners import base as listener_base
+from aofd.runtime import ports, verify
 from aofd.source import hooks
 
 log = structlog.get_logger("aofd.daemon")
 
 MAX_GIT_HOOK_BYTES = 1024 * 1024
+_SHORT = {413: "too large\n", 417: "expectation failed\n"}
 
 
 class GitHook:
@@ -33,32 +32,27 @@ class GitHook:
         self._sources = sources
         self._wake = wake
 
-    async def __call__(self, request: web.BaseRequest, name: str) -> web.Response:
+    async def __call__(self, request: ports.HttpRequest, name: str) -> ports.HttpResponse:
         spec = self._sources.get(name)
         if spec is None:
-            return web.Response(status=404, text="not found\n")
-        if request.content_length is not None and request.content_length > MAX_GIT_HOOK_BYTES:
-            return web.Response(status=413, text="too large\n")
+            return ports.HttpResponse.text(404, "not found\n")
         try:
-            await listener_base.answer_expect(request)
-        except verify.Rejected:
-            return web.Response(status=417, text="expectation failed\n")
-        body = await request.content.read(MAX_GIT_HOOK_BYTES + 1)
-        if len(body) > MAX_GIT_HOOK_BYTES:
-            return web.Response(status=413, text="too large\n")
+            body = await request.body(MAX_GIT_HOOK_BYTES)
+        except verify.Rejected as exc:
+            return ports.HttpResponse.text(exc.status, _SHORT.get(exc.status, "bad request\n"))
         secret = read_secret(spec.webhook_secret_file)
         if not secret:
             log.warning("git push hook refused: the source has no webhook_secret_file", source=name)
-            return web.Response(status=403, text="forbidden\n")
+            return ports.HttpResponse.text(403, "forbidden\n")
         verdict = hooks.verify(
             secret=secret.strip(), headers=dict(request.headers), body=body, now=time.time()
         )
         if verdict is not hooks.Verdict.OK:
             log.info("git push hook rejected", source=name, reason=verdict.value)
-            return web.Response(status=401, text="unauthorized\n")
+            return ports.HttpResponse.text(401, "unauthorized\n")
         if not self._wake(name):
-            return web.Response(status=404, text="not found\n")
-        return web.Response(status=202, text="accepted\n")
+            return ports.HttpResponse.text(404, "not found\n")
+        return ports.HttpResponse.text(202, "accepted\n")
 
 
 def read_secret(path: Path | None) -> bytes | None:

@@ -123,8 +123,9 @@ class Daemon:
         try:
             listen = await self.runtime.start(self.cfg.listen)
             self.endpoints["listen"] = listen
-            admin_app = admin.make_app(view.AdminView(self))
-            admin_runner, admin_address = await admin.start_site(admin_app, self.cfg.admin)
+            admin_runner, admin_address = await admin.start_site(
+                admin.AdminApi(view.AdminView(self)), self.cfg.admin
+            )
             self.endpoints["admin"] = admin_address
             self.endpoints["pid"] = str(os.getpid())
             self.store.save_endpoints(self.endpoints)
@@ -157,7 +158,7 @@ class Daemon:
             if self.runtime is not None:
                 await self.runtime.aclose()
             if admin_runner is not None:
-                await admin_runner.cleanup()
+                await admin_runner.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop_.remove_signal_handler(sig)
             if self.audit is not None:

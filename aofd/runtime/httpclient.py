@@ -23,7 +23,11 @@ from aofd import errors
 
 
 class HttpError(errors.Temporary):
-    """A request failed before an answer arrived (connection, TLS, timeout); `str()` says why."""
+    """A request failed before an answer arrived (connection, TLS, timeout); `str()` says why.
+
+    The message never holds the URL (Telegram's carries the bot token): callers that may show
+    their URL add it themselves.
+    """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ class HttpClient:
                 body, truncated = await _read_capped(answer.content, max_body)
                 return Response(answer.status, answer.headers.get("Content-Type", ""), body, truncated)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HttpError(f"{method} {url} failed: {str(exc) or type(exc).__name__}") from exc
+            raise HttpError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

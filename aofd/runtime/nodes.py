@@ -312,7 +312,7 @@ async def http_node(svc: Services, run: RunState, node: flows.NodeSpec, record: 
             max_body=svc.http_policy.max_body_bytes,
         )
     except httpclient.HttpError as exc:
-        raise NodeFailed(f"node {node.id}: {exc}") from exc
+        raise NodeFailed(f"node {node.id}: {method} {url} failed: {exc}") from exc
     text = answer.body.decode("utf-8", "replace")
     parsed: Any = text
     if "json" in answer.content_type:

@@ -11,6 +11,7 @@ listener module depends on routing or on another listener.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, Protocol
@@ -187,3 +188,50 @@ class ChatReplier(Protocol):
     ) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class HttpRequest(Protocol):
+    """An HTTP request as listeners and the admin API read it (`aofd.runtime.httpserver` adapts aiohttp's).
+
+    `headers` look names up case-insensitively; `body(limit)` reads the whole body, at most `limit`
+    bytes, and raises `aofd.runtime.verify.Rejected` (413 over the limit, checked on `Content-Length`
+    before any byte is read and before `Expect: 100-continue` is answered; 400 for a short body; 417
+    for an unknown expectation).
+    """
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def query(self) -> Mapping[str, str]: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def remote(self) -> str: ...
+
+    async def body(self, limit: int) -> bytes: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """An HTTP answer: status, body bytes, content type, extra headers (None: none)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
+    headers: Mapping[str, str] | None = None
+
+    @classmethod
+    def text(cls, status: int, text: str, *, headers: Mapping[str, str] | None = None) -> HttpResponse:
+        return cls(status, text.encode("utf-8"), "text/plain", headers)
+
+    @classmethod
+    def json(cls, data: Any, *, status: int = 200, indent: int | None = None) -> HttpResponse:
+        separators = (",", ":") if indent is None else None
+        text = json.dumps(data, indent=indent, separators=separators, default=str)
+        return cls(status, text.encode("utf-8"), "application/json")

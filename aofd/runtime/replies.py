@@ -10,7 +10,7 @@ Owns
   Approve/Deny buttons (`action_id` `aofd_approve`/`aofd_deny`, `value` = the request id) showing
   the argv as an escaped JSON array (`ensure_ascii=True`, so no bidi or look-alike characters);
 - `TelegramReplier` (`sendMessage`, inline keyboard for approvals) and `WhatsAppReplier`
-  (Graph `/{phone_number_id}/messages`) over aiohttp;
+  (Graph `/{phone_number_id}/messages`) over the runtime's HTTP client (`httpclient`);
 - `MultiReplier`, the `ports.Replier` the flow engine uses: it finds the trigger's *current*
   listener in the routing table and posts through its replier; HTTP, PagerDuty, GitHub and
   Schedule triggers have no chat to answer in (the answer is stored on the run), so it logs.
@@ -25,13 +25,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from aofd import errors
-from aofd.runtime import ports
+from aofd.runtime import httpclient, ports
 
 log = structlog.get_logger()
 
@@ -116,7 +115,9 @@ class SlackReplier:
             await self.client.chat_postMessage(**kwargs)
         except SlackApiError as exc:
             raise ReplyError(f"chat.postMessage failed: {_slack_error(exc)}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (
+            Exception
+        ) as exc:  # slack_sdk's transport failures (its HTTP library's errors), translated here
             raise ReplyError(f"chat.postMessage failed: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
@@ -129,30 +130,25 @@ def _slack_error(exc: SlackApiError) -> str:
 
 
 class _JsonPoster:
-    """POSTs JSON with one aiohttp session, created lazily and closed by `aclose`."""
+    """POSTs JSON through the runtime's HTTP client (its pool opened lazily, closed by `aclose`)."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._http = httpclient.HttpClient(timeout=30.0)
 
     async def post_json(
         self, url: str, body: dict[str, Any], *, headers: dict[str, str] | None = None, what: str
     ) -> dict[str, Any]:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         try:
-            async with self._session.post(url, json=body, headers=headers) as resp:
-                data = await resp.json(content_type=None)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            answer = await self._http.request("POST", url, json_body=body, headers=headers)
+            data = answer.json()
+        except (httpclient.HttpError, ValueError) as exc:
             raise ReplyError(f"{what} failed: {type(exc).__name__}") from exc
-        if status >= 300 or not isinstance(data, dict):
-            raise ReplyError(f"{what} answered HTTP {status}")
+        if answer.status >= 300 or not isinstance(data, dict):
+            raise ReplyError(f"{what} answered HTTP {answer.status}")
         return data
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
 
 class TelegramReplier(_JsonPoster):

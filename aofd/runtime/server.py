@@ -1,22 +1,21 @@
 """The trigger HTTP server: `/hooks/<platform>/<name>` on `DaemonConfig.listen`.
 
-Owns the listening socket and its lifecycle. The path space is fixed and two levels deep, so it
-runs on aiohttp's low-level server (`web.Server`, no application router or middlewares) and
-splits the path itself: `/hooks/<platform>/<name>` and nothing else. Per request it looks the
-trigger's listener up in the *current* routing table (`Switchboard.current`, a dict lookup: O(1))
-and hands the request to `Listener.handle`. An unknown trigger, a disabled one, a platform in the
-path that is not the trigger's type, or any other path answers 404 with a generic body. A
-webhook Trigger's own `config.path` (upstream's field, e.g. `/webhook/pagerduty`) is served too,
-looked up in the same table; the planner refuses two triggers on one path and paths under
-`/hooks/` other than the trigger's own.
+Owns the path space of the listen address. It is fixed and two levels deep, so the server splits
+the path itself: `/hooks/<platform>/<name>` and nothing else. Per request it looks the trigger's
+listener up in the *current* routing table (`Switchboard.current`, a dict lookup: O(1)) and hands
+the request to `Listener.handle`. An unknown trigger, a disabled one, a platform in the path that
+is not the trigger's type, or any other path answers 404 with a generic body. A webhook
+Trigger's own `config.path` (upstream's field, e.g. `/webhook/pagerduty`) is served too, looked up
+in the same table; the compile stage refuses two triggers on one path and paths under `/hooks/`
+other than the trigger's own.
 
 The daemon mounts its own hooks on a platform name no trigger type uses (the git push hook
 `/hooks/git/<source>`) with `TriggerServer.add_hook` before `start()`; such a handler gets the
 request and the name from the path.
 
-Bodies are capped by the listener (`max_body_bytes`, 413 before any HMAC; `read_body` also
-answers `Expect: 100-continue` only after that check) and by the daemon's own hooks. It must not
-verify, parse or route events itself; listeners do that.
+Listening is `aofd.runtime.httpserver`'s; bodies are capped by the listener (`max_body_bytes`,
+413 before any HMAC) and by the daemon's own hooks. It must not verify, parse or route events
+itself; listeners do that.
 """
 
 from __future__ import annotations
@@ -24,25 +23,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
-from aiohttp import web
 
-from aofd.runtime import routing
+from aofd.runtime import httpserver, ports, routing
 from aofd.runtime.listeners import base
 
 log = structlog.get_logger()
 
 HOOK_PREFIX = "hooks"
 
-HookHandler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+HookHandler = Callable[[ports.HttpRequest, str], Awaitable[ports.HttpResponse]]
 """A daemon hook: `(request, name)` where `name` is the last path segment."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[v6]:PORT` -> (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class _Hook:
@@ -60,7 +50,7 @@ class HookServer:
         self._switchboard = switchboard
         self._hooks = dict(hooks)
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: ports.HttpRequest) -> ports.HttpResponse:
         path = request.path
         parts = path.split("/")
         if len(parts) != 4 or parts[1] != HOOK_PREFIX or parts[0]:
@@ -82,8 +72,8 @@ class HookServer:
         return self._not_found(request, platform, name)
 
     @staticmethod
-    def _not_found(request: web.BaseRequest, platform: str, name: str) -> web.Response:
-        log.info("hook.unknown", platform=platform, trigger=name, remote=request.remote or "")
+    def _not_found(request: ports.HttpRequest, platform: str, name: str) -> ports.HttpResponse:
+        log.info("hook.unknown", platform=platform, trigger=name, remote=request.remote)
         return base.generic(404)
 
 
@@ -98,21 +88,19 @@ class TriggerServer:
         shutdown_timeout: float = 10.0,
         lingering_time: float = 0.5,
     ) -> None:
-        self.host, self.port = parse_listen(listen)
+        self.host, self.port = httpserver.parse_address(listen)
         self._switchboard = switchboard
         self._shutdown_timeout = shutdown_timeout
-        # How long the rest of a refused (413) upload is read and discarded so that the client can
-        # read the answer; then the connection is closed. aiohttp's default is 10 s.
         self._lingering_time = lingering_time
         self._hooks: dict[str, _Hook] = {}
-        self._runner: web.ServerRunner | None = None
+        self._server: httpserver.Server | None = None
 
     def add_hook(self, platform: str, handler: HookHandler, *, methods: Iterable[str] = ("POST",)) -> None:
         """Serve `/hooks/<platform>/<name>` with `handler(request, name)`; only before `start()`.
 
         `platform` must not be a trigger type's platform (those belong to listeners).
         """
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError("hooks must be added before the server starts")
         if not platform or "/" in platform:
             raise ValueError(f"hook platform must be one path segment, got {platform!r}")
@@ -120,21 +108,15 @@ class TriggerServer:
 
     async def start(self) -> None:
         """Bind and serve; with port 0 the chosen port is in `self.port` afterwards."""
-        handler = HookServer(self._switchboard, self._hooks.items())
-        lowlevel = web.Server(handler, access_log=None, lingering_time=self._lingering_time)
-        runner = web.ServerRunner(lowlevel, shutdown_timeout=self._shutdown_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        for addr in runner.addresses:
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                self.port = int(addr[1])
-                break
+        server = httpserver.Server(
+            HookServer(self._switchboard, self._hooks.items()),
+            address=f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}",
+            shutdown_timeout=self._shutdown_timeout,
+            lingering_time=self._lingering_time,
+        )
+        await server.start()
+        self._server = server
+        self.port = server.port
         log.info("trigger_server.started", host=self.host, port=self.port)
 
     @property
@@ -143,7 +125,7 @@ class TriggerServer:
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
             log.info("trigger_server.stopped", host=self.host, port=self.port)

@@ -32,7 +32,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Protocol
 
 import structlog
-from aiohttp import web
 
 from aofd import errors
 from aofd.resources.kinds import trigger as trigger_kind
@@ -124,9 +123,15 @@ def secret_value(value: object) -> str:
     return str(value)
 
 
-def generic(status: int) -> web.Response:
+_GENERIC: Mapping[int, ports.HttpResponse] = {
+    status: ports.HttpResponse.text(status, text) for status, text in GENERIC_BODIES.items()
+}
+
+
+def generic(status: int) -> ports.HttpResponse:
     """A response with a body that reveals nothing about why."""
-    return web.Response(status=status, text=GENERIC_BODIES.get(status, "error"))
+    found = _GENERIC.get(status)
+    return found if found is not None else ports.HttpResponse.text(status, "error")
 
 
 class Listener:
@@ -180,7 +185,7 @@ class Listener:
         """Cancel the task spawned under `key` (a polling loop) and wait for it to end."""
         await self._tasks.cancel(key)
 
-    async def handle(self, request: web.BaseRequest) -> web.Response:
+    async def handle(self, request: ports.HttpRequest) -> ports.HttpResponse:
         """Answer a webhook request; listeners without a webhook answer 404."""
         return generic(404)
 
@@ -258,7 +263,7 @@ class WebhookListener(Listener):
         self.max_body = min(int(self.config.max_body_bytes or self.default_max_body), MAX_BODY_BYTES_LIMIT)
         self.methods: frozenset[str] = self.default_methods
 
-    async def handle(self, request: web.BaseRequest) -> web.Response:
+    async def handle(self, request: ports.HttpRequest) -> ports.HttpResponse:
         """Run the pipeline; every failure becomes a generic 4xx, never a 500."""
         try:
             method = request.method
@@ -266,9 +271,7 @@ class WebhookListener(Listener):
                 return generic(405)
             if method == "GET" or method == "HEAD":
                 return await self.on_get(request)
-            body = buffered_body(request, self.max_body)
-            if body is None:
-                body = await read_body(request, limit=self.max_body)
+            body = await request.body(self.max_body)
             return await self.on_request(request, body)
         except verify.Rejected as exc:
             await self.rejected(request, exc)
@@ -277,15 +280,15 @@ class WebhookListener(Listener):
             log.exception("listener.request_failed", trigger=self.trigger_name, platform=self.platform)
             return generic(400)
 
-    async def on_get(self, request: web.BaseRequest) -> web.Response:
+    async def on_get(self, request: ports.HttpRequest) -> ports.HttpResponse:
         return generic(405)
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         raise NotImplementedError
 
-    async def rejected(self, request: web.BaseRequest, exc: verify.Rejected) -> None:
+    async def rejected(self, request: ports.HttpRequest, exc: verify.Rejected) -> None:
         """Log a rejection and audit it in the contexts of this trigger's bindings (throttled)."""
-        remote = request.remote or ""
+        remote = request.remote
         log.warning(
             "trigger.rejected",
             trigger=self.trigger_name,
@@ -359,104 +362,28 @@ def rejection_record(
     )
 
 
-def buffered_body(request: web.BaseRequest, limit: int) -> bytes | None:
-    """The body when it is already whole in memory (the usual small webhook), else None.
-
-    No coroutine: with EOF fed, this is what `readexactly` would return. Same checks and errors as
-    `read_body`, which the caller awaits when this answers None.
-    """
-    declared = request.content_length
-    if declared is None:
-        return None
-    if declared > limit:
-        raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"Content-Length {declared} > {limit}")
-    if not declared:
-        return b""
-    content = request.content
-    if not content.is_eof():
-        return None
-    data = content.read_nowait(declared)
-    if len(data) < declared:
-        raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length")
-    return data
-
-
-async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
-    """Read at most `limit` bytes of the body; 413 as soon as it is known to be larger.
-
-    `Content-Length` is checked before reading anything (and only then is `Expect: 100-continue`
-    answered); a chunked body is counted while read.
-    """
-    buffered = buffered_body(request, limit)
-    if buffered is not None:
-        return buffered
-    content = request.content
-    declared = request.content_length
-    if declared is not None:
-        await answer_expect(request)
-        try:
-            return await content.readexactly(declared)
-        except asyncio.IncompleteReadError:
-            raise verify.Rejected(400, verify.MALFORMED, "body shorter than Content-Length") from None
-    await answer_expect(request)
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = await content.read(64 * 1024)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > limit:
-            raise verify.Rejected(413, verify.BODY_TOO_LARGE, f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def answer_expect(request: web.BaseRequest) -> None:
-    """Answer `Expect: 100-continue` (HTTP/1.1) once the body is known to be within the cap.
-
-    The trigger server has no application router to do it, and doing it here means a client that
-    waits for `100 Continue` never uploads a body that would be refused with 413 anyway.
-    """
-    expect = request.headers.get("Expect")
-    if expect is None or request.version < (1, 1):
-        return
-    if expect.lower() != "100-continue":
-        raise verify.Rejected(417, verify.MALFORMED, "unknown Expect header")
-    writer = request.writer
-    await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    writer.output_size = 0  # the interim answer is not part of the response that follows
-
-
-def header(request: web.BaseRequest, name: str) -> str | None:
-    return request.headers.get(name)
-
-
-def json_response(data: Mapping[str, Any], *, status: int = 200) -> web.Response:
-    body = json.dumps(data, separators=(",", ":")).encode("utf-8")
-    return web.Response(body=body, status=status, content_type="application/json")
+def json_response(data: Mapping[str, Any], *, status: int = 200) -> ports.HttpResponse:
+    return ports.HttpResponse.json(data, status=status)
 
 
 STALLED_RETRY_AFTER = 30
 """Seconds a sender is asked to wait before retrying an event whose binding is not ready."""
 
 
-def outcome_response(outcome: ports.RouteOutcome | None) -> web.Response:
+def outcome_response(outcome: ports.RouteOutcome | None) -> ports.HttpResponse:
     """202 with the binding and run id when a flow started; 503 with `Retry-After` when its binding
     cannot run on this host now (the sender may retry; the reason is one line); else 200 with the
     outcome (JSON)."""
     if outcome is not None and outcome.outcome == "stalled":
-        return web.Response(
-            status=503,
-            text=f"not ready: {outcome.detail}\n",
-            headers={"Retry-After": str(STALLED_RETRY_AFTER)},
+        return ports.HttpResponse.text(
+            503, f"not ready: {outcome.detail}\n", headers={"Retry-After": str(STALLED_RETRY_AFTER)}
         )
     if outcome is not None and outcome.started:
         body = b'{"accepted":true,"outcome":"started","binding":%s,"run_id":%s}' % (
             _json_scalar(outcome.binding),
             _json_scalar(outcome.run_id),
         )
-        return web.Response(body=body, status=202, content_type="application/json")
+        return ports.HttpResponse(202, body, "application/json")
     return json_response(outcome_body(outcome))
 
 

@@ -18,8 +18,6 @@ import time
 import urllib.parse
 from typing import Any
 
-from aiohttp import web
-
 from aofd.runtime import ports, verify
 from aofd.runtime.listeners import base
 
@@ -33,7 +31,7 @@ class GitHubListener(base.SignedWebhookListener):
     platform = "github"
     default_max_body = GITHUB_MAX_BODY
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         verify.github(secrets=self.secrets, body=body, signature=request.headers.get("X-Hub-Signature-256"))
         event = (request.headers.get("X-GitHub-Event") or "").strip()
         if not event:
@@ -45,7 +43,7 @@ class GitHubListener(base.SignedWebhookListener):
         message = normalize(self.trigger_name, event, delivery, payload)
         return base.outcome_response(self.accept(message))
 
-    def _payload(self, request: web.BaseRequest, body: bytes) -> dict[str, Any]:
+    def _payload(self, request: ports.HttpRequest, body: bytes) -> dict[str, Any]:
         if request.content_type == "application/x-www-form-urlencoded":
             form = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"))
             raw = form.get("payload", [""])[0]

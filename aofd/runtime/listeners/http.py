@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from aofd.runtime import ports, verify
 from aofd.runtime.listeners import base
@@ -50,10 +49,10 @@ class HttpListener(base.WebhookListener):
             )
         await super().start()
 
-    async def on_get(self, request: web.BaseRequest) -> web.Response:
+    async def on_get(self, request: ports.HttpRequest) -> ports.HttpResponse:
         return await self.on_request(request, b"")
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         headers = request.headers
         for name, expected in self._required:
             verify.static_header(expected=expected, given=headers.get(name), name=name)
@@ -78,7 +77,7 @@ class HttpListener(base.WebhookListener):
             return base.outcome_response(None)
         return base.outcome_response(self.deps.dispatcher.dispatch(message))
 
-    def normalize(self, request: web.BaseRequest, body: bytes, delivery: str) -> ports.EventMessage:
+    def normalize(self, request: ports.HttpRequest, body: bytes, delivery: str) -> ports.EventMessage:
         payload: dict[str, Any] = {}
         text = ""
         if body and (_looks_like_json(body) or request.content_type == "application/json"):

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from aofd.runtime import ports, verify
 from aofd.runtime.listeners import base
@@ -29,7 +28,7 @@ class PagerDutyListener(base.SignedWebhookListener):
 
     platform = "pagerduty"
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         verify.pagerduty(
             secrets=self.secrets, body=body, signature=request.headers.get("X-PagerDuty-Signature")
         )

@@ -34,7 +34,6 @@ import urllib.parse
 from typing import Any
 
 import structlog
-from aiohttp import web
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
@@ -114,7 +113,7 @@ class SlackListener(base.WebhookListener):
 
     # --- HTTP --------------------------------------------------------------------------------
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         verify.slack(
             secrets=(self.signing_secret,),
             body=body,
@@ -125,7 +124,7 @@ class SlackListener(base.WebhookListener):
         if request.content_type == "application/x-www-form-urlencoded":
             form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", errors="replace")).items()}
             if form.get("ssl_check"):
-                return web.Response(status=200)
+                return ports.HttpResponse(200)
             if "payload" in form:
                 try:
                     payload = json.loads(form["payload"])
@@ -134,7 +133,7 @@ class SlackListener(base.WebhookListener):
                 if not isinstance(payload, dict):
                     raise verify.Rejected(400, verify.MALFORMED, "interactive payload is not an object")
                 self.on_interactive(payload)
-                return web.Response(status=200)
+                return ports.HttpResponse(200)
             answer = self.on_command(form)
             return base.json_response(answer)
         payload = self.parse_json(body)
@@ -145,7 +144,7 @@ class SlackListener(base.WebhookListener):
             return base.json_response({"challenge": str(payload.get("challenge", ""))})
         if kind == "event_callback":
             self.on_event(payload)
-        return web.Response(status=200)
+        return ports.HttpResponse(200)
 
     # --- shared by HTTP and Socket Mode ------------------------------------------------------
 

@@ -26,17 +26,17 @@ import inspect
 import time
 from typing import Any
 
-import aiohttp
 import structlog
-from aiohttp import web
 
-from aofd.runtime import ports, replies, verify
+from aofd.runtime import httpclient, ports, replies, verify
 from aofd.runtime.listeners import base
 from aofd.specs import listeners as listener_specs
 
 log = structlog.get_logger()
 
 CONFLICT = 409
+MAX_UPDATES_BYTES = 16 * 1024 * 1024
+"""The most a getUpdates answer may be (100 updates of a few kilobytes are far below it)."""
 """What getUpdates answers while another getUpdates for the same bot is pending."""
 
 APPROVE_PREFIX = "aofd_approve:"
@@ -58,7 +58,7 @@ class TelegramListener(base.WebhookListener):
         self.retry_delay = 5.0
         self.conflict_delay = 1.0
         self.replier = replies.TelegramReplier(api_url=self.api_url, token=self.token)
-        self._session: aiohttp.ClientSession | None = None
+        self._http: httpclient.HttpClient | None = None
         self.offset = 0
 
     def succeed(self, previous: base.Listener) -> None:
@@ -68,7 +68,7 @@ class TelegramListener(base.WebhookListener):
 
     async def start(self) -> None:
         if self.polling:
-            self._session = aiohttp.ClientSession()
+            self._http = httpclient.HttpClient(timeout=self.poll_timeout + 10)
             self.spawn(self._poll_loop(), name=f"telegram-poll:{self.trigger_name}", key="poll")
         elif not self.secret_token:
             log.warning(
@@ -81,12 +81,12 @@ class TelegramListener(base.WebhookListener):
 
     async def stop(self, *, drain: float) -> None:
         await self.cancel("poll")
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         await super().stop(drain=drain)
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         if self.polling:
             raise verify.Rejected(403, verify.UNKNOWN_SOURCE, "this trigger uses long polling")
         verify.telegram(
@@ -96,7 +96,7 @@ class TelegramListener(base.WebhookListener):
         if not isinstance(update, dict):
             raise verify.Rejected(400, verify.MALFORMED, "update is not an object")
         await self.on_update(update)
-        return web.Response(status=200, text="ok")
+        return ports.HttpResponse.text(200, "ok")
 
     async def on_update(self, update: dict[str, Any]) -> None:
         """Dedupe on `update_id`, then route a message or decide an approval button."""
@@ -126,22 +126,21 @@ class TelegramListener(base.WebhookListener):
                 return
 
     async def _poll_loop(self) -> None:
-        assert self._session is not None
+        assert self._http is not None
         url = f"{self.api_url}/bot{self.token}/getUpdates"
         while True:
             try:
                 params = {"offset": str(self.offset), "timeout": str(int(self.poll_timeout))}
-                timeout = aiohttp.ClientTimeout(total=self.poll_timeout + 10)
-                async with self._session.get(url, params=params, timeout=timeout) as resp:
-                    data = None if resp.status == CONFLICT else await resp.json(content_type=None)
-                if resp.status == CONFLICT:
+                answer = await self._http.request("GET", url, params=params, max_body=MAX_UPDATES_BYTES)
+                if answer.status == CONFLICT:
                     # Another getUpdates holds the bot: the listener this one replaces, for the moment
                     # of a hot swap, or another process. Telegram ended one of the two requests.
                     log.info("telegram.poll_conflict", trigger=self.trigger_name)
                     await asyncio.sleep(self.conflict_delay)
                     continue
+                data = answer.json()
                 if not isinstance(data, dict) or not data.get("ok"):
-                    raise RuntimeError(f"getUpdates answered {resp.status}")
+                    raise RuntimeError(f"getUpdates answered {answer.status}")
                 for update in data.get("result") or []:
                     if not isinstance(update, dict):
                         continue

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from aofd.runtime import ports, replies, verify
 from aofd.runtime.listeners import base
@@ -62,7 +61,7 @@ class WhatsAppListener(base.WebhookListener):
             )
         await super().start()
 
-    async def on_get(self, request: web.BaseRequest) -> web.Response:
+    async def on_get(self, request: ports.HttpRequest) -> ports.HttpResponse:
         mode = request.query.get("hub.mode")
         token = request.query.get("hub.verify_token")
         challenge = request.query.get("hub.challenge", "")
@@ -70,9 +69,9 @@ class WhatsAppListener(base.WebhookListener):
             raise verify.Rejected(403, verify.SIGNATURE_INVALID, "verification handshake refused")
         if not hmac.compare_digest(self.verify_token.encode("utf-8"), token.encode("utf-8")):
             raise verify.Rejected(403, verify.SIGNATURE_INVALID, "hub.verify_token does not match")
-        return web.Response(status=200, text=challenge)
+        return ports.HttpResponse.text(200, challenge)
 
-    async def on_request(self, request: web.BaseRequest, body: bytes) -> web.Response:
+    async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         verify.whatsapp(
             secrets=self.app_secrets, body=body, signature=request.headers.get("X-Hub-Signature-256")
         )
@@ -81,7 +80,7 @@ class WhatsAppListener(base.WebhookListener):
             raise verify.Rejected(400, verify.MALFORMED, "payload is not an object")
         for message in normalize(self.trigger_name, payload):
             self.accept(message, reply_on_no_match=True)
-        return web.Response(status=200, text="ok")
+        return ports.HttpResponse.text(200, "ok")
 
 
 def _list(value: object) -> list[Any]:

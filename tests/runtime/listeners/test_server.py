@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aofd.runtime import ports, replies, routing, server
+from aofd.runtime import httpserver, ports, replies, routing, server
 from aofd.settings import PlatformsSpec
 from aofd.testing import resources
 from tests.runtime.fakes import harness, platforms
@@ -81,7 +81,7 @@ async def test_daemon_hooks_are_mounted_beside_the_trigger_hooks() -> None:
         (404, "not found"),
     ] == statuses
     with pytest.raises(ValueError):
-        server.parse_listen("localhost")
+        httpserver.parse_address("localhost")
     with pytest.raises(ValueError):
         srv.add_hook("a/b", git_hook)
 
