@@ -68,12 +68,12 @@ class Request:
         return self._r.remote or ""
 
     async def body(self, limit: int) -> bytes:
-        buffered = self._buffered(limit)
+        buffered = self.buffered(limit)
         if buffered is not None:
             return buffered
         return await self._read(limit)
 
-    def _buffered(self, limit: int) -> bytes | None:
+    def buffered(self, limit: int) -> bytes | None:
         """The body when it is already whole in memory, else None (same checks as `_read`)."""
         declared = self._r.content_length
         if declared is None:

@@ -214,12 +214,18 @@ class HttpRequest(Protocol):
     @property
     def remote(self) -> str: ...
 
+    def buffered(self, limit: int) -> bytes | None:
+        """The body when it is already whole in memory (the usual small webhook), without a coroutine;
+        None when `body` must be awaited. Same checks and errors as `body`."""
+
     async def body(self, limit: int) -> bytes: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class HttpResponse:
-    """An HTTP answer: status, body bytes, content type, extra headers (None: none)."""
+class HttpResponse(NamedTuple):
+    """An HTTP answer: status, body bytes, content type, extra headers (None: none).
+
+    A named tuple, like `EventMessage`: one is built for every request.
+    """
 
     status: int = 200
     body: bytes = b""

@@ -271,7 +271,9 @@ class WebhookListener(Listener):
                 return generic(405)
             if method == "GET" or method == "HEAD":
                 return await self.on_get(request)
-            body = await request.body(self.max_body)
+            body = request.buffered(self.max_body)  # no coroutine for the usual small body
+            if body is None:
+                body = await request.body(self.max_body)
             return await self.on_request(request, body)
         except verify.Rejected as exc:
             await self.rejected(request, exc)
