@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,10 @@ class Daemon:
         config_path: Path | None = None,
         overrides: config_mod.Overrides | None = None,
         notifier: notify.Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock  # the watchdog's measure of the event loop's lag (tests step it)
         self.config_path = config_path
         self.overrides = overrides or config_mod.Overrides()
         self.notifier = notifier or notify.Notifier()
@@ -251,10 +254,10 @@ class Daemon:
             await self.stop.wait()
             return
         while not self.stop.is_set():
-            before = time.monotonic()
+            before = self.clock()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=interval)
-            lag = time.monotonic() - before - interval
+            lag = self.clock() - before - interval
             if lag > interval:
                 log.warning("event loop stalled", lag_s=round(lag, 3))
                 continue

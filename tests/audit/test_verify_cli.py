@@ -115,3 +115,28 @@ async def test_follow_crosses_rotations(audit_dir: Path) -> None:
         await asyncio.to_thread(thread.join)
     assert len(segment.list_segments(directory)) > 3
     assert seen == list(range(1, total + 1))
+
+
+async def test_verify_reports_removed_newest_segment(audit_dir: Path) -> None:
+    """Deleting the newest segment leaves a log ending in audit.file.rotated: reported, not OK."""
+    directory = await make_log(audit_dir, 30, max_segment_bytes=3000)
+    segs = segment.list_segments(directory)
+    assert verify.verify(directory).ok
+    segs[-1].unlink()
+    report = verify.verify(directory)
+    assert not report.ok
+    first = report.first_problem
+    assert first is not None
+    assert (first.file, "next segment is missing" in first.reason) == (f"prod/{segs[-2].name}", True)
+
+
+async def test_verify_reports_an_emptied_older_segment(audit_dir: Path) -> None:
+    """An older segment truncated to zero bytes is a problem, not a note (only the newest may be empty)."""
+    directory = await make_log(audit_dir, 30, max_segment_bytes=3000)
+    segs = segment.list_segments(directory)
+    segs[0].write_bytes(b"")
+    report = verify.verify(directory)
+    assert not report.ok
+    first = report.first_problem
+    assert first is not None
+    assert (first.file, first.line) == (f"prod/{segs[0].name}", 0)

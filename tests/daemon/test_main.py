@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from aofd import errors
 from aofd.daemon import config, main, metrics, notify
@@ -45,13 +48,15 @@ substitution:
 """
 
 
-def make_daemon(tmp_path: Path, allow: str = "AOF_*") -> tuple[main.Daemon, RecordingNotifier, Path]:
+def make_daemon(
+    tmp_path: Path, allow: str = "AOF_*", *, clock: Callable[[], float] = time.monotonic
+) -> tuple[main.Daemon, RecordingNotifier, Path]:
     (tmp_path / "repo").mkdir(exist_ok=True)
     path = tmp_path / "aofd.yaml"
     path.write_text(CONFIG.format(allow=allow))
     cfg = config.load(path)
     notifier = RecordingNotifier()
-    daemon = main.Daemon(cfg, config_path=path, notifier=notifier)
+    daemon = main.Daemon(cfg, config_path=path, notifier=notifier, clock=clock)
     daemon.reconciler = loop.Reconciler(
         sources=[loop.SourcePolicy("local", frozenset(ids.Kind))],
         store=state.StateStore(cfg.state_dir),
@@ -136,25 +141,29 @@ async def test_a_stuck_pass_stops_the_watchdog(tmp_path: Path) -> None:
     assert not daemon.healthy()
 
 
+@pytest.mark.looptime
 async def test_a_stalled_event_loop_misses_its_watchdog_ping(tmp_path: Path) -> None:
-    """Pings come from the loop itself: a loop blocked for longer than the interval sends none for the
-    tick that overran (so systemd's WatchdogSec can kill a wedged daemon), then pings resume.
+    """Pings come from the loop itself: a tick that took longer than the interval (the loop was blocked)
+    sends no ping (so systemd's WatchdogSec can kill a wedged daemon), then pings resume.
+
+    Loop time is fake (each wait is instant); the daemon's clock is the loop's plus a stall the test
+    adds, as if the loop had been blocked for 0.3 s between two ticks.
     """
-    daemon, notifier, _ = make_daemon(tmp_path)
+    loop = asyncio.get_running_loop()
+    stalled = [0.0]
+    daemon, notifier, _ = make_daemon(tmp_path, clock=lambda: loop.time() + stalled[0])
     notifier.watchdog_interval = 0.05
-    pinged: list[float] = []
-    notifier.send = lambda *lines: bool(pinged.append(time.monotonic())) or True  # type: ignore[method-assign]
+    pings: list[tuple[float, float]] = []  # (loop time, stall so far) of each ping
+    notifier.send = lambda *lines: bool(pings.append((loop.time(), stalled[0]))) or True  # type: ignore[method-assign]
     task = asyncio.create_task(daemon._watchdog())
-    try:
-        await asyncio.sleep(0.2)
-        before = len(pinged)
-        stall_started = time.monotonic()
-        time.sleep(0.3)  # the point: block the event loop
-        stall_ended = time.monotonic()
-        await asyncio.sleep(0.3)
-    finally:
-        daemon.stop.set()
-        await task
-    assert before >= 2
-    assert [] == [t for t in pinged if stall_started <= t < stall_ended + 0.04]
-    assert any(t > stall_ended for t in pinged)
+    await asyncio.sleep(0.2)
+    before = len(pings)
+    stalled[0] = 0.3  # the next tick measures a 0.3 s lag
+    stall_at = loop.time()
+    await asyncio.sleep(0.2)
+    daemon.stop.set()
+    await task
+    assert before >= 3
+    missed = [t for t, stall in pings if stall and t < stall_at + 0.05]
+    resumed = [t for t, stall in pings if stall and t >= stall_at + 0.05]
+    assert ([], True) == (missed, len(resumed) >= 2)

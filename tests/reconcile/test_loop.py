@@ -82,8 +82,11 @@ class RecordingApplier:
         self.applied: list[tuple[str, dict[str, int]]] = []
         self.stalled: dict[ids.ResourceKey, str] = {}
         self.gate: asyncio.Event | None = None
+        self.entered: asyncio.Event | None = None
 
     async def apply(self, plan: diff_mod.Plan) -> loop.ApplyOutcome:
+        if self.entered is not None:
+            self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         assert plan.compiled is not None
@@ -191,42 +194,39 @@ async def test_stalled_resources_are_reported(tmp_path: Path) -> None:
 
 
 async def test_triggers_during_a_pass_coalesce_into_one_follow_up(tmp_path: Path) -> None:
-    """Five triggers while a pass runs give exactly one more pass, never a queue."""
+    """Five triggers while a pass runs give exactly one more pass, never a queue: once that pass is
+    done the loop waits for a new trigger with none pending."""
     applier = RecordingApplier()
     applier.gate = asyncio.Event()
+    applier.entered = asyncio.Event()
     rec, _, _ = make(tmp_path, applier)
+    two = asyncio.Event()
+    rec._on_pass = lambda summary: two.set() if rec.passes == 2 else None
     stop = asyncio.Event()
     task = asyncio.create_task(rec.run(stop=stop))
     rec.offer(snap(files()))
-    while rec.passes == 0 and not applier.applied:
-        await asyncio.sleep(0.01)
-        if rec._lock.locked():
-            break
+    await applier.entered.wait()  # the first pass is applying
     for i in range(5):
         rec.offer(snap(files(**{"agents/k8s-ops.yaml": AGENT.replace("assistant", f"assistant {i}")})))
     applier.gate.set()
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if rec.passes >= 2 and not rec._lock.locked():
-            break
-    await asyncio.sleep(0.05)
+    await two.wait()
+    pending = rec._wake.is_set()
     stop.set()
     await task
 
-    assert 2 == rec.passes
-    assert 2 == len(applier.applied)
+    assert (2, 2, False) == (rec.passes, len(applier.applied), pending)
 
 
 async def test_snapshot_offered_during_apply_is_not_persisted_as_applied(tmp_path: Path) -> None:
     """A snapshot that arrives while a pass applies is neither recorded nor persisted as applied."""
     applier = RecordingApplier()
     applier.gate = asyncio.Event()
+    applier.entered = asyncio.Event()
     rec, _, _ = make(tmp_path, applier)
     good = snap(files())
     rec.offer(good)
     pass_ = asyncio.create_task(rec.reconcile_once())
-    while not applier.gate._waiters:  # the pass is inside apply()
-        await asyncio.sleep(0.001)
+    await applier.entered.wait()  # the pass is inside apply()
     broken = snap(files(**{"bindings/prod.yaml": BINDING.replace("ops-flow", "ops-flwo")}))
     rec.offer(broken)
     applier.gate.set()

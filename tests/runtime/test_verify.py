@@ -59,7 +59,7 @@ SLACK_BODY = json.dumps({"type": "event_callback", "event_id": "Ev1", "event": {
 def test_slack_valid_signature_accepted() -> None:
     """A request signed by slack_sdk's generator within the window verifies."""
     headers = signing.slack_headers(SLACK_SECRET, SLACK_BODY, NOW - 299)
-    verify.slack(
+    assert None is verify.slack(
         secrets=[SLACK_SECRET],
         body=SLACK_BODY,
         timestamp=headers["X-Slack-Request-Timestamp"],
@@ -109,7 +109,7 @@ PD_BODY = b'{"event":{"id":"01DEN","event_type":"incident.triggered"}}'
 def test_pagerduty_accepts_when_any_v1_matches() -> None:
     """Two v1 signatures where only the second is valid are accepted (rotation)."""
     header = signing.pagerduty(["old-secret", "current"], PD_BODY)
-    verify.pagerduty(secrets=["current"], body=PD_BODY, signature=header)
+    assert None is verify.pagerduty(secrets=["current"], body=PD_BODY, signature=header)
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,7 @@ async def test_stop_is_prompt_during_sleep() -> None:
     await _settle(0.05)
     stop.set()
     await asyncio.wait_for(task, 0.5)
+    assert (1, None) == (source.fetch_count, task.exception())
 
 
 async def test_interval_polls() -> None:

@@ -12,8 +12,8 @@ from aofd.resources.kinds import fleet as fleet_kind
 from aofd.runtime import agents, consensus, fleets, ports
 from aofd.runtime.providers import base, registry
 from aofd.specs import flows
+from aofd.testing.models import ScriptedProvider
 from tests.runtime.engine.conftest import FAST_RETRY, ScriptedApprovals
-from tests.runtime.fakes_models.scripted import ScriptedProvider
 
 
 def runner(

@@ -10,8 +10,8 @@ import pytest
 from aofd.runtime import runs, templates
 from aofd.runtime.providers import base
 from aofd.testing import resources as res
+from aofd.testing.models import ScriptedProvider
 from tests.runtime.engine.conftest import EngineFactory, RecordingReplier, ScriptedApprovals, message
-from tests.runtime.fakes_models.scripted import ScriptedProvider
 
 
 def scripted(answer: Any, **kw: Any) -> tuple[ScriptedProvider, dict[str, Any]]:

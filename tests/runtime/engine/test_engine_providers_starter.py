@@ -11,8 +11,8 @@ from aofd import errors, settings
 from aofd.runtime import runs, starter
 from aofd.runtime.providers import base, google, registry
 from aofd.testing import resources as res
+from aofd.testing.models import ScriptedProvider
 from tests.runtime.engine.conftest import EngineFactory, GuardFactory, RecordingReplier, message
-from tests.runtime.fakes_models.scripted import ScriptedProvider
 
 
 def test_missing_google_package_names_the_extra() -> None:

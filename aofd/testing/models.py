@@ -1,4 +1,4 @@
-"""A scripted `ModelProvider` for fleet and flow tests: the answer depends on the agent's prompt."""
+"""A scripted `ModelProvider` for fleet and flow tests: answers depend on the prompt; no network."""
 
 from __future__ import annotations
 
