@@ -408,7 +408,7 @@ class _Run:
         assert isinstance(model, agent_kind.Agent)
         spec = flow_specs.agent_spec(key.name, model.spec)
         self.agents.set(key, spec)
-        self._report(key, resource, flow_specs.agent_problems(spec, ("spec",)))
+        self._report(key, resource, flow_specs.agent_problems(spec, ("spec",), member=False))
 
     def _flow(self, key: Key, resource: LoadedResource | None) -> None:
         if resource is None:

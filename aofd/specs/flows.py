@@ -124,17 +124,22 @@ def _tools(specs: Sequence[agent_kind.ToolSpec]) -> tuple[tuple[str, ...], tuple
     return tuple(offered), tuple(unknown)
 
 
-def agent_problems(spec: AgentSpec, loc: Loc) -> list[Problem]:
-    """What keeps an agent from ever running (its model string), and tools it names in vain."""
+def agent_problems(spec: AgentSpec, loc: Loc, *, member: bool = True) -> list[Problem]:
+    """What keeps an agent from ever running (its model string), and tools it names in vain.
+
+    A `member` (of a fleet, inline in a flow) is named in the message; an Agent resource is
+    named by the issue's own prefix.
+    """
+    who = f"agent {spec.name}: " if member else ""
     problems: list[Problem] = []
     problem = models.static_problem(spec.model_ref, spec.model)
     if problem is not None:
-        problems.append(Problem((*loc, "model"), f"agent {spec.name}: {problem}", code="model"))
+        problems.append(Problem((*loc, "model"), f"{who}{problem}", code="model"))
     if spec.unknown_tools:
         problems.append(
             Problem(
                 (*loc, "tools"),
-                f"agent {spec.name}: tools {', '.join(spec.unknown_tools)} are not served by aofd and are "
+                f"{who}tools {', '.join(spec.unknown_tools)} are not served by aofd and are "
                 f"not offered to the model (built-in tools: {', '.join(sorted(set(TOOL_ALIASES)))})",
                 "warning",
                 "unsupported-tool",

@@ -73,7 +73,7 @@ def compile_trigger(model: trigger_kind.Trigger) -> tuple[ListenerSpec | None, l
         return None, [
             Problem(
                 ("spec", "type"),
-                f"Trigger {name}: type {model.spec.type.value} has no listener in aofd (served: "
+                f"type {model.spec.type.value} has no listener in aofd (served: "
                 f"{', '.join(sorted(PLATFORMS))}); its bindings take no events",
                 "warning",
                 "listener-unsupported",
@@ -83,16 +83,12 @@ def compile_trigger(model: trigger_kind.Trigger) -> tuple[ListenerSpec | None, l
     schedule: cron.Schedule | None = None
     if platform == "schedule":
         if not config.cron:
-            problems.append(Problem(("spec", "config"), f"Trigger {name}: a Schedule needs config.cron"))
+            problems.append(Problem(("spec", "config"), "a Schedule trigger needs config.cron"))
         else:
             schedule, found = cron.parse(config.cron, config.timezone)
             problems.extend(found)
     elif platform == "telegram" and polls(config) and not config.bot_token:
-        problems.append(
-            Problem(
-                ("spec", "config", "bot_token"), f"Trigger {name}: Telegram long polling needs a bot_token"
-            )
-        )
+        problems.append(Problem(("spec", "config", "bot_token"), "Telegram long polling needs a bot_token"))
     if problems:
         return None, problems
     return ListenerSpec(name, platform, config, config_digest(model), schedule), []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import WriteTree, agent, binding, context, doc, flow, messages, trigger, view
 
 from aofd.plan import desired
 from aofd.resources import ids
+from tests.plan.conftest import WriteTree, agent, binding, context, doc, flow, messages, trigger, view
 
 ALL = desired.ALL_KINDS
 MAIN_KINDS = ALL - {ids.Kind.CONTEXT}

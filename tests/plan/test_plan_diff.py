@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import WriteTree, agent, binding, context, flow, trigger, view
 
 from aofd.plan import compiler, desired, diff, render
 from aofd.resources import ids
+from tests.plan.conftest import WriteTree, agent, binding, context, flow, trigger, view
 
 K = ids.Kind
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import agent, binding, context, doc, flow, trigger, view
 
 from aofd.plan import compiler, desired, diff
 from aofd.resources import snapshot
+from tests.plan.conftest import agent, binding, context, doc, flow, trigger, view
 
 
 def snap_of(files: dict[str, str]) -> snapshot.Snapshot:

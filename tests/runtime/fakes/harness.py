@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -16,9 +16,11 @@ from aofd.plan import desired, diff
 from aofd.resources.kinds import base as kinds_base
 from aofd.runtime import applier, dedupe, dispatch, limits, replies, routing, server
 from aofd.runtime.listeners import factory, schedule
+from aofd.runtime.listeners.base import Listener
 from aofd.runtime.providers import registry
 from aofd.settings import ModelsSpec, PlatformsSpec
 from aofd.specs import policy
+from aofd.specs.listeners import ListenerSpec
 from aofd.testing import recorders
 from aofd.testing import resources as res
 
@@ -32,7 +34,10 @@ class Rig:
         platforms: PlatformsSpec | None = None,
         clock: Callable[[], float] = time.time,
         with_scheduler: bool = False,
+        providers: registry.Providers | None = None,
+        fail_to_start: Collection[str] = (),
     ) -> None:
+        """`fail_to_start` names triggers whose listeners cannot be made (until the set is emptied)."""
         self.platforms = platforms or PlatformsSpec()
         self.clock = clock
         self.switchboard = routing.Switchboard()
@@ -57,8 +62,8 @@ class Rig:
         self.policies: dict[str, policy.GuardPolicy] = {}
         self.applier = applier.Applier(
             switchboard=self.switchboard,
-            build=self.factory,
-            providers=registry.Providers(models=ModelsSpec(), environ={}),
+            build=self._build,
+            providers=providers or registry.Providers(models=ModelsSpec(), environ={}),
             audit_logs=self.audit,
             policies=self.policies,
             limits=limits.RateLimits(),
@@ -69,6 +74,12 @@ class Rig:
         self.server = server.TriggerServer(switchboard=self.switchboard, listen="127.0.0.1:0")
         self.session: aiohttp.ClientSession | None = None
         self._revision = 0
+        self.fail_to_start = set(fail_to_start)
+
+    def _build(self, spec: ListenerSpec) -> Listener:
+        if spec.trigger in self.fail_to_start:
+            raise OSError(f"cannot start {spec.trigger}")
+        return self.factory(spec)
 
     async def __aenter__(self) -> Rig:
         await self.server.start()

@@ -1,0 +1,156 @@
+"""The compile stage: what it refuses it refuses at the field's own line and column, with the resource
+named once; warnings leave the revision applicable; an incremental build keeps unaffected specs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from aofd.plan import compiler, desired
+from tests.plan.conftest import WriteTree, agent, binding, context, doc, flow, trigger, view
+
+
+def base() -> dict[str, str]:
+    return {
+        "contexts/prod.yaml": context("prod"),
+        "agents/a.yaml": agent("a"),
+        "flows/f.yaml": flow("f", "a"),
+        "triggers/hook.yaml": trigger("hook"),
+        "bindings/b.yaml": binding("b", "f", "prod"),
+    }
+
+
+def node_flow(node: str) -> str:
+    return doc("AgentFlow", "f", f"nodes:\n  - id: n\n{node}\nconnections: []")
+
+
+# (name, files replacing the base tree's, expected issue: (path, line, col, severity, code, words))
+CASES = [
+    (
+        "agent model",
+        {"agents/a.yaml": doc("Agent", "a", "model: nosuch:thing\ninstructions: hi")},
+        ("main/agents/a.yaml", 6, 10, "error", "model", "provider nosuch"),
+    ),
+    (
+        "wait duration",
+        {"flows/f.yaml": node_flow("    type: Wait\n    config: {duration: forever}")},
+        ("main/flows/f.yaml", 9, 26, "error", "invalid", "expected a duration"),
+    ),
+    (
+        "script command with a shell operator",
+        {
+            "flows/f.yaml": node_flow(
+                "    type: Script\n    config:\n      scriptConfig:\n"
+                "        command: 'kubectl get pods; rm -rf /'"
+            )
+        },
+        ("main/flows/f.yaml", 11, 20, "error", "invalid", "node n: the command"),
+    ),
+    (
+        "HTTP node to the metadata address",
+        {"flows/f.yaml": node_flow("    type: HTTP\n    config: {url: 'http://169.254.169.254/latest'}")},
+        ("main/flows/f.yaml", 9, 21, "error", "invalid", "link-local"),
+    ),
+    (
+        "agentConfig string",
+        {"flows/f.yaml": node_flow("    type: Agent\n    config:\n      agentConfig: 'name: x'")},
+        ("main/flows/f.yaml", 10, 22, "error", "invalid", "agentConfig"),
+    ),
+    (
+        "cron",
+        {"triggers/hook.yaml": doc("Trigger", "hook", "type: Schedule\nconfig: {cron: '61 25 * * *'}")},
+        ("main/triggers/hook.yaml", 7, 18, "error", "invalid", "cron"),
+    ),
+    (
+        "unserved trigger type",
+        {"triggers/hook.yaml": doc("Trigger", "hook", "type: Discord\nconfig: {bot_token: x}")},
+        ("main/triggers/hook.yaml", 6, 9, "warning", "listener-unsupported", "type Discord has no listener"),
+    ),
+    (
+        "invalid match pattern",
+        {
+            "triggers/hook.yaml": doc(
+                "Trigger",
+                "hook",
+                "type: HTTP\nconfig:\n  path: /hooks/http/hook\n  webhook_secret: s\n  patterns: ['(']",
+            )
+        },
+        ("main/triggers/hook.yaml", 10, 16, "warning", "pattern-as-text", "not a valid regular expression"),
+    ),
+    (
+        "Context allow rule with a shell operator",
+        {
+            "contexts/prod.yaml": context(
+                "prod", "namespace: default\nsecurity:\n  allowed_commands: ['kubectl get ;']"
+            )
+        },
+        ("main/contexts/prod.yaml", 8, 24, "error", "invalid", "kubectl get ;"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "expected"), [pytest.param(f, e, id=n) for n, f, e in CASES])
+def test_problem_points_at_its_field(
+    write_tree: WriteTree, files: dict[str, str], expected: tuple[str, int, int, str, str, str]
+) -> None:
+    compiled = compiler.build(desired.build([view(write_tree({**base(), **files}))], variables={}))
+    path, line, col, severity, code, words = expected
+    found = [i for i in compiled.issues if i.path == path]
+    assert [(i.line, i.col, i.severity, i.code) for i in found] == [(line, col, severity, code)], [
+        i.format() for i in compiled.issues
+    ]
+    (issue,) = found
+    assert words in issue.message
+    prefix, rest = issue.message.split(": ", 1)
+    kind, name = prefix.split("/")
+    assert not re.match(rf"(?i)({kind}|agent|trigger) {name}:", rest), "the resource is named once"
+    assert compiled.ok is (severity != "error")
+
+
+def test_an_error_keeps_no_listener_for_its_trigger(write_tree: WriteTree) -> None:
+    files = {**base(), "triggers/hook.yaml": doc("Trigger", "hook", "type: Schedule\nconfig: {cron: 'nope'}")}
+    compiled = compiler.build(desired.build([view(write_tree(files))], variables={}))
+    assert not compiled.ok
+    assert compiled.triggers["hook"] is None
+    assert "hook" not in compiled.listeners
+
+
+def test_listeners_only_for_triggers_an_active_binding_uses(write_tree: WriteTree) -> None:
+    files = {**base(), "triggers/idle.yaml": trigger("idle")}
+    compiled = compiler.build(desired.build([view(write_tree(files))], variables={}))
+    assert compiled.ok
+    assert set(compiled.listeners) == {"hook"}
+    assert set(compiled.triggers) == {"hook", "idle"}
+    assert compiled.users["hook"] == ("b",)
+
+
+def test_incremental_build_reuses_untouched_specs(write_tree: WriteTree) -> None:
+    cache_state = desired.ParseCache()
+    cache = compiler.Cache()
+    first = compiler.build(
+        desired.build([view(write_tree(base()))], variables={}, cache=cache_state), cache=cache
+    )
+    edited = {**base(), "agents/a.yaml": agent("a", "You help more.")}
+    second = compiler.build(
+        desired.build([view(write_tree(edited))], variables={}, cache=cache_state), cache=cache
+    )
+    assert second.contexts["prod"] is first.contexts["prod"]
+    assert second.routes["hook"] is first.routes["hook"]
+    assert second.agent("a") is not first.agent("a")
+    assert second.agent("a") == compiler.build(second.desired).agent("a")
+
+
+def test_fixing_the_error_clears_it(write_tree: WriteTree) -> None:
+    cache_state = desired.ParseCache()
+    cache = compiler.Cache()
+    broken = {**base(), "agents/a.yaml": doc("Agent", "a", "model: nosuch:thing\ninstructions: hi")}
+    first = compiler.build(
+        desired.build([view(write_tree(broken))], variables={}, cache=cache_state), cache=cache
+    )
+    assert not first.ok
+    fixed = compiler.build(
+        desired.build([view(write_tree(base()))], variables={}, cache=cache_state), cache=cache
+    )
+    assert fixed.ok
+    assert fixed.issues == ()
