@@ -208,6 +208,7 @@ class Reconciler:
             desired_mod.SourceView(name=name, kinds=policy.kinds, snapshot=snaps[name])
             for name, policy in self._sources.items()
         ]
+        phases = _Phases(started)
         desired = desired_mod.build(
             views,
             variables=self._variables(),
@@ -215,7 +216,9 @@ class Reconciler:
             undefined="error",
             cache=self._cache,
         )
+        phases.mark("build")
         compiled = compiler.build(desired, options=self._options, cache=self._compile_cache)
+        phases.mark("compile")
         now = time.time()
         for name, snap in snaps.items():
             old = self.records.get(name, state_mod.SourceRecord())
@@ -226,6 +229,7 @@ class Reconciler:
 
         plan = diff_mod.compute(compiled, self.inventory)
         counts = plan.counts()
+        phases.mark("plan")
         if plan.is_noop() and self.applied is not None and self.applied.revision == desired.revision:
             await self._back_to_applied()
             return status_mod.PassSummary(
@@ -235,9 +239,11 @@ class Reconciler:
                 issues=compiled.warnings,
                 duration_s=time.monotonic() - started,
                 at=time.time(),
+                phases=phases.done,
             )
 
         outcome = await self._applier.apply(plan)
+        phases.mark("apply")
         previous = self.applied
         self.applied = desired
         self.compiled = compiled
@@ -263,7 +269,9 @@ class Reconciler:
         self.first_applied.set()
         self._unsaved = desired
         await self._save()
+        phases.mark("persist")
         await self._audit_applied(desired, plan, previous)
+        phases.mark("audit")
         return status_mod.PassSummary(
             revision=desired.revision,
             outcome="applied",
@@ -275,6 +283,7 @@ class Reconciler:
             issues=compiled.warnings,
             duration_s=time.monotonic() - started,
             at=time.time(),
+            phases=phases.done,
         )
 
     async def _back_to_applied(self) -> None:
@@ -402,5 +411,23 @@ class Reconciler:
             deleted=summary.deleted,
             failed=summary.failed,
             duration_ms=round(summary.duration_s * 1000, 2),
+            phases_ms={name: round(seconds * 1000, 2) for name, seconds in summary.phases} or None,
             errors=errs[:20] if errs else None,
         )
+
+
+class _Phases:
+    """Where a pass spent its time: `mark(name)` closes the phase that began at the last mark."""
+
+    def __init__(self, started: float) -> None:
+        self._last = started
+        self._done: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self._done.append((name, now - self._last))
+        self._last = now
+
+    @property
+    def done(self) -> tuple[tuple[str, float], ...]:
+        return tuple(self._done)

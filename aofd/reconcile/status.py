@@ -56,6 +56,7 @@ class PassSummary:
     duration_s: float = 0.0
     issues: tuple[errors.Issue, ...] = ()
     at: float = 0.0
+    phases: tuple[tuple[str, float], ...] = ()  # (build|compile|plan|apply|persist|audit, seconds)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -67,6 +68,7 @@ class PassSummary:
             "unchanged": self.unchanged,
             "failed": self.failed,
             "duration_ms": round(self.duration_s * 1000, 3),
+            "phases_ms": {name: round(seconds * 1000, 3) for name, seconds in self.phases},
             "errors": [i.format() for i in self.issues if i.is_error],
             "warnings": [i.format() for i in self.issues if not i.is_error],
             "at": self.at,

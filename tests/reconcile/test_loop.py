@@ -128,6 +128,10 @@ async def test_first_revision_is_applied_and_audited(tmp_path: Path) -> None:
     assert (tmp_path / "state" / state.SNAPSHOT_FILE).exists()
     binding = ids.ResourceKey.of(ids.Kind.BINDING, "prod-hook")
     assert "Ready" == rec.conditions[binding].phase.value
+    phases = dict(summary.phases)
+    assert ["build", "compile", "plan", "apply", "persist", "audit"] == list(phases)
+    assert sum(phases.values()) <= summary.duration_s
+    assert set(summary.as_dict()["phases_ms"]) == set(phases)  # type: ignore[arg-type]
 
 
 async def test_broken_revision_keeps_the_last_good_one(tmp_path: Path) -> None:
