@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -107,10 +108,7 @@ def measure(root: Path, resources: int, rounds: int) -> dict[str, Any]:
         )
     )
     base = f"http://127.0.0.1:{admin}"
-    agent = max(
-        repo.glob("agents/**/*.yaml"),
-        key=lambda p: sum(1 for b in repo.glob("bindings/**/*.yaml") if p.stem in b.read_text()),
-    )
+    agent = _most_used_agent(repo)
     original = agent.read_text()
     variants = [original.replace("temperature: 0.", "temperature: 0.1"), original]
     assert variants[0] != original, "the generated agent has no temperature to vary"
@@ -179,6 +177,16 @@ def measure(root: Path, resources: int, rounds: int) -> dict[str, Any]:
         "rss_mb_after": rss,
         "rounds": rounds,
     }
+
+
+def _most_used_agent(repo: Path) -> Path:
+    """The agent file whose name the most flow and fleet files mention (each file read once)."""
+    mentions: dict[str, int] = {}
+    for path in [*repo.glob("flows/**/*.yaml"), *repo.glob("fleets/**/*.yaml")]:
+        for word in set(re.findall(r"\bagent-\d+\b", path.read_text())):
+            mentions[word] = mentions.get(word, 0) + 1
+    name = max(sorted(mentions), key=lambda n: mentions[n])
+    return next(repo.glob(f"agents/**/{name}.yaml"))
 
 
 def _stalled(status: dict[str, Any]) -> int:

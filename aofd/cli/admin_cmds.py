@@ -130,9 +130,9 @@ def _short(revision: str) -> str:
     return revision if len(revision) <= 40 else revision[:37] + "..."
 
 
-def _print_rejection(status: dict[str, Any], *, stream: TextIO = sys.stderr) -> None:
-    """The rejected revision and its errors at file:line:col (on stderr beside other output;
-    `aofctl status` prints it as part of the status)."""
+def _print_rejection(status: dict[str, Any], *, stream: TextIO = sys.stderr, limit: int | None = 20) -> None:
+    """The rejected revision and its errors at file:line:col (on stderr beside other output, the
+    first `limit`; `aofctl status` prints every one as part of the status)."""
     rejected = status.get("lastRejected")
     if not rejected:
         return
@@ -141,8 +141,11 @@ def _print_rejection(status: dict[str, Any], *, stream: TextIO = sys.stderr) -> 
         f"{status.get('appliedRevision') or 'nothing'}:",
         file=stream,
     )
-    for line in rejected.get("errors", [])[:20]:
+    errors = rejected.get("errors", [])
+    for line in errors[:limit]:
         print(f"  {line}", file=stream)
+    if limit is not None and len(errors) > limit:
+        print(f"  ... and {len(errors) - limit} more (aofctl status shows every one)", file=stream)
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -248,5 +251,5 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"Last pass:         {last.get('outcome')} {last.get('revision')} in {last.get('duration_ms')} ms"
         )
-    _print_rejection(data, stream=sys.stdout)
+    _print_rejection(data, stream=sys.stdout, limit=None)
     return 0

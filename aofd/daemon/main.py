@@ -220,9 +220,15 @@ class Daemon:
                     issues=[i.format() for i in exc.issues],
                 )
             else:
-                if new_cfg.sources != self.cfg.sources or new_cfg.listen != self.cfg.listen:
+                changed = sorted(
+                    name
+                    for name in type(new_cfg).model_fields
+                    if name != "substitution" and getattr(new_cfg, name) != getattr(self.cfg, name)
+                )
+                if changed:
                     log.warning(
-                        "sources or listen address changed in the daemon config: restart aofd to apply"
+                        "daemon config settings changed that a reload does not apply: restart aofd to apply",
+                        settings=changed,
                     )
                 self.cfg = self.cfg.model_copy(update={"substitution": new_cfg.substitution})
                 if self.reconciler is not None:

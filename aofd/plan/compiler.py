@@ -88,9 +88,10 @@ class Compiled:
 
     `listeners` and `routes` hold the Triggers that at least one active binding uses; `triggers`
     holds every Trigger's spec (None when it is disabled or cannot be served), `users` the active
-    bindings of each served Trigger. `problems` are the compile stage's own issues by resource
+    bindings of each Trigger (served or not). `problems` are the compile stage's own issues by resource
     (`problem_issues` the same, sorted); `issues` are the desired state's and those, in order.
-    `agent_fleets` is the reverse of fleet membership (Agent -> the fleets naming it).
+    `agent_fleets` is the reverse of fleet membership (Agent -> the fleets naming it);
+    `context_keys` the Contexts of each name (more than one is an error: see `_context`).
     """
 
     desired: desired.DesiredState
@@ -107,6 +108,7 @@ class Compiled:
     problems: Mapping[Key, tuple[errors.Issue, ...]]
     problem_issues: tuple[errors.Issue, ...]
     agent_fleets: Mapping[Key, frozenset[Key]]
+    context_keys: Mapping[str, tuple[Key, ...]]
 
     @property
     def revision(self) -> str:
@@ -149,6 +151,10 @@ class CompileError(errors.Stalled):
 _Found = tuple[_Issue, ...]
 
 
+class _Restart(Exception):
+    """An incremental build cannot be trusted (two Contexts share a name, or did): build all."""
+
+
 class Cache:
     """The last result, so the next build costs what changed; owned by one caller, not thread-safe.
 
@@ -186,7 +192,10 @@ def build(
         and delta.base_bindings is last.desired.bindings
     ):
         if delta.keys:
-            compiled = _Run(state, options, last).update(delta.keys)
+            try:
+                compiled = _Run(state, options, last).update(delta.keys)
+            except _Restart:
+                compiled = _Run(state, options, None).update(None)
         else:
             issues = (
                 last.issues if state.issues is last.desired.issues else _merge(state, last.problem_issues)
@@ -273,6 +282,7 @@ class _Run:
         self.routes: _Overlay[str, route_specs.TriggerRoutes] = _Overlay(base.routes if base else None)
         self.problems: _Overlay[Key, _Found] = _Overlay(base.problems if base else None)
         self.agent_fleets: _Overlay[Key, frozenset[Key]] = _Overlay(base.agent_fleets if base else None)
+        self.context_keys: _Overlay[str, tuple[Key, ...]] = _Overlay(base.context_keys if base else None)
         self._problems_changed = base is None
 
     def update(self, keys: Iterable[Key] | None) -> Compiled:
@@ -283,6 +293,7 @@ class _Run:
         """
         state = self.state
         todo = sorted(state.resources if keys is None else keys, key=_layer_order)
+        self._index_contexts(k for k in todo if k.kind is Kind.CONTEXT)
         triggers: set[str] = set()
         fleets: set[Key] = set()
         binding_keys: list[Key] = []
@@ -332,6 +343,7 @@ class _Run:
             problems=self.problems.result(),
             problem_issues=problem_issues,
             agent_fleets=self.agent_fleets.result(),
+            context_keys=self.context_keys.result(),
         )
 
     def _serve(self, triggers: set[str], routed: set[str]) -> None:
@@ -348,14 +360,18 @@ class _Run:
             if spec is not None and spec.inactive is None and spec.trigger in active:
                 active[spec.trigger].add(binding_id)
         for name, used in active.items():
+            # `users` are kept even while the Trigger cannot be served (an error in its own file):
+            # once it is fixed, its bindings are unchanged and are found here again.
             listener = self.triggers.get(name)
-            if used and listener is not None:
-                ordered = tuple(sorted(used))
+            ordered = tuple(sorted(used))
+            if ordered:
                 self.users.set(name, ordered)
+            else:
+                self.users.pop(name)
+            if ordered and listener is not None:
                 self.listeners.set(name, listener)
                 self.routes.set(name, self._routes(name, ordered))
             else:
-                self.users.pop(name)
                 self.listeners.pop(name)
                 self.routes.pop(name)
 
@@ -379,6 +395,24 @@ class _Run:
 
     # -- per kind -------------------------------------------------------------------------------
 
+    def _index_contexts(self, keys: Iterable[Key]) -> None:
+        """Keep `context_keys` up to date for the Contexts of this build.
+
+        The runtime keeps a Context's audit log, guard policy and rate limits by its name, so two
+        Contexts may not share one, whatever their namespaces. Resolving which spec a name means
+        while two exist (and again once one goes) touches bindings outside the delta, so an
+        incremental build that meets a shared name, now or before, starts over in full.
+        """
+        for key in keys:
+            before = self.context_keys.get(key.name) or ()
+            after = tuple(sorted({*before, key} if key in self.state.resources else set(before) - {key}))
+            if self.base is not None and (len(before) > 1 or len(after) > 1):
+                raise _Restart
+            if after:
+                self.context_keys.set(key.name, after)
+            else:
+                self.context_keys.pop(key.name)
+
     def _context(self, key: Key, resource: LoadedResource | None) -> None:
         if resource is None:
             self.contexts.pop(key.name)
@@ -386,7 +420,9 @@ class _Run:
             return
         model = resource.model
         assert isinstance(model, context_kind.Context)
-        guard_policy, problems = policy.compile_context(model, tools=self.options.tools)
+        guard_policy, found = policy.compile_context(model, tools=self.options.tools)
+        problems = list(found)
+        problems.extend(self._shared_name(o) for o in self.context_keys.get(key.name) or () if o != key)
         audit = model.spec.audit
         spec = ContextSpec(
             key=key,
@@ -398,6 +434,16 @@ class _Run:
         )
         self.contexts.set(key.name, spec)
         self._report(key, resource, problems)
+
+    def _shared_name(self, other: Key) -> Problem:
+        resource = self.state.resources[other]
+        line, col = extract.position(resource, ("metadata", "name"))
+        return Problem(
+            ("metadata", "name"),
+            f"the name {other.name!r} is also the name of {other} ({resource.path}:{line}:{col}); Context "
+            "names are global in aofd (audit logs, guard policies and rate limits are kept by name)",
+            code="duplicate",
+        )
 
     def _agent(self, key: Key, resource: LoadedResource | None) -> None:
         if resource is None:
@@ -422,10 +468,13 @@ class _Run:
         self._report(key, resource, problems)
 
     def _fleet(self, key: Key, resource: LoadedResource | None) -> None:
-        old = self.fleets.pop(key)
-        if old is not None:  # forget where its members were named
-            for named_before in old.members:
-                self._index(Key(Kind.AGENT, key.namespace, named_before.name), key, add=False)
+        self.fleets.pop(key)
+        before = self.base.desired.resources.get(key) if self.base is not None else None
+        if before is not None:  # forget where its members were named (resolved or not)
+            assert isinstance(before.model, fleet_kind.AgentFleet)
+            for member in before.model.spec.agents:
+                if member.is_reference:
+                    self._index(Key(Kind.AGENT, key.namespace, member.name), key, add=False)
         if resource is None:
             self._report(key, None, ())
             return
@@ -489,10 +538,11 @@ class _Run:
             )
             model = resolved.binding.model
             assert isinstance(model, binding_kind.FlowBinding)
-            patterns = model.spec.filters().patterns
-            self._report(
-                key, resolved.binding, route_specs.pattern_problems(patterns, ("spec", "match", "patterns"))
-            )
+            problems = route_specs.pattern_problems(model.spec.match.patterns, ("spec", "match", "patterns"))
+            if model.spec.trigger is not None:  # the seed's filters, beside the trigger reference
+                loc = ("spec", "trigger", "config", "patterns")
+                problems += route_specs.pattern_problems(model.spec.trigger.config.patterns, loc)
+            self._report(key, resolved.binding, problems)
             self.bindings.set(binding_id, new)
         base_digests = self.base.desired.digests if self.base is not None else {}
         if (

@@ -9,8 +9,9 @@ the revision (Flux: "by design transactional").
 Each pass is the same ordered list of steps - build, compile, plan, apply, persist, record -
 and its outcome is recorded in a `finally` (status, one canonical log line, audit records).
 Build and compile are the pure half (`aofd.plan`); a revision with any error from either is
-rejected whole. A listener that could not start is retried by a later pass (after
-`LISTENER_RETRY_S`), since the plan starts every listener the runtime does not report running.
+rejected whole. A listener of the running revision that could not start is started again
+after `LISTENER_RETRY_S` (`retry_listeners`: the running revision planned against what runs),
+also while newer revisions are being rejected.
 """
 
 from __future__ import annotations
@@ -143,17 +144,17 @@ class Reconciler:
                     await asyncio.wait(
                         {stop_wait, wake_wait}, timeout=retry_in, return_when=asyncio.FIRST_COMPLETED
                     )
-                    if retry_in is not None and not wake_wait.done() and not stop.is_set():
-                        self._retry_at = None
-                        self._wake.set()
                 finally:
                     if not wake_wait.done():
                         wake_wait.cancel()
                         await asyncio.gather(wake_wait, return_exceptions=True)
                 if stop.is_set():
                     break
-                self._wake.clear()
-                await self.reconcile_once()
+                if self._wake.is_set():
+                    self._wake.clear()
+                    await self.reconcile_once()
+                elif retry_in is not None:
+                    await self.retry_listeners()
         finally:
             stop_wait.cancel()
             await asyncio.gather(stop_wait, return_exceptions=True)
@@ -225,13 +226,14 @@ class Reconciler:
             self.records[name] = dataclasses.replace(old, last_attempted=snap.revision, attempted_at=now)
 
         if not compiled.ok:
-            return await self._reject(compiled, snaps, started)
+            return await self._reject(compiled, snaps, started, phases)
 
         plan = diff_mod.compute(compiled, self.inventory)
         counts = plan.counts()
         phases.mark("plan")
         if plan.is_noop() and self.applied is not None and self.applied.revision == desired.revision:
             await self._back_to_applied()
+            phases.mark("persist")
             return status_mod.PassSummary(
                 revision=desired.revision,
                 outcome="unchanged",
@@ -248,8 +250,7 @@ class Reconciler:
         self.applied = desired
         self.compiled = compiled
         self.inventory = diff_mod.Inventory.of(desired, listeners=outcome.listeners)
-        failed = set(compiled.listeners) - set(outcome.listeners)
-        self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S if failed else None
+        self._arm_retry(compiled, outcome)
         self._applied_snapshots = snaps
         self.conditions = status_mod.conditions_after_apply(
             keys=desired.resources.keys(),
@@ -286,6 +287,45 @@ class Reconciler:
             phases=phases.done,
         )
 
+    async def retry_listeners(self) -> None:
+        """Start the running revision's listeners that are not running (they failed to start).
+
+        Not a pass: the running revision is planned against what runs, which starts only the
+        missing listeners; newer revisions are not looked at (a rejected one is not rejected and
+        audited again). Conditions the running revision set are refreshed; rejection marks stay.
+        """
+        async with self._lock:
+            compiled = self.compiled
+            self._retry_at = None
+            missing = _not_running(compiled, self.inventory.listeners) if compiled is not None else set()
+            if compiled is None or not missing:
+                return
+            try:
+                outcome = await self._applier.apply(diff_mod.compute(compiled, self.inventory))
+            except Exception:  # a bug or an effect failed: try again later
+                log.exception("listener retry failed")
+                self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S
+                return
+            self.inventory = diff_mod.Inventory.of(compiled.desired, listeners=outcome.listeners)
+            self._arm_retry(compiled, outcome)
+            refreshed = status_mod.conditions_after_apply(
+                keys=compiled.desired.resources.keys(),
+                revision=compiled.revision,
+                stalled=outcome.stalled,
+                reasons=outcome.reasons,
+                previous=self._applied_conditions,
+            )
+            for key, condition in refreshed.items():
+                if self.conditions.get(key) == self._applied_conditions.get(key):
+                    self.conditions[key] = condition
+            self._applied_conditions = refreshed
+            failed = _not_running(compiled, outcome.listeners)
+            log.info("listeners.retried", started=sorted(missing - failed), failed=sorted(failed) or None)
+
+    def _arm_retry(self, compiled: compiler.Compiled, outcome: ApplyOutcome) -> None:
+        failed = _not_running(compiled, outcome.listeners)
+        self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S if failed else None
+
     async def _back_to_applied(self) -> None:
         """The desired state is the running one again (e.g. a bad commit was reverted):
         forget the rejection, and retry persisting the applied state if that failed."""
@@ -300,7 +340,11 @@ class Reconciler:
             await self._save()
 
     async def _reject(
-        self, compiled: compiler.Compiled, snaps: Mapping[str, snapshot.Snapshot], started: float
+        self,
+        compiled: compiler.Compiled,
+        snaps: Mapping[str, snapshot.Snapshot],
+        started: float,
+        phases: _Phases,
     ) -> status_mod.PassSummary:
         desired = compiled.desired
         errs = compiled.errors
@@ -325,8 +369,10 @@ class Reconciler:
             duration_s=time.monotonic() - started,
             at=time.time(),
         )
-        self.last_rejected = summary
         await self._audit_rejected(desired, errs)
+        phases.mark("audit")
+        summary = dataclasses.replace(summary, phases=phases.done, duration_s=time.monotonic() - started)
+        self.last_rejected = summary
         return summary
 
     # -- effects at the end of a pass -----------------------------------------------------
@@ -388,7 +434,12 @@ class Reconciler:
         if self.applied is not None:
             contexts |= {k.name for k in self.applied.resources if k.kind is ids.Kind.CONTEXT}
         contexts |= {k.name for k in desired.resources if k.kind is ids.Kind.CONTEXT}
-        details = {"revision": desired.revision, "errors": [i.format() for i in errs[:50]]}
+        # The first 50 errors, and how many there are (an audit record stays small; status has all).
+        details = {
+            "revision": desired.revision,
+            "errors": [i.format() for i in errs[:50]],
+            "error_count": len(errs),
+        }
         for context in sorted(contexts):
             await self._safe_audit(
                 context, ports.AuditEvent("config.rejected", outcome="failure", details=details)
@@ -431,3 +482,8 @@ class _Phases:
     @property
     def done(self) -> tuple[tuple[str, float], ...]:
         return tuple(self._done)
+
+
+def _not_running(compiled: compiler.Compiled, running: Mapping[str, str]) -> set[str]:
+    """Triggers whose listener is not running as compiled: none started, or an older one kept."""
+    return {name for name, spec in compiled.listeners.items() if running.get(name) != spec.digest}

@@ -204,26 +204,48 @@ class Applier:
         not_ready: dict[str, str],
         stall: Callable[[Key, str, str], None],
     ) -> routing.RoutingTable:
-        """Start what the plan starts (make before break) and build the next table."""
+        """Start what the plan starts (make before break) and build the next table.
+
+        A listener that does not start stalls its Trigger: a new one's bindings take no events;
+        an updated one's predecessor keeps serving (with the new routes) until a retry starts it.
+        If apply itself is cancelled, what it started is stopped again.
+        """
         current = self._switchboard.current.listeners
         todo: dict[str, actions.ListenerAction] = {a.trigger: a for a in plan.listeners if a.op != "delete"}
         serving: dict[str, listener_base.Listener] = {}
-        for name, spec in compiled.listeners.items():
-            running = current.get(name)
-            if name not in todo and running is not None:
-                serving[name] = running
-                continue
-            try:
-                fresh = self._build(spec)
-                if running is not None:
-                    fresh.succeed(running)
-                await fresh.start()
-            except Exception as exc:  # a listener that cannot start stalls its trigger, not the revision
-                reason = str(exc) or type(exc).__name__
-                log.error("listener.start_failed", trigger=name, error=reason)
-                self._listener_failed(compiled, name, reason, not_ready, stall)
-                continue
-            serving[name] = fresh
+        started: list[listener_base.Listener] = []
+        self._switchboard.starting(
+            name for name in compiled.listeners if name in todo and name not in current
+        )
+        try:
+            for name, spec in compiled.listeners.items():
+                running = current.get(name)
+                if name not in todo and running is not None:
+                    serving[name] = running
+                    continue
+                fresh: listener_base.Listener | None = None
+                try:
+                    fresh = self._build(spec)
+                    if running is not None:
+                        fresh.succeed(running)
+                    await fresh.start()
+                except Exception as exc:  # a listener that cannot start stalls its trigger, not the revision
+                    reason = str(exc) or type(exc).__name__
+                    log.error("listener.start_failed", trigger=name, error=reason)
+                    if fresh is not None:
+                        await self._stop_quietly(fresh)
+                    if running is not None:
+                        serving[name] = running
+                        self._listener_kept(compiled, name, reason, stall)
+                    else:
+                        self._listener_failed(compiled, name, reason, not_ready, stall)
+                    continue
+                started.append(fresh)
+                serving[name] = fresh
+        except BaseException:
+            self._switchboard.starting(())
+            await asyncio.gather(*(self._stop_quietly(x) for x in started))
+            raise
         routes = {name: compiled.routes[name] for name in serving if name in compiled.routes}
         return routing.RoutingTable.build(
             revision=compiled.revision,
@@ -232,6 +254,25 @@ class Applier:
             bindings=compiled.bindings,
             stalled=not_ready,
         )
+
+    @staticmethod
+    async def _stop_quietly(listener: listener_base.Listener) -> None:
+        try:
+            await listener.stop(drain=0.0)
+        except Exception as exc:
+            log.error("listener.stop_failed", trigger=listener.trigger_name, error=repr(exc))
+
+    @staticmethod
+    def _listener_kept(
+        compiled: compiler.Compiled, trigger: str, reason: str, stall: Callable[[Key, str, str], None]
+    ) -> None:
+        resource = compiled.desired.get(ids.Kind.TRIGGER, trigger)
+        if resource is not None:
+            stall(
+                resource.key,
+                "ListenerFailed",
+                f"the changed listener did not start ({reason}); the previous one keeps serving",
+            )
 
     @staticmethod
     def _listener_failed(

@@ -17,6 +17,7 @@ its own task), and replies go out in tasks the dispatcher owns and drains on `ac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -25,6 +26,9 @@ import structlog
 
 from aofd.runtime import ports, routing, tasks
 from aofd.specs import bindings, routes
+
+PUBLISH_WAIT_S = 120.0
+"""How long an event of a listener being started waits for its routes (an apply takes far less)."""
 
 log = structlog.get_logger()
 
@@ -117,6 +121,10 @@ class Dispatcher:
         table = self._switchboard.current
         chosen = self.route(message)
         if isinstance(chosen, ports.RouteOutcome):
+            if chosen.outcome == "unknown_trigger" and self._switchboard.is_starting(message.trigger):
+                # A new listener produced an event before its routes are published: hold it.
+                self._tasks.spawn(self._after_publish(message, reply_on_no_match))
+                return ports.RouteOutcome("deferred", detail="the trigger's routes are being published")
             log.info("event.not_routed", outcome=chosen.outcome, detail=chosen.detail, **_fields(message))
             if reply_on_no_match and chosen.outcome in ("no_match", "unknown_trigger"):
                 self._tasks.spawn(self._reply(message.reply_target(), self._no_match_text))
@@ -157,6 +165,17 @@ class Dispatcher:
                 **_fields(message),
             )
         return ports.RouteOutcome("started", chosen.name, chosen.context, run_id, chosen.score)
+
+    async def _after_publish(self, message: ports.EventMessage, reply_on_no_match: bool) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_WAIT_S):
+                await self._switchboard.published()
+        except TimeoutError:
+            log.warning(
+                "event.not_routed", outcome="deferred", detail="no table was published", **_fields(message)
+            )
+            return
+        self.dispatch(message, reply_on_no_match=reply_on_no_match)
 
     async def _reply(self, target: ports.ReplyTarget, text: str) -> None:
         if self._replier is None:

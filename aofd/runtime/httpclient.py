@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,12 +81,29 @@ class HttpClient:
                 body, truncated = await _read_capped(answer.content, max_body)
                 return Response(answer.status, answer.headers.get("Content-Type", ""), body, truncated)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HttpError(str(exc) or type(exc).__name__) from exc
+            # `from None`: the cause's message and traceback may hold the URL, and it must not reach a log.
+            raise HttpError(_describe(exc, url)) from None
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """What went wrong, without the URL or its path (some carry a token: Telegram's `/bot<token>/`)."""
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{type(exc).__name__}: the URL is not valid"
+    said = str(exc) or type(exc).__name__
+    text = said
+    try:
+        path = urllib.parse.urlsplit(url).path if "://" in url else url
+    except ValueError:
+        path = url
+    for part in (url, path, urllib.parse.quote(path)):
+        if len(part) > 1:
+            text = text.replace(part, "<url>")
+    return text if text == said else f"{type(exc).__name__}: {text}"
 
 
 async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:

@@ -10,15 +10,19 @@ Owns
   table.
 - `Switchboard`: holds the current table; `swap(new)` replaces it in one assignment and returns
   the old one. The trigger server and the dispatcher read `switchboard.current` per event, so an
-  event sees either the old table or the new one, never a mix.
+  event sees either the old table or the new one, never a mix. While the applier starts the
+  listeners of triggers the current table does not have (`starting`), their events (a Telegram
+  poller's first updates, a schedule's tick) wait for the swap (`published`) instead of finding
+  no route.
 
 Building the table and starting or retiring listeners is the applier's (`aofd.runtime.applier`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 import structlog
@@ -89,6 +93,8 @@ class Switchboard:
 
     def __init__(self, table: RoutingTable | None = None) -> None:
         self._current = table if table is not None else RoutingTable.empty()
+        self._starting: frozenset[str] = frozenset()
+        self._published: asyncio.Event | None = None
 
     @property
     def current(self) -> RoutingTable:
@@ -98,7 +104,24 @@ class Switchboard:
         """Publish `new`; returns the table it replaced."""
         old, self._current = self._current, new
         log.info("routing.swapped", old_revision=old.revision, revision=new.revision)
+        self.starting(())
         return old
+
+    def starting(self, triggers: Iterable[str]) -> None:
+        """Listeners of `triggers` (not in the current table) are being started for the next one;
+        `starting(())` (also done by `swap`) ends that and wakes who waits in `published`."""
+        if self._published is not None:
+            self._published.set()
+        names = frozenset(triggers)
+        self._starting, self._published = names, (asyncio.Event() if names else None)
+
+    def is_starting(self, trigger: str) -> bool:
+        return trigger in self._starting
+
+    async def published(self) -> None:
+        """Wait until the table being prepared is published (or given up)."""
+        if self._published is not None:
+            await self._published.wait()
 
     def replier(self, trigger: str) -> ports.ChatReplier | None:
         """The chat replier of `trigger`'s current listener (None when it has none)."""

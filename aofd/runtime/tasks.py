@@ -68,29 +68,28 @@ class TaskSet(Generic[T]):
             self._on_done(key, task)
 
     async def drain(self, grace: float) -> int:
-        """Wait up to `grace` seconds for every task, then cancel the rest; returns how many it cancelled."""
-        if not self._tasks:
-            return 0
-        pending: set[asyncio.Task[T]] = set(self._tasks.values())
-        if grace > 0:
-            _done, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        return len(pending)
+        """Wait up to `grace` seconds for every task, then cancel the rest; returns how many it cancelled.
+
+        Cancelled while waiting, it still cancels every task before it gives up.
+        """
+        return await self._drain(set(self._tasks.values()), grace)
 
     async def drain_keys(self, keys: set[str], grace: float) -> int:
         """`drain`, for the tasks under `keys` only; returns how many it cancelled."""
-        pending = {task for key, task in self._tasks.items() if key in keys}
+        return await self._drain({task for key, task in self._tasks.items() if key in keys}, grace)
+
+    @staticmethod
+    async def _drain(pending: set[asyncio.Task[T]], grace: float) -> int:
         if not pending:
             return 0
-        if grace > 0:
-            _done, pending = await asyncio.wait(pending, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            if grace > 0:
+                _done, pending = await asyncio.wait(pending, timeout=grace)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
         return len(pending)
 
     async def cancel(self, key: str) -> bool:

@@ -13,11 +13,12 @@ imports apscheduler. Time zones come from the system's tz database (`zoneinfo`).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import zoneinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from aofd.specs.problems import Problem
+from aofd.specs.problems import Problem, shown
 
 CRON_LOC: tuple[str, ...] = ("spec", "config", "cron")
 TIMEZONE_LOC: tuple[str, ...] = ("spec", "config", "timezone")
@@ -36,13 +37,16 @@ def parse(expression: str, timezone: str | None) -> tuple[Schedule | None, list[
     """The schedule, or None and the problems (a bad time zone and a bad expression are both told)."""
     problems: list[Problem] = []
     zone_name = timezone or "UTC"
+    tz: datetime.tzinfo
     try:
-        tz = zoneinfo.ZoneInfo(zone_name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz = zoneinfo.ZoneInfo(zone_name)  # the tzdata package is a dependency: the same on every host
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         problems.append(
-            Problem(TIMEZONE_LOC, f"unknown time zone {zone_name!r}; write an IANA name such as Europe/Paris")
+            Problem(
+                TIMEZONE_LOC, f"unknown time zone {shown(zone_name)}; write an IANA name such as Europe/Paris"
+            )
         )
-        tz = zoneinfo.ZoneInfo("UTC")
+        tz = datetime.UTC
     trigger: CronTrigger | None = None
     fields = expression.split()
     try:
@@ -57,12 +61,12 @@ def parse(expression: str, timezone: str | None) -> tuple[Schedule | None, list[
             problems.append(
                 Problem(
                     CRON_LOC,
-                    f"cron expression {expression!r} must have 5 fields (minute hour day month weekday) "
+                    f"cron expression {shown(expression)} must have 5 fields (minute hour day month weekday) "
                     "or 6 (seconds first)",
                 )
             )
     except ValueError as exc:
-        problems.append(Problem(CRON_LOC, f"invalid cron expression {expression!r}: {exc}"))
+        problems.append(Problem(CRON_LOC, f"invalid cron expression {shown(expression)}: {exc}"))
     if problems or trigger is None:
         return None, problems
     return Schedule(expression, zone_name, trigger), []

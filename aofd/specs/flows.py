@@ -234,7 +234,7 @@ def fleet_spec(
             problems.append(
                 Problem(
                     (*loc, "config"),
-                    f"fleet {name}: member {member.name} points at a file ({member.config}); "
+                    f"member {member.name} points at a file ({member.config}); "
                     "aofd resolves members by Agent name or inline spec",
                 )
             )
@@ -243,7 +243,7 @@ def fleet_spec(
             problems.append(
                 Problem(
                     (*loc, "name"),
-                    f"fleet {name}: member {member.name} names no Agent that resolves",
+                    f"member {member.name} names no Agent that resolves",
                     code="ref-missing",
                 )
             )

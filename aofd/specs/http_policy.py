@@ -30,12 +30,17 @@ class HttpPolicy:
 
     def check(self, url: str) -> str | None:
         """Why `url` is refused, or None."""
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            hostname = parts.hostname
+            _ = parts.port  # raises on a port that is not a number in range
+        except ValueError as exc:
+            return f"the URL cannot be parsed ({exc})"
         if parts.scheme not in ("http", "https"):
             return f"scheme {parts.scheme or '(none)'} is not allowed (http and https only)"
         if parts.username or parts.password:
             return "credentials in the URL are not allowed"
-        host = (parts.hostname or "").lower().rstrip(".")
+        host = (hostname or "").lower().rstrip(".")
         if not host:
             return "the URL names no host"
         try:

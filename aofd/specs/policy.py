@@ -49,6 +49,7 @@ from pathlib import Path
 from aofd import errors
 from aofd.resources.kinds import context as context_kind
 from aofd.specs import kubectl
+from aofd.specs import regex as regex_mod
 from aofd.specs.problems import Problem
 
 MAX_TOKEN_BYTES = 4096
@@ -628,10 +629,7 @@ def parse_pattern(text: str, *, tools: frozenset[str]) -> Pattern:
     ):
         shape = parse_command(tokens, pattern=True)
         return Pattern(text=text, shape=shape)
-    try:
-        regex: re.Pattern[str] | None = re.compile(text)
-    except re.error:
-        regex = None
+    regex, _ = regex_mod.compile_user(text)
     return Pattern(text=text, shape=None, regex=regex)
 
 
@@ -648,7 +646,7 @@ def compile_pattern(
     In `allowed_commands` (`allow=True`) a legacy (regex or substring) pattern is a problem,
     because it would match nothing.
     """
-    shown = json.dumps(text, ensure_ascii=True)
+    shown = json.dumps(text if len(text) <= 80 else text[:79] + "…", ensure_ascii=True)
     if not text.strip():
         return None, f"{shown}: empty pattern"
     try:

@@ -2,7 +2,7 @@
 
 Compilers here know models, not files: they say *where in the model* (`loc`, attribute names
 as in the pydantic models, e.g. `("spec", "security", "allowed_commands", 2)`) and *what*. The
-compile stage (`aofd.plan.compile`) turns each into an `aofd.errors.Issue` at the file, line and
+compile stage (`aofd.plan.compiler`) turns each into an `aofd.errors.Issue` at the file, line and
 column where that value is written.
 """
 
@@ -21,3 +21,8 @@ class Problem:
     message: str
     severity: errors.Severity = "error"
     code: str = "invalid"
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """`text` quoted for a message, cut to `limit` characters (a hostile value stays readable)."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")

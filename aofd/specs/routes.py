@@ -28,7 +28,8 @@ from typing import Literal, NamedTuple, Protocol
 
 from aofd.resources.kinds import binding as binding_kind
 from aofd.resources.kinds import trigger as trigger_kind
-from aofd.specs.problems import Problem
+from aofd.specs import regex as regex_mod
+from aofd.specs.problems import Problem, shown
 
 TRIGGER_BASE_SCORE = 10
 BINDING_BASE_SCORE = 10
@@ -85,10 +86,8 @@ class _Pattern:
 
     @classmethod
     def compile(cls, text: str) -> _Pattern:
-        try:
-            return cls(re.compile(text), "")
-        except re.error:
-            return cls(None, text.lower())
+        regex, _ = regex_mod.compile_user(text)
+        return cls(regex, "" if regex is not None else text.lower())
 
     def search(self, text: str) -> bool:
         if self.regex is not None:
@@ -100,13 +99,12 @@ def pattern_problems(patterns: Sequence[str], loc: tuple[str | int, ...]) -> lis
     """A warning for each pattern that is not a valid regular expression (it is matched as text)."""
     problems: list[Problem] = []
     for index, text in enumerate(patterns):
-        try:
-            re.compile(text)
-        except re.error as exc:
+        regex, why = regex_mod.compile_user(text)
+        if regex is None:
             problems.append(
                 Problem(
                     (*loc, index),
-                    f"pattern {text!r} is not a valid regular expression ({exc}); it is matched as text",
+                    f"pattern {shown(text)} is not a valid regular expression ({why}); it is matched as text",
                     "warning",
                     "pattern-as-text",
                 )

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from aofd import errors
 from aofd.daemon import config, main, metrics, notify
@@ -167,3 +168,19 @@ async def test_a_stalled_event_loop_misses_its_watchdog_ping(tmp_path: Path) -> 
     missed = [t for t, stall in pings if stall and t < stall_at + 0.05]
     resumed = [t for t, stall in pings if stall and t >= stall_at + 0.05]
     assert ([], True) == (missed, len(resumed) >= 2)
+
+
+async def test_sighup_names_the_settings_a_reload_does_not_apply(tmp_path: Path) -> None:
+    """Only the substitution allow-list is reloaded; any other changed setting is named in a warning
+    (a changed `executables` would make `aofctl validate --config` compile differently)."""
+    daemon, _, path = make_daemon(tmp_path, allow="AOF_*")
+    with structlog.testing.capture_logs() as quiet:
+        path.write_text(CONFIG.format(allow="SLACK_*"))
+        daemon._on_sighup()
+    assert not [e for e in quiet if e["log_level"] == "warning"]
+
+    with structlog.testing.capture_logs() as logs:
+        path.write_text(CONFIG.format(allow="SLACK_*") + "drain_grace_seconds: 5\nlisten: 127.0.0.1:9999\n")
+        daemon._on_sighup()
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert ["drain_grace_seconds", "listen"] == warning["settings"]

@@ -79,6 +79,40 @@ CASES = [
         ("main/triggers/hook.yaml", 10, 16, "warning", "pattern-as-text", "not a valid regular expression"),
     ),
     (
+        "a pattern re.compile overflows on",
+        {
+            "triggers/hook.yaml": doc(
+                "Trigger",
+                "hook",
+                "type: HTTP\nconfig:\n  path: /hooks/http/hook\n  webhook_secret: s\n"
+                "  patterns: ['a{4294967296}']",
+            )
+        },
+        ("main/triggers/hook.yaml", 10, 16, "warning", "pattern-as-text", "repetition count is too large"),
+    ),
+    (
+        "a pattern nested too deeply",
+        {"bindings/b.yaml": binding("b", "f", "prod") + "  match:\n    patterns: ['" + "(" * 5000 + "']\n"},
+        ("main/bindings/b.yaml", 10, 16, "warning", "pattern-as-text", "nested too deeply"),
+    ),
+    (
+        "a binding's seed-style trigger filter pattern",
+        {
+            "bindings/b.yaml": doc(
+                "FlowBinding",
+                "b",
+                "flow: {name: f}\ncontext: {name: prod}\n"
+                "trigger:\n  name: hook\n  config:\n    patterns: ['(']",
+            )
+        },
+        ("main/bindings/b.yaml", 11, 18, "warning", "pattern-as-text", "not a valid regular expression"),
+    ),
+    (
+        "an HTTP node URL that does not parse",
+        {"flows/f.yaml": node_flow("    type: HTTP\n    config: {url: 'http://[::1/x'}")},
+        ("main/flows/f.yaml", 9, 21, "error", "invalid", "cannot be parsed"),
+    ),
+    (
         "Context allow rule with a shell operator",
         {
             "contexts/prod.yaml": context(
@@ -102,6 +136,7 @@ def test_problem_points_at_its_field(
     ]
     (issue,) = found
     assert words in issue.message
+    assert len(issue.message) < 400, "a hostile value is shortened in the message"
     prefix, rest = issue.message.split(": ", 1)
     kind, name = prefix.split("/")
     assert not re.match(rf"(?i)({kind}|agent|trigger) {name}:", rest), "the resource is named once"
@@ -154,3 +189,50 @@ def test_fixing_the_error_clears_it(write_tree: WriteTree) -> None:
     )
     assert fixed.ok
     assert fixed.issues == ()
+
+
+def test_a_trigger_fixed_after_a_rejected_revision_is_served_again(write_tree: WriteTree) -> None:
+    """The compile of a rejected revision is the base of the next one: a Trigger that could not be
+    served in it gets its listener, routes and bindings back once fixed, as a full build gives."""
+    parse_cache, cache = desired.ParseCache(), compiler.Cache()
+    nightly = "type: Schedule\nconfig: {cron: '%s'}"
+    results = []
+    for cron in ("0 3 * * *", "61 25 * * *", "0 4 * * *"):
+        files = {**base(), "triggers/hook.yaml": doc("Trigger", "hook", nightly % cron)}
+        state = desired.build([view(write_tree(files))], variables={}, cache=parse_cache)
+        results.append((compiler.build(state, cache=cache), compiler.build(state)))
+    (first, _), (broken, _), (fixed, full) = results
+    assert first.ok
+    assert not broken.ok
+    assert fixed.ok
+    assert "hook" not in broken.listeners
+    assert (dict(fixed.listeners), dict(fixed.routes), dict(fixed.users)) == (
+        dict(full.listeners),
+        dict(full.routes),
+        dict(full.users),
+    )
+    assert fixed.users["hook"] == ("b",)
+
+
+def test_two_contexts_may_not_share_a_name(write_tree: WriteTree) -> None:
+    """Audit logs, guard policies and rate limits are kept by Context name: the same name in two
+    namespaces is an error at both, and removing one makes the revision good again (incrementally)."""
+    parse_cache, cache = desired.ParseCache(), compiler.Cache()
+    other = doc("Context", "prod", "namespace: default", namespace="team-b")
+
+    def compile_files(files: dict[str, str]) -> compiler.Compiled:
+        return compiler.build(
+            desired.build([view(write_tree(files))], variables={}, cache=parse_cache), cache=cache
+        )
+
+    assert compile_files(base()).ok
+    shared = compile_files({**base(), "contexts/prod-b.yaml": other})
+    assert not shared.ok
+    assert sorted((i.path, i.line, i.col) for i in shared.errors) == [
+        ("main/contexts/prod-b.yaml", 4, 9),
+        ("main/contexts/prod.yaml", 4, 9),
+    ]
+    assert all("Context names are global" in i.message for i in shared.errors)
+    again = compile_files(base())
+    assert again.ok
+    assert again.contexts["prod"].key.namespace == "default"

@@ -19,6 +19,10 @@ def snap_of(files: dict[str, str]) -> snapshot.Snapshot:
     )
 
 
+def context_in(name: str, namespace: str) -> str:
+    return doc("Context", name, "namespace: default", namespace=namespace)
+
+
 def tree() -> dict[str, str]:
     files = {
         "contexts/prod.yaml": context("prod"),
@@ -56,6 +60,20 @@ EDITS = [
     lambda f, r: f.__setitem__(
         "fleets/team.yaml", doc("AgentFleet", "team", f"agents:\n  - name: a{r.randrange(8)}")
     ),
+    # a Trigger that cannot be served for a revision (its cron is wrong), then can again
+    lambda f, r: f.__setitem__(
+        "triggers/hook.yaml",
+        doc(
+            "Trigger", "hook", f"type: Schedule\nconfig: {{cron: '{r.choice(['0 3 * * *', '61 25 * * *'])}'}}"
+        ),
+    ),
+    lambda f, r: f.__setitem__("triggers/hook.yaml", trigger("hook")),
+    # a second Context named prod, in another namespace; then gone again
+    lambda f, r: f.__setitem__("contexts/prod-b.yaml", context_in("prod", "b")),
+    lambda f, r: f.pop("contexts/prod-b.yaml", None),
+    # a fleet naming an Agent that does not exist, then deleted
+    lambda f, r: f.__setitem__("fleets/ghosts.yaml", doc("AgentFleet", "ghosts", "agents:\n  - name: ghost")),
+    lambda f, r: f.pop("fleets/ghosts.yaml", None),
 ]
 
 
@@ -70,10 +88,14 @@ def _specs(compiled: compiler.Compiled) -> tuple[object, ...]:
         dict(compiled.listeners),
         dict(compiled.routes),
         dict(compiled.users),
+        dict(compiled.triggers),
+        dict(compiled.agent_fleets),
+        dict(compiled.context_keys),
+        compiled.problem_issues,
     )
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(16))
 def test_incremental_equals_full(seed: int) -> None:
     """After each random edit, the incremental state, compiled specs and plan equal a from-scratch build's."""
     rng = random.Random(seed)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aofd.plan import diff as diff_mod
 from aofd.reconcile import loop, state
 from aofd.resources import ids, snapshot
@@ -76,11 +78,13 @@ def snap(contents: Mapping[str, str], name: str = "main") -> snapshot.Snapshot:
 
 
 class RecordingApplier:
-    """Records what it was asked to apply; can report stalled resources; every listener starts."""
+    """Records what it was asked to apply; can report stalled resources; every listener starts
+    but those named in `failing`."""
 
     def __init__(self) -> None:
         self.applied: list[tuple[str, dict[str, int]]] = []
         self.stalled: dict[ids.ResourceKey, str] = {}
+        self.failing: set[str] = set()
         self.gate: asyncio.Event | None = None
         self.entered: asyncio.Event | None = None
 
@@ -91,8 +95,12 @@ class RecordingApplier:
             await self.gate.wait()
         assert plan.compiled is not None
         self.applied.append((plan.revision, plan.counts()))
-        running = {name: spec.digest for name, spec in plan.compiled.listeners.items()}
-        return loop.ApplyOutcome(stalled=dict(self.stalled), listeners=running)
+        running = {
+            name: spec.digest for name, spec in plan.compiled.listeners.items() if name not in self.failing
+        }
+        stalled = dict(self.stalled)
+        stalled.update({ids.ResourceKey.of(ids.Kind.TRIGGER, name): "cannot start" for name in self.failing})
+        return loop.ApplyOutcome(stalled=stalled, listeners=running)
 
 
 RecordingAudit = recorders.RecordingAudit
@@ -288,3 +296,35 @@ async def test_a_state_dir_write_failure_is_retried_and_does_not_fail_the_pass(t
     assert "unchanged" == (await rec.reconcile_once()).outcome
     assert (tmp_path / "state" / state.SNAPSHOT_FILE).exists()
     assert 1 == len(applier.applied)
+
+
+@pytest.mark.looptime
+async def test_a_failed_listener_is_started_again_while_newer_revisions_are_rejected(tmp_path: Path) -> None:
+    """The retry timer starts the running revision's missing listener; a rejected revision that
+    arrived meanwhile is neither applied nor rejected (and audited) again by the retry."""
+    rec, applier, audit = make(tmp_path)
+    applier.failing = {"hook"}
+    hook = ids.ResourceKey.of(ids.Kind.TRIGGER, "hook")
+    stop = asyncio.Event()
+    task = asyncio.create_task(rec.run(stop=stop))
+    rec.offer(snap(files()))
+    await asyncio.sleep(1)
+    assert [] == list(rec.inventory.listeners)
+    assert "Stalled" == rec.conditions[hook].phase.value
+
+    rec.offer(snap(files(**{"agents/k8s-ops.yaml": AGENT.replace("model:", "modle:")})))  # rejected
+    await asyncio.sleep(1)
+    assert rec.last_rejected is not None
+    applier.failing.clear()
+    await asyncio.sleep(loop.LISTENER_RETRY_S)
+
+    assert ["hook"] == list(rec.inventory.listeners)
+    assert "Ready" == rec.conditions[hook].phase.value
+    assert rec.last_rejected is not None, "the newer revision is still the rejected one"
+    assert 2 == len(applier.applied), "the first apply and the retry; the rejected revision never"
+    rejected = [r for _, r in audit.records if r["event"]["action"] == "config.rejected"]
+    assert 1 == len(rejected)
+    await asyncio.sleep(loop.LISTENER_RETRY_S * 3)
+    assert 2 == len(applier.applied), "nothing is missing: no more retries"
+    stop.set()
+    await task

@@ -3,11 +3,15 @@ a listener that cannot start stalls only its Trigger, and the next apply starts 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from aofd.resources.kinds.base import LoadedResource
 from aofd.runtime.providers import registry
 from aofd.settings import ModelsSpec
+from aofd.specs.listeners import ListenerSpec
 from aofd.testing import resources as res
 from tests.runtime.fakes import harness
 
@@ -70,3 +74,67 @@ async def test_a_listener_that_cannot_start_stalls_its_trigger_only_and_the_next
         assert outcome.reasons == {}
         assert set(outcome.listeners) == {"hook", "other"}
         assert (await rig.send("http", "hook", b"{}", JSON))[0] == 202
+
+
+async def test_a_503_is_retried_by_the_sender_and_taken_once_the_binding_can_run(tmp_path: Path) -> None:
+    """The delivery answered 503 is not remembered as seen: the sender's retry of it is taken once
+    the Context is ready (here: its kubeconfig appears and the next apply un-stalls it)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    hook = res.trigger("hook", "HTTP")
+    bound = res.bind("b", ctx=res.context("prod", kubeconfig=str(kubeconfig)), trigger_res=hook)
+    delivery = {**JSON, "X-Aofd-Delivery": "d-1"}
+    async with harness.Rig() as rig:
+        await rig.apply([bound])
+        assert (await rig.send("http", "hook", b"{}", delivery))[0] == 503
+        status, text = await rig.send("http", "hook", b"{}", delivery)
+        assert status == 503, "the retry is not a duplicate"
+        assert "kubeconfig" not in text, "why is for the operator (aofctl status), not the sender"
+        kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n")
+        outcome = await rig.apply([bound])
+        assert outcome.reasons == {}
+        assert (await rig.send("http", "hook", b"{}", delivery))[0] == 202
+        assert (await rig.send("http", "hook", b"{}", delivery))[0] == 200, "now it was seen"
+        assert rig.starter.bindings == ["b"]
+
+
+async def test_a_changed_listener_that_cannot_start_leaves_its_predecessor_serving() -> None:
+    """Make before break: the old listener keeps taking events; the Trigger says why; the running
+    digest stays the old one, so the next plan (the retry) updates it again."""
+    first = res.binding("b1", res.trigger("hook", "HTTP"), context_name="prod")
+    changed = res.binding("b1", res.trigger("hook", "HTTP", max_body_bytes=4096), context_name="prod")
+    async with harness.Rig() as rig:
+        before = await rig.apply([first])
+        rig.fail_to_start.add("hook")
+        after = await rig.apply([changed])
+        assert after.listeners == before.listeners
+        trigger_key = changed.trigger.key
+        assert after.reasons == {trigger_key: "ListenerFailed"}
+        assert "previous one keeps serving" in after.stalled[trigger_key]
+        assert (await rig.send("http", "hook", b"{}", JSON))[0] == 202
+
+
+async def test_a_cancelled_apply_stops_the_listeners_it_started() -> None:
+    """Cancelled between two listener starts (the daemon is stopping), apply leaves none running."""
+    from aofd.runtime.listeners import base as listener_base
+
+    one, two = res.trigger("one", "HTTP"), res.trigger("two", "HTTP")
+    started: list[listener_base.Listener] = []
+    blocked = asyncio.Event()
+    async with harness.Rig() as rig:
+        build = rig.factory
+
+        def slow_second(spec: ListenerSpec) -> listener_base.Listener:
+            if spec.trigger == "two":
+                blocked.set()
+                raise asyncio.CancelledError  # as if the apply task were cancelled right here
+            made = build(spec)
+            started.append(made)
+            return made
+
+        rig.applier._build = slow_second
+        with pytest.raises(asyncio.CancelledError):
+            await rig.apply([res.binding("b1", one), res.binding("b2", two)])
+        assert blocked.is_set()
+        assert [x.trigger_name for x in started] == ["one"]
+        assert not started[0].running
+        assert rig.switchboard.current.listeners == {}

@@ -272,3 +272,26 @@ def test_routes_after_a_match_everything_route_are_never_tried() -> None:
     assert ["z-narrow", "a-plain"] == [
         dispatcher.dispatch(_message(channel_id=c)).binding for c in ("C1", "C2")
     ]
+
+
+async def test_an_event_of_a_listener_being_started_waits_for_its_routes() -> None:
+    """A new poller's first update (or a schedule's tick) arrives before the swap: it is held and
+    dispatched on the published table, not answered "no flow is bound"."""
+    switchboard = routing.Switchboard()
+    starter = recorders.RecordingStarter()
+    dispatcher = dispatch.Dispatcher(switchboard=switchboard, starter=starter)
+    switchboard.starting(["slack-bot"])
+
+    held = dispatcher.dispatch(_message())
+    assert "deferred" == held.outcome
+    assert [] == starter.bindings
+
+    compiled = resources.compiled([resources.binding("b", SLACK)])
+    switchboard.swap(
+        routing.RoutingTable.build(
+            revision="r2", listeners={}, routes=compiled.routes, bindings=compiled.bindings
+        )
+    )
+    await dispatcher.aclose()
+    assert ["b"] == starter.bindings
+    assert "unknown_trigger" == dispatcher.dispatch(_message(trigger="other")).outcome

@@ -41,3 +41,11 @@ def test_valid_schedules_carry_their_trigger(expression: str, timezone: str | No
     assert schedule is not None
     assert (expression, zone) == (schedule.expression, schedule.timezone)
     assert zone == str(schedule.trigger.timezone)
+
+
+@pytest.mark.parametrize("zone", ["Europe", "../etc/passwd", "/etc/localtime", "x" * 5000, "a\x00b"])
+def test_a_hostile_time_zone_is_a_problem_never_an_exception(zone: str) -> None:
+    schedule, problems = cron.parse("0 3 * * *", zone)
+    assert schedule is None
+    assert [p.loc for p in problems] == [cron.TIMEZONE_LOC]
+    assert len(problems[0].message) < 200

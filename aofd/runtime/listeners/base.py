@@ -167,9 +167,11 @@ class Listener:
     async def stop(self, *, drain: float) -> None:
         """Stop taking events, let in-flight work finish for up to `drain` seconds, then cancel it."""
         self.running = False
-        await self.drain(drain)
-        if self.replier is not None:
-            await self.replier.aclose()
+        try:
+            await self.drain(drain)
+        finally:  # also when the drain is cut short (shutdown during a hot swap's drain)
+            if self.replier is not None:
+                await asyncio.shield(self.replier.aclose())
         log.info("listener.stopped", trigger=self.trigger_name, platform=self.platform)
 
     async def drain(self, grace: float) -> None:
@@ -246,10 +248,17 @@ class Listener:
     def accept(
         self, message: ports.EventMessage, *, reply_on_no_match: bool = False
     ) -> ports.RouteOutcome | None:
-        """Dedupe then dispatch one normalized event; None when it was a duplicate."""
+        """Dedupe then dispatch one normalized event; None when it was a duplicate.
+
+        An event that could not run now (`retry_later`) is forgotten by the dedupe cache, so the
+        sender's retry of it is taken.
+        """
         if not self.first_time(message.delivery_id):
             return None
-        return self.deps.dispatcher.dispatch(message, reply_on_no_match=reply_on_no_match)
+        outcome = self.deps.dispatcher.dispatch(message, reply_on_no_match=reply_on_no_match)
+        if retry_later(outcome):
+            self.deps.dedupe.forget(self.platform, self.trigger_name, message.delivery_id)
+        return outcome
 
 
 class WebhookListener(Listener):
@@ -372,13 +381,22 @@ STALLED_RETRY_AFTER = 30
 """Seconds a sender is asked to wait before retrying an event whose binding is not ready."""
 
 
+def retry_later(outcome: ports.RouteOutcome | None) -> bool:
+    """The event was for a binding that cannot run now (stalled here, or the daemon is stopping):
+    the sender should retry it, and its delivery id must not count as seen."""
+    return outcome is not None and outcome.outcome in ("stalled", "error")
+
+
 def outcome_response(outcome: ports.RouteOutcome | None) -> ports.HttpResponse:
     """202 with the binding and run id when a flow started; 503 with `Retry-After` when its binding
-    cannot run on this host now (the sender may retry; the reason is one line); else 200 with the
-    outcome (JSON)."""
-    if outcome is not None and outcome.outcome == "stalled":
+    cannot run now (the sender retries; why is in `aofctl status`, not told to the sender); else
+    200 with the outcome (JSON)."""
+    if retry_later(outcome):
+        assert outcome is not None
         return ports.HttpResponse.text(
-            503, f"not ready: {outcome.detail}\n", headers={"Retry-After": str(STALLED_RETRY_AFTER)}
+            503,
+            f"not ready: binding {outcome.binding} cannot run now; retry later\n",
+            headers={"Retry-After": str(STALLED_RETRY_AFTER)},
         )
     if outcome is not None and outcome.started:
         body = b'{"accepted":true,"outcome":"started","binding":%s,"run_id":%s}' % (

@@ -72,10 +72,16 @@ class HttpListener(base.WebhookListener):
                 return base.json_response(base.outcome_body(None))
         message = self.normalize(request, body, delivery)
         # `self.accept(message)`, inlined (this is the hottest path): dedupe on the delivery id, then route.
-        if not self.deps.dedupe.first_time(self.platform, self.trigger_name, message.delivery_id):
+        dedupe = self.deps.dedupe
+        if not dedupe.first_time(self.platform, self.trigger_name, message.delivery_id):
             self.duplicate(message.delivery_id)
             return base.outcome_response(None)
-        return base.outcome_response(self.deps.dispatcher.dispatch(message))
+        outcome = self.deps.dispatcher.dispatch(message)
+        if base.retry_later(outcome):  # the sender retries this very request: let it through then
+            dedupe.forget(self.platform, self.trigger_name, message.delivery_id)
+            if self.secrets and signature:
+                dedupe.forget(self.platform, self.trigger_name, "sig:" + signature.strip())
+        return base.outcome_response(outcome)
 
     def normalize(self, request: ports.HttpRequest, body: bytes, delivery: str) -> ports.EventMessage:
         payload: dict[str, Any] = {}

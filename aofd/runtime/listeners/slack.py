@@ -186,7 +186,7 @@ class SlackListener(base.WebhookListener):
         outcome = self.accept(message)
         if outcome is None:
             return {"response_type": "ephemeral", "text": "Already received."}
-        if outcome.started:
+        if outcome.started or outcome.outcome == "deferred":
             return {"response_type": "ephemeral", "text": "Working on it."}
         if outcome.outcome in ("no_match", "unknown_trigger"):
             return {"response_type": "ephemeral", "text": ports.NO_MATCH_TEXT}

@@ -379,4 +379,4 @@ async def test_members_by_agent_name() -> None:
     assert spec.members[0].weight == 2.0
     model = fleet_kind.FleetSpec.model_validate({"agents": [{"name": "ghost"}]})
     _spec, problems = flows.fleet_spec("team", model, {})
-    assert ["fleet team: member ghost names no Agent that resolves"] == [p.message for p in problems]
+    assert ["member ghost names no Agent that resolves"] == [p.message for p in problems]
