@@ -240,15 +240,14 @@ def listener_actions(compiled: compiler.Compiled, inventory: Inventory) -> tuple
     """Start the listeners that do not run, replace those whose config changed, retire the rest."""
     out: list[actions.ListenerAction] = []
     running = inventory.listeners
+    get = running.get
     for name, spec in compiled.listeners.items():
-        old = running.get(name)
-        if old is None:
-            out.append(actions.ListenerAction("create", name, spec, None, spec.digest))
-        elif old != spec.digest:
-            out.append(actions.ListenerAction("update", name, spec, old, spec.digest))
-    for name, old in sorted(running.items()):
-        if name not in compiled.listeners:
-            out.append(actions.ListenerAction("delete", name, None, old, None))
+        old = get(name)
+        if old != spec.digest:
+            op: actions.Op = "create" if old is None else "update"
+            out.append(actions.ListenerAction(op, name, spec, old, spec.digest))
+    gone = sorted(running.keys() - compiled.listeners.keys())
+    out.extend(actions.ListenerAction("delete", name, None, running[name], None) for name in gone)
     return tuple(out)
 
 
