@@ -361,6 +361,7 @@ class Reconciler:
             self.conditions, revision=desired.revision, issues=errs, key_of_path=key_of_path
         )
         await self._save_sources()
+        phases.mark("persist")
         summary = status_mod.PassSummary(
             revision=desired.revision,
             outcome="rejected",
@@ -369,6 +370,7 @@ class Reconciler:
             duration_s=time.monotonic() - started,
             at=time.time(),
         )
+        self.last_rejected = summary
         await self._audit_rejected(desired, errs)
         phases.mark("audit")
         summary = dataclasses.replace(summary, phases=phases.done, duration_s=time.monotonic() - started)

@@ -213,7 +213,7 @@ class Applier:
         current = self._switchboard.current.listeners
         todo: dict[str, actions.ListenerAction] = {a.trigger: a for a in plan.listeners if a.op != "delete"}
         serving: dict[str, listener_base.Listener] = {}
-        started: list[listener_base.Listener] = []
+        started: list[tuple[listener_base.Listener, listener_base.Listener | None]] = []
         self._switchboard.starting(
             name for name in compiled.listeners if name in todo and name not in current
         )
@@ -240,11 +240,14 @@ class Applier:
                     else:
                         self._listener_failed(compiled, name, reason, not_ready, stall)
                     continue
-                started.append(fresh)
+                started.append((fresh, running))
                 serving[name] = fresh
         except BaseException:
             self._switchboard.starting(())
-            await asyncio.gather(*(self._stop_quietly(x) for x in started))
+            await asyncio.gather(*(self._stop_quietly(x) for x, _ in started))
+            for _, predecessor in started:
+                if predecessor is not None:
+                    predecessor.reinstate()
             raise
         routes = {name: compiled.routes[name] for name in serving if name in compiled.routes}
         return routing.RoutingTable.build(

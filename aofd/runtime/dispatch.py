@@ -24,6 +24,7 @@ from typing import Protocol
 
 import structlog
 
+from aofd import errors
 from aofd.runtime import ports, routing, tasks
 from aofd.specs import bindings, routes
 
@@ -118,6 +119,9 @@ class Dispatcher:
         """
         if self._on_event is not None:
             self._on_event(message.platform)
+        return self._dispatch(message, reply_on_no_match)
+
+    def _dispatch(self, message: ports.EventMessage, reply_on_no_match: bool) -> ports.RouteOutcome:
         table = self._switchboard.current
         chosen = self.route(message)
         if isinstance(chosen, ports.RouteOutcome):
@@ -148,6 +152,11 @@ class Dispatcher:
             if binding is None:  # a compiled table always has the spec its routes name
                 raise LookupError(f"no compiled spec for binding {chosen.name}")
             run_id = self._starter.start(binding, message)
+        except errors.NotAccepting as exc:
+            log.info("event.not_run", binding=chosen.name, reason=str(exc), **_fields(message))
+            return ports.RouteOutcome(
+                "stopping", binding=chosen.name, context=chosen.context, score=chosen.score, detail=str(exc)
+            )
         except Exception as exc:
             log.exception("event.start_failed", binding=chosen.name, **_fields(message))
             return ports.RouteOutcome(
@@ -175,7 +184,7 @@ class Dispatcher:
                 "event.not_routed", outcome="deferred", detail="no table was published", **_fields(message)
             )
             return
-        self.dispatch(message, reply_on_no_match=reply_on_no_match)
+        self._dispatch(message, reply_on_no_match)
 
     async def _reply(self, target: ports.ReplyTarget, text: str) -> None:
         if self._replier is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -103,7 +104,11 @@ def _describe(exc: BaseException, url: str) -> str:
     for part in (url, path, urllib.parse.quote(path)):
         if len(part) > 1:
             text = text.replace(part, "<url>")
+    text = _ANY_URL.sub("<url>", text)  # aiohttp may print the URL in its own spelling
     return text if text == said else f"{type(exc).__name__}: {text}"
+
+
+_ANY_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\")]+")
 
 
 async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
@@ -312,7 +313,7 @@ async def http_node(svc: Services, run: RunState, node: flows.NodeSpec, record: 
             max_body=svc.http_policy.max_body_bytes,
         )
     except httpclient.HttpError as exc:
-        raise NodeFailed(f"node {node.id}: {method} {url} failed: {exc}") from exc
+        raise NodeFailed(f"node {node.id}: {method} {_where(url)} failed: {exc}") from exc
     text = answer.body.decode("utf-8", "replace")
     parsed: Any = text
     if "json" in answer.content_type:
@@ -321,8 +322,19 @@ async def http_node(svc: Services, run: RunState, node: flows.NodeSpec, record: 
         except json.JSONDecodeError:
             parsed = text
     if answer.status >= 400 and config.fail_on_error is not False:
-        raise NodeFailed(f"node {node.id}: {method} {url} answered HTTP {answer.status}")
+        raise NodeFailed(f"node {node.id}: {method} {_where(url)} answered HTTP {answer.status}")
     return run.set(node, {"status": answer.status, "body": parsed}, status_code=answer.status)
+
+
+def _where(url: str) -> str:
+    """The scheme, host and path of `url` for a message: never its query or credentials (a token
+    rendered into a URL template stays out of run records and logs)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<url>"
+    host = parts.netloc.rpartition("@")[2]  # the host and port, without user:password@
+    return f"{parts.scheme}://{host}{parts.path}" if host else "<url>"
 
 
 async def message_node(svc: Services, run: RunState, node: flows.NodeSpec, record: runs.NodeRecord) -> Any:

@@ -147,7 +147,9 @@ NO_MATCH_TEXT = "No flow is bound to this channel."
 STALLED_TEXT = "This bot cannot run flows right now; the operators can see why in aofd's status."
 """What a chat platform is told when the binding that takes its message cannot run on this host now."""
 
-Outcome = Literal["started", "deferred", "no_match", "filtered", "unknown_trigger", "stalled", "error"]
+Outcome = Literal[
+    "started", "deferred", "no_match", "filtered", "unknown_trigger", "stalled", "stopping", "error"
+]
 
 
 class RouteOutcome(NamedTuple):

@@ -138,3 +138,31 @@ async def test_a_cancelled_apply_stops_the_listeners_it_started() -> None:
         assert [x.trigger_name for x in started] == ["one"]
         assert not started[0].running
         assert rig.switchboard.current.listeners == {}
+
+
+async def test_a_cancelled_apply_gives_a_schedule_back_to_its_predecessor() -> None:
+    """The changed schedule's new listener had taken the job over when the apply was cancelled:
+    stopping it must not leave the trigger without a job; the old listener owns it again."""
+    from aofd.runtime.listeners import base as listener_base
+
+    nightly = res.binding("b1", res.trigger("nightly", "Schedule", cron="0 3 * * *"))
+    async with harness.Rig(with_scheduler=True) as rig:
+        await rig.apply([nightly])
+        old = rig.switchboard.current.listeners["nightly"]
+        build = rig.factory
+
+        def cancel_on_second(spec: ListenerSpec) -> listener_base.Listener:
+            if spec.trigger == "other":
+                raise asyncio.CancelledError
+            return build(spec)
+
+        rig.applier._build = cancel_on_second
+        changed = res.binding("b1", res.trigger("nightly", "Schedule", cron="0 4 * * *"))
+        other = res.binding("b2", res.trigger("other", "HTTP"))
+        with pytest.raises(asyncio.CancelledError):
+            await rig.apply([changed, other])
+        assert rig.hub is not None
+        job_id = "aofd-schedule:nightly"
+        assert rig.hub.owner(job_id) is old
+        assert rig.hub.scheduler.get_job(job_id) is not None
+        assert rig.switchboard.current.listeners["nightly"] is old

@@ -295,3 +295,21 @@ async def test_an_event_of_a_listener_being_started_waits_for_its_routes() -> No
     await dispatcher.aclose()
     assert ["b"] == starter.bindings
     assert "unknown_trigger" == dispatcher.dispatch(_message(trigger="other")).outcome
+
+
+def test_a_run_refused_because_the_daemon_stops_asks_for_a_retry_and_a_bug_does_not() -> None:
+    """`stopping` (the starter drains) is answered 503 so the sender retries later; an `error` (a
+    bug, or a payload the flow cannot take) is not, since a retry would fail the same way."""
+    from aofd import errors
+    from aofd.runtime.listeners import base
+
+    class Draining(recorders.RecordingStarter):
+        def start(self, binding: object, message: ports.EventMessage) -> str:  # type: ignore[override]
+            raise errors.NotAccepting("aofd is shutting down; no new runs are started")
+
+    dispatcher, _ = _dispatcher([resources.binding("b", SLACK)])
+    dispatcher._starter = Draining()
+    outcome = dispatcher.dispatch(_message())
+    assert "stopping" == outcome.outcome
+    assert 503 == base.outcome_response(outcome).status
+    assert 200 == base.outcome_response(ports.RouteOutcome("error", "b", detail="bug")).status

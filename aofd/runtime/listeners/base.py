@@ -159,6 +159,10 @@ class Listener:
         for the same trigger (called before `start()`; `previous` is still running). Default: nothing.
         """
 
+    def reinstate(self) -> None:
+        """This listener's successor was abandoned (its apply was cancelled) after `succeed`
+        and `start`: take back what it took over. Default: nothing (a schedule's job)."""
+
     async def start(self) -> None:
         """Connect or subscribe (webhook listeners only mark themselves running)."""
         self.running = True
@@ -383,8 +387,9 @@ STALLED_RETRY_AFTER = 30
 
 def retry_later(outcome: ports.RouteOutcome | None) -> bool:
     """The event was for a binding that cannot run now (stalled here, or the daemon is stopping):
-    the sender should retry it, and its delivery id must not count as seen."""
-    return outcome is not None and outcome.outcome in ("stalled", "error")
+    the sender should retry it, and its delivery id must not count as seen. (An `error` is a bug
+    or a payload the flow cannot take: a retry would fail the same way.)"""
+    return outcome is not None and outcome.outcome in ("stalled", "stopping")
 
 
 def outcome_response(outcome: ports.RouteOutcome | None) -> ports.HttpResponse:

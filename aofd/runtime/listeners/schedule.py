@@ -114,6 +114,10 @@ class ScheduleListener(base.Listener):
         self.hub.claim(self.job_id, self, self.cron)
         await super().start()
 
+    def reinstate(self) -> None:
+        if self.running:
+            self.hub.claim(self.job_id, self, self.cron)
+
     async def stop(self, *, drain: float) -> None:
         self.hub.release(self.job_id, self)
         await super().stop(drain=drain)
