@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.integration import fakes
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -144,3 +146,25 @@ def run_daemon(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def serve_directory(repo: Path, tmp_path: Path) -> Iterator[tuple[DaemonProcess, str]]:
+    """`aofd serve REPO` (a watched directory) against a fake model server, its admin API on a
+    unix socket in `tmp_path`, endpoints up; yields the daemon and the `--admin` address."""
+    admin = f"unix:{tmp_path / 'admin.sock'}"
+    with (
+        fakes.anthropic_server() as model,
+        run_daemon(
+            str(repo),
+            "--admin",
+            admin,
+            "--listen",
+            "127.0.0.1:0",
+            cwd=tmp_path,
+            state_dir=repo / ".aofd" / "state",
+            env={"ANTHROPIC_BASE_URL": fakes.url(model)},
+        ) as daemon,
+    ):
+        daemon.wait_endpoints()
+        yield daemon, admin

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import fakes, harness
+from tests.integration import harness
 from tests.integration.test_daemon_gitops import AGENT, CONTEXT, FLOW, TRIGGER, binding
 
 pytestmark = pytest.mark.slow
@@ -40,22 +40,7 @@ def test_aofctl_over_a_unix_socket(tmp_path: Path) -> None:
     }.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text(text)
-    sock = tmp_path / "admin.sock"
-    admin = f"unix:{sock}"
-    with (
-        fakes.anthropic_server() as model,
-        harness.run_daemon(
-            str(repo),
-            "--admin",
-            admin,
-            "--listen",
-            "127.0.0.1:0",
-            cwd=tmp_path,
-            state_dir=repo / ".aofd" / "state",
-            env={"ANTHROPIC_BASE_URL": fakes.url(model)},
-        ) as daemon,
-    ):
-        daemon.wait_endpoints()
+    with harness.serve_directory(repo, tmp_path) as (daemon, admin):
         daemon.wait_for(
             lambda: '"ready": true' in aofctl("status", "-o", "json", admin=admin).stdout, what="ready"
         )

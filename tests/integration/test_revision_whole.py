@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration import fakes, harness
+from tests.integration import harness
 from tests.integration.test_daemon_gitops import AGENT, CONTEXT, FLOW, TRIGGER, binding
 
 pytestmark = pytest.mark.slow
@@ -96,21 +96,7 @@ def test_a_revision_with_static_errors_is_refused_whole(tmp_path: Path) -> None:
         "bindings/nightly.yaml": NIGHTLY_BINDING,
     }
     write(repo, good)
-    admin = f"unix:{tmp_path / 'admin.sock'}"
-    with (
-        fakes.anthropic_server() as model,
-        harness.run_daemon(
-            str(repo),
-            "--admin",
-            admin,
-            "--listen",
-            "127.0.0.1:0",
-            cwd=tmp_path,
-            state_dir=repo / ".aofd" / "state",
-            env={"ANTHROPIC_BASE_URL": fakes.url(model)},
-        ) as daemon,
-    ):
-        daemon.wait_endpoints()
+    with harness.serve_directory(repo, tmp_path) as (daemon, admin):
 
         def status() -> dict[str, Any]:
             result: dict[str, Any] = json.loads(aofctl("status", "-o", "json", "--admin", admin).stdout)
