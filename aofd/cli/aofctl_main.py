@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from aofd import __version__
-from aofd.cli import admin_cmds, audit_cmd, graph_cmd, run_cmd, schema_cmd, validate_cmd
+from aofd.cli import admin_cmds, audit_cmd, can_i_cmd, graph_cmd, run_cmd, schema_cmd, validate_cmd
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     validate_cmd,
@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     admin_cmds,
     run_cmd,
     audit_cmd,
+    can_i_cmd,
 )
 
 
@@ -37,7 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if words[:1] == ["can-i"] and "--" in words:  # the command under test follows `--`, flags and all
+        cut = words.index("--")
+        words, command = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    if command:
+        args.argv = command
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -61,6 +62,21 @@ class CommandRequest:
     user: ports.UserRef
     origin: ports.ReplyTarget | None = None
     tool: str = "kubectl"
+    literal: bool = False
+    """The argv was built by aofd from structured fields (the `http` tool's curl argv): its
+    tokens are data, so shell-operator characters in them (`&` in a query, `;` in a header) are
+    not refused; control characters still are."""
+
+
+def mask_kubeconfig(problem: str, kubeconfig: str | None) -> str:
+    """`problem` with the Context's kubeconfig value replaced by `spec.kubeconfig`: the value may
+    have come from a `${VAR}` holding any secret, and a denial reaches the model, the chat and the
+    audit log (`aofctl get` names the variable; see `aofd.runtime.applier.kubeconfig_message`)."""
+    if not kubeconfig:
+        return problem
+    for part in sorted({kubeconfig, *kubeconfig.split(os.pathsep)} - {""}, key=len, reverse=True):
+        problem = problem.replace(part, "spec.kubeconfig")
+    return problem
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -225,10 +241,12 @@ class CommandGuard:
         except errors.AuditUnavailable:
             return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
         try:
-            argv = policy.tokenize(request.argv)
+            argv = policy.tokenize(request.argv, operators=not request.literal)
         except errors.PolicyDenied as exc:
             return await self._deny(request, cid, exc.reason, exc.rule, "syntax", pol=pol)
-        verdict = policy.evaluate(argv, policy=pol, executables=self._runner.executables.paths)
+        verdict = policy.evaluate(
+            argv, policy=pol, executables=self._runner.executables.paths, operators=not request.literal
+        )
         if not verdict.allowed:
             return await self._deny(
                 request, cid, verdict.reason, verdict.rule, "policy", pol=pol, verdict=verdict
@@ -238,6 +256,7 @@ class CommandGuard:
             commands.check_kubeconfig, pol.kubeconfig, self._runner.executables.allowed_credential_plugins
         )
         if problem is not None:  # checked again at execution; no approver should see a doomed command
+            problem = mask_kubeconfig(problem, pol.kubeconfig)
             return await self._deny(
                 request, cid, problem, "kubeconfig", "kubeconfig", pol=pol, verdict=verdict
             )
@@ -255,7 +274,9 @@ class CommandGuard:
             return await self._deny(
                 request, cid, "the Context was removed", "context", "recheck", verdict=verdict
             )
-        again = policy.evaluate(argv, policy=now, executables=self._runner.executables.paths)
+        again = policy.evaluate(
+            argv, policy=now, executables=self._runner.executables.paths, operators=not request.literal
+        )
         if not again.allowed:
             reason = f"the Context's policy changed: {again.reason}" if approvers else again.reason
             return await self._deny(request, cid, reason, again.rule, "recheck", pol=now, verdict=again)
@@ -273,6 +294,7 @@ class CommandGuard:
             commands.check_kubeconfig, now.kubeconfig, self._runner.executables.allowed_credential_plugins
         )
         if problem is not None:
+            problem = mask_kubeconfig(problem, now.kubeconfig)
             return await self._deny(request, cid, problem, "kubeconfig", "kubeconfig", pol=now, verdict=again)
 
         return await self._execute(request, cid, now, again, approvers)
@@ -314,6 +336,7 @@ class CommandGuard:
                 pol=pol,
                 run_id=req.run_id,
                 time_limit=time_limit,
+                command_id=cid,
             )
         except (errors.PolicyDenied, commands.StartFailed) as exc:
             reason = exc.reason if isinstance(exc, errors.PolicyDenied) else str(exc)

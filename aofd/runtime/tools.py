@@ -188,7 +188,7 @@ def _http_argv(arguments: Mapping[str, Any]) -> tuple[str, ...]:
     if body is not None:
         argv += ["--data-raw", body if isinstance(body, str) else json.dumps(body)]
     argv += ["--", url]
-    policy.check_tokens(argv)
+    policy.check_tokens(argv, operators=False)  # no shell: `&` in a query, `;` in a header are data
     return tuple(argv)
 
 
@@ -202,7 +202,7 @@ class Toolbox:
         """Run one tool call; refusals and failures become an error `ToolOutput`, never an exception."""
         try:
             argv = argv_for(tool, arguments)
-            result = await self.run(argv, ctx, tool=tool.name)
+            result = await self.run(argv, ctx, tool=tool.name, literal=tool.kind == "http")
         except errors.PolicyDenied as exc:
             return ToolOutput(f"refused by the environment's policy: {exc.reason}", is_error=True)
         except errors.AuditUnavailable as exc:
@@ -213,8 +213,11 @@ class Toolbox:
             return ToolOutput(f"not run ({result.stage}): {result.reason}", is_error=True)
         return format_result(result)
 
-    async def run(self, argv: Sequence[str], ctx: CallContext, *, tool: str) -> Any:
-        """Send one argv to the guard (also used by Script nodes); errors propagate."""
+    async def run(self, argv: Sequence[str], ctx: CallContext, *, tool: str, literal: bool = False) -> Any:
+        """Send one argv to the guard (also used by Script nodes); errors propagate.
+
+        `literal`: the argv was built by aofd from structured fields (`CommandRequest.literal`).
+        """
         request = CommandRequest(
             context_name=ctx.context_name,
             argv=tuple(argv),
@@ -223,6 +226,7 @@ class Toolbox:
             user=ctx.user,
             origin=ctx.origin,
             tool=tool,
+            literal=literal,
         )
         return await self._runner.run(request)
 

@@ -59,7 +59,11 @@ SHELL_OPERATORS: tuple[str, ...] = (";", "&&", "||", "|", ">>", ">", "<", "&", "
 """Refused as tokens and inside tokens: under `shell=False` they are inert, but they mean the
 caller believes a shell is involved, and a clear error beats a confusing kubectl one."""
 
-_EMBEDDED_OPERATORS: tuple[str, ...] = (";", "|", "&", ">", "<", "$(", "`")
+_EMBEDDED_OPERATORS: tuple[str, ...] = (";", "&&", "||", "$(", "`")
+"""Refused anywhere inside a token (`pods;rm`, `x$(id)`)."""
+_EDGE_OPERATORS: tuple[str, ...] = ("|", "&", ">", "<")
+"""Refused at either end of a token (`pods|`, `>out`), but not inside one: a jsonpath filter
+such as `{.items[?(@.status.restartCount>0)]}` is an ordinary kubectl argument."""
 
 BIDI_CHARS = frozenset(chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x061C])
 ZERO_WIDTH_CHARS = frozenset(chr(c) for c in [*range(0x200B, 0x2010), 0xFEFF, *range(0x2060, 0x2065)])
@@ -119,7 +123,13 @@ NAMESPACED_TOOLS: frozenset[str] = frozenset({"kubectl", "helm"})
 # the Context's allowed_commands names it: default deny, whatever else the Context says.
 """Tools with a `--namespace` flag: aofd injects the Context's namespace and checks it."""
 
-_SHAPE_TOKEN = re.compile(r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_./:=,@+-]*$")
+_SHAPE_TOKEN = re.compile(r"^(-{0,2}[A-Za-z0-9][A-Za-z0-9_./:=,@+~-]*|-)$")
+"""A word of a command-shaped pattern: a flag, a name, a `key=value`, or `-` (stdin, `-f -`)."""
+_RAW_NAMESPACED = re.compile(
+    r"^/(?:api/v1|apis/[a-z0-9.-]+/[a-z0-9]+)/namespaces/([a-z0-9-]+)(?:/[^?#]*)?(?:\?.*)?$"
+)
+"""A `kubectl get --raw` path inside one namespace: `/api/v1/namespaces/dev/pods`."""
+_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
 _TOOL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _INT = re.compile(r"^[+-]?[0-9]+$")
 
@@ -168,6 +178,7 @@ class GuardPolicy:
     allowed: tuple[Pattern, ...] = ()
     blocked: tuple[Pattern, ...] = ()
     allowed_namespaces: tuple[str, ...] = ()
+    cluster_resources: tuple[str, ...] = ()
     approval: ApprovalPolicy | None = None
     limits: LimitsPolicy = LimitsPolicy()
     log_responses: bool = False
@@ -207,6 +218,18 @@ def compile_context(
                     f"allowed_namespaces: {json.dumps(ns, ensure_ascii=True)} is not a namespace name",
                 )
             )
+    cluster_resources: list[str] = []
+    for index, kind in enumerate(security.allowed_cluster_resources):
+        if not _RESOURCE_NAME.match(kind):
+            problems.append(
+                Problem(
+                    ("spec", "security", "allowed_cluster_resources", index),
+                    f"allowed_cluster_resources: {json.dumps(kind, ensure_ascii=True)} "
+                    "is not a resource type",
+                )
+            )
+            continue
+        cluster_resources.append(kubectl.resolve(kind).type_key)
     for name, message in env_problems(spec.env):
         problems.append(Problem(("spec", "env", name), message))
     approval: ApprovalPolicy | None = None
@@ -234,6 +257,7 @@ def compile_context(
         allowed=allowed,
         blocked=blocked,
         allowed_namespaces=security.allowed_namespaces,
+        cluster_resources=tuple(cluster_resources),
         approval=approval,
         limits=LimitsPolicy(
             max_requests_per_hour=limits.max_requests_per_hour,
@@ -356,13 +380,14 @@ def bad_character(text: str) -> str | None:
     return None
 
 
-def tokenize(command: str | Sequence[str]) -> tuple[str, ...]:
+def tokenize(command: str | Sequence[str], *, operators: bool = True) -> tuple[str, ...]:
     """The argv that will be checked and run: a list as given, a string split once by shlex.
 
     Raises:
         aofd.errors.PolicyDenied: unparsable quoting, empty commands, or any token refused by
             `check_tokens` (for a string, control characters are refused *before* splitting,
-            because shlex would turn a newline into plain whitespace).
+            because shlex would turn a newline into plain whitespace). `operators=False` is
+            for argvs aofd builds itself from structured fields (`check_tokens`).
     """
     if isinstance(command, str):
         bad = bad_character(command)
@@ -376,12 +401,16 @@ def tokenize(command: str | Sequence[str]) -> tuple[str, ...]:
         argv = tuple(command)
         if not all(isinstance(tok, str) for tok in argv):
             raise _deny("every argv element must be a string", "syntax")
-    check_tokens(argv)
+    check_tokens(argv, operators=operators)
     return argv
 
 
-def check_tokens(argv: Sequence[str]) -> None:
-    """Refuse empty argv, too many or too long tokens, bad characters and shell operators."""
+def check_tokens(argv: Sequence[str], *, operators: bool = True) -> None:
+    """Refuse empty argv, too many or too long tokens, bad characters and shell operators.
+
+    `operators=False` skips the shell-operator check, for an argv whose tokens are data that
+    aofd placed itself (a URL's query, a header value), never a model's command line.
+    """
     if not argv:
         raise _deny("empty command", "syntax")
     if len(argv) > MAX_TOKENS:
@@ -393,13 +422,25 @@ def check_tokens(argv: Sequence[str]) -> None:
         bad = bad_character(tok)
         if bad is not None:
             raise _deny(f"{bad} in argument {index} {shown}: shell operators not allowed", "syntax")
-        if tok in SHELL_OPERATORS or any(op in tok for op in _EMBEDDED_OPERATORS):
-            op = tok if tok in SHELL_OPERATORS else next(o for o in _EMBEDDED_OPERATORS if o in tok)
+        op = _operator_in(tok) if operators else None
+        if op is not None:
             raise _deny(
                 f"shell operators not allowed: {op!r} in argument {index} {shown}; "
                 "aofd runs exactly one program, without a shell",
                 "shell-operator",
             )
+
+
+def _operator_in(tok: str) -> str | None:
+    if tok in SHELL_OPERATORS:
+        return tok
+    for op in _EMBEDDED_OPERATORS:
+        if op in tok:
+            return op
+    for op in _EDGE_OPERATORS:
+        if tok.startswith(op) or tok.endswith(op):
+            return op
+    return None
 
 
 def render_argv(argv: Sequence[str]) -> str:
@@ -478,13 +519,13 @@ def parse_command(
             tool=tool,
             verb=kc.verb,
             positionals=kc.positionals,
-            flags=tuple((k, _norm_value(v)) for k, v in kc.flags),
+            flags=kc.flags,
             namespace=kc.namespace,
             namespace_flag=kc.namespace_flag,
             all_namespaces=kc.all_namespaces,
             escapes=kc.escapes,
-            resource=kc.resource,
-            names=kc.names,
+            resource=",".join(kc.resource_types()) or None,
+            names=tuple(dict.fromkeys(name for target in kc.targets for name in target.names)),
             kube=kc,
         )
     return _parse_generic(tool, args, default_namespace=default_namespace, pattern=pattern)
@@ -670,24 +711,10 @@ def compile_pattern(
     return pattern, None
 
 
-def _token_matches(want: str, got: str, *, strict: bool) -> bool:
-    if want == got:
-        return True
-    if "/" in want:
-        w_kind, _, w_name = want.partition("/")
-        g_kind, _, g_name = got.partition("/")
-        return w_name == g_name and kubectl.canonical_resources(w_kind) == kubectl.canonical_resources(g_kind)
-    wanted = set(kubectl.canonical_resources(want))
-    got_kinds = set(kubectl.canonical_resources(got))
-    if not wanted or not got_kinds:
-        return False
-    return got_kinds <= wanted if strict else bool(got_kinds & wanted)
-
-
-def _subsequence(want: Sequence[str], got: Sequence[str], *, strict: bool) -> bool:
+def _subsequence(want: Sequence[str], got: Sequence[str]) -> bool:
     pos = 0
     for w in want:
-        while pos < len(got) and not _token_matches(w, got[pos], strict=strict):
+        while pos < len(got) and w != got[pos]:
             pos += 1
         if pos == len(got):
             return False
@@ -695,33 +722,80 @@ def _subsequence(want: Sequence[str], got: Sequence[str], *, strict: bool) -> bo
     return True
 
 
+def _path_within(want: str, got: str) -> bool:
+    """`rollout` covers `rollout restart`; `create secret` covers `create secret generic`."""
+    return got == want or got.startswith(want + " ")
+
+
+def _overlaps(rule: kubectl.Target, target: kubectl.Target) -> bool:
+    """Could `target` reach an object `rule` names? (block and approval rules)."""
+    if not rule.same_type(target):
+        return False
+    if not rule.names or not target.names:
+        return True  # a list, selector or `--all` reaches every object, named ones included
+    if target.prefix:
+        return any(name.startswith(prefix) for name in rule.names for prefix in target.names)
+    return bool(set(rule.names) & set(target.names))
+
+
+def _covers(rule: kubectl.Target, target: kubectl.Target) -> bool:
+    """Does `rule` allow every object `target` reaches? (allow rules)."""
+    if not rule.same_type(target):
+        return False
+    return not rule.names or (bool(target.names) and set(target.names) <= set(rule.names))
+
+
+def _kube_matches(rule: kubectl.KubectlCommand, cmd: kubectl.KubectlCommand, *, strict: bool) -> bool:
+    if not _path_within(rule.path, cmd.path):
+        return False
+    if strict:
+        if rule.targets:
+            if cmd.open_targets or not cmd.targets:
+                return False
+            if not all(any(_covers(r, t) for r in rule.targets) for t in cmd.targets):
+                return False
+        return tuple(cmd.extras[: len(rule.extras)]) == rule.extras
+    if rule.targets and not cmd.open_targets:
+        reached = (*cmd.targets, *cmd.indirect)
+        if not any(_overlaps(r, t) for r in rule.targets for t in reached):
+            return False
+    return _subsequence(rule.extras, cmd.extras)
+
+
 def shape_matches(pattern: ParsedCommand, cmd: ParsedCommand, *, strict: bool) -> bool:
     """Does a command-shaped pattern match a parsed command?
 
-    `strict` (allow rules): the pattern's positional tokens must be the command's first ones, and
-    a resource token must name only the pattern's types (`pods,secrets` and `secrets pods` are
-    not covered by `kubectl get pods`); loose (block and approval rules): the tokens may appear
-    anywhere in order and one shared resource type is enough.
+    For kubectl both sides are compared on what kubectl acts on: the command path, and each
+    target's canonical type and names, however they are written (`pod/x`, `po x`, `pods/x`).
+    `strict` (allow rules): every object the command reaches must be one the rule names (a rule
+    without names covers its whole type; a list, selector, `-f` or `--all` is covered only by
+    such a rule), and the rule's other arguments must lead the command's. Loose (block and
+    approval rules): one object the command may reach is enough, so a rule naming `secret
+    db-creds` also matches `get secrets` (the list includes it), `delete -f x.yaml` (the file may
+    name it) and `logs deploy/x` matches a rule on pods; other arguments may appear anywhere in
+    order. Other tools compare positional tokens (strict: as a prefix; loose: in order).
     """
     if pattern.tool != cmd.tool:
         return False
-    if pattern.namespace_flag and (cmd.all_namespaces or cmd.namespace != pattern.namespace):
-        return False
+    if pattern.namespace_flag:
+        if cmd.all_namespaces:
+            if strict:  # `-n dev get pods` does not allow every namespace ...
+                return False
+        elif cmd.namespace != pattern.namespace:  # ... but `-n prod delete` blocks `-A delete`
+            return False
     if pattern.all_namespaces and not cmd.all_namespaces:
         return False
     if pattern.verb is None:
         return True
     if pattern.verb != cmd.verb:
         return False
-    if strict:
-        # Allow rules are anchored: `kubectl get pods` must not cover `kubectl get secrets pods`
-        # (the secret named "pods"). Block and approval rules look anywhere (a subsequence).
-        wanted, got = pattern.positionals, cmd.positionals
-        if len(got) < len(wanted) or not all(
-            _token_matches(w, g, strict=True) for w, g in zip(wanted, got, strict=False)
-        ):
+    if pattern.kube is not None and cmd.kube is not None:
+        if not _kube_matches(pattern.kube, cmd.kube, strict=strict):
             return False
-    elif not _subsequence(pattern.positionals, cmd.positionals, strict=False):
+    elif strict:
+        if tuple(cmd.positionals[: len(pattern.positionals)]) != pattern.positionals:
+            return False
+    elif not _subsequence(pattern.positionals, cmd.positionals):
         return False
     return all(
         any(name == c_name and (value is None or value == c_value) for c_name, c_value in cmd.flags)
@@ -742,13 +816,18 @@ def pattern_matches(pattern: Pattern, cmd: ParsedCommand, argv: Sequence[str], *
 
 
 def _names_escape(pattern: ParsedCommand, escape: str) -> bool:
+    """Does an allowed rule name this escape? A flag escape (`--raw`, `--kustomize`) by the flag;
+    one that is about the flag's value (`--filename=-`, `=url`, `--from-file=host-path`,
+    `--output=file`) only by a rule that gives the value itself, which the command must then
+    match exactly: `kubectl apply -f` does not allow `-f /etc/shadow`, `-f -` or a URL."""
     if pattern.verb is None:
         return False
-    flag_names = {name for name, _ in pattern.flags}
-    if escape.startswith("--"):  # --raw, --kustomize, --filename=-, --from-file=host-path, ...
-        return escape.split("=", 1)[0] in flag_names
+    if escape.startswith("--"):
+        flag, _, about_value = escape.partition("=")
+        values = [value for name, value in pattern.flags if name == flag]
+        return any(value is not None for value in values) if about_value else bool(values)
     if " " in escape:  # "create token", "apply edit-last-applied"
-        return escape.split(" ", 1)[1] in pattern.positionals
+        return pattern.kube is not None and _path_within(escape, pattern.kube.path)
     return pattern.verb == escape
 
 
@@ -775,10 +854,76 @@ class Verdict:
     approval_rule: str | None = None
 
 
-def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[str, Path]) -> Verdict:
+def _namespace_refusal(cmd: ParsedCommand, policy: GuardPolicy) -> str | None:
+    """Why a command reaches beyond the Context's `allowed_namespaces`, or None.
+
+    The namespace it runs in must be listed, `-A` is refused, and for kubectl every object it
+    reaches is checked: a namespace object only by a listed name (a list, `-l` or
+    `--field-selector` over namespaces reads the others); a cluster-scoped type (`nodes`,
+    `persistentvolumes`, `clusterrolebindings`, ...) and a type aofd cannot place (a custom
+    resource) only when `security.allowed_cluster_resources` names it; commands that reach
+    other namespaces whatever `--namespace` says (`drain`, `cluster-info`) only with an
+    allowance for what they touch.
+    """
+    permitted = set(policy.allowed_namespaces)
+    if cmd.all_namespaces:
+        return "all namespaces (-A) is not allowed: the Context restricts namespaces"
+    if cmd.namespace not in permitted:
+        return f"namespace {cmd.namespace!r} is not in the Context's allowed_namespaces"
+    kube = cmd.kube
+    if kube is None:
+        return None
+    allowance = set(policy.cluster_resources)
+    for target in (*kube.targets, *kube.indirect):
+        if target.resource == "namespaces" and target.group == "" and "namespaces" not in allowance:
+            if not target.names:
+                return (
+                    "reading every namespace (a list, -l or --field-selector over namespaces) is not "
+                    "allowed: the Context restricts namespaces"
+                )
+            outside = [name for name in target.names if name not in permitted]
+            if outside:
+                return f"namespace {outside[0]!r} is not in the Context's allowed_namespaces"
+            continue
+        if target.type_key in allowance or target.resource in allowance:
+            continue
+        if not target.known:
+            return (
+                f"resource type {target.type_key!r} is not built into Kubernetes, so aofd cannot tell "
+                "whether it stays inside allowed_namespaces; list it in "
+                "security.allowed_cluster_resources to allow it"
+            )
+        if not target.namespaced:
+            return (
+                f"{target.type_key!r} is cluster-scoped (outside every namespace); list it in "
+                "security.allowed_cluster_resources to allow it"
+            )
+    raw = kube.flag_value("--raw")
+    if raw is not None:
+        match = _RAW_NAMESPACED.match(raw)
+        segments = raw.split("?", 1)[0].split("/")
+        if match is None or match.group(1) not in permitted or {".", ".."} & set(segments) or "%" in raw:
+            return f"--raw {raw[:60]!r} reaches outside the Context's allowed_namespaces"
+    if "--prune" in kube.escapes:
+        return "apply --prune can delete objects outside allowed_namespaces (cluster-scoped types too)"
+    if kube.cross_namespace and kube.verb == "cluster-info":
+        return (
+            "'kubectl cluster-info' reads kube-system and other namespaces: the Context restricts namespaces"
+        )
+    return None
+
+
+def evaluate(
+    argv: Sequence[str],
+    *,
+    policy: GuardPolicy,
+    executables: Mapping[str, Path],
+    operators: bool = True,
+) -> Verdict:
     """Decide whether an already tokenized argv may run under `policy`, and with approval or not.
 
     Never raises for any argv; every refusal is a `Verdict(allowed=False, reason=...)`.
+    `operators=False`: see `check_tokens`.
     """
     argv = tuple(argv)
 
@@ -786,7 +931,7 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
         return Verdict(False, reason, rule, argv, command=command)
 
     try:
-        check_tokens(argv)
+        check_tokens(argv, operators=operators)
         executable = resolve_executable(argv[0], executables)
         cmd = parse_command(argv, default_namespace=policy.namespace)
     except errors.PolicyDenied as exc:
@@ -816,35 +961,20 @@ def evaluate(argv: Sequence[str], *, policy: GuardPolicy, executables: Mapping[s
             )
 
     if cmd.tool in NAMESPACED_TOOLS and policy.allowed_namespaces:
-        permitted = set(policy.allowed_namespaces)
-        if cmd.all_namespaces:
-            return deny(
-                "all namespaces (-A) is not allowed: the Context restricts namespaces", "namespace", cmd
-            )
-        if cmd.namespace not in permitted:
-            return deny(
-                f"namespace {cmd.namespace!r} is not in the Context's allowed_namespaces", "namespace", cmd
-            )
-        if cmd.kube is not None and "namespaces" in cmd.kube.resource_types():
-            targets = [n.split("/", 1)[-1] for n in cmd.names]
-            targets += [r.split("/", 1)[1] for r in (cmd.resource or "").split(",") if "/" in r]
-            outside = [t for t in targets if t not in permitted]
-            if outside:
-                return deny(
-                    f"namespace {outside[0]!r} is not in the Context's allowed_namespaces", "namespace", cmd
-                )
+        refusal = _namespace_refusal(cmd, policy)
+        if refusal is not None:
+            return deny(refusal, "namespace", cmd)
 
     exec_argv = argv
     if (
         cmd.tool in NAMESPACED_TOOLS
-        and (policy.namespace or policy.allowed_namespaces)
         and not cmd.namespace_flag
         and not cmd.all_namespaces
         and cmd.verb is not None
         and cmd.namespace is not None
     ):
-        # With allowed_namespaces the checked namespace must be the one that runs: without the
-        # flag kubectl would use the kubeconfig context's namespace, which nobody checked.
+        # The checked namespace must be the one that runs: without the flag kubectl would use the
+        # kubeconfig context's namespace, which no rule saw (`-n prod delete` would miss it).
         exec_argv = (argv[0], "--namespace", cmd.namespace, *argv[1:])
 
     needs, approval_rule = False, None

@@ -53,6 +53,9 @@ class Harness:
         self.kubectl = bindir / "kubectl"
         self.kubectl.write_text(f"#!{sys.executable} -IS\n" + FAKE.read_text())
         self.kubectl.chmod(0o755)
+        self.curl = bindir / "curl"  # the same recorder, for the `http` tool's curl argv
+        self.curl.write_text(self.kubectl.read_text())
+        self.curl.chmod(0o755)
         self.policies: dict[str, policy.GuardPolicy] = {}
         self.audit = audit or RecordingAudit()
         self.prompts: list[approvals.ApprovalRequest] = []
@@ -60,7 +63,9 @@ class Harness:
         self.store = approvals.ApprovalStore()
         self.limits = limits.RateLimits()
         runner = commands.CommandRunner(
-            executables=settings.ExecutablesSpec(paths={"kubectl": self.kubectl}, command_timeout=timeout),
+            executables=settings.ExecutablesSpec(
+                paths={"kubectl": self.kubectl, "curl": self.curl}, command_timeout=timeout
+            ),
             cache_dir=tmp_path / "cache",
             work_dir=tmp_path / "work",
             kill_grace=0.2,
@@ -236,7 +241,7 @@ async def test_escape_runs_when_explicitly_allowed(tmp_path: Path) -> None:
     h.add("debug", allowed=policy.patterns(("kubectl exec", "kubectl get"), allow=True))
     result = await h.run("debug", "kubectl exec web -- ls")
     assert isinstance(result, commands.CommandResult)
-    assert h.runs("debug")[0]["argv"][1:] == ["exec", "web", "--", "ls"]
+    assert h.runs("debug")[0]["argv"][1:] == ["--namespace", "default", "exec", "web", "--", "ls"]
 
 
 async def test_exec_credential_plugin_kubeconfig_refused(tmp_path: Path) -> None:
@@ -326,7 +331,7 @@ async def test_example2_prod_strict_waits_staging_permissive_runs(tmp_path: Path
     task = asyncio.create_task(h.run("prod-strict", "kubectl delete pod x"))
     prompt = await wait_prompt(h)
     assert h.runs("prod-strict") == []
-    assert prompt.rendered_argv() == '["kubectl", "delete", "pod", "x"]'
+    assert prompt.rendered_argv() == '["kubectl", "--namespace", "default", "delete", "pod", "x"]'
     assert (
         await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="a1") is approvals.Decision.GRANTED
     )
@@ -547,3 +552,17 @@ async def test_approval_still_counts_when_the_approver_stays_listed(tmp_path: Pa
     await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="ok")
     assert isinstance(await task, commands.CommandResult)
     assert len(h.runs("prod")) == 1
+
+
+async def test_a_kubeconfig_denial_never_shows_the_kubeconfig_value(tmp_path: Path) -> None:
+    """A `${VAR}` kubeconfig may be any secret: a denial (to the model, the chat, the audit log)
+    names the field, not the value."""
+    h = Harness(tmp_path)
+    secret = "xoxb-not-a-path-1234567890"
+    h.add("prod", kubeconfig=secret)
+    result = await h.run("prod", "kubectl get pods")
+    assert isinstance(result, guard.Denial)
+    assert result.stage == "kubeconfig"
+    assert secret not in result.reason
+    assert "spec.kubeconfig" in result.reason
+    assert secret not in json.dumps(h.audit.records)

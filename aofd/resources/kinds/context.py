@@ -105,11 +105,15 @@ class Limits(base.WithSynonyms):
 
 
 class Security(base.Model):
-    """`spec.security`: command and namespace allow/block lists (seed)."""
+    """`spec.security`: command and namespace allow/block lists (seed), and aofd's
+    `allowed_cluster_resources`."""
 
     allowed_namespaces: tuple[str, ...] = ()
     allowed_commands: tuple[str, ...] = ()
     blocked_commands: tuple[str, ...] = ()
+    allowed_cluster_resources: tuple[str, ...] = ()
+    """aofd: resource types (kubectl names: `nodes`, `pv`, `certificates.cert-manager.io`) a
+    Context with `allowed_namespaces` may still reach: cluster-scoped and custom types."""
 
 
 class SecretRef(base.Model):
