@@ -2,8 +2,11 @@
 
 kubectl-style kinds (`ctx`, `ag`, `fl`, `fw`, `tr`, `fb`, plurals and full names) are
 accepted. `diff PATH` sends the candidate tree to the daemon, which plans it against what
-runs with the same pure planner it uses itself (other sources and substitution variables
-are the daemon's), and prints the plan.
+runs with the same pure planner it uses itself (other sources are the daemon's; no variable
+is substituted and no secret-bearing value is compared), and prints the plan.
+
+Each command sends the admin token from `--token-file`, `$AOFD_ADMIN_TOKEN` or
+`/etc/aofd/credentials/admin-token` (`aofd.cli.client.resolve_token`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from aofd.source import directory
 
 def _add_admin(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin", help="admin address HOST:PORT or unix:PATH (default: discovered)")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the admin API token (default: $AOFD_ADMIN_TOKEN, "
+        "else /etc/aofd/credentials/admin-token when readable)",
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,7 +69,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _client(args: argparse.Namespace) -> client_mod.AdminClient:
-    return client_mod.AdminClient(client_mod.resolve_address(args.admin))
+    endpoint = client_mod.resolve_endpoint(args.admin)
+    token = client_mod.token_for(endpoint, client_mod.resolve_token(args.token_file))
+    return client_mod.AdminClient(endpoint.address, token=token)
 
 
 def _fail(message: str) -> int:
@@ -100,6 +111,8 @@ def cmd_get(args: argparse.Namespace) -> int:
     wide = args.output == "wide"
     if kind is ids.Kind.BINDING:
         headers[1:1] = ["FLOW", "CONTEXT", "TRIGGER"]
+    elif kind is ids.Kind.TRIGGER:
+        headers[1:1] = ["READY"]  # its bindings that are Ready, of all that name it
     if wide:
         headers += ["SOURCE", "FILE"]
     rows = []
@@ -115,6 +128,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         if kind is ids.Kind.BINDING:
             res = item.get("resolves") or {}
             row[1:1] = [res.get("flow") or "-", res.get("context") or "-", res.get("trigger") or "-"]
+        elif kind is ids.Kind.TRIGGER:
+            counts = item.get("bindings") or {}
+            row[1:1] = [f"{counts.get('ready', 0)}/{counts.get('total', 0)}" if counts else "-"]
         if wide:
             row += [item.get("source", "-"), f"{item.get('path', '-')}:{item.get('line', 0)}"]
         rows.append(row)
@@ -217,10 +233,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    address = client_mod.resolve_address(args.admin)
     query = f"?source={urllib.parse.quote(args.source, safe='')}" if args.source else ""
     try:
-        status_code, data = client_mod.AdminClient(address).request("POST", f"/api/v1/reconcile{query}")
+        status_code, data = _client(args).request("POST", f"/api/v1/reconcile{query}")
     except client_mod.AdminError as exc:
         return _fail(str(exc))
     if status_code >= 400:

@@ -8,18 +8,19 @@ is offered as `SLACK_BOT_TOKEN`; a credential wins over an environment variable.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from aofd.plan import substitute
 
 _NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
 MAX_CREDENTIAL_BYTES = 64 * 1024
 
 
 def allowed(name: str, allow: Sequence[str]) -> bool:
-    return bool(_NAME.match(name)) and any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
+    return bool(_NAME.match(name)) and substitute.allowed(name, allow)
 
 
 def credential_name(filename: str) -> str:

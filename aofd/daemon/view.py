@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from aofd import __version__
 from aofd.daemon import admin
-from aofd.plan import compiler, desired, render
-from aofd.plan import diff as diff_mod
+from aofd.plan import compiler, desired, dryrun, extract, render
+from aofd.reconcile import status as status_mod
 from aofd.resources import ids, snapshot
 from aofd.resources.kinds import base as kinds_base
 
@@ -91,13 +91,22 @@ class AdminView:
         if rec is None or rec.applied is None:
             return []
         state = rec.applied
+        ready: dict[ids.ResourceKey, status_mod.ReadyCount] = {}
+        if kind is None or kind is ids.Kind.TRIGGER:
+            ready = status_mod.ready_counts(
+                ((b.trigger.key, b.key) for b in state.bindings.values() if b.trigger is not None),
+                rec.conditions,
+            )
         items = []
         for key, res in sorted(state.resources.items()):
             if kind is not None and key.kind is not kind:
                 continue
             if name is not None and key.name != name:
                 continue
-            items.append(self._item(state, key, res, detail=name is not None))
+            item = self._item(state, key, res, detail=name is not None)
+            if key.kind is ids.Kind.TRIGGER:
+                item["bindings"] = ready.get(key, status_mod.ReadyCount()).as_dict()
+            items.append(item)
         return items
 
     def _item(
@@ -133,7 +142,7 @@ class AdminView:
                 "effectiveDigest": bound.digest,
             }
         if detail:
-            item["spec"] = admin.mask_secrets(kinds_base.canonical(res.model).get("spec", {}))
+            item["spec"] = admin.mask_secrets(extract.masked_spec(res))
             item["usedBy"] = sorted(b.name for b in state.users_of(key) if b.key != key)
             if bound is not None and self._d.runtime is not None:
                 item["runs"] = self._d.runtime.history.recent(binding=bound.name, limit=10)
@@ -147,13 +156,16 @@ class AdminView:
         return self._d.request_reconcile(source)
 
     def diff(self, source: str | None, files: Mapping[str, bytes]) -> dict[str, Any]:
+        """Plan `files` as source `source` against what runs (`aofd.plan.dryrun`: no secret is
+        substituted or compared). Runs in a worker thread: it reads, never writes, the daemon."""
         rec = self._d.reconciler
         if rec is None:
-            return {"error": "not started"}
+            return {"errors": ["not started"], "text": "", "plan": None}
         names = [s.name for s in self._d.cfg.sources]
         target = source or (names[0] if names else "")
         if target not in names:
-            return {"errors": [f"unknown source {target!r}; sources are {names}"], "text": ""}
+            return {"errors": [f"unknown source {target!r}; sources are {names}"], "text": "", "plan": None}
+        applied = rec.applied if rec.applied is not None else desired.DesiredState.empty()
         views = []
         for spec in self._d.cfg.sources:
             kinds = frozenset(ids.Kind(k) for k in spec.kinds)
@@ -167,13 +179,17 @@ class AdminView:
                     continue
                 snap = current
             views.append(desired.SourceView(name=spec.name, kinds=kinds, snapshot=snap))
-        state = desired.build(views, variables=self._d._variables(), allow=self._d.cfg.substitution.allow)
-        compiled = compiler.build(state, options=compiler.Options.of(self._d.cfg))
-        errs = [i.format() for i in compiled.errors]
-        if errs:
-            return {"errors": errs, "text": "", "plan": None}
-        plan = diff_mod.compute(compiled, rec.inventory)
-        return {"errors": [], "text": render.plan_text(plan), "plan": plan.as_dict()}
+        result = dryrun.plan(
+            views,
+            applied=applied,
+            running_listeners=tuple(rec.inventory.listeners),
+            allow=self._d.cfg.substitution.allow,
+            options=compiler.Options.of(self._d.cfg),
+        )
+        if isinstance(result, list):
+            return {"errors": result, "text": "", "plan": None, "notes": [dryrun.NOT_COMPARED]}
+        text = render.plan_text(result) + f"Note: {dryrun.NOT_COMPARED}.\n"
+        return {"errors": [], "text": text, "plan": result.as_dict(), "notes": [dryrun.NOT_COMPARED]}
 
     def metrics(self) -> tuple[bytes, str]:
         rt = self._d.runtime

@@ -8,8 +8,9 @@ This module owns `build()`, the step DESIGN.md section 2 calls "compiled specs".
 - per FlowBinding its `BindingSpec`: the `RunPlan` its runs execute, the models it needs, and
   whether the files alone say it takes no events (disabled, no Trigger, a Trigger type aofd
   does not serve, a disabled Trigger);
-- per Trigger that an active binding uses its `ListenerSpec` (cron and time zone parsed,
-  secrets substituted, config digest) and its `TriggerRoutes` (the routing table's entries);
+- per webhook Trigger, and per pulling Trigger (schedule, polling) that an active binding uses,
+  its `ListenerSpec` (cron and time zone parsed, secrets substituted, config digest) and its
+  `TriggerRoutes` (the routing table's entries);
 - every static problem, as an `Issue` at the file, line and column of the value at fault.
 
 `aofctl validate`, `aofctl diff`, `aofctl graph` and the daemon all call this one function, so
@@ -64,10 +65,14 @@ class Options:
 
     tools: frozenset[str] = policy.NAMESPACED_TOOLS
     http: http_policy.HttpPolicy = dataclasses.field(default_factory=http_policy.HttpPolicy)
+    trigger_base_urls: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, cfg: settings.DaemonConfig) -> Options:
-        return cls(tools=policy.known_tools(cfg.executables.paths))
+        return cls(
+            tools=policy.known_tools(cfg.executables.paths),
+            trigger_base_urls=frozenset(cfg.platforms.trigger_base_urls),
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +91,8 @@ class ContextSpec:
 class Compiled:
     """Everything one revision runs as, compiled; `ok` is False when any issue is an error.
 
-    `listeners` and `routes` hold the Triggers that at least one active binding uses; `triggers`
+    `listeners` and `routes` hold every served webhook Trigger and the pulling Triggers that at
+    least one active binding uses (`ListenerSpec.pulls`); `triggers`
     holds every Trigger's spec (None when it is disabled or cannot be served), `users` the active
     bindings of each Trigger (served or not). `problems` are the compile stage's own issues by resource
     (`problem_issues` the same, sorted); `issues` are the desired state's and those, in order.
@@ -347,7 +353,8 @@ class _Run:
         )
 
     def _serve(self, triggers: set[str], routed: set[str]) -> None:
-        """The listener and routes of each of `triggers`, from its active bindings.
+        """The listener and routes of each of `triggers`, from its active bindings (a webhook
+        Trigger is served with none: `ListenerSpec.pulls`).
 
         `routed` are the bindings whose routes may differ from the last result's (new, deleted,
         edited, or active no longer or again); every other binding keeps its place.
@@ -368,7 +375,9 @@ class _Run:
                 self.users.set(name, ordered)
             else:
                 self.users.pop(name)
-            if ordered and listener is not None:
+            # A webhook Trigger keeps its listener with no binding at all (handshakes and pings are
+            # answered, signatures checked, events get "no flow bound"); a pulling one does not.
+            if listener is not None and (ordered or not listener.pulls):
                 self.listeners.set(name, listener)
                 self.routes.set(name, self._routes(name, ordered))
             else:
@@ -515,8 +524,19 @@ class _Run:
             self.triggers.set(key.name, None)
             self._report(key, resource, ())
             return
-        spec, problems = listener_specs.compile_trigger(model)
+        spec, problems = listener_specs.compile_trigger(model, self.state.digests.get(key, ""))
         problems += route_specs.pattern_problems(model.spec.config.patterns, ("spec", "config", "patterns"))
+        base_url = model.spec.config.base_url
+        if base_url is not None and base_url not in self.options.trigger_base_urls:
+            # The listener sends the Trigger's tokens there: whoever can push a Trigger could name
+            # `${SLACK_BOT_TOKEN}` and their own server. The daemon's operator decides instead.
+            problems.append(
+                Problem(
+                    ("spec", "config", "base_url"),
+                    "config.base_url: a Trigger's API address comes from the daemon config "
+                    "(platforms.*_api_url); list it in platforms.trigger_base_urls to allow it here",
+                )
+            )
         self.triggers.set(key.name, spec)
         self._report(key, resource, problems)
 

@@ -12,8 +12,9 @@ This module owns `build()`, the step DESIGN.md section 2 calls "desired state":
    Trigger commands -> Agent/Fleet/Flow, Binding -> Flow/Context/Trigger/Agent/Fleet;
    missing reference, wrong kind and reference cycle are errors at the referring field with
    a did-you-mean,
-6. per-resource digests, and per binding a `ResolvedBinding` whose effective digest covers
-   everything it resolves to (so changing an agent changes exactly the bindings using it).
+6. per-resource digests (an HMAC under the install's key for a resource holding a secret), and
+   per binding a `ResolvedBinding` whose effective digest covers everything it resolves to (so
+   changing an agent changes exactly the bindings using it).
 
 Problems are data (`errors.Issue` with file:line:col), never exceptions. A binding whose
 Context is missing (or that names none) is an error: a binding never runs "without
@@ -28,7 +29,6 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Literal
 
 from aofd import errors, settings
 from aofd.plan import extract, registry, substitute
@@ -204,9 +204,10 @@ def build(
     *,
     variables: Mapping[str, str],
     allow: Sequence[str] = settings.DEFAULT_SUBSTITUTION_ALLOW,
-    undefined: Literal["error", "warning"] = "error",
+    undefined: substitute.Undefined = "error",
     strict: bool = False,
     cache: ParseCache | None = None,
+    digest_key: bytes | None = None,
 ) -> DesiredState:
     """Build the desired state of all sources' snapshots.
 
@@ -216,8 +217,12 @@ def build(
             permits are ever read from it.
         allow: glob patterns of substitutable variable names.
         undefined: severity of an undefined variable ("error" for the daemon, "warning" for validate).
+            "ignore" (the admin dry run) reports nothing and looks nothing up.
         strict: unknown keys are errors everywhere (not only in Contexts).
         cache: memo shared between builds; pass the same one every time for incremental builds.
+        digest_key: the install's digest key: the digest of a resource holding a secret-bearing
+            value is an HMAC under it; without one, that digest covers the resource with every
+            secret-bearing value masked (`extract.public_model`), never the value itself.
 
     Returns:
         The desired state; `ok` is False when any issue is an error.
@@ -231,6 +236,7 @@ def build(
         policy.allow,
         undefined,
         strict,
+        digest_key,
     )
     blobs = {v.name: {p: f.blob for p, f in v.snapshot.files.items()} for v in views}
     snapshot_issues = tuple(i for v in views for i in v.snapshot.issues)
@@ -261,7 +267,7 @@ def build(
         except registry.Restart:
             delta_keys = None
     if delta_keys is None:
-        reg = _full(views, policy, cache, strict)
+        reg = _full(views, policy, cache, strict, digest_key)
     assert reg is not None
     cache._registry = reg
     cache._signature = signature
@@ -289,10 +295,16 @@ def build(
 
 
 def _full(
-    views: Sequence[SourceView], policy: substitute.Policy, cache: ParseCache, strict: bool
+    views: Sequence[SourceView],
+    policy: substitute.Policy,
+    cache: ParseCache,
+    strict: bool,
+    digest_key: bytes | None,
 ) -> registry.Registry:
     """A registry built from nothing: every file of every view, in order."""
-    reg = registry.Registry(sources=[registry.Source(v.name, v.kinds) for v in views], policy=policy)
+    reg = registry.Registry(
+        sources=[registry.Source(v.name, v.kinds) for v in views], policy=policy, digest_key=digest_key
+    )
     added: list[tuple[registry.FileId, extract.ParsedFile]] = []
     live: set[tuple[str, str, bool]] = set()
     for view in views:

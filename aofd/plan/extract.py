@@ -7,10 +7,13 @@ file version (its results are cached with the parsed file by `aofd.plan.desired.
   Workflow steps, Trigger commands, Binding flow/context/trigger/agent/fleet), each with the
   position of the field that makes it, as written (snake_case or camelCase keys);
 - `secrets()`: the secret-bearing strings where `${VAR}` substitution applies (Context
-  kubeconfig and env values, Trigger tokens and secrets) and nowhere else;
+  kubeconfig and env values, Trigger tokens, secrets and `required_headers` values) and nowhere else;
 - `own_issues()`: checks of one resource alone (DNS-1123 name, bidi and zero-width characters
   in a Context's command patterns);
-- `replace()`: a copy of a frozen model tree with one value replaced (substitution results).
+- `replace()`: a copy of a frozen model tree with one value replaced (substitution results);
+- `secret_values()`, `public_model()`, `masked_spec()`: every secret-bearing value (literal or
+  substituted) and the model or spec with each one shown as `***`, for digests without the
+  install's key, the admin API and `aofctl describe`.
 
 Pure: no I/O, no logging.
 """
@@ -26,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from aofd import errors
+from aofd.plan import substitute
 from aofd.resources import documents, ids, snapshot, validation
 from aofd.resources.kinds import base as kinds_base
 from aofd.resources.kinds import trigger as trigger_kind
@@ -225,13 +229,106 @@ def article(kind: Kind) -> str:
     return "an" if kind.value[0] in "AEIOU" else "a"
 
 
+PRESENCE_ONLY = ("", "*")
+"""`required_headers` values that only require the header to be present (aofd.runtime.verify)."""
+
+
+def presence_only(field: SecretField, value: str) -> bool:
+    """True when a `required_headers` value written with `${VAR}` expanded to `""` or `*`.
+
+    Written literally, those mean "the header need only be present"; reached through a
+    variable set to nothing, they would silently turn a key check into a presence check.
+    """
+    attr = field.attr
+    return (
+        len(attr) == 4
+        and attr[:3] == ("spec", "config", "required_headers")
+        and value != field.text
+        and value in PRESENCE_ONLY
+    )
+
+
 def secrets(resource: LoadedResource) -> Iterator[SecretField]:
     """The secret-bearing strings of a Context or Trigger: the only places `${VAR}` is substituted."""
+    for attr, at, value in _candidates(resource):
+        if not isinstance(value, str):
+            continue
+        if "$" not in value:
+            continue
+        written = _written(resource.doc.data, at)
+        line, col = resource.position(written)
+        yield SecretField(attr, _dotted(written), value, line, col)
+
+
+def secret_values(resource: LoadedResource) -> tuple[tuple[Loc, str], ...]:
+    """Every secret-bearing value a resource holds, substituted or literal, by model path.
+
+    Trigger tokens, secrets and `required_headers` values and Context env values always; a
+    Context kubeconfig only when it is written with a `${VAR}` (a literal path is no secret).
+    Empty values count too: whether a secret is set is itself not shown, and a dry run must
+    mask the same fields on both sides whatever the variables hold.
+    """
+    out: list[tuple[Loc, str]] = []
+    for attr, at, value in _candidates(resource):
+        if not isinstance(value, str):
+            continue
+        if attr[-1] == "kubeconfig":
+            raw = _raw_text(resource, at)
+            if isinstance(raw, str) and "$" not in raw:
+                continue
+        if all(attr != seen for seen, _ in out):
+            out.append((attr, value))
+    return tuple(out)
+
+
+MASK = "***"
+"""What a secret-bearing value is shown as (and digested as, without the install's key)."""
+
+
+def public_model(resource: LoadedResource) -> Any:
+    """The resource's model with every secret-bearing value replaced by `MASK`."""
+    model: Any = resource.model
+    for attr, _ in secret_values(resource):
+        model = replace(model, attr, MASK)
+    return model
+
+
+def masked_spec(resource: LoadedResource) -> dict[str, Any]:
+    """The canonical `spec` of a resource as the admin API and `aofctl describe` show it."""
+    spec = kinds_base.canonical(public_model(resource)).get("spec", {})
+    return dict(spec) if isinstance(spec, Mapping) else {}
+
+
+def secret_origin(resource: LoadedResource, attr: Loc) -> tuple[str, ...] | None:
+    """The variables the value at `attr` was written with; None when it was written literally
+    (or cannot be told: then treat it as secret)."""
+    for cand_attr, at, _ in _candidates(resource):
+        if cand_attr == attr:
+            raw = _raw_text(resource, at)
+            if isinstance(raw, str):
+                return substitute.references(raw) if "$" in raw else None
+    return ()
+
+
+def _raw_text(resource: LoadedResource, at: Loc) -> object:
+    """The value as written in the document at model path `at` (None when not found)."""
+    node: object = resource.doc.data
+    for part in _written(node, at):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _candidates(resource: LoadedResource) -> list[tuple[Loc, Loc, object]]:
+    """(model attribute path, where the text is written, the value) of each secret-bearing field."""
     spec = spec_of(resource)
     if spec is None:
-        return
-    # (model attribute path, where the text is written, the text)
-    candidates: list[tuple[tuple[str | int, ...], tuple[str | int, ...], object]] = []
+        return []
+    candidates: list[tuple[Loc, Loc, object]] = []
     if resource.kind is Kind.CONTEXT:
         kubeconfig: Loc = ("spec", "kubeconfig")
         connection = getattr(spec, "connection", None)
@@ -251,16 +348,13 @@ def secrets(resource: LoadedResource) -> Iterator[SecretField]:
                 candidates.extend(
                     (("spec", "config", name, i), ("spec", "config", name, i), v) for i, v in enumerate(value)
                 )
+            elif isinstance(value, Mapping):  # `required_headers`: the values, never the names
+                candidates.extend(
+                    (("spec", "config", name, k), ("spec", "config", name, k), v) for k, v in value.items()
+                )
             else:
                 candidates.append((("spec", "config", name), ("spec", "config", name), value))
-    for attr, at, value in candidates:
-        if not isinstance(value, str):
-            continue
-        if "$" not in value:
-            continue
-        written = _written(resource.doc.data, at)
-        line, col = resource.position(written)
-        yield SecretField(attr, _dotted(written), value, line, col)
+    return candidates
 
 
 def _is_written(resource: LoadedResource, loc: Sequence[str | int]) -> bool:
@@ -357,6 +451,8 @@ class Entry:
     digest: ids.Digest
     references: tuple[Reference, ...]
     secrets: tuple[SecretField, ...]
+    has_secrets: bool = False
+    """The resource holds a secret-bearing value: `digest` masks it, the daemon keys it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -384,12 +480,14 @@ def parse_file(
         issues.extend(own)
         if any(i.is_error for i in own):
             continue
+        has_secrets = bool(secret_values(resource))
         entries.append(
             Entry(
                 resource=resource,
-                digest=kinds_base.digest(resource.model),
+                digest=kinds_base.digest(public_model(resource) if has_secrets else resource.model),
                 references=tuple(references(resource)),
                 secrets=tuple(secrets(resource)),
+                has_secrets=has_secrets,
             )
         )
     return ParsedFile(tuple(entries), tuple(issues))

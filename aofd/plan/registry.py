@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import hmac
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -98,9 +100,12 @@ class Source:
 class Registry:
     """The mutable, incrementally maintained registry (see the module docstring's invariants)."""
 
-    def __init__(self, *, sources: Sequence[Source], policy: substitute.Policy) -> None:
+    def __init__(
+        self, *, sources: Sequence[Source], policy: substitute.Policy, digest_key: bytes | None = None
+    ) -> None:
         self.sources = tuple(sources)
         self.policy = policy
+        self.digest_key = digest_key
         self.incremental = False
         """False while the first (full) delta is applied: duplicates are then reported, not restarted."""
         self.has_duplicates = False
@@ -226,7 +231,7 @@ class Registry:
     def _substitute(self, key: Key, entry: extract.Entry) -> None:
         if not entry.secrets:
             self.resources[key] = entry.resource
-            self.digests[key] = entry.digest
+            self.digests[key] = self._digest(entry, entry.resource.model)
             return
         policy = self.policy
         resource = entry.resource
@@ -248,19 +253,38 @@ class Registry:
                 )
                 if issue not in issues:  # one text in two model fields (a fallback) is reported once
                     issues.append(issue)
+            if policy.undefined != "ignore" and extract.presence_only(field, expansion.value):
+                issues.append(
+                    errors.Issue(
+                        resource.path,
+                        field.line,
+                        field.col,
+                        policy.undefined,
+                        f"{key}: {field.field}: expands to an empty value or '*', which would only "
+                        "require the header to be present: set the variable, or write '' or '*' "
+                        "literally to mean that",
+                        "subst-presence-only",
+                    )
+                )
             if expansion.value != field.text:
                 model = extract.replace(model, field.attr, expansion.value)
                 changed = True
         if changed:
             assert isinstance(model, kinds_base.ResourceModel)
             resource = dataclasses.replace(resource, model=model)
-            self.digests[key] = kinds_base.digest(model)
-        else:
-            self.digests[key] = entry.digest
+        self.digests[key] = self._digest(entry, model)
         self.resources[key] = resource
         self.read[key] = tuple(names)
         if issues:
             self.subst_issues[key] = tuple(issues)
+
+    def _digest(self, entry: extract.Entry, model: BaseModel) -> ids.Digest:
+        """A resource holding a secret-bearing value: HMAC of its substituted form under the
+        install's key (a rotated secret changes it; a guess cannot be tested against it).
+        Without a key: `entry.digest`, which covers the resource with its secrets masked."""
+        if not entry.has_secrets or self.digest_key is None:
+            return entry.digest
+        return keyed_digest(model, self.digest_key)
 
     # -- references ----------------------------------------------------------------------------
 
@@ -480,11 +504,21 @@ def closure(key: Key, edges: Mapping[Key, Sequence[Key]]) -> frozenset[Key]:
     return frozenset(seen)
 
 
+def keyed_digest(model: BaseModel, key: bytes) -> ids.Digest:
+    """`hmac-sha256:<hex>` of the canonical form under `key` (the install's digest key)."""
+    text = json.dumps(kinds_base.canonical(model), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return ids.Digest("hmac-sha256:" + hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest())
+
+
 def _effective_digest(components: Iterable[tuple[str, str, str, str]]) -> ids.Digest:
     h = hashlib.sha256()
     for kind, namespace, name, digest in components:
         h.update(f"{kind}/{namespace}/{name}={digest}\n".encode())
     return ids.Digest("sha256:" + h.hexdigest())
+
+
+effective_digest = _effective_digest
+"""A binding's effective digest from its `(kind, namespace, name, digest)` components."""
 
 
 def find_cycles(edges: Mapping[Key, Sequence[Key]]) -> list[tuple[Key, ...]]:

@@ -10,7 +10,8 @@ This module owns the expansion rules, for one string at a time:
 - a name outside the allow-list (glob patterns such as `KUBECONFIG*`) is an error and is never
   looked up: "not allowed by the daemon's substitution allow-list".
 - an undefined name is an error for the daemon and a warning for `aofctl validate` (then the
-  text is left as written).
+  text is left as written); the admin API's dry run ("ignore") looks no variable up and says
+  nothing about which exist, so a posted tree cannot probe the daemon's environment.
 
 Which fields are secret-bearing is decided by the planner (`aofd.plan.desired`); every
 other string, prompts and `${event.text}` templates included, is never passed here.
@@ -32,7 +33,7 @@ from aofd import errors
 NAME_PATTERN = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 """What a substitutable variable name looks like."""
 
-Undefined = Literal["error", "warning"]
+Undefined = Literal["error", "warning", "ignore"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,8 +74,27 @@ class Policy:
         return allowed(name, self.allow)
 
 
+NEVER_SUBSTITUTED: frozenset[str] = frozenset(
+    {
+        "AOFD_ADMIN_TOKEN",
+        "ADMIN_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GEMINI_API_KEY",
+    }
+)
+"""The daemon's own credentials: never put into a resource, whatever the allow-list says
+(`AOFD_*` is on the default list; a Trigger secret `${AOFD_ADMIN_TOKEN}` would copy the admin
+token into a webhook check that anyone who can push a Trigger can test). `ADMIN_TOKEN` is the
+name the systemd credential `admin-token` would be offered under."""
+
+
 def allowed(name: str, allow: Sequence[str]) -> bool:
-    """True when `name` matches one of the allow-list globs (case-sensitive)."""
+    """True when `name` matches one of the allow-list globs (case-sensitive) and is not one of
+    the daemon's own credentials (`NEVER_SUBSTITUTED`)."""
+    if name in NEVER_SUBSTITUTED:
+        return False
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
 
 
@@ -160,6 +180,8 @@ def expand(text: str, *, policy: Policy) -> Expansion:
             out.append(value)
         elif has_default:
             out.append(default)
+        elif policy.undefined == "ignore":
+            out.append(original)
         else:
             problems.append(
                 Problem(

@@ -104,6 +104,37 @@ def conditions_after_apply(
     return out
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadyCount:
+    """How many of a resource's bindings are Ready (`aofctl get triggers`: `READY 2/3`)."""
+
+    ready: int = 0
+    total: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"ready": self.ready, "total": self.total}
+
+    def text(self) -> str:
+        return f"{self.ready}/{self.total}"
+
+
+def ready_counts(
+    members: Iterable[tuple[ids.ResourceKey, ids.ResourceKey]],
+    conditions: Mapping[ids.ResourceKey, Condition],
+) -> dict[ids.ResourceKey, ReadyCount]:
+    """`(group, binding)` pairs (a Trigger and each binding naming it) -> each group's `ReadyCount`.
+
+    A binding is Ready when its condition's phase is `Ready`; one with no condition yet is not.
+    """
+    counts: dict[ids.ResourceKey, list[int]] = {}
+    for group, binding in members:
+        count = counts.setdefault(group, [0, 0])
+        cond = conditions.get(binding)
+        count[0] += cond is not None and cond.phase is Phase.READY
+        count[1] += 1
+    return {group: ReadyCount(ready, total) for group, (ready, total) in counts.items()}
+
+
 def mark_rejected(
     current: Mapping[ids.ResourceKey, Condition],
     *,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
@@ -33,7 +34,7 @@ from typing import Protocol
 import structlog
 
 from aofd import errors
-from aofd.plan import actions, compiler, desired
+from aofd.plan import actions, compiler, desired, extract
 from aofd.plan import diff as diff_mod
 from aofd.resources import ids
 from aofd.runtime import commands, limits, ports, routing, tasks
@@ -150,13 +151,15 @@ class Applier:
         )
         ready: dict[str, policy.GuardPolicy] = {}
         for context, problem in zip(contexts, problems, strict=True):
-            if problem is not None:
-                stall(context.key, "KubeconfigUnusable", problem)
-                continue
+            # Opened even when the kubeconfig is unusable: the events its bindings answer without
+            # running, and its triggers' rejections, are audited in its own log.
             try:
                 await self._audit_logs.open_context(context.name, log_path=context.audit_log_path)
             except errors.AuditUnavailable as exc:
                 stall(context.key, "AuditUnavailable", f"audit log unavailable: {exc}")
+                continue
+            if problem is not None:
+                stall(context.key, "KubeconfigUnusable", kubeconfig_message(compiled, context, problem))
                 continue
             ready[context.name] = context.policy
         return ready
@@ -166,9 +169,9 @@ class Applier:
         compiled: compiler.Compiled,
         stalled: Mapping[Key, str],
         stall: Callable[[Key, str, str], None],
-    ) -> dict[str, str]:
+    ) -> dict[str, routing.Stall]:
         """Binding id -> why it cannot take events here (inactive ones are not routed at all)."""
-        not_ready: dict[str, str] = {}
+        not_ready: dict[str, routing.Stall] = {}
         for spec in compiled.bindings.values():
             resolved = compiled.desired.bindings.get(spec.id)
             if resolved is None:
@@ -179,7 +182,7 @@ class Applier:
                 continue
             stall(key, reason, message)
             if spec.inactive is None:
-                not_ready[spec.id] = message
+                not_ready[spec.id] = routing.Stall(reason, message)
         return not_ready
 
     def _binding_problem(
@@ -201,7 +204,7 @@ class Applier:
         self,
         plan: diff_mod.Plan,
         compiled: compiler.Compiled,
-        not_ready: dict[str, str],
+        not_ready: dict[str, routing.Stall],
         stall: Callable[[Key, str, str], None],
     ) -> routing.RoutingTable:
         """Start what the plan starts (make before break) and build the next table.
@@ -282,7 +285,7 @@ class Applier:
         compiled: compiler.Compiled,
         trigger: str,
         reason: str,
-        not_ready: dict[str, str],
+        not_ready: dict[str, routing.Stall],
         stall: Callable[[Key, str, str], None],
     ) -> None:
         resource = compiled.desired.get(ids.Kind.TRIGGER, trigger)
@@ -303,3 +306,21 @@ class Applier:
                 log.error("listener.stop_failed", trigger=listener.trigger_name, error=repr(result))
         if deleted:
             await self._starter.finish(deleted, self._grace)
+
+
+def kubeconfig_message(compiled: compiler.Compiled, context: compiler.ContextSpec, problem: str) -> str:
+    """`problem` with the kubeconfig's value replaced by the field (and the variables it was set
+    from): a kubeconfig set from `${VAR}` may be any secret, and a message is shown and logged.
+    A kubeconfig written as a literal path keeps its path."""
+    value = context.policy.kubeconfig or ""
+    resource = compiled.desired.resources.get(context.key)
+    names = extract.secret_origin(resource, ("spec", "kubeconfig")) if resource is not None else ()
+    if names is None or not value:
+        return problem
+    where = "spec.kubeconfig"
+    if names:
+        where += " (set from " + ", ".join(f"${{{n}}}" for n in names) + ")"
+    message = problem
+    for part in sorted({value, *value.split(os.pathsep)} - {""}, key=len, reverse=True):
+        message = message.replace(part, where)
+    return message

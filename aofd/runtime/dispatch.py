@@ -6,9 +6,14 @@ message)` with the binding's compiled spec, reporting a `ports.RouteOutcome`:
 
 - no binding matches: a logged outcome and, where the platform expects an answer, a polite
   reply ("No flow is bound to this channel") — never a random binding;
-- the chosen binding cannot run on this host now (its Context or provider is not ready, its
-  listener failed): `stalled`, with the reason; the event is answered, not run, and a lower
-  binding is never tried instead (that could run a prod channel's event under another Context);
+- the chosen binding cannot run on this host now (its Context or provider is not ready):
+  `stalled`, with the Stalled reason; a lower binding is never tried instead (that could run a
+  prod channel's event under another Context). The event is answered, not run (webhooks: 503
+  with `Retry-After`, `aofd.runtime.listeners.base.outcome_response`), counted (`on_not_run`),
+  and audited in the binding's Context as `trigger.received` with `event.outcome: failure`, the
+  reason and the stall message: the first event of a second at once, the rest of that second in
+  one summary record when it ends (`aofd.suppressed` = how many, with their delivery ids), so a
+  burst cannot flood the log and no event goes unrecorded;
 - otherwise `started`, with the binding, Context and run id.
 
 It must not block: `FlowStarter.start` returns a run id at once (the engine runs the flow in
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -83,8 +88,16 @@ class Dispatcher:
         replier: ports.Replier | None = None,
         no_match_text: str = ports.NO_MATCH_TEXT,
         on_event: Callable[[str], None] | None = None,
+        on_not_run: Callable[[str, str], None] | None = None,
+        audit: ports.AuditSink | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._on_event = on_event  # (platform) for every verified, de-duplicated event; metrics
+        self._on_not_run = on_not_run  # (platform, stall reason) for every event answered, not run
+        self._audit = audit
+        self._sleep = sleep
+        # Invariant: binding id -> the not-run events of its open one-second window, not yet audited.
+        self._windows: dict[str, _Window] = {}
         self._switchboard = switchboard
         self._starter = starter
         self._replier = replier
@@ -135,9 +148,7 @@ class Dispatcher:
             return chosen
         stall = table.stalled.get(chosen.name)
         if stall is not None:
-            log.warning(
-                "event.not_run", binding=chosen.name, context=chosen.context, reason=stall, **_fields(message)
-            )
+            self._not_run(message, chosen, stall)
             if reply_on_no_match:
                 self._tasks.spawn(self._reply(message.reply_target(), ports.STALLED_TEXT))
             return ports.RouteOutcome(
@@ -145,7 +156,8 @@ class Dispatcher:
                 chosen.name,
                 chosen.context,
                 score=chosen.score,
-                detail=f"binding {chosen.name}: {stall}",
+                detail=f"binding {chosen.name}: {stall.message}",
+                reason=stall.reason,
             )
         binding = table.bindings.get(chosen.name)
         try:
@@ -175,6 +187,51 @@ class Dispatcher:
             )
         return ports.RouteOutcome("started", chosen.name, chosen.context, run_id, chosen.score)
 
+    def _not_run(self, message: ports.EventMessage, chosen: routes.Route, stall: routing.Stall) -> None:
+        """Log, count and audit (throttled per binding) an event its stalled binding cannot run."""
+        log.warning(
+            "event.not_run",
+            binding=chosen.name,
+            context=chosen.context,
+            reason=stall.reason,
+            detail=stall.message,
+            **_fields(message),
+        )
+        if self._on_not_run is not None:
+            self._on_not_run(message.platform, stall.reason)
+        audit = self._audit
+        if audit is None or not chosen.context:
+            return
+        window = self._windows.get(chosen.name)
+        if window is not None:
+            window.add(message, stall)
+            return
+        self._windows[chosen.name] = _Window(chosen.context)
+        record = not_run_record(message, binding=chosen.name, stall=stall)
+        self._tasks.spawn(self._write_audit(audit, chosen.context, record), name=f"audit:{chosen.name}")
+        self._tasks.spawn(self._close_window(chosen.name), name=f"audit-window:{chosen.name}")
+
+    async def _close_window(self, binding: str) -> None:
+        await self._sleep(NOT_RUN_WINDOW_S)
+        await self._flush_window(binding)
+
+    async def _flush_window(self, binding: str) -> None:
+        """Audit the events of `binding`'s window left out so far, in one summary record."""
+        window = self._windows.pop(binding, None)
+        if window is None or window.last is None or self._audit is None:
+            return
+        message, stall = window.last
+        record = not_run_record(
+            message, binding=binding, stall=stall, suppressed=window.count, delivery_ids=window.delivery_ids
+        )
+        await self._write_audit(self._audit, window.context, record)
+
+    async def _write_audit(self, audit: ports.AuditSink, context: str, record: ports.AuditEvent) -> None:
+        try:
+            await audit.write(context, record)
+        except Exception:
+            log.exception("event.not_run_audit_failed", context=context, trigger=record.trigger)
+
     async def _after_publish(self, message: ports.EventMessage, reply_on_no_match: bool) -> None:
         try:
             async with asyncio.timeout(PUBLISH_WAIT_S):
@@ -195,5 +252,68 @@ class Dispatcher:
             log.exception("event.reply_failed", platform=target.platform, trigger=target.trigger)
 
     async def aclose(self, *, grace: float = 5.0) -> None:
-        """Wait up to `grace` seconds for pending replies, then cancel the rest."""
+        """Audit the open not-run windows, wait up to `grace` seconds for pending replies, then
+        cancel the rest."""
+        for binding in list(self._windows):
+            await self._flush_window(binding)
         await self._tasks.drain(grace)
+
+
+NOT_RUN_WINDOW_S = 1.0
+"""Not-run events of one binding within this many seconds after an audited one share a summary."""
+MAX_WINDOW_IDS = 50
+
+
+class _Window:
+    """The not-run events of one binding since its last audited one (the summary to write)."""
+
+    __slots__ = ("context", "count", "delivery_ids", "last")
+
+    def __init__(self, context: str) -> None:
+        self.context = context
+        self.count = 0
+        self.delivery_ids: list[str] = []
+        self.last: tuple[ports.EventMessage, routing.Stall] | None = None
+
+    def add(self, message: ports.EventMessage, stall: routing.Stall) -> None:
+        self.count += 1
+        if message.delivery_id and len(self.delivery_ids) < MAX_WINDOW_IDS:
+            self.delivery_ids.append(message.delivery_id)
+        self.last = (message, stall)
+
+
+def not_run_record(
+    message: ports.EventMessage,
+    *,
+    binding: str,
+    stall: routing.Stall,
+    suppressed: int = 0,
+    delivery_ids: Sequence[str] = (),
+) -> ports.AuditEvent:
+    """The audit event of an event `binding` could not run (`trigger.received`, outcome `failure`).
+
+    `event.reason` is the Stalled reason, `message` says why in one line. A summary record stands
+    for `suppressed` more events of the binding's last second (`delivery_ids`: the first 50 of
+    them); the first of a second is recorded alone, with `suppressed` 0.
+    """
+    trigger = {
+        "platform": message.platform,
+        "name": message.trigger,
+        "binding": binding,
+        "event_type": message.event_type,
+        "delivery_id": message.delivery_id,
+    }
+    return ports.AuditEvent(
+        "trigger.received",
+        outcome="failure",
+        reason=stall.reason,
+        user=message.user if message.user.id else None,
+        trigger=trigger,
+        message=(
+            f"{suppressed} more events not run: binding {binding} cannot run now: {stall.message}"
+            if suppressed
+            else f"event not run: binding {binding} cannot run now: {stall.message}"
+        ),
+        details={"run": {"started": False}, "suppressed": suppressed}
+        | ({"suppressed_delivery_ids": list(delivery_ids)} if delivery_ids else {}),
+    )

@@ -11,7 +11,8 @@ under its Context's rate limits, schedules its nodes and reports the outcome:
   `limits.max_execution_time_seconds`, else `default_timeout`), extended by the time spent
   waiting for a human at an Approval node;
 - both flow forms run the same way (the short form is compiled to a chain of Agent nodes);
-- posting the answer (or a clear failure) back to the origin through `ports.Replier`, the run
+- posting the answer (or a clear failure, as a `ports.private` answer: only the asker needs it,
+  where the platform can do that) back to the origin through `ports.Replier`, the run
   record in `runs.RunHistory`, and the `agent.run.started`/`finished` audit records.
 
 What each node type does is `aofd.runtime.nodes`'. It must not run subprocesses or read
@@ -414,13 +415,13 @@ class Engine:
                 return
             await self.reply(origin, record.answer)
             return
-        await self.reply(origin, failure_text(record))
+        await self.reply(ports.private(origin), failure_text(record))
 
     async def _finish_quietly(self, run: nodes.RunState) -> None:
         """After cancellation: tell the origin (bounded) and audit, without raising."""
         try:
             async with asyncio.timeout(2.0):
-                await self.reply(run.message.reply_target(), failure_text(run.record))
+                await self.reply(ports.private(run.message.reply_target()), failure_text(run.record))
                 await self._audit_write(run, "agent.run.finished", "failure")
         except (TimeoutError, asyncio.CancelledError):
             pass

@@ -27,13 +27,41 @@ class UserRef(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReplyTarget:
-    """Where an answer goes: a platform, the trigger that received the event, a channel and thread."""
+    """Where an answer goes: a platform, the trigger that received the event, a channel and thread.
+
+    `extra` holds what only the platform's replier reads: a Slack slash command's `response_url`
+    (and `issued_at`, when the command arrived), and `visibility: private` for an answer only the
+    asker needs (a run's failure; Slack's `ephemeral`). `repr` hides the response URL: it lets
+    anyone post to the channel for half an hour.
+    """
 
     platform: str
     trigger: str
     channel_id: str = ""
     thread: str = ""
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        extra = {k: "<hidden>" if k == RESPONSE_URL else v for k, v in self.extra.items()}
+        return (
+            f"ReplyTarget(platform={self.platform!r}, trigger={self.trigger!r}, "
+            f"channel_id={self.channel_id!r}, thread={self.thread!r}, extra={extra!r})"
+        )
+
+
+RESPONSE_URL = "response_url"
+"""`ReplyTarget.extra` key (and slash-command form field) of the URL a slash command's answers go to."""
+
+ISSUED_AT = "issued_at"
+"""`ReplyTarget.extra` key: when the response URL was issued (`EventMessage.received_at`, as text)."""
+
+VISIBILITY = "visibility"
+"""`ReplyTarget.extra` key; the value `private` asks for an answer only the asker sees, where possible."""
+
+
+def private(target: ReplyTarget) -> ReplyTarget:
+    """`target` for an answer only the asker needs (platforms without private answers post it as usual)."""
+    return dataclasses.replace(target, extra={**target.extra, VISIBILITY: "private"})
 
 
 _NO_PAYLOAD: Mapping[str, Any] = types.MappingProxyType({})
@@ -59,6 +87,12 @@ class EventMessage(NamedTuple):
     received_at: float = 0.0  # time.time() at arrival
 
     def reply_target(self) -> ReplyTarget:
+        """Where answers to this event go; a slash command's carry its `response_url` (see `ReplyTarget`)."""
+        if self.event_type == "slash_command":
+            url = self.raw.get(RESPONSE_URL)
+            if url and isinstance(url, str):
+                extra = {RESPONSE_URL: url, ISSUED_AT: repr(self.received_at)}
+                return ReplyTarget(self.platform, self.trigger, self.channel_id, self.thread, extra)
         return ReplyTarget(self.platform, self.trigger, self.channel_id, self.thread)
 
 
@@ -164,6 +198,8 @@ class RouteOutcome(NamedTuple):
     run_id: str = ""
     score: int = 0
     detail: str = ""
+    reason: str = ""
+    """`stalled`: the binding's Stalled reason (`ContextNotReady`, ...); names nothing of the host."""
 
     @property
     def started(self) -> bool:

@@ -8,7 +8,13 @@ Owns
 - `SlackReplier`: `chat.postMessage` through slack_sdk's `AsyncWebClient` (base URL from
   `PlatformsSpec.slack_api_url`) in the event's channel and thread, and approval prompts with
   Approve/Deny buttons (`action_id` `aofd_approve`/`aofd_deny`, `value` = the request id) showing
-  the argv as an escaped JSON array (`ensure_ascii=True`, so no bidi or look-alike characters);
+  the argv as an escaped JSON array (`ensure_ascii=True`, so no bidi or look-alike characters).
+  A slash command's answers go to its `response_url` instead (a bot that is not in the channel
+  cannot use chat.postMessage there): `in_channel`, or `ephemeral` for a private answer (a
+  failure), only under `PlatformsSpec.slack_response_url_base` (`response_url_ok`), at most
+  `RESPONSE_URL_USES` times and within `RESPONSE_URL_TTL`, as Slack allows; past that, or when the
+  URL answers non-2xx, the answer goes to chat.postMessage and `slack.response_url_fallback` is
+  logged (never with the URL: it lets anyone post to the channel);
 - `TelegramReplier` (`sendMessage`, inline keyboard for approvals) and `WhatsAppReplier`
   (Graph `/{phone_number_id}/messages`) over the runtime's HTTP client (`httpclient`);
 - `MultiReplier`, the `ports.Replier` the flow engine uses: it finds the trigger's *current*
@@ -21,7 +27,10 @@ the token in the URL) and must not choose where to post: the target comes from t
 
 from __future__ import annotations
 
+import collections
 import json
+import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +48,16 @@ DENY_ACTION = "aofd_deny"
 MAX_SLACK_TEXT = 39_000
 """chat.postMessage truncates at 40,000 characters; stay under it after escaping."""
 
+DEFAULT_RESPONSE_URL_BASE = "https://hooks.slack.com/"
+RESPONSE_URL_TTL = 30 * 60.0
+"""Seconds a slash command's response_url is valid (Slack: 30 minutes)."""
+RESPONSE_URL_USES = 5
+"""Answers Slack takes through one response_url."""
+RESPONSE_URL_MEMORY = 4096
+"""Response URLs whose uses a replier counts (the oldest is forgotten first)."""
+RESPONSE_URL_TIMEOUT = 10
+"""Seconds one POST to a response_url may take before the answer falls back to chat.postMessage."""
+
 
 class ReplyError(errors.Temporary):
     """A platform refused or failed to take a reply; retrying later may work."""
@@ -54,15 +73,107 @@ def argv_json(argv: tuple[str, ...] | list[str]) -> str:
     return json.dumps(list(argv), ensure_ascii=True)
 
 
-class SlackReplier:
-    """Posts to Slack with one trigger's bot token."""
+def response_url_ok(url: str, base: str) -> bool:
+    """True when `url` is under `base`: the same scheme, host and port, no user info, no whitespace or
+    control characters or backslashes, and a path below the base's (so a forged slash-command payload
+    cannot make aofd POST anywhere else)."""
+    if not url or not base or any(c.isspace() or c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return False
+    prefix = base if base.endswith("/") else base + "/"
+    if not url.startswith(prefix):
+        return False
+    try:
+        got, want = urllib.parse.urlsplit(url), urllib.parse.urlsplit(prefix)
+        same_port = got.port == want.port
+    except ValueError:
+        return False
+    return (
+        same_port
+        and got.scheme == want.scheme
+        and "@" not in got.netloc
+        and got.hostname == want.hostname
+        and got.path.startswith(want.path)
+    )
 
-    def __init__(self, *, api_url: str, token: str) -> None:
+
+class SlackReplier:
+    """Posts to Slack with one trigger's bot token (or through a slash command's response_url)."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        token: str,
+        response_url_base: str = DEFAULT_RESPONSE_URL_BASE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = AsyncWebClient(token=token or None, base_url=api_url)
+        self.response_url_base = response_url_base
+        # response_url answers go through the runtime's client: it never follows a redirect (a
+        # redirect under the allowed base could lead anywhere), and its errors carry no URL.
+        self._hooks = httpclient.HttpClient(timeout=RESPONSE_URL_TIMEOUT)
+        self._clock = clock
+        # Invariant: at most RESPONSE_URL_MEMORY entries (url -> answers sent or being sent through it).
+        self._uses: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def share_response_urls(self, other: SlackReplier) -> None:
+        """Count response_url uses together with `other` (the replier of the listener this one replaces)."""
+        self._uses = other._uses
 
     async def reply(self, target: ports.ReplyTarget, text: str) -> None:
         safe = escape_slack(text)[:MAX_SLACK_TEXT]
-        await self._post(target, text=safe)
+        url = target.extra.get(ports.RESPONSE_URL)
+        if not url:
+            await self._post(target, text=safe)
+            return
+        failed = await self._respond(target, url, safe)
+        if failed is None:
+            return
+        try:
+            await self._post(target, text=safe)
+        except ReplyError as exc:
+            raise ReplyError(f"{failed}; then {exc}") from exc
+
+    async def _respond(self, target: ports.ReplyTarget, url: str, text: str) -> str | None:
+        """POST the answer to the slash command's response_url; None, or why it was not taken there."""
+        reason, detail = self._usable(url, target.extra.get(ports.ISSUED_AT, ""))
+        if not reason:
+            private = target.extra.get(ports.VISIBILITY) == "private"
+            body = {"text": text, "response_type": "ephemeral" if private else "in_channel"}
+            try:
+                answer = await self._hooks.request("POST", url, json_body=body, max_body=64 * 1024)
+            except httpclient.HttpError as exc:
+                reason, detail = "transport", f"response_url failed: {exc}"
+            else:
+                if 200 <= answer.status < 300:
+                    return None
+                reason, detail = f"http_{answer.status}", f"response_url answered HTTP {answer.status}"
+        log.warning(
+            "slack.response_url_fallback",
+            trigger=target.trigger,
+            channel=target.channel_id,
+            reason=reason,
+            detail=detail + "; posting with chat.postMessage",
+        )
+        return detail
+
+    def _usable(self, url: str, issued_at: str) -> tuple[str, str]:
+        """('', '') and one use counted, or (reason, detail) why `url` must not be used."""
+        if not response_url_ok(url, self.response_url_base):
+            return "refused", f"response_url is not under {self.response_url_base}"
+        try:
+            age = self._clock() - float(issued_at)
+        except ValueError:
+            age = 0.0  # unknown: let Slack say whether it is still valid
+        if age >= RESPONSE_URL_TTL:
+            return "expired", f"response_url is older than {RESPONSE_URL_TTL / 60:.0f} minutes"
+        uses = self._uses.pop(url, 0)
+        self._uses[url] = min(uses + 1, RESPONSE_URL_USES)
+        while len(self._uses) > RESPONSE_URL_MEMORY:
+            self._uses.popitem(last=False)
+        if uses >= RESPONSE_URL_USES:
+            return "used_up", f"response_url was used {RESPONSE_URL_USES} times"
+        return "", ""
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
@@ -107,6 +218,19 @@ class SlackReplier:
             return ""
         return str(channel.get("name", "")) if isinstance(channel, dict) else ""
 
+    async def bot_user_id(self) -> str:
+        """The bot's own user id from `auth.test` ('' when it cannot be read: mentions stay in the text)."""
+        try:
+            resp = await self.client.auth_test()
+        except SlackApiError as exc:
+            log.warning("slack.auth_test_failed", error=_slack_error(exc))
+            return ""
+        except Exception as exc:  # any transport or decoding failure
+            log.warning("slack.auth_test_failed", error=type(exc).__name__)
+            return ""
+        user_id = resp.get("user_id")
+        return user_id if isinstance(user_id, str) else ""
+
     async def _post(self, target: ports.ReplyTarget, **fields: Any) -> None:
         kwargs: dict[str, Any] = {"channel": target.channel_id, **fields}
         if target.thread:
@@ -121,7 +245,7 @@ class SlackReplier:
             raise ReplyError(f"chat.postMessage failed: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
-        return None
+        await self._hooks.aclose()
 
 
 def _slack_error(exc: SlackApiError) -> str:

@@ -36,6 +36,16 @@ log = structlog.get_logger()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Stall:
+    """Why a binding cannot take events on this host: the Stalled condition's `reason`
+    (`ContextNotReady`, `ProviderNotReady`; machine-readable, names nothing of the host) and its
+    `message` (for the operator: status, logs, audit)."""
+
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoutingTable:
     """Everything the trigger server and the dispatcher need for one revision; never mutated."""
 
@@ -46,7 +56,7 @@ class RoutingTable:
         default_factory=lambda: MappingProxyType({})
     )
     """Binding id -> its compiled spec (what a run of it executes)."""
-    stalled: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    stalled: Mapping[str, Stall] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     """Binding id -> why it cannot take events on this host (the event is answered, not run)."""
     paths: Mapping[str, listener_base.Listener] = dataclasses.field(
         default_factory=lambda: MappingProxyType({})
@@ -65,7 +75,7 @@ class RoutingTable:
         listeners: Mapping[str, listener_base.Listener],
         routes: Mapping[str, route_specs.TriggerRoutes],
         bindings: Mapping[str, binding_specs.BindingSpec],
-        stalled: Mapping[str, str] | None = None,
+        stalled: Mapping[str, Stall] | None = None,
     ) -> RoutingTable:
         """The table serving `listeners` with `routes` to `bindings`; paths come from the listeners' specs."""
         paths: dict[str, listener_base.Listener] = {}

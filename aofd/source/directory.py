@@ -13,7 +13,14 @@ section 5.2, RELIABILITY.md section 4.2):
   `previous`) are stat'ed again after one 50 ms pause for the whole tree, and re-read if
   they changed, so an editor's partial write never yields a half-read snapshot.
   Limit: a writer that stalls for longer than the pause in the middle of an in-place write
-  can still be read half-written; the next change event then produces the whole file.
+  can still be read half-written by `read_tree` alone; hence `read_settled`.
+- `read_settled` (what directory sources use) hands a changed tree over only once it has been
+  quiet for `settle` seconds: it reads, waits `settle`, reads again and compares every file's
+  (device, inode, size, mtime_ns) and the content digest of the tree; any difference starts
+  the wait again, up to a deadline (then a `SourceError`, the last good snapshot stays). A
+  change made only of files whose mtime is already older than `settle` (plus a margin for
+  coarse timestamps) needs no wait: the kernel stamps every write, so such a file has been
+  quiet that long (start-up, a finished file moved into place).
 
 The revision is a content digest of the files (and of the issues, so a new symlink is a new
 revision). A file whose content is unchanged is handed over as the previous snapshot's
@@ -31,9 +38,11 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from aofd import settings
 from aofd.errors import Issue, SourceError
 from aofd.resources import snapshot
 from aofd.resources.ids import Revision
@@ -49,6 +58,9 @@ _SETTLE_S = 0.05
 # filesystem timestamps are coarse, so a same-size rewrite within one tick would otherwise
 # be invisible ("racy git").
 _RACY_NS = 2_000_000_000
+DEFAULT_SETTLE_S = settings.DEFAULT_DIRECTORY_SETTLE
+SETTLE_DEADLINE_S = 30.0
+"""A tree still changing after max(this, 10 x settle) is not handed over: `SourceError`."""
 
 
 class StatKey(NamedTuple):
@@ -96,6 +108,7 @@ class _Walk:
     files: dict[str, snapshot.SourceFile] = dataclasses.field(default_factory=dict)
     issues: list[Issue] = dataclasses.field(default_factory=list)
     recent: dict[str, tuple[str, StatKey]] = dataclasses.field(default_factory=dict)
+    keys: dict[str, StatKey] = dataclasses.field(default_factory=dict)
     reads: int = 0
 
     def display(self, rel: str) -> str:
@@ -133,6 +146,151 @@ def read_tree(
     Raises:
         SourceError: `root` or `subpath` does not exist or is not a readable directory.
     """
+    snap, _keys = _read(
+        root,
+        subpath=subpath,
+        limits=limits,
+        previous=previous,
+        source_name=source_name,
+        stat_cache=stat_cache,
+        display_root=display_root,
+        now_ns=time.time_ns(),
+        pause=True,
+    )
+    return snap
+
+
+def read_settled(
+    root: Path,
+    *,
+    settle: float = DEFAULT_SETTLE_S,
+    subpath: str = ".",
+    limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
+    previous: snapshot.Snapshot | None = None,
+    source_name: str = "directory",
+    stat_cache: StatCache | None = None,
+    display_root: str | None = None,
+    wait: Callable[[float], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_ns: Callable[[], int] = time.time_ns,
+) -> snapshot.Snapshot:
+    """`read_tree`, handing a changed tree over only once it has been unchanged for `settle` s.
+
+    Args:
+        settle: seconds the tree must stay identical (every file's stat key and the content
+            digest); 0 reads once, as `read_tree` does.
+        wait: sleeps up to its argument in seconds; returns True when the caller is stopping
+            (default: `time.sleep`, never stopping).
+        clock: monotonic seconds, for the deadline; `wall_ns`: the wall clock files are
+            stamped with. Both injectable for tests.
+        The other arguments are those of `read_tree`.
+
+    Returns:
+        A snapshot whose every file was read twice, `settle` apart, with identical results,
+        or `previous`'s revision again, or a change older than `settle` by its mtimes.
+
+    Raises:
+        SourceError: the tree is unreadable (as `read_tree`), kept changing past the deadline,
+            or `wait` reported that the caller is stopping.
+    """
+
+    def read(prior: snapshot.Snapshot | None) -> tuple[snapshot.Snapshot, dict[str, StatKey]]:
+        return _read(
+            root,
+            subpath=subpath,
+            limits=limits,
+            previous=prior,
+            source_name=source_name,
+            stat_cache=stat_cache,
+            display_root=display_root,
+            now_ns=wall_ns(),
+            pause=settle <= 0,  # the settle wait replaces the short timestamp-tick pause
+        )
+
+    snap, keys = read(previous)
+    if settle <= 0 or not _needs_settling(snap, keys, previous, settle=settle, now_ns=wall_ns()):
+        return snap
+    sleep = wait if wait is not None else _sleep
+    deadline = clock() + max(SETTLE_DEADLINE_S, 10 * settle)
+    while True:
+        if sleep(settle):
+            raise SourceError(
+                f"stopped while waiting for {display_root or root} to be quiet for {settle:g}s",
+                retry_after=settle,
+            )
+        again, again_keys = read(snap)
+        if again.revision == snap.revision and again_keys == keys:
+            return again
+        if clock() >= deadline:
+            changing = _differences(snap, keys, again, again_keys)
+            raise SourceError(
+                f"{', '.join(changing) or display_root or root}: still changing; a directory is applied "
+                f"only once it has been quiet for {settle:g}s (directory.settle)",
+                retry_after=settle,
+            )
+        snap, keys = again, again_keys
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+def _needs_settling(
+    snap: snapshot.Snapshot,
+    keys: dict[str, StatKey],
+    previous: snapshot.Snapshot | None,
+    *,
+    settle: float,
+    now_ns: int,
+) -> bool:
+    """Whether `snap` must be confirmed after a wait before it may be handed over.
+
+    Not when nothing changed since `previous`. Every change is confirmed by a quiet period of
+    our own, whatever the files' mtimes say: `rsync -a` moves finished files into place with
+    their old mtimes while the rest of the tree is still coming, and an NFS server's clock may
+    lag. Only the very first read (start-up) is taken at once when every file's mtime is older
+    than `settle` plus a margin for coarse timestamps.
+    """
+    if previous is not None:
+        return snap.revision != previous.revision
+    if snap.issues:
+        return True
+    quiet_before = now_ns - int(settle * 1e9) - _RACY_NS
+    return any(key.mtime_ns > quiet_before for key in keys.values()) or len(keys) != len(snap.files)
+
+
+def _differences(
+    one: snapshot.Snapshot, one_keys: dict[str, StatKey], two: snapshot.Snapshot, two_keys: dict[str, StatKey]
+) -> list[str]:
+    """Display paths (at most three) that differ between two reads of one tree."""
+    changed = sorted(
+        rel
+        for rel in set(one.files) | set(two.files)
+        if one_keys.get(rel) != two_keys.get(rel)
+        or (rel in one.files) != (rel in two.files)
+        or (rel in one.files and one.files[rel].blob != two.files[rel].blob)
+    )
+    shown = [two.display_path(rel) for rel in changed[:3]]
+    return shown + ([f"and {len(changed) - 3} more"] if len(changed) > 3 else [])
+
+
+def _read(
+    root: Path,
+    *,
+    subpath: str,
+    limits: snapshot.Limits,
+    previous: snapshot.Snapshot | None,
+    source_name: str,
+    stat_cache: StatCache | None,
+    display_root: str | None,
+    now_ns: int,
+    pause: bool,
+) -> tuple[snapshot.Snapshot, dict[str, StatKey]]:
+    """One walk: the snapshot and the stat key each of its files was read under.
+
+    `pause`: re-check new and changed files after one short pause (`_settle`).
+    """
     root = Path(root)
     shown = str(root) if display_root is None else display_root
     start, prefix = _resolve_subpath(root, subpath)
@@ -143,19 +301,21 @@ def read_tree(
         previous=previous,
         old_cache=stat_cache.entries if stat_cache is not None else {},
         new_cache={},
-        now_ns=time.time_ns(),
+        now_ns=now_ns,
     )
     _walk_dir(walk, start, prefix, top=True)
-    _settle(walk)
+    if pause:
+        _settle(walk)
     if stat_cache is not None:
         stat_cache.entries = walk.new_cache
     issues = tuple(sorted(walk.issues))
     revision = snapshot.tree_digest(walk.files)
     if issues:
         revision = _with_issues(revision, issues)
-    return snapshot.Snapshot.build(
+    snap = snapshot.Snapshot.build(
         source=source_name, files=walk.files, revision=revision, issues=issues, display_root=shown
     )
+    return snap, {rel: walk.keys[rel] for rel in walk.files}
 
 
 def _with_issues(revision: Revision, issues: tuple[Issue, ...]) -> Revision:
@@ -254,6 +414,7 @@ def _read_path(walk: _Walk, rel: str, path: str, st: os.stat_result) -> None:
     cached = walk.old_cache.get(rel)
     if cached is not None and cached[0] == key:
         walk.files[rel] = cached[1]
+        walk.keys[rel] = key
         walk.new_cache[rel] = cached
         return
     for _ in range(_READ_ATTEMPTS):
@@ -300,6 +461,7 @@ def _read_path(walk: _Walk, rel: str, path: str, st: os.stat_result) -> None:
     else:
         source_file = snapshot.SourceFile(rel, content, blob)
     walk.files[rel] = source_file
+    walk.keys[rel] = key
     age = walk.now_ns - key.mtime_ns
     if age > _RACY_NS:
         walk.new_cache[rel] = (key, source_file)

@@ -32,6 +32,7 @@ import abc
 import asyncio
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -316,7 +317,9 @@ class DirectorySource(_BaseSource):
     """A local directory, watched with watchfiles (or polled when `watch: false`).
 
     `ignore` lists paths under the directory that never wake it (the daemon's state and
-    audit dirs when they live inside it; `.aofd/` is hidden and ignored anyway).
+    audit dirs when they live inside it; `.aofd/` is hidden and ignored anyway). A changed
+    tree is handed over only once it has been quiet for `directory.settle` seconds
+    (`directory.read_settled`); stopping the source cuts that wait short.
     """
 
     type = "directory"
@@ -343,31 +346,44 @@ class DirectorySource(_BaseSource):
         self._stat_cache = directory.StatCache()
         self._step_ms = step_ms
         self._force_polling = force_polling
+        self._closing = threading.Event()  # set once `stop` is: ends a settle wait in the read thread
 
     @property
     def location(self) -> str:
         return str(self._dir.path)
 
     def _time_limit(self) -> float:
-        return DIRECTORY_READ_TIMEOUT
+        settle = self._dir.settle
+        return DIRECTORY_READ_TIMEOUT + max(directory.SETTLE_DEADLINE_S, 10 * settle) + settle
 
     async def _produce(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
         return await threads.run_blocking(
-            lambda: directory.read_tree(
+            lambda: directory.read_settled(
                 self._dir.path,
+                settle=self._dir.settle,
                 limits=self._limits,
                 previous=previous,
                 source_name=self.name,
                 stat_cache=self._stat_cache,
+                wait=self._closing.wait,
             ),
-            time_limit=DIRECTORY_READ_TIMEOUT,
+            time_limit=self._time_limit(),
             name=f"aofd-dir-{self.name}",
         )
 
     def _start_feeder(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> asyncio.Task[None] | None:
-        if not self._dir.watch:
-            return None
-        return group.create_task(self._feed(stop), name=f"aofd-watch-{self.name}")
+        self._closing.clear()
+        return group.create_task(self._feed_and_close(stop), name=f"aofd-watch-{self.name}")
+
+    async def _feed_and_close(self, stop: asyncio.Event) -> None:
+        """Watch (when `watch: true`) until `stop`; then end any settle wait in progress."""
+        try:
+            if self._dir.watch:
+                await self._feed(stop)
+            else:
+                await stop.wait()
+        finally:
+            self._closing.set()
 
     async def _feed(self, stop: asyncio.Event) -> None:
         """Turn change bursts into wake-ups; if watching fails, fall back to the resync interval."""

@@ -47,6 +47,17 @@ class ListenerSpec:
         return self.platform in WEBHOOK_PLATFORMS
 
     @property
+    def pulls(self) -> bool:
+        """Does the listener fetch events itself (a schedule, Telegram long polling, Slack Socket
+        Mode)? Such a listener runs only while a binding uses its Trigger: without one it would
+        consume updates nobody handles. A webhook listener is served for every valid Trigger."""
+        if self.platform == "schedule":
+            return True
+        if self.platform == "telegram":
+            return polls(self.config)
+        return self.platform == "slack" and bool(self.config.app_token)
+
+    @property
     def path(self) -> str | None:
         """The trigger's own `config.path` (upstream's), served besides `/hooks/<platform>/<name>`."""
         path = self.config.path
@@ -57,15 +68,26 @@ def platform_of(model: trigger_kind.Trigger) -> str:
     return str(model.spec.type.value).lower()
 
 
-def config_digest(model: trigger_kind.Trigger) -> str:
-    """`sha256:` of the Trigger's name and spec after substitution (a rotated secret changes it)."""
-    data = {"name": model.metadata.name, "spec": model.spec.model_dump(mode="json")}
+def config_digest(model: trigger_kind.Trigger, resource_digest: str = "") -> str:
+    """`sha256:` of the Trigger's name, its spec with the secret fields masked, and its resource
+    digest, which the planner keys when the Trigger holds a secret: a rotated secret changes it,
+    and no secret can be tested against it."""
+    spec = model.spec.model_dump(mode="json")
+    config = spec.get("config")
+    if isinstance(config, dict):
+        for field in trigger_kind.SECRET_FIELDS:
+            if config.get(field):
+                config[field] = "***"
+    data = {"name": model.metadata.name, "spec": spec, "resource": resource_digest}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def compile_trigger(model: trigger_kind.Trigger) -> tuple[ListenerSpec | None, list[Problem]]:
-    """The listener spec of an enabled Trigger, or None and why it cannot be served."""
+def compile_trigger(
+    model: trigger_kind.Trigger, resource_digest: str = ""
+) -> tuple[ListenerSpec | None, list[Problem]]:
+    """The listener spec of an enabled Trigger (its digest covering `resource_digest`), or None
+    and why it cannot be served."""
     platform = platform_of(model)
     name = model.metadata.name
     config = model.spec.config
@@ -91,7 +113,7 @@ def compile_trigger(model: trigger_kind.Trigger) -> tuple[ListenerSpec | None, l
         problems.append(Problem(("spec", "config", "bot_token"), "Telegram long polling needs a bot_token"))
     if problems:
         return None, problems
-    return ListenerSpec(name, platform, config, config_digest(model), schedule), []
+    return ListenerSpec(name, platform, config, config_digest(model, resource_digest), schedule), []
 
 
 def polls(config: trigger_kind.TriggerConfig) -> bool:

@@ -151,13 +151,23 @@ def test_an_error_keeps_no_listener_for_its_trigger(write_tree: WriteTree) -> No
     assert "hook" not in compiled.listeners
 
 
-def test_listeners_only_for_triggers_an_active_binding_uses(write_tree: WriteTree) -> None:
-    files = {**base(), "triggers/idle.yaml": trigger("idle")}
+def test_webhook_triggers_are_served_without_bindings_pulling_ones_are_not(write_tree: WriteTree) -> None:
+    """A valid webhook Trigger always has its listener (a Slack app's url_verification is answered
+    before any binding exists); a schedule or a poller only runs while a binding uses it."""
+    files = {
+        **base(),
+        "triggers/idle.yaml": trigger("idle"),
+        "triggers/tick.yaml": doc("Trigger", "tick", "type: Schedule\nconfig:\n  cron: '*/5 * * * *'"),
+        "triggers/poll.yaml": doc(
+            "Trigger", "poll", "type: Telegram\nconfig:\n  bot_token: t\n  mode: polling"
+        ),
+    }
     compiled = compiler.build(desired.build([view(write_tree(files))], variables={}))
-    assert compiled.ok
-    assert set(compiled.listeners) == {"hook"}
-    assert set(compiled.triggers) == {"hook", "idle"}
+    assert compiled.ok, compiled.issues
+    assert set(compiled.listeners) == {"hook", "idle"}
+    assert set(compiled.triggers) == {"hook", "idle", "tick", "poll"}
     assert compiled.users["hook"] == ("b",)
+    assert compiled.routes["idle"] == compiler.build(compiled.desired).routes["idle"]
 
 
 def test_incremental_build_reuses_untouched_specs(write_tree: WriteTree) -> None:
@@ -236,3 +246,20 @@ def test_two_contexts_may_not_share_a_name(write_tree: WriteTree) -> None:
     again = compile_files(base())
     assert again.ok
     assert again.contexts["prod"].key.namespace == "default"
+
+
+def test_a_trigger_may_not_send_its_tokens_to_an_address_of_its_own(write_tree: WriteTree) -> None:
+    """`bot_token: ${SLACK_BOT_TOKEN}` with `base_url: http://attacker/` would hand the daemon's
+    token to whoever pushed the Trigger: only addresses the daemon config lists are taken."""
+    evil = doc(
+        "Trigger",
+        "evil",
+        "type: Slack\nconfig:\n  signing_secret: s\n  bot_token: xoxb-1\n  base_url: http://127.0.0.1:9/api/",
+    )
+    files = {**base(), "triggers/evil.yaml": evil}
+    compiled = compiler.build(desired.build([view(write_tree(files))], variables={}))
+    assert not compiled.ok
+    (issue,) = compiled.errors
+    assert "platforms.trigger_base_urls" in issue.message
+    allowed = compiler.Options(trigger_base_urls=frozenset({"http://127.0.0.1:9/api/"}))
+    assert compiler.build(desired.build([view(write_tree(files))], variables={}), options=allowed).ok

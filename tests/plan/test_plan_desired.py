@@ -308,11 +308,13 @@ def test_connection_kubeconfig_is_substituted_in_both_fields_and_reported_once(w
 
 
 def test_trigger_secret_is_substituted(write_tree: WriteTree) -> None:
-    """A Trigger token names a variable and gets its value; the digest changes with the value."""
+    """A Trigger token names a variable and gets its value; the digest (keyed with the install's
+    digest key, as the daemon builds) changes with the value."""
     text = doc("Trigger", "slack", 'type: Slack\nconfig:\n  bot_token: "${SLACK_BOT_TOKEN}"')
     snap = write_tree({"t.yaml": text})
-    one = build(view(snap), variables={"SLACK_BOT_TOKEN": "xoxb-1"})
-    two = build(view(snap), variables={"SLACK_BOT_TOKEN": "xoxb-2"})
+    key_bytes = b"k" * 32
+    one = desired.build([view(snap)], variables={"SLACK_BOT_TOKEN": "xoxb-1"}, digest_key=key_bytes)
+    two = desired.build([view(snap)], variables={"SLACK_BOT_TOKEN": "xoxb-2"}, digest_key=key_bytes)
     key = ids.ResourceKey.of(ids.Kind.TRIGGER, "slack")
     assert ("xoxb-1", True) == (
         one.resources[key].model.spec.config.bot_token,  # type: ignore[attr-defined]

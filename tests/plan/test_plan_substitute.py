@@ -76,3 +76,13 @@ def test_variable_outside_allow_list_is_never_read_and_its_value_never_shown() -
 def test_references_lists_names_but_not_escapes() -> None:
     """`references` names what a text would read, skipping `$${X}` escapes."""
     assert ("A_B", "C") == substitute.references("${A_B} $${ESCAPED} ${C:-d} $BARE")
+
+
+@pytest.mark.parametrize("name", ["AOFD_ADMIN_TOKEN", "ADMIN_TOKEN", "ANTHROPIC_API_KEY"])
+def test_the_daemons_own_credentials_are_never_substituted(name: str) -> None:
+    """`AOFD_*` (on the default list) or `*` must not copy the admin token or a model key into a resource."""
+    env = RecordingEnv({name: "s3cret-value"})
+    result = substitute.expand(f"${{{name}}}", policy=substitute.Policy(variables=env, allow=("*",)))
+    assert env.read == []
+    assert "s3cret-value" not in result.value
+    assert not substitute.allowed(name, ("*", "AOFD_*"))

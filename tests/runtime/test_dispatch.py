@@ -39,7 +39,7 @@ def _message(
 
 
 def _dispatcher(
-    bindings: list[object], *, stalled: dict[str, str] | None = None
+    bindings: list[object], *, stalled: dict[str, routing.Stall] | None = None
 ) -> tuple[dispatch.Dispatcher, recorders.RecordingStarter]:
     """A dispatcher over the compiled routes of `bindings` (no listeners: events are dispatched directly)."""
     switchboard = routing.Switchboard()
@@ -220,10 +220,11 @@ def test_a_stalled_binding_is_answered_and_never_replaced_by_another() -> None:
     catch-all is not run in its place (it could run under another Context)."""
     prod = resources.binding("prod", SLACK, context_name="prod", filters={"channels": ["prod"]})
     dev = resources.binding("dev", SLACK, context_name="dev")
-    dispatcher, starter = _dispatcher([prod, dev], stalled={"prod": "Context prod is stalled: no kubeconfig"})
+    stall = routing.Stall("ContextNotReady", "Context prod is stalled: no kubeconfig")
+    dispatcher, starter = _dispatcher([prod, dev], stalled={"prod": stall})
     outcome = dispatcher.dispatch(_message(channel_name="prod"))
     assert ("stalled", "prod", "prod") == (outcome.outcome, outcome.binding, outcome.context)
-    assert "no kubeconfig" in outcome.detail
+    assert ("ContextNotReady", True) == (outcome.reason, "no kubeconfig" in outcome.detail)
     assert [] == starter.calls
     assert "dev" == dispatcher.dispatch(_message(channel_name="dev")).binding
 

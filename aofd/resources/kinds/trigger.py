@@ -54,8 +54,12 @@ SECRET_FIELDS: tuple[str, ...] = (
     "routing_key",
     "token",
     "api_token",
+    "required_headers",
 )
-"""TriggerConfig fields that hold secrets: `${VAR}` substitution applies here and nowhere else."""
+"""TriggerConfig fields that hold secrets: `${VAR}` substitution applies here and nowhere else.
+
+A field is a string, a list of strings (each one substituted) or a map of strings
+(`required_headers`: each value substituted, the header names never)."""
 
 
 class TriggerConfig(base.Model):

@@ -394,13 +394,15 @@ def retry_later(outcome: ports.RouteOutcome | None) -> bool:
 
 def outcome_response(outcome: ports.RouteOutcome | None) -> ports.HttpResponse:
     """202 with the binding and run id when a flow started; 503 with `Retry-After` when its binding
-    cannot run now (the sender retries; why is in `aofctl status`, not told to the sender); else
-    200 with the outcome (JSON)."""
+    cannot run now, with one line naming the binding and its Stalled reason (`ContextNotReady`: the
+    sender retries; the details, which may name host paths, are in `aofctl status` and the audit
+    log); else 200 with the outcome (JSON)."""
     if retry_later(outcome):
         assert outcome is not None
+        why = f" ({outcome.reason})" if outcome.reason else ""
         return ports.HttpResponse.text(
             503,
-            f"not ready: binding {outcome.binding} cannot run now; retry later\n",
+            f"not ready: binding {outcome.binding} cannot run now{why}; retry later\n",
             headers={"Retry-After": str(STALLED_RETRY_AFTER)},
         )
     if outcome is not None and outcome.started:

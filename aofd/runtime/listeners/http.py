@@ -5,7 +5,8 @@ Owns aofd's own signing scheme (RELIABILITY.md section 2): `X-Aofd-Timestamp`,
 rotation; any of `webhook_secret`/`webhook_secrets` verifies), a 300 s window, and dedupe on
 `X-Aofd-Delivery` and on the signature itself (the delivery header is not signed, so a replay
 with a new delivery id inside the window is caught by the signature). Also the
-trigger's `methods` (default POST) and `required_headers` (compared in constant time).
+trigger's `methods` (default POST) and `required_headers` (compared in constant time; their values
+are secret fields, so `${VAR}` in them arrives here already substituted by the planner).
 No secret configured means no signature is required: a warning says so at start.
 
 The body may be JSON (`text`/`message`, `user`, `channel`, `event`/`type`, `thread` are read) or
@@ -54,8 +55,6 @@ class HttpListener(base.WebhookListener):
 
     async def on_request(self, request: ports.HttpRequest, body: bytes) -> ports.HttpResponse:
         headers = request.headers
-        for name, expected in self._required:
-            verify.static_header(expected=expected, given=headers.get(name), name=name)
         signature = headers.get("X-Aofd-Signature")
         delivery = headers.get("X-Aofd-Delivery", "").strip()
         if self.secrets:
@@ -66,10 +65,14 @@ class HttpListener(base.WebhookListener):
                 signature=signature,
                 now=self.deps.clock(),
             )
-            # X-Aofd-Delivery is not signed: a replay inside the window with a new delivery id
-            # must still be caught, so the signature itself is a dedupe key too.
-            if signature and not self.first_time("sig:" + signature.strip()):
-                return base.json_response(base.outcome_body(None))
+        # After the signature: who lacks the signing secret learns nothing about the header values
+        # (their check answers differently from a bad signature's).
+        for name, expected in self._required:
+            verify.static_header(expected=expected, given=headers.get(name), name=name)
+        # X-Aofd-Delivery is not signed: a replay inside the window with a new delivery id must
+        # still be caught, so the signature itself is a dedupe key too.
+        if self.secrets and signature and not self.first_time("sig:" + signature.strip()):
+            return base.json_response(base.outcome_body(None))
         message = self.normalize(request, body, delivery)
         # `self.accept(message)`, inlined (this is the hottest path): dedupe on the delivery id, then route.
         dedupe = self.deps.dedupe

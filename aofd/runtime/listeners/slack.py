@@ -7,10 +7,16 @@ Owns
   stale timestamp is 401, never 500), `url_verification` answered with the challenge, `ssl_check`;
 - Events API `event_callback`s: de-duplicated on `event_id` *before* the 200 is sent (so a retry,
   `X-Slack-Retry-Num`, that arrives while the first delivery is still being handled is dropped)
-  and on `channel:ts` (a mention delivered both as `message` and `app_mention` runs once); the 200
-  goes back at once and the channel name lookup (`conversations.info`, cached) and routing run
-  after, in a task the listener owns. Bot messages and edits are ignored (no reply loops);
-- slash commands (form-encoded; dedupe on `trigger_id`), answered in the HTTP response;
+  and on `channel:ts` (a mention delivered both as `message` and `app_mention` runs once, whichever
+  comes first: the bot's own leading mention is removed from either, the bot user id coming from
+  the envelope's `authorizations`, else from `auth.test`, cached); the 200 goes back at once and
+  the channel name lookup (`conversations.info`, cached) and routing run after, in a task the
+  listener owns. Bot messages and edits are ignored (no reply loops), and so are event types the
+  trigger's `events` leaves out (before the `channel:ts` dedupe, so the twin it takes still runs);
+- slash commands (form-encoded; dedupe on `trigger_id`): acknowledged in the HTTP response at once
+  (no I/O before it), every later answer through the command's `response_url` (see
+  `aofd.runtime.replies.SlackReplier`), which must be under `PlatformsSpec.slack_response_url_base`:
+  a command with any other response_url runs nothing and is audited as `trigger.rejected`;
 - interactive `block_actions` with `action_id` `aofd_approve`/`aofd_deny` and the approval request id
   as value, passed to the `ApprovalDecider`; clicks de-duplicated on `trigger_id` + `action_ts`;
 - Socket Mode when the trigger has an `app_token`: slack_sdk's aiohttp `SocketModeClient` with
@@ -48,7 +54,7 @@ log = structlog.get_logger()
 IGNORED_SUBTYPES_ALLOWED = frozenset({"thread_broadcast", "file_share", "me_message"})
 """Message subtypes that are still people talking; every other subtype (edits, joins, bots) is ignored."""
 
-_LEADING_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>\s*")
+_LEADING_MENTION = re.compile(r"^\s*<@([A-Z0-9]+)(?:\|[^>]*)?>\s*")
 CHANNEL_CACHE_SIZE = 4096
 
 
@@ -63,13 +69,23 @@ class SlackListener(base.WebhookListener):
         self.app_token = base.secret_value(self.config.app_token)
         self.api_url = self.config.base_url or self.deps.platforms.slack_api_url
         self.slack = replies.SlackReplier(
-            api_url=self.api_url, token=base.secret_value(self.config.bot_token)
+            api_url=self.api_url,
+            token=base.secret_value(self.config.bot_token),
+            response_url_base=self.deps.platforms.slack_response_url_base,
+            clock=self.deps.clock,
         )
         self.replier = self.slack
         self.socket: SocketModeClient | None = None
         self.socket_ping_interval = 10.0
+        self.events = frozenset(e for e in self.config.events if e)
+        self._bot_user_id = ""
         # Invariant: at most CHANNEL_CACHE_SIZE entries, least recently added evicted first.
         self._channel_names: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def succeed(self, previous: base.Listener) -> None:
+        """Keep counting the uses of response URLs that the replaced listener's commands handed out."""
+        if isinstance(previous, SlackListener):
+            self.slack.share_response_urls(previous.slack)
 
     async def start(self) -> None:
         if self.app_token:
@@ -153,6 +169,8 @@ class SlackListener(base.WebhookListener):
         event = envelope.get("event")
         if not isinstance(event, dict) or not _from_a_person(event):
             return
+        if self.events and not _event_taken(str(event.get("type", "")), self.events):
+            return  # the trigger's filters would refuse it: it must not claim its `channel:ts` twin
         if not self.first_time(str(envelope.get("event_id", ""))):
             return
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
@@ -163,8 +181,20 @@ class SlackListener(base.WebhookListener):
     async def _route_event(self, envelope: dict[str, Any], event: dict[str, Any]) -> None:
         channel_id = str(event.get("channel", ""))
         name = await self.channel_name(channel_id) if channel_id else ""
-        message = normalize_event(self.trigger_name, envelope, event, channel_name=name)
+        bot = ""
+        if event.get("type") != "app_mention" and _LEADING_MENTION.match(str(event.get("text", ""))):
+            bot = await self.bot_user_id(envelope)
+        message = normalize_event(self.trigger_name, envelope, event, channel_name=name, bot_user_id=bot)
         self.deps.dispatcher.dispatch(message, reply_on_no_match=True)
+
+    async def bot_user_id(self, envelope: dict[str, Any]) -> str:
+        """The bot's user id: the envelope's bot authorization, else `auth.test` (cached; '' if unknown)."""
+        for grant in envelope.get("authorizations") or []:
+            if isinstance(grant, dict) and grant.get("is_bot") and grant.get("user_id"):
+                return str(grant["user_id"])
+        if not self._bot_user_id:
+            self._bot_user_id = await self.slack.bot_user_id()
+        return self._bot_user_id
 
     async def channel_name(self, channel_id: str) -> str:
         """A channel's name from the cache, else `conversations.info` (direct messages have none)."""
@@ -181,8 +211,18 @@ class SlackListener(base.WebhookListener):
         return name
 
     def on_command(self, form: dict[str, str]) -> dict[str, Any]:
-        """Route a slash command; the answer is the HTTP (or Socket Mode ack) response body."""
-        message = normalize_command(self.trigger_name, form)
+        """Route a slash command; the answer is the HTTP (or Socket Mode ack) response body.
+
+        Nothing here waits on I/O, so the acknowledgement is well inside Slack's 3 seconds.
+        """
+        url = form.get(ports.RESPONSE_URL, "")
+        if url and not replies.response_url_ok(url, self.slack.response_url_base):
+            self._refuse_command(f"slash command response_url is not under {self.slack.response_url_base}")
+            return {
+                "response_type": "ephemeral",
+                "text": "This command was refused: its response_url is not Slack's.",
+            }
+        message = normalize_command(self.trigger_name, form, received_at=self.deps.clock())
         outcome = self.accept(message)
         if outcome is None:
             return {"response_type": "ephemeral", "text": "Already received."}
@@ -193,6 +233,20 @@ class SlackListener(base.WebhookListener):
         if outcome.outcome == "stalled":
             return {"response_type": "ephemeral", "text": ports.STALLED_TEXT}
         return {"response_type": "ephemeral", "text": "This command could not be started."}
+
+    def _refuse_command(self, detail: str) -> None:
+        """Log, count and audit (`trigger.rejected`, reason `malformed`) a command that is not run."""
+        log.warning(
+            "trigger.rejected",
+            trigger=self.trigger_name,
+            platform=self.platform,
+            status=200,
+            reason=verify.MALFORMED,
+            detail=detail,
+        )
+        if self.deps.on_rejected is not None:
+            self.deps.on_rejected(self.platform, verify.MALFORMED)
+        self.audit_rejection(verify.Rejected(200, verify.MALFORMED, detail), "")
 
     def on_interactive(self, payload: dict[str, Any]) -> None:
         """Pass approval button clicks to the approvals store (once per click)."""
@@ -265,14 +319,32 @@ def _from_a_person(event: dict[str, Any]) -> bool:
     return subtype is None or subtype in IGNORED_SUBTYPES_ALLOWED
 
 
+def _event_taken(kind: str, events: frozenset[str]) -> bool:
+    """Whether a trigger with `events` takes an event of type `kind` (as `routes.Filters.event_ok`)."""
+    return kind in events or kind.partition(".")[0] in events
+
+
 def normalize_event(
-    trigger: str, envelope: dict[str, Any], event: dict[str, Any], *, channel_name: str = ""
+    trigger: str,
+    envelope: dict[str, Any],
+    event: dict[str, Any],
+    *,
+    channel_name: str = "",
+    bot_user_id: str = "",
 ) -> ports.EventMessage:
-    """An Events API event as an EventMessage (a leading bot mention is removed from the text)."""
+    """An Events API event as an EventMessage.
+
+    The leading mention is removed from an `app_mention`'s text, and from any other event's text when
+    it mentions `bot_user_id` (the `message` twin of an `app_mention` may arrive first, and runs).
+    """
     kind = str(event.get("type", "message"))
     text = str(event.get("text", ""))
     if kind == "app_mention":
         text = _LEADING_MENTION.sub("", text, count=1)
+    elif bot_user_id:
+        found = _LEADING_MENTION.match(text)
+        if found is not None and found.group(1) == bot_user_id:
+            text = text[found.end() :]
     team = str(envelope.get("team_id") or event.get("team") or "")
     return ports.EventMessage(
         platform="slack",
@@ -289,8 +361,14 @@ def normalize_event(
     )
 
 
-def normalize_command(trigger: str, form: dict[str, str]) -> ports.EventMessage:
-    """A slash command as an EventMessage: text `/cmd args`, event type `slash_command`."""
+def normalize_command(
+    trigger: str, form: dict[str, str], *, received_at: float | None = None
+) -> ports.EventMessage:
+    """A slash command as an EventMessage: text `/cmd args`, event type `slash_command`.
+
+    Its `raw` form keeps the `response_url` its answers go to (`EventMessage.reply_target`); checking
+    that URL is the caller's job (`SlackListener.on_command`).
+    """
     command = form.get("command", "")
     args = form.get("text", "")
     team = form.get("team_id", "")
@@ -307,5 +385,5 @@ def normalize_command(trigger: str, form: dict[str, str]) -> ports.EventMessage:
         event_type="slash_command",
         delivery_id=form.get("trigger_id", ""),
         raw=dict(form),
-        received_at=time.time(),
+        received_at=time.time() if received_at is None else received_at,
     )

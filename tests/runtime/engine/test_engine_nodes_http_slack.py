@@ -214,7 +214,7 @@ async def test_http_error_status_fails_the_run_and_tells_the_origin(
         record.nodes["fetch"].status,
         record.nodes["after"].status,
     )
-    assert [(ORIGIN, engine.failure_text(record))] == replier.sent
+    assert [(ports.private(ORIGIN), engine.failure_text(record))] == replier.sent
 
 
 async def test_http_error_status_is_an_output_when_fail_on_error_is_false(
@@ -341,7 +341,7 @@ async def test_http_node_under_the_default_policy_never_reaches_loopback(
     record = await run_flow(eng, flow_of(http("leak", f"http://{host}:{upstream.port}/items")))
     assert (runs.RunStatus.FAILED, runs.NodeStatus.FAILED) == (record.status, record.nodes["leak"].status)
     assert [] == upstream.seen
-    assert [(ORIGIN, engine.failure_text(record))] == replier.sent
+    assert [(ports.private(ORIGIN), engine.failure_text(record))] == replier.sent
 
 
 async def test_http_node_refuses_hosts_outside_allowed_hosts(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -33,6 +33,7 @@ class Rig:
         *,
         platforms: PlatformsSpec | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         with_scheduler: bool = False,
         providers: registry.Providers | None = None,
         fail_to_start: Collection[str] = (),
@@ -46,8 +47,14 @@ class Rig:
         self.approvals = recorders.RecordingApprovals()
         self.dedupe = dedupe.DedupeCache()
         self.replier = replies.MultiReplier(lookup=self.switchboard.replier)
+        self.not_run: list[tuple[str, str]] = []  # (platform, stall reason) of events answered, not run
         self.dispatcher = dispatch.Dispatcher(
-            switchboard=self.switchboard, starter=self.starter, replier=self.replier
+            switchboard=self.switchboard,
+            starter=self.starter,
+            replier=self.replier,
+            audit=self.audit,
+            on_not_run=lambda platform, reason: self.not_run.append((platform, reason)),
+            sleep=sleep,
         )
         self.hub = schedule.ScheduleHub() if with_scheduler else None
         self.factory = factory.ListenerFactory(

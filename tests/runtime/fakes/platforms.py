@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -53,20 +53,48 @@ async def _fields(request: web.Request) -> dict[str, Any]:
 
 
 class FakeSlack(FakeServer):
-    """Slack's Web API (`/api/<method>`) and a Socket Mode websocket at `/link`."""
+    """Slack's Web API (`/api/<method>`), slash-command response URLs (`/hooks/<path>`) and a Socket Mode
+    websocket at `/link`.
 
-    def __init__(self, *, channels: Mapping[str, str] | None = None) -> None:
+    `not_in_channels` are channels the bot is not a member of: `chat.postMessage` there answers
+    `not_in_channel`, as Slack does. A POST to a response URL is recorded as method `response_url` (with
+    its `_path`) and answered `response_url_status` (Slack answers `ok` with 200).
+    """
+
+    def __init__(
+        self, *, channels: Mapping[str, str] | None = None, not_in_channels: Collection[str] = ()
+    ) -> None:
         super().__init__()
         self.channels = dict(channels or {})
+        self.not_in_channels = set(not_in_channels)
+        self.response_url_status = 200
+        self.response_url_redirect = ""  # answer response URLs with a 307 to this address
         self.envelopes: list[dict[str, Any]] = []
         self.acks: list[dict[str, Any]] = []
         self.acked = asyncio.Event()
         self.app.router.add_route("*", "/api/{method}", self._api)
+        self.app.router.add_post("/hooks/{path:.*}", self._response_url)
         self.app.router.add_get("/link", self._socket)
 
     @property
     def api_url(self) -> str:
         return f"{self.url}/api/"
+
+    @property
+    def hooks_url(self) -> str:
+        """The base of this server's response URLs (what `https://hooks.slack.com/` is for Slack)."""
+        return f"{self.url}/hooks/"
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        fields = await _fields(request)
+        fields["_path"] = request.match_info["path"]
+        fields["_content_type"] = request.content_type
+        self.requests.append(("response_url", fields))
+        if self.response_url_redirect:
+            return web.Response(status=307, headers={"Location": self.response_url_redirect})
+        if self.response_url_status != 200:
+            return web.Response(status=self.response_url_status, text="expired_url")
+        return web.Response(text="ok")
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
@@ -74,6 +102,8 @@ class FakeSlack(FakeServer):
         fields["_auth"] = request.headers.get("Authorization", "")
         self.requests.append((method, fields))
         if method == "chat.postMessage":
+            if fields.get("channel") in self.not_in_channels:
+                return web.json_response({"ok": False, "error": "not_in_channel"})
             return web.json_response(
                 {"ok": True, "channel": fields.get("channel"), "ts": "1700000000.000100", "message": fields}
             )

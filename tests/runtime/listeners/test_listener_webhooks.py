@@ -318,3 +318,14 @@ async def test_expect_100_continue_is_answered_only_within_the_cap(rig: harness.
     assert too_big.startswith(b"HTTP/1.1 413 ")
     assert odd.startswith(b"HTTP/1.1 417 ")
     assert ["deploy api"] == [m.text for _n, m in rig.starter.calls]
+
+
+async def test_required_headers_cannot_be_probed_without_the_signing_secret(rig: harness.Rig) -> None:
+    """A bad signature gets the same answer whatever the header says: the header check comes after
+    the signature, so it tells nothing to whoever lacks the secret."""
+    body = b'{"text": "x"}'
+    forged = {**_hook_headers(body), "X-Aofd-Signature": "sha256=" + "0" * 64}
+    right = (await rig.send("http", "hook", body, forged))[0]
+    wrong = (await rig.send("http", "hook", body, {**forged, "X-Team": "dev"}))[0]
+    assert right == wrong == 401
+    assert [] == rig.starter.calls
