@@ -116,9 +116,24 @@ class GitSourceSpec(_Strict):
         return value
 
 
+DEFAULT_DIRECTORY_SETTLE = 1.0
+"""Seconds a changed directory tree must stay unchanged before it is applied (docs/operations.md).
+
+Editors save in one write or a rename, but `cp` of a large file, network file systems and
+configuration management tools that fall back to in-place writes pause mid-file; pauses of
+150 ms were seen. One second is several times that, and still feels immediate when editing.
+"""
+
+
 class DirectorySourceSpec(_Strict):
     path: Path
     watch: bool = True
+    settle: Annotated[float, Field(ge=0, le=300)] = DEFAULT_DIRECTORY_SETTLE
+
+    @field_validator("settle", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)
 
 
 class SourceSpec(_Strict):
@@ -165,11 +180,20 @@ class ModelsSpec(_Strict):
 
 
 class PlatformsSpec(_Strict):
-    """Base URLs of chat platform APIs (tests and proxies point these at other servers)."""
+    """Base URLs of chat platform APIs (tests and proxies point these at other servers).
+
+    `slack_response_url_base`: a slash command's `response_url` is used only when it is under
+    this base (same scheme, host and port, no user info); any other URL is refused, so a forged
+    payload cannot make aofd POST elsewhere.
+    """
 
     slack_api_url: str = "https://slack.com/api/"
+    slack_response_url_base: str = "https://hooks.slack.com/"
     telegram_api_url: str = "https://api.telegram.org"
     whatsapp_api_url: str = "https://graph.facebook.com/v19.0"
+    trigger_base_urls: tuple[str, ...] = ()
+    """API addresses a Trigger's own `config.base_url` may name (a proxy, a regional endpoint);
+    any other is an error, because the listener sends the Trigger's tokens there."""
 
 
 class AuditSpec(_Strict):
@@ -198,10 +222,63 @@ class AuditSpec(_Strict):
         return parse_duration(value)
 
 
+class AdminApiSpec(_Strict):
+    """Who may use the admin API (DESIGN.md section 4) and how big a `POST /api/v1/diff` may be.
+
+    `token_file` holds the bearer token every request needs except `/healthz`, `/readyz` (and
+    `/metrics` when `metrics_open`); a systemd credential `admin-token` is used when no file is
+    named. A unix socket is created with `socket_mode` and, when given, `socket_group`.
+    """
+
+    token_file: Path | None = None
+    metrics_open: bool = False
+    socket_group: str | None = None
+    socket_mode: int = 0o660
+    max_diff_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> int:
+        if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value.strip()):
+            value = int(value.strip().replace("o", ""), 8)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+            raise ValueError("socket_mode is an octal file mode written as a string, such as '0660'")
+        if value & 0o007:
+            raise ValueError("socket_mode must not give other users access (use socket_group)")
+        return value
+
+
+class HttpSpec(_Strict):
+    """Limits of the webhook (`listen`) and admin HTTP listeners (docs/operations.md).
+
+    Webhook senders give up early (Slack after 3 s, PagerDuty after a few, GitHub after 10) and
+    send headers and body at once, so these only ever cut slow or stalled clients: 10 s from
+    accept to the end of the headers, 30 s for the whole body, 75 s idle between requests on a
+    kept-alive connection (longer than the usual 60 s of proxies in front), 30 s for an answer
+    to drain to a client that stopped reading. `max_connections` (webhook listener) and
+    `admin_max_connections` default to a share of the open-file limit.
+    """
+
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 75.0
+    write_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    admin_max_connections: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("header_timeout", "body_timeout", "keepalive_timeout", "write_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value)
+
+
 class DaemonConfig(_Strict):
     sources: tuple[SourceSpec, ...] = ()
     listen: str = "127.0.0.1:8080"
     admin: str = "127.0.0.1:8081"
+    admin_api: AdminApiSpec = AdminApiSpec()
+    http: HttpSpec = HttpSpec()
     state_dir: Path = Path("/var/lib/aofd")
     audit_dir: Path = Path("/var/log/aofd")
     audit: AuditSpec = AuditSpec()

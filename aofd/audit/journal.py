@@ -254,8 +254,12 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         checkpoint_key: bytes | None = None,
         on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+        survivors: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     ) -> None:
         self.audit_dir = Path(audit_dir)
+        # Commands of a previous daemon found at start-up, per Context, by command id: their
+        # `command.abandoned` records (written when the Context opens) carry these fields.
+        self._survivors: dict[str, Mapping[str, Mapping[str, Any]]] = dict(survivors or {})
         self.options = options or segment.JournalOptions()
         self.metrics = AuditMetrics()
         self._origin = origin or records.Origin()
@@ -320,10 +324,12 @@ class AuditLog:
                 clock=self._clock,
                 checkpoint_key=self._checkpoint_key,
                 on_event=self._journal_event,
+                survivors=self._survivors.get(context),
             )
             writer = _Writer(journal=journal, options=self.options, loop=asyncio.get_running_loop())
             await writer.start()
             self._writers[context] = writer
+            self._survivors.pop(context, None)  # closed now, and durably: never again
         if ignored:
             log.warning("audit log_path ignored", context=context, reason=ignored)
         return ignored
@@ -366,6 +372,38 @@ class AuditLog:
             self.metrics.durable_latency.observe(elapsed)
         else:
             self.metrics.grouped_latency.observe(elapsed)
+
+    async def close_leftovers(
+        self, context: str, survivors: Mapping[str, Mapping[str, Any]], *, log_path: str | None = None
+    ) -> None:
+        """Close what a previous daemon left open in `context`'s log now, whether or not a
+        revision will ever name the Context again: open the log at `log_path` (where it was),
+        which writes `command.abandoned` for `survivors` (by command id, with their fields) and
+        `interrupted` for their runs and every run still listed open, fsync, and close the log
+        again (a revision opens it where it then says). Returns once the records are durable.
+
+        Raises `AuditUnavailable` when the log cannot be opened or written.
+        """
+        if context in self._writers:
+            raise errors.AuditUnavailable(f"the audit log of context {context!r} is already open")
+        self._survivors[context] = survivors
+        try:
+            await self.open_context(context, log_path=log_path)
+        finally:
+            self._survivors.pop(context, None)
+        await self.close_context(context)
+
+    async def close_context(self, context: str) -> None:
+        """fsync and close one Context's log (a later write opens it again)."""
+        async with self._open_lock:
+            writer = self._writers.pop(context, None)
+            if writer is not None:
+                await writer.stop()
+
+    def log_dir(self, context: str) -> Path | None:
+        """The directory `context`'s open log writes to (None if it is not open)."""
+        writer = self._writers.get(context)
+        return writer.journal.directory if writer else None
 
     def opened_contexts(self) -> tuple[str, ...]:
         """The contexts whose logs are open, sorted."""

@@ -529,3 +529,25 @@ def unfinished_commands(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str,
         elif action in ("command.finished", "command.abandoned"):
             open_starts.pop(event_id_of(rec), None)
     return list(open_starts.values())
+
+
+def run_id_of(record: Mapping[str, Any]) -> str:
+    """`aofd.agent.run_id` of a parsed record, or "" when absent."""
+    aofd = record.get("aofd")
+    agent = aofd.get("agent") if isinstance(aofd, Mapping) else None
+    return str(agent.get("run_id", "")) if isinstance(agent, Mapping) else ""
+
+
+def unfinished_runs(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The `agent.run.started` records with no later `agent.run.finished` of the same run id."""
+    open_runs: dict[str, Mapping[str, Any]] = {}
+    for rec in lines:
+        action = action_of(rec)
+        run_id = run_id_of(rec)
+        if not run_id:
+            continue
+        if action == "agent.run.started":
+            open_runs[run_id] = rec
+        elif action == "agent.run.finished":
+            open_runs.pop(run_id, None)
+    return list(open_runs.values())

@@ -15,8 +15,14 @@ is confined to one thread (the context's writer thread in `aofd.audit.journal`) 
 - rotation to a new segment by size or age (never truncation), retention of whole closed
   segments only;
 - at open: torn-tail repair (copy to `.broken-<ts>`, truncate to the last good line,
-  fsync, append `audit.recovered`), a new segment, and `command.abandoned` for commands
-  started but never finished.
+  fsync, append `audit.recovered`), a new segment, `command.abandoned` for commands
+  started but never finished (with `killed` when the daemon found and killed what was left
+  of them, `survivors`), and `agent.run.finished` with status `interrupted` for runs
+  started but never finished, each closed once (what the scanned tail already closes is
+  skipped);
+- the open-runs ledger `.open-runs/<run_id>.json`: written when a run's `agent.run.started`
+  is appended, removed at its `agent.run.finished`, so that recovery closes a run however
+  many segments back it started (entries it closes are removed once that is fsynced).
 
 It never touches asyncio; it does not import the runtime.
 """
@@ -52,6 +58,9 @@ GENESIS: Final = "sha256:" + "0" * 64
 """`prev` of the first record a context ever writes."""
 
 LOCK_NAME: Final = ".lock"
+OPEN_RUNS_DIR: Final = ".open-runs"
+"""A Context directory's ledger of runs started and not finished: `<run_id>.json` each."""
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SEGMENT_GLOB: Final = "audit-*.jsonl"
 _SEGMENT_RE = re.compile(r"^audit-(\d{8}T\d{6}Z)-(\d+)\.jsonl$")
 _OPEN_APPEND: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -297,8 +306,10 @@ class ContextJournal:
         clock: Callable[[], float] = time.time,
         checkpoint_key: bytes | None = None,
         on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+        survivors: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.context = context
+        self._survivors = dict(survivors or {})
         self.directory = directory
         self._options = options
         self._origin = origin
@@ -321,6 +332,7 @@ class ContextJournal:
         self._next_recovery = 0.0
         self._notes: list[dict[str, Any]] = []
         self._since_checkpoint = 0
+        self._settled_runs: list[Path] = []  # open-runs entries closed by recovery (removed once synced)
 
     # -- life cycle --
 
@@ -339,6 +351,10 @@ class ContextJournal:
             for record in pending:
                 self._append(record)
             self.sync()
+            for path in self._settled_runs:  # their closing records are durable now
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            self._settled_runs.clear()
         except OSError as exc:
             self.close()
             raise errors.AuditUnavailable(
@@ -379,13 +395,74 @@ class ContextJournal:
                 self._next_recovery = time.monotonic() + self._options.recovery_backoff
                 self._recover()
             truncated = self._append(record)
+            written_seq = self.seq
             if self._options.checkpoint_every and self._since_checkpoint >= self._options.checkpoint_every:
                 self._append(self._checkpoint())
         except OSError as exc:
             if self._failure is None:
                 self._fail("sync", f"audit I/O on {self.path} failed: {exc}")
             raise errors.AuditUnavailable(self._unavailable()) from exc
+        self._track_run(record, written_seq)
         return truncated
+
+    # -- the open-runs ledger --
+
+    def _run_entry(self, run_id: str) -> Path | None:
+        return self.directory / OPEN_RUNS_DIR / f"{run_id}.json" if _RUN_ID.match(run_id) else None
+
+    def _track_run(self, record: Mapping[str, Any], seq: int) -> None:
+        """Keep `.open-runs/<run_id>.json` from a run's `agent.run.started` to its
+        `agent.run.finished`, so that recovery closes a run whatever lies between (rotations,
+        retention); best effort: a failure is logged, the record is written either way."""
+        action = records.action_of(record)
+        if action not in ("agent.run.started", "agent.run.finished"):
+            return
+        path = self._run_entry(records.run_id_of(record))
+        if path is None:
+            return
+        try:
+            if action == "agent.run.finished":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return
+            os.makedirs(path.parent, mode=self._options.dir_mode, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(tmp, flags, self._options.file_mode)
+            try:
+                data = json.dumps({"seq": seq, "started": record}, default=str).encode()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except (OSError, ValueError) as exc:
+            self._emit("open-runs ledger not updated", file=str(path), error=str(exc))
+
+    def _open_runs(self) -> list[tuple[Path, Mapping[str, Any] | None]]:
+        """The open-runs entries: path and (started record with its seq), None if unreadable."""
+        directory = self.directory / OPEN_RUNS_DIR
+        try:
+            paths = sorted(p for p in directory.iterdir() if p.suffix in (".json", ".tmp"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out: list[tuple[Path, Mapping[str, Any] | None]] = []
+        for path in paths:
+            entry: Mapping[str, Any] | None = None
+            try:
+                if path.suffix == ".json" and not path.is_symlink():
+                    data = json.loads(path.read_bytes())
+                    started = data.get("started") if isinstance(data, dict) else None
+                    if isinstance(started, dict) and isinstance(data.get("seq"), int):
+                        entry = {
+                            **started,
+                            "aofd": {**started.get("aofd", {}), "audit": {"seq": data["seq"]}},
+                        }
+            except (OSError, ValueError, TypeError, AttributeError):
+                entry = None
+            out.append((path, entry))
+        return out
 
     def _unavailable(self) -> str:
         reason = self._failure.reason if self._failure else "unknown failure"
@@ -674,7 +751,7 @@ class ContextJournal:
         while segments and os.lstat(segments[-1]).st_size == 0:
             os.unlink(segments.pop())  # an empty leftover of a failed start: holds no record
         if not segments:
-            return []
+            return self._closing_records([])
         last = segments[-1]
         tail = read_tail(last, window=self._options.tail_scan_bytes)
         good = tail.good_lines
@@ -719,8 +796,50 @@ class ContextJournal:
                         }
                     )
                 )
-        orphans = records.unfinished_commands(line.record for line in good if line.record)
-        pending.extend(self._abandoned(started) for started in orphans)
+        pending.extend(self._closing_records([line.record for line in good if line.record]))
+        return pending
+
+    def _closing_records(self, tail: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """What closes the commands and runs a previous daemon left open, each once.
+
+        Commands: started in the scanned `tail` and never closed there, and the `survivors` the
+        daemon found in its command ledger (unless the tail already closes them: a restart that
+        died before forgetting them). Runs: started in the tail, listed in `.open-runs/` (started
+        before the tail: rotations ago), or named by a survivor, unless the tail finishes them.
+        """
+        closed_commands = {
+            records.event_id_of(rec)
+            for rec in tail
+            if records.action_of(rec) in ("command.finished", "command.abandoned")
+        }
+        finished_runs = {
+            records.run_id_of(rec) for rec in tail if records.action_of(rec) == "agent.run.finished"
+        }
+        orphans = records.unfinished_commands(tail)
+        pending = [
+            self._abandoned(started, self._survivors.get(records.event_id_of(started))) for started in orphans
+        ]
+        known = {records.event_id_of(started) for started in orphans} | closed_commands
+        pending.extend(
+            self._abandoned({"event": {"id": cid}}, fields)  # started before the scanned tail
+            for cid, fields in self._survivors.items()
+            if cid not in known
+        )
+        runs: dict[str, Mapping[str, Any]] = {records.run_id_of(r): r for r in records.unfinished_runs(tail)}
+        for path, started in self._open_runs():
+            self._settled_runs.append(path)
+            run_id = path.stem
+            if started is not None and records.run_id_of(started) == run_id:
+                runs.setdefault(run_id, started)
+            elif _RUN_ID.match(run_id):  # torn or half-written: the run id is all there is
+                runs.setdefault(run_id, {"aofd": {"agent": {"run_id": run_id}}})
+        for fields in self._survivors.values():
+            named = fields.get("run_id")
+            if isinstance(named, str) and named:
+                runs.setdefault(named, {"aofd": {"agent": {"run_id": named}}})
+        pending.extend(
+            self._interrupted(started) for rid, started in runs.items() if rid not in finished_runs
+        )
         return pending
 
     def _chain_from_previous(self, earlier: list[Path], last: Path) -> None:
@@ -732,7 +851,16 @@ class ContextJournal:
                 self.last_hash = line_hash(tail.lines[-1].raw)
                 self.seq = max(self.seq, tail.lines[-1].seq or 0)
 
-    def _abandoned(self, started: Mapping[str, Any]) -> dict[str, Any]:
+    def _abandoned(
+        self, started: Mapping[str, Any], survivor: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        details: dict[str, Any] = {"started_seq": audit_field(started, "seq"), "killed": False}
+        reason = "aofd stopped before command.finished was written (unclean shutdown)"
+        reason += "; the command is not run again"
+        if survivor is not None:
+            details.update(survivor)
+            if survivor.get("killed"):
+                reason += "; what was left of it was still running and was killed at restart"
         record = records.build(
             "command.abandoned",
             context=self.context,
@@ -740,9 +868,8 @@ class ContextJournal:
             origin=self._origin,
             outcome="unknown",
             event_id=records.event_id_of(started),
-            reason="aofd stopped before command.finished was written (unclean shutdown); "
-            "the command is not run again",
-            extra={"abandoned": {"started_seq": audit_field(started, "seq")}},
+            reason=reason,
+            extra={"abandoned": details},
         )
         for key in ("user", "related", "process", "orchestrator", "trace", "command", "agent"):
             if key in started:
@@ -750,6 +877,36 @@ class ContextJournal:
         started_aofd = started.get("aofd")
         if isinstance(started_aofd, Mapping) and "agent" in started_aofd:
             record["aofd"]["agent"] = started_aofd["agent"]
+        return record
+
+    def _interrupted(self, started: Mapping[str, Any]) -> dict[str, Any]:
+        """The closing record of a run cut short by an unclean shutdown (`aofd.run.status`
+        `interrupted`, `event.outcome` unknown); names and ids are copied from its start."""
+        started_aofd = started.get("aofd")
+        aofd = started_aofd if isinstance(started_aofd, Mapping) else {}
+        started_agent = aofd.get("agent")
+        agent: Mapping[str, Any] = started_agent if isinstance(started_agent, Mapping) else {}
+        extra: dict[str, Any] = {key: aofd[key] for key in ("binding", "flow", "trigger") if key in aofd}
+        extra["run"] = {
+            "status": "interrupted",
+            "error": "aofd stopped before the run finished (unclean shutdown)",
+            "started_seq": audit_field(started, "seq"),
+        }
+        record = records.build(
+            "agent.run.finished",
+            context=self.context,
+            now=self._clock(),
+            origin=self._origin,
+            outcome="unknown",
+            reason="aofd stopped before agent.run.finished was written (unclean shutdown); "
+            "the run is not resumed",
+            agent=agent.get("name"),
+            run_id=agent.get("run_id"),
+            extra=extra,
+        )
+        for key in ("user", "related", "trace", "agent"):
+            if key in started:
+                record[key] = started[key]
         return record
 
     def _checkpoint(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import ipaddress
 import os
 import shutil
 from collections.abc import Mapping
@@ -32,6 +33,25 @@ class Overrides:
     admin: str | None = None
     state_dir: Path | None = None
     audit_dir: Path | None = None
+    admin_token_file: Path | None = None
+
+
+def is_local_address(address: str) -> bool:
+    """True for a unix socket (`unix:PATH`) or a loopback TCP address (`HOST:PORT`, `[v6]:PORT`,
+    an empty host): only this host can connect there. The admin API's token rule and `aofctl`'s
+    clear-text warning both ask this."""
+    if address.startswith("unix:"):
+        return True
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return False
+    host = host.strip("[]") or "127.0.0.1"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 ZERO_CONFIG_TOOLS = ("kubectl", "helm", "curl")
@@ -50,17 +70,21 @@ def pinned_tools(
     return found
 
 
-def zero_config(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfig:
+def zero_config(
+    path: Path, overrides: Overrides = Overrides(), *, settle: float | None = None
+) -> settings.DaemonConfig:
     """`aofd serve PATH`: one watched directory source for every kind, state under PATH/.aofd,
-    and kubectl/helm/curl pinned from the daemon's PATH as it is at start-up."""
+    and kubectl/helm/curl pinned from the daemon's PATH as it is at start-up. `settle`
+    (`--settle`) is how long a change must be quiet before it applies (default 1 s)."""
     root = path.resolve()
     base = root / STATE_SUBDIR
+    quiet = settings.DEFAULT_DIRECTORY_SETTLE if settle is None else settle
     config = settings.DaemonConfig(
         executables=settings.ExecutablesSpec(paths=pinned_tools()),
         sources=(
             settings.SourceSpec(
                 name="local",
-                directory=settings.DirectorySourceSpec(path=root, watch=True),
+                directory=settings.DirectorySourceSpec(path=root, watch=True, settle=quiet),
             ),
         ),
         state_dir=base / "state",
@@ -96,6 +120,9 @@ def load(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfi
 
 def apply_overrides(config: settings.DaemonConfig, overrides: Overrides) -> settings.DaemonConfig:
     update: dict[str, Any] = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+    token_file = update.pop("admin_token_file", None)
+    if token_file is not None:
+        update["admin_api"] = config.admin_api.model_copy(update={"token_file": token_file})
     if not update:
         return config
     return config.model_copy(update=update)
@@ -125,6 +152,9 @@ def _resolve_paths(data: dict[str, Any], *, base: Path) -> dict[str, Any]:
     for key in ("state_dir", "audit_dir"):
         if key in data:
             data[key] = fix(data[key])
+    admin_api = data.get("admin_api")
+    if isinstance(admin_api, dict) and "token_file" in admin_api:
+        admin_api["token_file"] = fix(admin_api["token_file"])
     sources = data.get("sources")
     if isinstance(sources, list):
         for src in sources:

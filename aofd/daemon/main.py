@@ -11,8 +11,18 @@ Start-up order (readiness is signalled, never assumed):
 
 Signals: SIGHUP fetches every source now and re-reads the daemon config; SIGTERM/SIGINT stop
 taking events, let runs in flight finish within `drain_grace_seconds`, record the rest as
-cancelled, and exit 0; a second SIGTERM stops at once (audit lines are written whole or not
-at all, so nothing is torn either way).
+cancelled, and exit 0; a second SIGTERM/SIGINT stops at once (audit lines are written whole
+or not at all, so nothing is torn either way), also while a listener closes: its open
+connections are dropped instead of waiting out its handlers (`_close_listener`). This holds
+in every phase, also before a first revision was applied: the sources (a fetch in flight is
+abandoned), the watchdog and the readiness waiter are cancelled at the first signal, a
+reconcile pass in flight gets `PASS_STOP_GRACE_S`.
+
+Before the audit log opens, the commands a killed predecessor left running are killed
+(`wiring.reap_survivors`); right after it opens, each one's Context log, where it was, gets
+`command.abandoned` (`killed`) and `agent.run.finished` (`interrupted`) for its run, and the
+command leaves the ledger once that is durable (`wiring.close_survivors`). Other runs left
+open are closed when their Context's log opens (`aofd.audit.segment`, `.open-runs/`).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,7 @@ import structlog
 
 from aofd import __version__, errors, settings
 from aofd.audit import journal, segment
-from aofd.daemon import admin, notify, variables, view, wiring
+from aofd.daemon import admin, digestkey, notify, variables, view, wiring
 from aofd.daemon import config as config_mod
 from aofd.plan import compiler
 from aofd.reconcile import loop, state
@@ -41,6 +51,11 @@ from aofd.source import runner as source_runner
 log = structlog.get_logger("aofd.daemon")
 
 WATCHDOG_STUCK_PASS_S = 300.0
+PASS_STOP_GRACE_S = 5.0
+"""How long a stop waits for a reconcile pass in flight to end before cancelling it."""
+HARD_STOP_CLOSE_S = 0.5
+"""After a second stop signal: how long a listener's close may still take once its
+connections are dropped, before it is abandoned."""
 
 
 class Daemon:
@@ -70,10 +85,14 @@ class Daemon:
         self.runtime: wiring.Runtime | None = None
         self.reconciler: loop.Reconciler | None = None
         self.endpoints: dict[str, str] = {}
+        self._admin_token: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> int:
+        # Before anything starts: an admin API others can reach without a token is refused.
+        self._admin_token = admin.load_token(self.cfg.admin_api)
+        admin.check_exposure(self.cfg.admin, token=self._admin_token)
         self.lock.acquire()
         try:
             return await self._run_locked()
@@ -82,6 +101,9 @@ class Daemon:
 
     async def _run_locked(self) -> int:
         self.store.ensure()
+        # Before anything else starts: kill what a killed predecessor's commands left running.
+        ledger = wiring.command_ledger(self.cfg)
+        survivors = wiring.reap_survivors(ledger)
         self.cfg.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         a = self.cfg.audit
         self.audit = journal.AuditLog(
@@ -96,6 +118,9 @@ class Daemon:
             ),
         )
         await self.audit.open()
+        # Their closing records, now (a revision may never be applied, the Context may be gone);
+        # a command is forgotten once its record is durable.
+        await wiring.close_survivors(self.audit, ledger, survivors)
         self.notifier.status("loading the last good revision")
         self.sources = [
             source_runner.build_source(spec, state_dir=self.cfg.state_dir) for spec in self.cfg.sources
@@ -113,6 +138,7 @@ class Daemon:
             allow=self.cfg.substitution.allow,
             options=compiler.Options.of(self.cfg),
             on_pass=self._on_pass,
+            digest_key=digestkey.load_or_create(self.cfg.state_dir),
         )
         self.runtime.attach(self.reconciler)
         loop_ = asyncio.get_running_loop()
@@ -126,42 +152,52 @@ class Daemon:
         try:
             listen = await self.runtime.start(self.cfg.listen)
             self.endpoints["listen"] = listen
+            access = self.cfg.admin_api
             admin_runner, admin_address = await admin.start_site(
-                admin.AdminApi(view.AdminView(self)), self.cfg.admin
+                admin.AdminApi(
+                    view.AdminView(self),
+                    token=self._admin_token,
+                    metrics_open=access.metrics_open,
+                    max_diff_bytes=access.max_diff_bytes,
+                ),
+                self.cfg.admin,
+                socket_mode=access.socket_mode,
+                socket_group=access.socket_group,
+                limits=self.runtime.admin_limits,
+                stats=self.runtime.http_stats["admin"],
             )
+            if self._admin_token is None:
+                log.warning(
+                    "admin API without a token: any local user can reconcile and diff", admin=admin_address
+                )
             self.endpoints["admin"] = admin_address
             self.endpoints["pid"] = str(os.getpid())
             self.store.save_endpoints(self.endpoints)
             restored = self.reconciler.restore()
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
-                for source in self.sources:
+                reconciling = tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
+                # Tasks that hold nothing to finish: cancelled as soon as a stop signal arrives
+                # (a fetch in flight may be a minute from its timeout; its thread is abandoned).
+                idle = [
                     tg.create_task(
                         source.run(on_snapshot=self._on_snapshot, stop=self.stop),
                         name=f"source:{source.name}",
                     )
-                tg.create_task(self._watchdog(), name="watchdog")
-                tg.create_task(self._announce_ready(restored), name="readiness")
+                    for source in self.sources
+                ]
+                idle.append(tg.create_task(self._watchdog(), name="watchdog"))
+                idle.append(tg.create_task(self._announce_ready(restored), name="readiness"))
                 await self.stop.wait()
-                self.notifier.stopping("draining runs in flight")
-                log.info("stopping: no new events; draining runs", grace_s=self.cfg.drain_grace_seconds)
-                await self.runtime.stop_accepting()
-                drain = asyncio.create_task(self.runtime.drain(self.cfg.drain_grace_seconds))
-                hard = asyncio.create_task(self.hard_stop.wait())
-                await asyncio.wait({drain, hard}, return_when=asyncio.FIRST_COMPLETED)
-                if not drain.done():
-                    log.warning("second stop signal: cancelling runs now")
-                    drain.cancel()
-                    await self.runtime.cancel_all()
-                hard.cancel()
-                await asyncio.gather(drain, hard, return_exceptions=True)
+                for task in idle:
+                    task.cancel()
+                await self._shut_down(reconciling)
         finally:
             with contextlib.suppress(Exception):
                 await self._audit_all("daemon.stopping")
             if self.runtime is not None:
                 await self.runtime.aclose()
             if admin_runner is not None:
-                await admin_runner.stop()
+                await self._close_listener("admin", admin_runner.stop(), admin_runner.abort_connections)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop_.remove_signal_handler(sig)
             if self.audit is not None:
@@ -169,9 +205,68 @@ class Daemon:
         log.info("stopped")
         return 0
 
+    async def _shut_down(self, reconciling: asyncio.Task[None]) -> None:
+        """After the first stop signal: stop taking events, drain runs, let a pass in flight end.
+
+        Runs get `drain_grace_seconds`, a reconcile pass in flight `PASS_STOP_GRACE_S`; a second
+        signal (`hard_stop`) cancels both at once.
+        """
+        assert self.runtime is not None
+        self.notifier.stopping("draining runs in flight")
+        log.info("stopping: no new events; draining runs", grace_s=self.cfg.drain_grace_seconds)
+        hard = asyncio.create_task(self.hard_stop.wait())
+        try:
+            await self._close_listener(
+                "webhook", self.runtime.stop_accepting(), self.runtime.abort_connections
+            )
+            drain = asyncio.create_task(self.runtime.drain(self.cfg.drain_grace_seconds))
+            await asyncio.wait({drain, hard}, return_when=asyncio.FIRST_COMPLETED)
+            if not drain.done():
+                log.warning("second stop signal: cancelling runs now")
+                drain.cancel()
+                await self.runtime.cancel_all()
+            await asyncio.gather(drain, return_exceptions=True)
+            if not reconciling.done() and not hard.done():
+                await asyncio.wait(
+                    {reconciling, hard}, timeout=PASS_STOP_GRACE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            if not reconciling.done():
+                log.warning("stopping: cancelling the reconcile pass in flight")
+                reconciling.cancel()
+        finally:
+            hard.cancel()
+            await asyncio.gather(hard, return_exceptions=True)
+
+    async def _close_listener(
+        self, name: str, closing: Coroutine[Any, Any, object], abort: Callable[[], int]
+    ) -> None:
+        """Await `closing` (a listener's stop, which waits for handlers in progress), unless a
+        second stop signal comes first or came already: then drop its connections with `abort` and
+        give the close `HARD_STOP_CLOSE_S` more before abandoning it."""
+        task = asyncio.create_task(closing, name=f"close:{name}")
+        hard = asyncio.create_task(self.hard_stop.wait())
+        try:
+            await asyncio.wait({task, hard}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                dropped = abort()
+                log.warning(
+                    "second stop signal: closing open connections now", listener=name, dropped=dropped
+                )
+                await asyncio.wait({task}, timeout=HARD_STOP_CLOSE_S)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return
+            task.result()
+        finally:
+            for pending in (task, hard):
+                pending.cancel()
+            await asyncio.gather(task, hard, return_exceptions=True)
+
     async def _announce_ready(self, restored: bool) -> None:
         assert self.reconciler is not None
         self.notifier.status("restored last good revision; applying" if restored else "waiting for sources")
+        # Wait for the first applied revision, or a stop signal (the TaskGroup cancels this task).
         await self.reconciler.first_applied.wait()
         applied = self.reconciler.applied
         revision = applied.revision if applied is not None else ""

@@ -1,7 +1,7 @@
 """Prometheus metrics for `/metrics`: one registry per daemon, no process-global state.
 
 Reconcile passes are observed as they happen; everything else (listeners, events, runs,
-tokens, approvals, rate-limit refusals, audit latency) is read from the components at
+tokens, approvals, rate-limit refusals, audit latency, HTTP connections) is read from the components at
 scrape time through `Samples`, so the runtime and audit packages need not know Prometheus.
 """
 
@@ -41,7 +41,15 @@ class Samples:
     events_rejected: Mapping[tuple[str, str], int] = dataclasses.field(
         default_factory=dict
     )  # (platform, reason)
+    events_not_run: Mapping[tuple[str, str], int] = dataclasses.field(
+        default_factory=dict
+    )  # (platform, stall reason)
     runs: Mapping[str, int] = dataclasses.field(default_factory=dict)  # outcome
+    http_connections: Mapping[str, int] = dataclasses.field(default_factory=dict)  # listener
+    http_closed: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (listener, reason)
+    http_accept_errors: Mapping[tuple[str, str], int] = dataclasses.field(
+        default_factory=dict
+    )  # (listener, error)
     runs_active: int = 0
     model_tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)  # input / output
     approvals_pending: int = 0
@@ -100,6 +108,34 @@ class _Pull(Collector):
                 "Events rejected per platform and reason",
                 ["platform", "reason"],
                 s.events_rejected,
+            ),
+            (
+                CounterMetricFamily,
+                "aofd_events_not_run",
+                "Events answered but not run: their binding is Stalled (per platform and reason)",
+                ["platform", "reason"],
+                s.events_not_run,
+            ),
+            (
+                GaugeMetricFamily,
+                "aofd_http_connections",
+                "Open connections per HTTP listener (webhook, admin)",
+                ["listener"],
+                s.http_connections,
+            ),
+            (
+                CounterMetricFamily,
+                "aofd_http_connections_closed",
+                "Connections closed by a listener's limits (timeouts, the connection cap)",
+                ["listener", "reason"],
+                s.http_closed,
+            ),
+            (
+                CounterMetricFamily,
+                "aofd_http_accept_errors",
+                "Failed accepts for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)",
+                ["listener", "error"],
+                s.http_accept_errors,
             ),
             (CounterMetricFamily, "aofd_runs", "Flow runs by outcome", ["outcome"], s.runs),
             (CounterMetricFamily, "aofd_model_tokens", "Model tokens used", ["direction"], s.model_tokens),
@@ -189,12 +225,16 @@ class Counters:
         self.refusals: dict[str, int] = {}
         self.received: dict[str, int] = {}
         self.rejected: dict[tuple[str, str], int] = {}
+        self.not_run: dict[tuple[str, str], int] = {}
 
     def event_received(self, platform: str) -> None:
         self.received[platform] = self.received.get(platform, 0) + 1
 
     def event_rejected(self, platform: str, reason: str) -> None:
         self.rejected[(platform, reason)] = self.rejected.get((platform, reason), 0) + 1
+
+    def event_not_run(self, platform: str, reason: str) -> None:
+        self.not_run[(platform, reason)] = self.not_run.get((platform, reason), 0) + 1
 
     def refused(self, context: str) -> None:
         self.refusals[context] = self.refusals.get(context, 0) + 1

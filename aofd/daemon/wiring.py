@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from aofd import settings
+from aofd import errors, settings
 from aofd.audit import journal, records
 from aofd.daemon import auditsink, githook
 from aofd.daemon import metrics as metrics_mod
@@ -33,6 +33,7 @@ from aofd.runtime import (
     dispatch,
     engine,
     guard,
+    httpserver,
     limits,
     replies,
     routing,
@@ -47,6 +48,66 @@ from aofd.source import runner as source_runner
 from aofd.specs import policy
 
 log = structlog.get_logger("aofd.runtime")
+
+
+def command_ledger(cfg: settings.DaemonConfig, audit: journal.AuditLog | None = None) -> commands.Ledger:
+    """The commands running now: `<state_dir>/commands/` (see `aofd.runtime.commands.Ledger`);
+    with `audit`, each entry records where its Context's audit log is."""
+    return commands.Ledger(cfg.state_dir / "commands", log_dir=audit.log_dir if audit is not None else None)
+
+
+def reap_survivors(ledger: commands.Ledger) -> list[commands.Reaped]:
+    """Kill what is left of commands a previous aofd started and never saw end (it was killed).
+
+    Call holding the state dir lock, before the audit log opens; then `close_survivors`.
+    """
+    found = commands.reap_survivors(ledger)
+    for reaped in found:
+        log.warning(
+            "command left by a previous aofd",
+            context=reaped.context,
+            command_id=reaped.command_id,
+            run_id=reaped.run_id,
+            pid=reaped.pid,
+            killed=reaped.killed,
+            processes=reaped.processes,
+            reason=reaped.reason,
+        )
+    return found
+
+
+async def close_survivors(
+    audit: journal.AuditLog, ledger: commands.Ledger, reaped: list[commands.Reaped]
+) -> int:
+    """Write the closing records of `reaped` commands now, before any revision is applied, and
+    forget each command once they are durable; returns how many were forgotten.
+
+    Per Context: its log is opened where it was when the command started (the ledger says; else
+    `<audit_dir>/<context>`), whether or not the Context still exists, and gets
+    `command.abandoned` (`killed` ...) and its runs' `interrupted`. A log that cannot be written
+    keeps the entries (logged; the next start tries again, reporting the same).
+    """
+    by_context: dict[tuple[str, str], list[commands.Reaped]] = {}
+    for one in reaped:
+        by_context.setdefault((one.context, one.audit_dir), []).append(one)
+    settled = 0
+    for (context, where), group in sorted(by_context.items()):
+        try:
+            await audit.close_leftovers(
+                context, {r.command_id: r.audit_fields() for r in group}, log_path=where or None
+            )
+        except errors.AofdError as exc:
+            log.warning(
+                "commands left by a previous aofd not closed in the audit log; kept for the next start",
+                context=context,
+                commands=len(group),
+                error=str(exc),
+            )
+            continue
+        for one in group:
+            ledger.remove(one.command_id)
+            settled += 1
+    return settled
 
 
 class Runtime:
@@ -76,7 +137,10 @@ class Runtime:
         self.approvals = approvals.ApprovalStore()
         cache_dir = Path(env.get("CACHE_DIRECTORY") or cfg.state_dir / "cache")
         self.runner = commands.CommandRunner(
-            executables=cfg.executables, cache_dir=cache_dir, work_dir=cfg.state_dir / "work"
+            executables=cfg.executables,
+            cache_dir=cache_dir,
+            work_dir=cfg.state_dir / "work",
+            ledger=command_ledger(cfg, audit),
         )
         self.policies: dict[str, policy.GuardPolicy] = {}
         self.guard = guard.CommandGuard(
@@ -108,6 +172,8 @@ class Runtime:
             starter=self.starter,
             replier=self.replier,
             on_event=self.counters.event_received,
+            on_not_run=self.counters.event_not_run,
+            audit=self.audit,
         )
         self.factory = listener_factory.ListenerFactory(
             platforms=cfg.platforms,
@@ -129,7 +195,15 @@ class Runtime:
             credential_plugins=cfg.executables.allowed_credential_plugins,
             drain_grace=cfg.drain_grace_seconds,
         )
-        self.server = server.TriggerServer(switchboard=self.switchboard, listen=cfg.listen)
+        # Connection limits and counters of the two HTTP listeners (the admin one is started by main).
+        self.http_stats = {"webhook": httpserver.Stats(), "admin": httpserver.Stats()}
+        self.admin_limits = http_limits(cfg.http, admin=True)
+        self.server = server.TriggerServer(
+            switchboard=self.switchboard,
+            listen=cfg.listen,
+            limits=http_limits(cfg.http),
+            stats=self.http_stats["webhook"],
+        )
         self.server.add_hook(
             "git", githook.GitHook(sources={s.name: s for s in cfg.sources}, wake=self._wake_source)
         )
@@ -157,6 +231,10 @@ class Runtime:
     async def stop_accepting(self) -> None:
         """Stop taking events: close the trigger server (in-flight requests finish)."""
         await self.server.stop()
+
+    def abort_connections(self) -> int:
+        """A hard stop: drop the trigger server's open connections (see `stop_accepting`)."""
+        return self.server.abort_connections()
 
     async def drain(self, grace: float) -> None:
         await self.starter.drain(grace)
@@ -220,6 +298,16 @@ class Runtime:
             listeners=listener_counts,
             events_received=dict(self.counters.received),
             events_rejected=dict(self.counters.rejected),
+            http_connections={name: st.open for name, st in self.http_stats.items()},
+            http_closed={
+                (name, reason): n for name, st in self.http_stats.items() for reason, n in st.closed.items()
+            },
+            http_accept_errors={
+                (name, error): n
+                for name, st in self.http_stats.items()
+                for error, n in st.accept_errors.items()
+            },
+            events_not_run=dict(self.counters.not_run),
             runs=dict(self.counters.runs),
             model_tokens=dict(self.counters.tokens),
             ratelimit_refusals=dict(self.counters.refusals),
@@ -234,3 +322,16 @@ class Runtime:
                 m.grouped_latency.cumulative(), m.grouped_latency.sum, m.grouped_latency.count
             ),
         )
+
+
+def http_limits(spec: settings.HttpSpec, *, admin: bool = False) -> httpserver.Limits:
+    """The `http:` settings as one listener's `httpserver.Limits` (the admin one has its own cap)."""
+    return httpserver.Limits(
+        header_timeout=spec.header_timeout,
+        body_timeout=spec.body_timeout,
+        keepalive_timeout=spec.keepalive_timeout,
+        write_timeout=spec.write_timeout,
+        max_header_bytes=spec.max_header_bytes,
+        max_connections=(spec.admin_max_connections if admin else spec.max_connections)
+        or httpserver.default_max_connections(admin=admin),
+    )

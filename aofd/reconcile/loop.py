@@ -68,8 +68,10 @@ class Reconciler:
         allow: Sequence[str],
         options: compiler.Options | None = None,
         on_pass: Callable[[status_mod.PassSummary], Awaitable[None] | None] | None = None,
+        digest_key: bytes | None = None,
     ) -> None:
         self._sources = {s.name: s for s in sources}
+        self._digest_key = digest_key
         self._store = store
         self._applier = applier
         self._audit = audit
@@ -216,6 +218,7 @@ class Reconciler:
             allow=self._allow,
             undefined="error",
             cache=self._cache,
+            digest_key=self._digest_key,
         )
         phases.mark("build")
         compiled = compiler.build(desired, options=self._options, cache=self._compile_cache)

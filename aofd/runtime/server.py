@@ -13,9 +13,10 @@ The daemon mounts its own hooks on a platform name no trigger type uses (the git
 `/hooks/git/<source>`) with `TriggerServer.add_hook` before `start()`; such a handler gets the
 request and the name from the path.
 
-Listening is `aofd.runtime.httpserver`'s; bodies are capped by the listener (`max_body_bytes`,
-413 before any HMAC) and by the daemon's own hooks. It must not verify, parse or route events
-itself; listeners do that.
+Listening, and the connection limits (timeouts, the connection cap), are
+`aofd.runtime.httpserver`'s (`Limits`, counted in `TriggerServer.stats`); bodies are capped by
+the listener (`max_body_bytes`, 413 before any HMAC) and by the daemon's own hooks. It must not
+verify, parse or route events itself; listeners do that.
 """
 
 from __future__ import annotations
@@ -87,13 +88,18 @@ class TriggerServer:
         listen: str = "127.0.0.1:8080",
         shutdown_timeout: float = 10.0,
         lingering_time: float = 0.5,
+        limits: httpserver.Limits | None = None,
+        stats: httpserver.Stats | None = None,
     ) -> None:
         self.host, self.port = httpserver.parse_address(listen)
         self._switchboard = switchboard
         self._shutdown_timeout = shutdown_timeout
         self._lingering_time = lingering_time
+        self._limits = limits
+        self.stats = stats if stats is not None else httpserver.Stats()
         self._hooks: dict[str, _Hook] = {}
         self._server: httpserver.Server | None = None
+        self._closing: httpserver.Server | None = None  # while stop() waits for connections
 
     def add_hook(self, platform: str, handler: HookHandler, *, methods: Iterable[str] = ("POST",)) -> None:
         """Serve `/hooks/<platform>/<name>` with `handler(request, name)`; only before `start()`.
@@ -113,11 +119,16 @@ class TriggerServer:
             address=f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}",
             shutdown_timeout=self._shutdown_timeout,
             lingering_time=self._lingering_time,
+            name="webhook",
+            limits=self._limits,
+            stats=self.stats,
         )
         await server.start()
         self._server = server
         self.port = server.port
-        log.info("trigger_server.started", host=self.host, port=self.port)
+        log.info(
+            "trigger_server.started", host=self.host, port=self.port, max_connections=server.max_connections
+        )
 
     @property
     def url(self) -> str:
@@ -127,5 +138,14 @@ class TriggerServer:
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            await server.stop()
+            self._closing = server
+            try:
+                await server.stop()
+            finally:
+                self._closing = None
             log.info("trigger_server.stopped", host=self.host, port=self.port)
+
+    def abort_connections(self) -> int:
+        """Drop every open connection now, also while `stop()` waits for them (a hard stop)."""
+        server = self._server or self._closing
+        return server.abort_connections() if server is not None else 0

@@ -124,3 +124,10 @@ def test_example_config_uses_the_unit_directories() -> None:
     assert Path("/var/lib/aofd") == cfg.state_dir
     assert Path("/var/log/aofd") == cfg.audit_dir
     assert cfg.admin.startswith("unix:/run/aofd/")
+
+
+def test_kill_mode_reaches_every_child(service: dict[str, list[str]]) -> None:
+    """Commands must not outlive aofd: the kill mode signals the whole cgroup in the end
+    (`mixed`: SIGTERM to aofd so it can drain, then SIGKILL to the rest), never `process`/`none`."""
+    assert service.get("KillMode", ["control-group"])[-1] in ("mixed", "control-group")
+    assert service.get("SendSIGKILL", ["yes"])[-1] == "yes"
