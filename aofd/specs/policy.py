@@ -797,10 +797,34 @@ def shape_matches(pattern: ParsedCommand, cmd: ParsedCommand, *, strict: bool) -
             return False
     elif not _subsequence(pattern.positionals, cmd.positionals):
         return False
-    return all(
-        any(name == c_name and (value is None or value == c_value) for c_name, c_value in cmd.flags)
-        for name, value in pattern.flags
-    )
+    return _flags_match(pattern.flags, cmd.flags, strict=strict)
+
+
+def _flags_match(
+    wanted: Sequence[tuple[str, str | None]], given: Sequence[tuple[str, str | None]], *, strict: bool
+) -> bool:
+    """Every flag of the rule is present; one the rule gives a value must have it.
+
+    A flag may be written more than once: kubectl keeps the last of a plain flag and every one of
+    a repeatable one (`-f a -f b`). So an allow rule (`strict`) covers the command only when every
+    occurrence has one of the values the rule gives for that flag (`--dry-run=server
+    --dry-run=none` is not a dry run; `-f ok.yaml -f /etc/shadow` is not `-f ok.yaml`); for a block
+    or approval rule one occurrence with its value is enough.
+    """
+    values: dict[str, set[str | None]] = {}
+    for name, value in wanted:
+        values.setdefault(name, set()).add(value)
+    for name, accepted in values.items():
+        seen = [value for flag, value in given if flag == name]
+        if not seen:
+            return False
+        if None in accepted:
+            continue  # presence is all the rule asks
+        if strict and not all(value in accepted for value in seen):
+            return False
+        if not strict and not any(value in accepted for value in seen):
+            return False
+    return True
 
 
 def pattern_matches(pattern: Pattern, cmd: ParsedCommand, argv: Sequence[str], *, strict: bool) -> bool:
@@ -818,8 +842,9 @@ def pattern_matches(pattern: Pattern, cmd: ParsedCommand, argv: Sequence[str], *
 def _names_escape(pattern: ParsedCommand, escape: str) -> bool:
     """Does an allowed rule name this escape? A flag escape (`--raw`, `--kustomize`) by the flag;
     one that is about the flag's value (`--filename=-`, `=url`, `--from-file=host-path`,
-    `--output=file`) only by a rule that gives the value itself, which the command must then
-    match exactly: `kubectl apply -f` does not allow `-f /etc/shadow`, `-f -` or a URL."""
+    `--output=file`) only by a rule that gives the value itself: a rule that matched (strictly)
+    gives every value the command has for that flag (`_flags_match`), so the escaping one is
+    among them. `kubectl apply -f` does not allow `-f /etc/shadow`, `-f -` or a URL."""
     if pattern.verb is None:
         return False
     if escape.startswith("--"):

