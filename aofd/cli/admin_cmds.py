@@ -70,8 +70,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _client(args: argparse.Namespace) -> client_mod.AdminClient:
     endpoint = client_mod.resolve_endpoint(args.admin)
-    token = client_mod.token_for(endpoint, client_mod.resolve_token(args.token_file))
-    return client_mod.AdminClient(endpoint.address, token=token)
+    available = client_mod.resolve_token(args.token_file)
+    token = client_mod.token_for(endpoint, available)
+    return client_mod.AdminClient(
+        endpoint.address, token=token, held_back=available is not None and token is None
+    )
 
 
 def _fail(message: str) -> int:

@@ -136,10 +136,14 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AdminClient:
-    def __init__(self, address: str, *, timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = 30.0, token: str | None = None, held_back: bool = False
+    ) -> None:
+        """`held_back`: a token exists but was not sent to this (unnamed) address (`token_for`)."""
         self.address = address
         self.timeout = timeout
         self._token = token
+        self.held_back = held_back
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.address.startswith("unix:"):
@@ -164,6 +168,11 @@ class AdminClient:
         finally:
             conn.close()
         if resp.status == 401:
+            if self.held_back:
+                raise AdminError(
+                    f"aofd at {self.address} needs the admin token (HTTP 401), which is sent only "
+                    "to a daemon you name: give --admin or set AOFD_ADMIN"
+                )
             hint = "was refused" if self._token is not None else "needs one"
             raise AdminError(
                 f"aofd at {self.address}: the admin token {hint} (HTTP 401): pass --token-file, "

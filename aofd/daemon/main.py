@@ -167,9 +167,8 @@ class Daemon:
                 stats=self.runtime.http_stats["admin"],
             )
             if self._admin_token is None:
-                log.warning(
-                    "admin API without a token: any local user can reconcile and diff", admin=admin_address
-                )
+                who = "the socket's group" if admin_address.startswith("unix:") else "any local user"
+                log.warning(f"admin API has no token, so {who} can reconcile and diff", admin=admin_address)
             self.endpoints["admin"] = admin_address
             self.endpoints["pid"] = str(os.getpid())
             self.store.save_endpoints(self.endpoints)

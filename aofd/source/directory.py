@@ -17,10 +17,10 @@ section 5.2, RELIABILITY.md section 4.2):
 - `read_settled` (what directory sources use) hands a changed tree over only once it has been
   quiet for `settle` seconds: it reads, waits `settle`, reads again and compares every file's
   (device, inode, size, mtime_ns) and the content digest of the tree; any difference starts
-  the wait again, up to a deadline (then a `SourceError`, the last good snapshot stays). A
-  change made only of files whose mtime is already older than `settle` (plus a margin for
-  coarse timestamps) needs no wait: the kernel stamps every write, so such a file has been
-  quiet that long (start-up, a finished file moved into place).
+  the wait again, up to a deadline (then a `SourceError`, the last good snapshot stays). Only
+  the first read (start-up) is taken at once when every file's mtime is older than `settle`
+  (plus a margin for coarse timestamps); every later change waits, whatever its mtimes say
+  (`rsync -a` moves finished files into place with their old mtimes while others still come).
 
 The revision is a content digest of the files (and of the issues, so a new symlink is a new
 revision). A file whose content is unchanged is handed over as the previous snapshot's

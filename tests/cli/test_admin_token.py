@@ -82,3 +82,14 @@ def test_the_token_goes_only_where_the_user_pointed(
     monkeypatch.setenv("AOFD_ADMIN", "unix:/run/aofd/admin.sock")
     assert client_mod.token_for(client_mod.resolve_endpoint(None, cwd=tmp_path), TOKEN) == TOKEN
     assert capsys.readouterr().err == ""
+
+
+async def test_a_held_back_token_gets_a_hint_that_helps() -> None:
+    """When aofctl kept the token from an address nobody named, the 401 says how to name it."""
+    server, bound = await admin.start_site(admin.AdminApi(FakeView(), token=TOKEN), "127.0.0.1:0")
+    try:
+        held = client_mod.AdminClient(bound, held_back=True)
+        with pytest.raises(client_mod.AdminError, match="give --admin or set AOFD_ADMIN"):
+            await asyncio.to_thread(held.get, "/api/v1/status")
+    finally:
+        await server.stop()
