@@ -18,7 +18,8 @@ import pytest
 
 from aofd.daemon import config, main
 from tests.integration import fakes, harness
-from tests.integration.test_daemon_gitops import AGENT, CONTEXT, FLOW, TRIGGER, binding, send_event
+from tests.integration.test_daemon_gitops import AGENT, send_event
+from tests.integration.test_daemon_systemd import make_repo
 from tests.source import gitkit
 
 pytestmark = pytest.mark.slow
@@ -137,20 +138,6 @@ def test_an_ssh_host_key_mismatch(tmp_path: Path, sig: int) -> None:
         with daemon_with(tmp_path, source) as daemon:
             daemon.wait_for(lambda: "does not match" in daemon.log_text(), what="the host key refusal")
             stops_promptly(daemon, sig)
-
-
-def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    for path, text in {
-        "contexts/prod.yaml": CONTEXT,
-        "agents/echo.yaml": AGENT,
-        "flows/echo.yaml": FLOW,
-        "triggers/hook.yaml": TRIGGER,
-        "bindings/b1.yaml": binding("b1"),
-    }.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
-    return repo
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
