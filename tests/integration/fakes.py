@@ -1,10 +1,14 @@
-"""Loopback fakes for daemon-level tests: an Anthropic Messages API server in a thread."""
+"""Loopback fakes for daemon-level tests: an Anthropic Messages API server in a thread.
+
+It answers every request with a short text, or, for the first requests, with the content
+blocks of a script (`anthropic_server(script=...)`: a tool call, say).
+"""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,14 +23,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(body)
         if self.server.delay:
             self.server.release.wait(self.server.delay)
-        text = f"answer from {body.get('model')}"
+        turn = len(self.server.requests) - 1
+        content: list[dict[str, Any]] = [{"type": "text", "text": f"answer from {body.get('model')}"}]
+        if turn < len(self.server.script):
+            content = list(self.server.script[turn])
+        stop = "tool_use" if any(block.get("type") == "tool_use" for block in content) else "end_turn"
         reply: dict[str, Any] = {
             "id": f"msg_{len(self.server.requests)}",
             "type": "message",
             "role": "assistant",
             "model": body.get("model"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": stop,
             "stop_sequence": None,
             "usage": {"input_tokens": 5, "output_tokens": 3},
         }
@@ -44,17 +52,19 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, script: Sequence[Sequence[dict[str, Any]]] = ()) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.script = script
         self.requests: list[dict[str, Any]] = []
         self.delay = 0.0
         self.release = threading.Event()
 
 
 @contextmanager
-def anthropic_server() -> Iterator[_Server]:
-    """A Messages API that answers every request with a short text (optionally after a delay)."""
-    server = _Server()
+def anthropic_server(script: Sequence[Sequence[dict[str, Any]]] = ()) -> Iterator[_Server]:
+    """A Messages API that answers every request with a short text (optionally after a delay);
+    request N (from 0) gets `script[N]`'s content blocks instead while there is one."""
+    server = _Server(script)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

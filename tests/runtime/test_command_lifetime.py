@@ -10,10 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ import pytest
 from aofd import settings
 from aofd.runtime import commands
 from aofd.specs import policy
-from tests.integration import harness
+from tests.integration import fakes, harness
 from tests.integration.test_daemon_gitops import FLOW, TRIGGER, binding, send_event
 
 FAKE = Path(__file__).parent / "bin" / "fake_kubectl.py"
@@ -302,69 +299,8 @@ spec:
 """
 
 
-class _ToolModel(BaseHTTPRequestHandler):
-    """The first request asks for `kubectl get pods hang`; later ones answer with text."""
-
-    server: _ToolServer
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        self.server.count += 1
-        if self.server.count == 1:
-            content: list[dict[str, Any]] = [
-                {
-                    "type": "tool_use",
-                    "id": "toolu_1",
-                    "name": "kubectl",
-                    "input": {"args": ["get", "pods", "hang"]},
-                }
-            ]
-            stop = "tool_use"
-        else:
-            content, stop = [{"type": "text", "text": "done"}], "end_turn"
-        data = json.dumps(
-            {
-                "id": f"msg_{self.server.count}",
-                "type": "message",
-                "role": "assistant",
-                "model": "claude-test",
-                "content": content,
-                "stop_reason": stop,
-                "stop_sequence": None,
-                "usage": {"input_tokens": 5, "output_tokens": 3},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-class _ToolServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ToolModel)
-        self.count = 0
-
-
-@contextlib.contextmanager
-def tool_model() -> Iterator[str]:
-    server = _ToolServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"http://{host!s}:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+HANG = [{"type": "tool_use", "id": "toolu_1", "name": "kubectl", "input": {"args": ["get", "pods", "hang"]}}]
+"""The model's first answer: run `kubectl get pods hang` (the fake kubectl then hangs)."""
 
 
 def audit_records(tmp: Path) -> list[dict[str, Any]]:
@@ -393,7 +329,8 @@ def test_kill_9_kills_the_command_and_a_restart_kills_what_survived(tmp_path: Pa
         (repo / path).write_text(text)
     kubectl = install_fake(tmp_path / "bin")
     pids: list[int] = []
-    with tool_model() as model_url:
+    with fakes.anthropic_server(script=[HANG]) as model:
+        model_url = fakes.url(model)
         config = tmp_path / "aofd.yaml"
         config.write_text(
             json.dumps(
