@@ -67,6 +67,8 @@ ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "approval.granted": (("iam",), ("info", "allowed")),
     "approval.denied": (("iam",), ("info", "denied")),
     "approval.expired": (("iam",), ("info", "denied")),
+    "approval.cancelled": (("iam",), ("info", "denied")),
+    "approval.refused": (("iam",), ("info", "denied")),
     "ratelimit.exceeded": (("api",), ("denied",)),
     "audit.file.opened": (("file",), ("creation",)),
     "audit.file.rotated": (("file",), ("change",)),
@@ -551,3 +553,38 @@ def unfinished_runs(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any
         elif action == "agent.run.finished":
             open_runs.pop(run_id, None)
     return list(open_runs.values())
+
+
+APPROVAL_CLOSERS = frozenset(
+    {"approval.granted", "approval.denied", "approval.expired", "approval.cancelled"}
+)
+"""Actions that close an approval request (`approval.granted` only with `final`, not a partial vote)."""
+
+
+def approval_id_of(record: Mapping[str, Any]) -> str:
+    """`aofd.approval.id` of a parsed record, or "" when absent."""
+    aofd = record.get("aofd")
+    approval = aofd.get("approval") if isinstance(aofd, Mapping) else None
+    return str(approval.get("id", "")) if isinstance(approval, Mapping) else ""
+
+
+def unfinished_approvals(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The `approval.requested` records with no later closing record of the same request id."""
+    open_requests: dict[str, Mapping[str, Any]] = {}
+    for rec in lines:
+        action = action_of(rec)
+        rid = approval_id_of(rec)
+        if not rid:
+            continue
+        if action == "approval.requested":
+            open_requests[rid] = rec
+        elif action in APPROVAL_CLOSERS:
+            aofd = rec.get("aofd")
+            approval = aofd.get("approval") if isinstance(aofd, Mapping) else None
+            if (
+                action != "approval.granted"
+                or not isinstance(approval, Mapping)
+                or approval.get("final", True)
+            ):
+                open_requests.pop(rid, None)
+    return list(open_requests.values())

@@ -17,9 +17,9 @@ is confined to one thread (the context's writer thread in `aofd.audit.journal`) 
 - at open: torn-tail repair (copy to `.broken-<ts>`, truncate to the last good line,
   fsync, append `audit.recovered`), a new segment, `command.abandoned` for commands
   started but never finished (with `killed` when the daemon found and killed what was left
-  of them, `survivors`), and `agent.run.finished` with status `interrupted` for runs
-  started but never finished, each closed once (what the scanned tail already closes is
-  skipped);
+  of them, `survivors`), `agent.run.finished` with status `interrupted` for runs
+  started but never finished, and `approval.cancelled` for approval requests of the scanned
+  tail never closed, each closed once (what the scanned tail already closes is skipped);
 - the open-runs ledger `.open-runs/<run_id>.json`: written when a run's `agent.run.started`
   is appended, removed at its `agent.run.finished`, so that recovery closes a run however
   many segments back it started (entries it closes are removed once that is fsynced).
@@ -840,6 +840,9 @@ class ContextJournal:
         pending.extend(
             self._interrupted(started) for rid, started in runs.items() if rid not in finished_runs
         )
+        pending.extend(
+            self._approval_cancelled(requested) for requested in records.unfinished_approvals(tail)
+        )
         return pending
 
     def _chain_from_previous(self, earlier: list[Path], last: Path) -> None:
@@ -907,6 +910,36 @@ class ContextJournal:
         for key in ("user", "related", "trace", "agent"):
             if key in started:
                 record[key] = started[key]
+        return record
+
+    def _approval_cancelled(self, requested: Mapping[str, Any]) -> dict[str, Any]:
+        """The closing record of an approval request left open by an unclean shutdown (nobody can
+        decide it any more: pending requests live in memory); ids are copied from the request."""
+        started_aofd = requested.get("aofd")
+        aofd = started_aofd if isinstance(started_aofd, Mapping) else {}
+        started_agent = aofd.get("agent")
+        agent: Mapping[str, Any] = started_agent if isinstance(started_agent, Mapping) else {}
+        record = records.build(
+            "approval.cancelled",
+            context=self.context,
+            now=self._clock(),
+            origin=self._origin,
+            outcome="failure",
+            event_id=records.event_id_of(requested) or None,
+            reason="aofd stopped before a decision (unclean shutdown); the command was not run",
+            agent=agent.get("name"),
+            run_id=agent.get("run_id"),
+            extra={
+                "approval": {
+                    "id": records.approval_id_of(requested),
+                    "final": True,
+                    "requested_seq": audit_field(requested, "seq"),
+                }
+            },
+        )
+        for key in ("user", "related", "process", "orchestrator", "trace"):
+            if key in requested:
+                record[key] = requested[key]
         return record
 
     def _checkpoint(self) -> dict[str, Any]:

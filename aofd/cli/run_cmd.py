@@ -128,7 +128,7 @@ async def execute(
     policies: Mapping[str, policy.GuardPolicy] = {ctx.name: ctx.policy}
 
     async def no_approvals(request: approvals.ApprovalRequest) -> None:
-        store.expire(request.id, "aofctl run cannot collect approvals")
+        store.cancel(request.id, "aofctl run cannot collect approvals")
         collect.messages.append(f"approval needed for {request.rendered_argv()}: not available in aofctl run")
 
     async with journal.AuditLog(audit_dir=args.audit_dir) as journal_:

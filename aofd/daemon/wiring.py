@@ -27,6 +27,7 @@ from aofd.plan import diff as diff_mod
 from aofd.reconcile import loop
 from aofd.runtime import (
     applier,
+    approvaldesk,
     approvals,
     commands,
     dedupe,
@@ -143,12 +144,15 @@ class Runtime:
             ledger=command_ledger(cfg, audit),
         )
         self.policies: dict[str, policy.GuardPolicy] = {}
+        self.desk = approvaldesk.ApprovalDesk(
+            store=self.approvals, audit=self.audit, prompter=approvaldesk.ChatPrompter(self.replier)
+        )
         self.guard = guard.CommandGuard(
             runner=self.runner,
             limits=self.limits,
             approvals=self.approvals,
             audit=self.audit,
-            approval_requester=self._ask_approval,
+            desk=self.desk,
             policy_provider=self.policies.get,
             on_refused=self.counters.refused,
         )
@@ -158,9 +162,7 @@ class Runtime:
             commands=self.guard,
             replier=self.replier,
             history=self.history,
-            approvals=engine.StoreApprovals(
-                store=self.approvals, requester=self._ask_approval, replier=self.replier
-            ),
+            approvals=engine.StoreApprovals(desk=self.desk, replier=self.replier),
             audit=self.audit,
             admission=self.guard,
         )
@@ -237,6 +239,11 @@ class Runtime:
         return self.server.abort_connections()
 
     async def drain(self, grace: float) -> None:
+        """Let runs in flight finish within `grace` seconds. Pending approvals end at once
+        (`approval.cancelled`, "aofd is shutting down"; their prompts say so): nobody could
+        decide them in time, and their runs go on to finish instead of holding the stop; a request
+        made during the drain ends the same way as it is made."""
+        self.approvals.cancel_all("aofd is shutting down", close=True)
         await self.starter.drain(grace)
 
     async def cancel_all(self) -> None:
@@ -247,7 +254,7 @@ class Runtime:
             await self.server.stop()
         await self.applier.aclose()
         await self.starter.drain(0.0)
-        self.approvals.expire_all("restart")
+        self.approvals.cancel_all("aofd is shutting down")
         self.scheduler.shutdown()
         await self.dispatcher.aclose()
         await self.engine.aclose()
@@ -269,15 +276,6 @@ class Runtime:
 
     def _run_finished(self, record: runs.RunRecord) -> None:
         self.counters.run_finished(str(record.status.value), record.input_tokens, record.output_tokens)
-
-    async def _ask_approval(self, request: approvals.ApprovalRequest) -> None:
-        if request.origin is None:
-            log.warning("approval requested with no origin to ask", request_id=request.id)
-            return
-        summary = f"Approval needed in context {request.context} (agent {request.agent or '-'})"
-        await self.replier.ask_approval(
-            request.origin, request_id=request.id, summary=summary, argv=request.argv
-        )
 
     def _samples(self) -> metrics_mod.Samples:
         table = self.switchboard.current

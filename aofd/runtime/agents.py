@@ -46,6 +46,28 @@ class RunScope:
     model_calls: int = 0
     tool_calls: int = 0
     approvers: tuple[str, ...] = ()
+    waited: float = 0.0
+    """Seconds the run spent waiting for people to decide approvals (its deadline paused)."""
+    approvals: int = 0
+    commands_run: int = 0
+    commands_denied: int = 0
+
+    def note_approval(self) -> None:
+        """One approval request began to wait (`aofd.runtime.deadlines` `on_pause`)."""
+        self.approvals += 1
+
+    def note_command(self, ran: bool) -> None:
+        """One command the guard decided: run (whatever its exit code) or refused."""
+        if ran:
+            self.commands_run += 1
+        else:
+            self.commands_denied += 1
+
+    def extend(self, seconds: float) -> None:
+        """Move the deadline `seconds` on (a pause while a person decided; `aofd.runtime.deadlines`)."""
+        self.waited += seconds
+        if self.deadline is not None:
+            self.deadline += seconds
 
     def call_context(self, agent: str) -> tools.CallContext:
         return tools.CallContext(
@@ -54,6 +76,7 @@ class RunScope:
             agent=agent,
             user=self.user,
             origin=self.origin,
+            on_command=self.note_command,
         )
 
 
@@ -151,8 +174,8 @@ class AgentRunner:
                 calls += 1
                 scope.tool_calls += 1
                 tool = by_name.get(call.name)
-                if tool is None:
-                    output = tools.ToolOutput(f"unknown tool {call.name!r}", is_error=True)
+                if tool is None:  # not offered to this agent: refused, and audited like any attempt
+                    output = await self._toolbox.refuse_unknown(call.name, call.arguments, ctx)
                 else:
                     output = await self._toolbox.call(tool, call.arguments, ctx)
                 log.debug(

@@ -12,10 +12,12 @@ This module owns the approval store (RELIABILITY.md section 2 "Approvals", rows 
   fails closed instead (the loader should warn about `required: true` without approvers);
 - the requester cannot approve unless `allow_self_approval`; `min_approvers` distinct
   approvers are needed; one deny (by an allowed approver or the requester) ends the request;
-- `decide` is idempotent per `action_id` (a second delivery of the same click is a no-op),
-  and a user's second vote does not count twice;
-- a request expires `timeout_seconds` after it was made (default 300); `expire_all` ends
-  every pending request (shutdown, start).
+- `decide` is idempotent per `action_id` (a second delivery of the same click is a no-op,
+  `REDELIVERED`), and a user's second vote does not count twice (`DUPLICATE`);
+- a request expires `timeout_seconds` after it was made (default 300); `cancel` ends one
+  without a decision (its run ended, its prompt could not be posted), `cancel_all` every
+  pending one (shutdown);
+- `click_text` is what a person whose click decided nothing is told, privately.
 
 The store is keyed by request id and records the Context name, and is owned by the daemon, so
 pending approvals survive a hot swap of the Context. It writes no audit records itself: the
@@ -33,8 +35,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from aofd.runtime import ports
+from aofd.specs import approvers
 
-PLATFORM_PREFIXES: tuple[str, ...] = ("slack", "telegram", "discord")
+PLATFORM_PREFIXES = approvers.PLATFORM_PREFIXES
+ADMIN = approvers.ADMIN
+narrow_approvers = approvers.narrow_approvers
+_split = approvers.split
 
 
 class State(enum.Enum):
@@ -44,6 +50,7 @@ class State(enum.Enum):
     GRANTED = "granted"
     DENIED = "denied"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:
@@ -60,7 +67,8 @@ class Decision(enum.Enum):
     SELF_NOT_ALLOWED = "self_not_allowed"  # the requester tried to approve their own request
     ALREADY_DECIDED = "already_decided"  # the request was granted or denied before
     EXPIRED = "expired"  # the request timed out (or the daemon restarted)
-    DUPLICATE = "duplicate"  # same action id again, or this user already voted
+    DUPLICATE = "duplicate"  # this user already voted
+    REDELIVERED = "redelivered"  # the same click (action id) delivered again: nothing changes
     UNKNOWN = "unknown"  # no such request
 
 
@@ -74,13 +82,6 @@ def request_id(context: str, argv: Sequence[str], run_id: str, attempt: int = 0)
 def render_argv(argv: Sequence[str]) -> str:
     """argv as approvers see it: a JSON array, non-ASCII escaped (`\\u202e` cannot hide)."""
     return json.dumps(list(argv), ensure_ascii=True)
-
-
-def _split(entry: str) -> tuple[str | None, str]:
-    head, sep, tail = entry.partition(":")
-    if sep and head.lower() in PLATFORM_PREFIXES:
-        return head.lower(), tail
-    return None, entry
 
 
 def _platform(user: ports.UserRef) -> str:
@@ -103,28 +104,11 @@ def is_allowed_approver(user: ports.UserRef, allowed_users: Sequence[str]) -> bo
         prefix, wanted = _split(entry)
         if wanted != user_id or not wanted:
             continue
+        if (platform == ADMIN or prefix == ADMIN) and prefix != platform:
+            continue  # an operator's token counts only where the Context names it `admin:<name>`
         if prefix is None or not platform or prefix == platform:
             return True
     return False
-
-
-def narrow_approvers(requested: Sequence[str], allowed_users: Sequence[str]) -> tuple[str, ...]:
-    """The entries of `requested` that are also approvers in `allowed_users` (the Context's).
-
-    A flow may name fewer approvers than its Context, never others: an entry counts when its id
-    matches an allowed entry's id and their platform prefixes (when both have one) agree; the
-    more specific of the two spellings is kept.
-    """
-    kept = []
-    for entry in requested:
-        prefix, wanted = _split(entry)
-        for allowed in allowed_users:
-            allowed_prefix, allowed_id = _split(allowed)
-            if wanted and wanted == allowed_id and (prefix is None or allowed_prefix in (None, prefix)):
-                # The narrower of the two: `U1` named by the flow stays `slack:U1` if the Context says so.
-                kept.append(entry if prefix is not None else allowed)
-                break
-    return tuple(kept)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,9 +125,15 @@ class ApprovalRequest:
     allow_self_approval: bool = False
     timeout_seconds: float = 300.0
     created_at: float = 0.0
+    """The store's clock (monotonic) when the request was made; `expires_at` is on the same clock."""
+    requested_at: float = 0.0
+    """Wall-clock time (`time.time()`) when the request was made, for people to read."""
     agent: str = ""
     rule: str | None = None
     origin: ports.ReplyTarget | None = None
+    subject: str = ""
+    """What is being approved, for people ("the flow deploy, step approve"); '' for a command:
+    `the command <argv as JSON>`."""
 
     @property
     def expires_at(self) -> float:
@@ -179,8 +169,16 @@ class Outcome:
 class ApprovalStore:
     """Every approval request of the daemon, across Contexts and hot swaps."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, keep_decided: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        keep_decided: int = 1000,
+    ) -> None:
         self._clock = clock
+        self._wall = wall
+        self._closed: str | None = None  # why no request can be decided any more (shutdown)
         self._entries: dict[str, _Entry] = {}
         self._keep_decided = keep_decided
 
@@ -198,6 +196,7 @@ class ApprovalStore:
         agent: str = "",
         rule: str | None = None,
         origin: ports.ReplyTarget | None = None,
+        subject: str = "",
     ) -> ApprovalRequest:
         """Open a new pending request and return it (its id goes on the approval buttons)."""
         self._trim()
@@ -215,11 +214,15 @@ class ApprovalStore:
             allow_self_approval=allow_self_approval,
             timeout_seconds=float(timeout_seconds),
             created_at=self._clock(),
+            requested_at=self._wall(),
             agent=agent,
             rule=rule,
             origin=origin,
+            subject=subject,
         )
-        self._entries[req.id] = _Entry(req)
+        entry = self._entries[req.id] = _Entry(req)
+        if self._closed is not None:
+            self._finish(entry, State.CANCELLED, self._closed)
         return req
 
     def _trim(self) -> None:
@@ -250,6 +253,13 @@ class ApprovalStore:
         self._expire_if_due(entry)
         return Outcome(entry.request, entry.state, tuple(entry.approvers), entry.denier, entry.reason)
 
+    def missing(self, request_id: str) -> int:
+        """How many more approvals a pending request needs (0 when it is not pending)."""
+        entry = self._entries.get(request_id)
+        if entry is None or entry.state.final:
+            return 0
+        return max(0, entry.request.min_approvers - len(entry.approvers))
+
     def pending(self, context: str | None = None) -> list[ApprovalRequest]:
         """Pending requests (of one Context, or all)."""
         result = []
@@ -265,7 +275,7 @@ class ApprovalStore:
         if entry is None:
             return Decision.UNKNOWN
         if action_id and action_id in entry.actions:
-            return Decision.DUPLICATE
+            return Decision.REDELIVERED
         decision = self._decide(entry, user, approve)
         if action_id:
             entry.actions[action_id] = decision
@@ -273,7 +283,7 @@ class ApprovalStore:
 
     def _decide(self, entry: _Entry, user: ports.UserRef, approve: bool) -> Decision:
         self._expire_if_due(entry)
-        if entry.state is State.EXPIRED:
+        if entry.state in (State.EXPIRED, State.CANCELLED):
             return Decision.EXPIRED
         if entry.state.final:
             return Decision.ALREADY_DECIDED
@@ -314,19 +324,61 @@ class ApprovalStore:
                 self._finish(entry, State.EXPIRED, "timeout")
         return Outcome(entry.request, entry.state, tuple(entry.approvers), entry.denier, entry.reason)
 
-    def expire(self, request_id: str, reason: str) -> bool:
-        """Expire one request if it is still pending (its prompt failed, its run was cancelled)."""
+    def cancel(self, request_id: str, reason: str) -> Outcome | None:
+        """End one request without a decision if it is still pending (its prompt could not be
+        posted, its run ended); returns its outcome then, None when it was already final."""
         entry = self._entries.get(request_id)
-        if entry is None or entry.state.final:
-            return False
-        self._finish(entry, State.EXPIRED, reason)
-        return True
+        if entry is None:
+            return None
+        self._expire_if_due(entry)
+        if entry.state.final:
+            return None
+        self._finish(entry, State.CANCELLED, reason)
+        return Outcome(entry.request, entry.state, tuple(entry.approvers), entry.denier, entry.reason)
 
-    def expire_all(self, reason: str = "restart") -> list[ApprovalRequest]:
-        """Expire every pending request (shutdown or start); returns the ones that were pending."""
-        expired = []
+    def cancel_all(self, reason: str = "restart", *, close: bool = False) -> list[ApprovalRequest]:
+        """Cancel every pending request (shutdown); returns the ones that were pending. With
+        `close`, requests made from now on are cancelled as they are made, for the same reason."""
+        if close:
+            self._closed = reason
+        cancelled = []
         for entry in self._entries.values():
             if entry.state is State.PENDING:
-                self._finish(entry, State.EXPIRED, reason)
-                expired.append(entry.request)
-        return expired
+                self._finish(entry, State.CANCELLED, reason)
+                cancelled.append(entry.request)
+        return cancelled
+
+
+CLICK_TEXT: dict[Decision, str] = {
+    Decision.NOT_ALLOWED: "You are not one of the approvers of this request; nothing was changed.",
+    Decision.SELF_NOT_ALLOWED: "You asked for this; someone else has to approve it.",
+    Decision.ALREADY_DECIDED: "This request was already decided; nothing was changed.",
+    Decision.EXPIRED: "This request is no longer open (it expired or its run ended); nothing will run.",
+    Decision.DUPLICATE: "Your answer to this request was already counted.",
+    Decision.UNKNOWN: "aofd does not know this request (it may have restarted since); nothing will run.",
+}
+"""What the person whose click decided nothing is told, privately, by decision."""
+
+REFUSED: frozenset[Decision] = frozenset(CLICK_TEXT)
+"""Clicks that changed nothing (the clicker is told why, the click is audited)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Click:
+    """What one click did, and what the clicker is told privately about it ('' for nothing)."""
+
+    decision: Decision
+    text: str = ""
+
+    @property
+    def refused(self) -> bool:
+        return self.decision in REFUSED
+
+
+def click_text(decision: Decision, *, missing: int = 0) -> str:
+    """What the clicker is told privately: why a click was refused, or that more approvals are
+    needed (`missing`); '' for a click that decided the request (the prompt itself changes)."""
+    if decision is Decision.PENDING_MORE:
+        more = f"{missing} more approval{'s' if missing != 1 else ''}" if missing > 0 else "more approvals"
+        return f"Your approval is counted; {more} needed before this runs."
+    return CLICK_TEXT.get(decision, "")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -33,7 +33,9 @@ import structlog
 from aofd import errors
 from aofd.runtime import (
     agents,
+    approvaldesk,
     approvals,
+    deadlines,
     fleets,
     guard,
     httpclient,
@@ -69,28 +71,24 @@ class Admission(Protocol):
 
 
 class StoreApprovals:
-    """`fleets.ApprovalGate` over the guard's `approvals.ApprovalStore`: Approval nodes and human review
-    use the same mechanism as command approvals (same approvers, self-approval rule, expiry).
+    """`fleets.ApprovalGate` over the daemon's `approvaldesk.ApprovalDesk`: Approval nodes and human
+    review use the same mechanism as command approvals (same approvers, self-approval rule, expiry,
+    audit records from `approval.requested` to the closing one, the prompt settled, the run's
+    deadline paused while a person decides).
 
-    The request's text is posted to the origin through the `Replier`, then `requester` posts the
+    The request's text is posted to the origin through the `Replier`, then the desk posts the
     Approve/Deny prompt; the "argv" bound to the approval is `["approve", <flow or fleet>, <node>]`.
     """
 
     def __init__(
-        self,
-        *,
-        store: approvals.ApprovalStore,
-        requester: Callable[[approvals.ApprovalRequest], Awaitable[None]],
-        replier: ports.Replier,
-        min_approvers: int = 1,
+        self, *, desk: approvaldesk.ApprovalDesk, replier: ports.Replier, min_approvers: int = 1
     ) -> None:
-        self._store = store
-        self._requester = requester
+        self._desk = desk
         self._replier = replier
         self._min_approvers = min_approvers
 
     async def request(self, request: fleets.ApprovalRequest) -> fleets.ApprovalDecision:
-        pending = self._store.request(
+        pending = self._desk.store.request(
             context=request.context_name,
             argv=("approve", request.title, request.node or "review"),
             run_id=request.run_id,
@@ -101,21 +99,28 @@ class StoreApprovals:
             timeout_seconds=request.timeout,
             agent="",
             origin=request.origin,
+            subject=f"the step ({request.title})",
         )
         try:
             await self._replier.reply(request.origin, f"{request.title}\n\n{request.text}")
-            await self._requester(pending)
-            outcome = await self._store.wait(pending.id)
         except asyncio.CancelledError:
-            self._store.expire(pending.id, "run cancelled")
+            self._desk.store.cancel(pending.id, "the run ended before a decision")
             raise
+        except Exception as exc:  # the text did not reach the chat: the prompt may still
+            log.warning("approval.text_not_posted", request_id=pending.id, error=type(exc).__name__)
+        try:
+            outcome = await self._desk.obtain(pending)
+        except errors.AuditUnavailable as exc:
+            return fleets.ApprovalDecision("expired", reason=f"audit unavailable: {exc}")
         if outcome.state is approvals.State.GRANTED:
             by = ", ".join(u.id for u in outcome.approvers)
             return fleets.ApprovalDecision("approved", by=by, reason=outcome.reason)
         if outcome.state is approvals.State.DENIED:
             by = outcome.denier.id if outcome.denier is not None else ""
             return fleets.ApprovalDecision("denied", by=by, reason=outcome.reason)
-        return fleets.ApprovalDecision("expired", reason=outcome.reason or "timeout")
+        if outcome.state is approvals.State.EXPIRED:
+            return fleets.ApprovalDecision("expired", reason=outcome.reason or "timeout")
+        return fleets.ApprovalDecision("cancelled", reason=outcome.reason or "cancelled")
 
 
 # --- the engine ------------------------------------------------------------------------------
@@ -217,7 +222,9 @@ class Engine:
             lease = admitted
         await self._audit_write(run, "agent.run.started", "unknown")
         try:
-            async with asyncio.timeout_at(scope.deadline) as cm:
+            async with deadlines.deadline(
+                scope.deadline, on_extend=scope.extend, on_pause=scope.note_approval
+            ) as cm:
                 run.timeout = cm
                 await self._drive(run)
         except TimeoutError:
@@ -404,6 +411,10 @@ class Engine:
         record.output_tokens = run.scope.usage.output_tokens
         record.model_calls = run.scope.model_calls
         record.tool_calls = run.scope.tool_calls
+        record.commands_run = run.scope.commands_run
+        record.commands_denied = run.scope.commands_denied
+        record.approvals = run.scope.approvals
+        record.approval_wait_s = run.scope.waited
         if self._admission is not None:
             self._admission.charge_tokens(run.plan.context.name, record.input_tokens + record.output_tokens)
 

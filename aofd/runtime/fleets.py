@@ -37,10 +37,10 @@ from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 from aofd import errors
-from aofd.runtime import agents, consensus, ports
+from aofd.runtime import agents, consensus, deadlines, ports
 from aofd.specs import flows
 
-ApprovalStatus = Literal["approved", "denied", "expired"]
+ApprovalStatus = Literal["approved", "denied", "expired", "cancelled"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,8 +150,9 @@ class FleetRunner:
         timeout = timeout_ms / 1000.0 if timeout_ms else None
 
         async def one(member: flows.Member, label: str, prompt: str) -> None:
+            when = asyncio.get_running_loop().time() + timeout if timeout is not None else None
             try:
-                async with asyncio.timeout(timeout):
+                async with deadlines.deadline(when):  # paused while a member's command awaits approval
                     text = await self._ask(member, prompt, scope)
             except TimeoutError:
                 arrived.append(

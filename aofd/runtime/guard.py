@@ -6,10 +6,11 @@ This module owns the order of a command's life and its audit trail (RELIABILITY.
 1. `command.requested` is audited (every attempt, even one that does not parse);
 2. the argv is tokenized and the policy evaluated (`aofd.specs.policy`); a refusal is
    audited as `command.denied` and returned as a `Denial` whose reason is safe to show;
-3. when the Context's approval rules ask for it, an `ApprovalRequest` is opened, posted to
-   the origin by `approval_requester`, and awaited; `approval.requested`, `approval.granted`,
-   `approval.denied` and `approval.expired` are audited (clicks that do not decide anything,
-   such as a non-approver's, are audited by `decide`);
+3. when the Context's approval rules ask for it, an `ApprovalRequest` is opened and handed to
+   the `aofd.runtime.approvaldesk.ApprovalDesk`, which audits it from `approval.requested` to
+   its one closing record, posts the prompt and settles it, and pauses the run's deadline
+   while a person decides; anything but a grant ends here as `command.denied` (also when the
+   run ends while the request is open);
 4. **the policy is checked again** against the Context as it is *now*
    (`policy_provider(name)`): a hot swap that tightened it between request and approval wins,
    and a grant is void if the command it covered would now run differently, or if its
@@ -38,11 +39,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aofd import errors
-from aofd.runtime import approvals, commands, limits, ports
+from aofd.runtime import approvaldesk, approvals, commands, limits, ports
 from aofd.specs import policy
 
-ApprovalRequester = Callable[[approvals.ApprovalRequest], Awaitable[None]]
-"""Posts the approval prompt (argv rendered with `ApprovalRequest.rendered_argv()`) to its origin."""
+ApprovalRequester = Callable[[approvals.ApprovalRequest], Awaitable[str | None]]
+"""Posts the approval prompt (argv rendered with `ApprovalRequest.rendered_argv()`) to its origin;
+used when no `approvaldesk.ApprovalDesk` is given (prompts are then never settled)."""
 
 PolicyProvider = Callable[[str], policy.GuardPolicy | None]
 """The policy of a Context *now*, by name (None when no such Context is loaded)."""
@@ -66,6 +68,9 @@ class CommandRequest:
     """The argv was built by aofd from structured fields (the `http` tool's curl argv): its
     tokens are data, so shell-operator characters in them (`&` in a query, `;` in a header) are
     not refused; control characters still are."""
+    invalid: tuple[str, str] | None = None
+    """(reason, rule) when the tool call could not be turned into an argv at all (`argv` then holds
+    the model's input as given): audited as `command.requested` + `command.denied`, never run."""
 
 
 def mask_kubeconfig(problem: str, kubeconfig: str | None) -> str:
@@ -122,8 +127,9 @@ class CommandGuard:
 
     Collaborators (keyword-only): `runner` executes vetted argv, `limits` and `approvals` are
     the daemon-wide registries (state keyed by Context name survives hot swaps), `audit` is the
-    per-Context audit port, `approval_requester` posts approval prompts, and `policy_provider`
-    returns the current policy of a Context by name.
+    per-Context audit port, `desk` runs approval requests (or, without one, `approval_requester`
+    posts prompts that are never settled), and `policy_provider` returns the current policy of a
+    Context by name.
     """
 
     def __init__(
@@ -133,16 +139,23 @@ class CommandGuard:
         limits: limits.RateLimits,
         approvals: approvals.ApprovalStore,
         audit: ports.AuditSink,
-        approval_requester: ApprovalRequester,
+        approval_requester: ApprovalRequester | None = None,
         policy_provider: PolicyProvider,
         on_refused: Callable[[str], None] | None = None,
+        desk: approvaldesk.ApprovalDesk | None = None,
     ) -> None:
         self._on_refused = on_refused  # (context) for every rate-limit refusal; metrics
         self._runner = runner
         self._limits = limits
         self._approvals = approvals
         self._audit = audit
-        self._request_approval = approval_requester
+        if desk is None:
+            if approval_requester is None:
+                raise TypeError("CommandGuard needs a desk or an approval_requester")
+            desk = approvaldesk.ApprovalDesk(
+                store=approvals, audit=audit, prompter=approvaldesk.AskOnly(approval_requester)
+            )
+        self.desk = desk
         self._policy = policy_provider
 
     # ------------------------------------------------------------------ records
@@ -240,6 +253,9 @@ class CommandGuard:
             await self._write(request.context_name, self._event("command.requested", request, cid))
         except errors.AuditUnavailable:
             return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
+        if request.invalid is not None:
+            reason, rule = request.invalid
+            return await self._deny(request, cid, reason, rule, "syntax", pol=pol)
         try:
             argv = policy.tokenize(request.argv, operators=not request.literal)
         except errors.PolicyDenied as exc:
@@ -399,78 +415,47 @@ class CommandGuard:
             rule=verdict.approval_rule,
             origin=req.origin,
         )
-        info = {"id": pending.id, "required": True, "rule": verdict.approval_rule}
+        base = {"id": pending.id, "required": True, "rule": verdict.approval_rule}
 
-        def approval_record(action: str, **kw: Any) -> ports.AuditEvent:
-            extra_info = kw.pop("info", {})
+        def record(
+            action: str,
+            *,
+            outcome: ports.AuditOutcome = "success",
+            reason: str | None = None,
+            info: Mapping[str, Any] | None = None,
+            related: tuple[str, ...] = (),
+        ) -> ports.AuditEvent:
             return self._event(
-                action, req, cid, pol=pol, verdict=verdict, details={"approval": {**info, **extra_info}}, **kw
-            )
-
-        try:
-            await self._write(
-                req.context_name,
-                approval_record(
-                    "approval.requested",
-                    info={
-                        "timeout_seconds": rules.timeout_seconds,
-                        "allowed_users": list(rules.allowed_users),
-                    },
-                ),
-            )
-            await self._request_approval(pending)
-        except errors.AuditUnavailable:
-            self._approvals.expire(pending.id, "audit unavailable")
-            return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
-        except Exception as exc:  # the platform failed to post the prompt: nobody can approve
-            self._approvals.expire(pending.id, "prompt failed")
-            return await self._deny(
+                action,
                 req,
                 cid,
-                f"could not ask for approval: {type(exc).__name__}",
-                "approval",
-                "approval",
+                outcome=outcome,
+                reason=reason,
                 pol=pol,
                 verdict=verdict,
+                details={"approval": {**base, **(info or {})}},
+                related=related,
             )
-        try:
-            outcome = await self._approvals.wait(pending.id)
-        finally:
-            self._approvals.expire(pending.id, "cancelled")  # no-op unless the run was cancelled
 
+        try:
+            outcome = await self.desk.obtain(pending, record)
+        except errors.AuditUnavailable:
+            return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
+        except asyncio.CancelledError:
+            # The run ended while the request was open: the desk closed the approval; the command too.
+            reason = "the run ended before anyone decided; the command was not run"
+            await self._deny(req, cid, reason, "approval", "approval", pol=pol, verdict=verdict)
+            raise
         if outcome.state is approvals.State.GRANTED:
-            ids = [u.id for u in outcome.approvers]
-            record = approval_record(
-                "approval.granted",
-                info={"approvers": [_user(u) for u in outcome.approvers]},
-                related=ids,
-            )
-            await self._write_quietly(req.context_name, record)
             return outcome.approvers
         if outcome.state is approvals.State.DENIED:
-            denier = outcome.denier
-            record = approval_record(
-                "approval.denied",
-                reason="denied",
-                info={"denier": _user(denier) if denier else None},
-                related=[denier.id] if denier else [],
-            )
-            await self._write_quietly(req.context_name, record)
-            who = f" by {denier.id}" if denier else ""
-            return await self._deny(
-                req, cid, f"approval denied{who}", "approval", "approval", pol=pol, verdict=verdict
-            )
-        record = approval_record("approval.expired", outcome="failure", reason=outcome.reason)
-        await self._write_quietly(req.context_name, record)
-        return await self._deny(
-            req,
-            cid,
-            f"approval expired ({outcome.reason}); the command was not run",
-            "approval",
-            "approval",
-            pol=pol,
-            verdict=verdict,
-        )
+            who = f" by {outcome.denier.id}" if outcome.denier else ""
+            reason = f"approval denied{who}"
+        elif outcome.state is approvals.State.EXPIRED:
+            reason = f"approval expired ({outcome.reason}); the command was not run"
+        else:
+            reason = f"approval cancelled ({outcome.reason}); the command was not run"
+        return await self._deny(req, cid, reason, "approval", "approval", pol=pol, verdict=verdict)
 
     async def _write_quietly(self, context: str, record: ports.AuditEvent) -> None:
         """Write a record whose loss must not change the outcome (the gate is command.started)."""
@@ -480,42 +465,9 @@ class CommandGuard:
     async def decide(
         self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
     ) -> approvals.Decision:
-        """Apply an approver's click (from Slack interactivity, a reaction, a CLI) and audit it.
-
-        Clicks that decide nothing final are audited here: a non-approver's or the requester's
-        attempt as `approval.denied` (the request stays pending), a vote that still needs more
-        approvers as `approval.granted` with `final: false`. The final grant, deny or expiry is
-        audited by the waiting `run`.
-        """
-        decision = self._approvals.decide(request_id, user, approve=approve, action_id=action_id)
-        pending = self._approvals.get(request_id)
-        if pending is None or decision not in (
-            approvals.Decision.NOT_ALLOWED,
-            approvals.Decision.SELF_NOT_ALLOWED,
-            approvals.Decision.PENDING_MORE,
-        ):
-            return decision
-        granted = decision is approvals.Decision.PENDING_MORE
-        record = ports.AuditEvent(
-            "approval.granted" if granted else "approval.denied",
-            outcome="success" if granted else "failure",
-            reason=decision.value,
-            user=user,
-            related=(pending.requester.id,),
-            run_id=pending.run_id,
-            agent=pending.agent,
-            process=ports.AuditProcess(args=tuple(pending.argv)),
-            details={
-                "approval": {
-                    "id": request_id,
-                    "final": False,
-                    "approver": _user(user),
-                    "action_id": action_id,
-                }
-            },
-        )
-        await self._write_quietly(pending.context, record)
-        return decision
+        """Apply an approver's click (from a chat platform or `aofctl approve`); audited and logged by
+        the desk (`aofd.runtime.approvaldesk.ApprovalDesk.decide`)."""
+        return await self.desk.decide(request_id, user=user, approve=approve, action_id=action_id)
 
     # ------------------------------------------------------------------ limits
 
@@ -528,7 +480,8 @@ class CommandGuard:
     ) -> limits.Lease | Denial:
         """Admit one request (an agent run) under the Context's rate limits, or refuse it.
 
-        The first refusal of a window is audited as `ratelimit.exceeded`; the rest are not.
+        The first refusal of a quiet window is audited as `ratelimit.exceeded`, with how many were
+        left out since the previous record (`aofd.ratelimit.suppressed`); see `aofd.runtime.limits`.
         """
         pol = self._policy(context_name)
         if pol is None:
@@ -547,7 +500,12 @@ class CommandGuard:
                 run_id=run_id,
                 agent=agent,
                 details={
-                    "ratelimit": {"limit": got.limit, "retry_after": got.retry_after, "message": got.reason}
+                    "ratelimit": {
+                        "limit": got.limit,
+                        "retry_after": got.retry_after,
+                        "message": got.reason,
+                        "suppressed": got.suppressed,
+                    }
                 },
             )
             await self._write_quietly(context_name, record)
@@ -555,10 +513,15 @@ class CommandGuard:
 
 
 class Decider:
-    """`listeners.base.ApprovalDecider` over the guard: clicks from chat platforms reach `decide`."""
+    """`listeners.base.ApprovalDecider` over the guard: clicks from chat platforms reach `decide`,
+    and the listener learns what to tell the clicker privately (`approvals.Click`)."""
 
     def __init__(self, guard: CommandGuard) -> None:
         self._guard = guard
 
-    async def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object:
-        return await self._guard.decide(request_id, user=user, approve=approve, action_id=action_id)
+    async def decide(
+        self, request_id: str, user: ports.UserRef, approve: bool, action_id: str
+    ) -> approvals.Click:
+        decision = await self._guard.decide(request_id, user=user, approve=approve, action_id=action_id)
+        missing = self._guard.desk.store.missing(request_id)
+        return approvals.Click(decision, approvals.click_text(decision, missing=missing))

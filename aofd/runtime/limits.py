@@ -14,7 +14,10 @@ hot swap of the Context (new limits, same name) keeps the counts. The limits the
 passed on every call, so a swap takes effect at once.
 
 A refusal says "retry after N s" and carries `audit=True` only for the first refusal of a
-window per (Context, limit): 100 refused triggers give one `ratelimit.exceeded` record, not 100.
+quiet window per (Context, limit) (the limit's own window, at most `AUDIT_QUIET_S`): 100
+refused triggers give one `ratelimit.exceeded` record, not 100. The refusals left out are
+counted, and the next audited refusal carries that count (`suppressed`: refusals of the same
+Context and limit not audited since the previous record); `/metrics` counts every one.
 Time comes from an injected monotonic clock. No I/O, no asyncio tasks.
 """
 
@@ -29,6 +32,8 @@ from types import TracebackType
 
 from aofd.specs import policy
 
+AUDIT_QUIET_S = 60.0
+"""At most this long between two audited refusals of one Context and limit (a day's limit too)."""
 MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
@@ -43,6 +48,8 @@ class Refusal:
     reason: str
     retry_after: float
     audit: bool
+    suppressed: int = 0
+    """Audited refusals only: refusals of this Context and limit left out since the last record."""
 
 
 class Lease:
@@ -78,6 +85,7 @@ class _State:
     token_total: int = 0
     active: int = 0
     quiet_until: dict[str, float] = dataclasses.field(default_factory=dict)
+    suppressed: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def cap_tokens(limits: policy.LimitsPolicy, requested: int | None) -> int | None:
@@ -178,11 +186,22 @@ class RateLimits:
         self, context: str, state: _State, limit: str, what: str, retry: float, now: float, window: float
     ) -> Refusal:
         audit = now >= state.quiet_until.get(limit, -math.inf)
+        suppressed = 0
         if audit:
-            state.quiet_until[limit] = now + window
+            state.quiet_until[limit] = now + min(window, AUDIT_QUIET_S)
+            suppressed = state.suppressed.pop(limit, 0)
+        else:
+            state.suppressed[limit] = state.suppressed.get(limit, 0) + 1
         seconds = max(1, math.ceil(retry))
         reason = f"rate limit of Context {context} reached ({what}); retry after {seconds} s"
-        return Refusal(context=context, limit=limit, reason=reason, retry_after=float(seconds), audit=audit)
+        return Refusal(
+            context=context,
+            limit=limit,
+            reason=reason,
+            retry_after=float(seconds),
+            audit=audit,
+            suppressed=suppressed,
+        )
 
     def charge_tokens(self, context: str, tokens: int) -> None:
         """Count model tokens (input + output) against the Context's daily budget."""

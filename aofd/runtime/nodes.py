@@ -26,7 +26,18 @@ from typing import Any, Protocol
 
 from aofd import errors
 from aofd.resources.kinds import flow as flow_kind
-from aofd.runtime import agents, approvals, fleets, guard, httpclient, ports, runs, templates, tools
+from aofd.runtime import (
+    agents,
+    approvals,
+    deadlines,
+    fleets,
+    guard,
+    httpclient,
+    ports,
+    runs,
+    templates,
+    tools,
+)
 from aofd.specs import flows, http_policy, policy
 
 RESERVED_SCOPE = frozenset({"event", "trigger", "context", "run", "approval"})
@@ -154,7 +165,7 @@ async def script_node(svc: Services, run: RunState, node: flows.NodeSpec, record
     ctx = run.scope.call_context(agent="")
     timeout = float(sc.timeout_seconds)
     try:
-        async with asyncio.timeout(timeout):
+        async with deadlines.deadline(asyncio.get_running_loop().time() + timeout):
             result = await svc.toolbox.run(argv, ctx, tool="script")
     except TimeoutError as exc:
         raise NodeFailed(f"node {node.id}: the command did not finish within {timeout:g} s") from exc
@@ -268,18 +279,9 @@ async def approval_node(svc: Services, run: RunState, node: flows.NodeSpec, reco
     )
     record.status = runs.NodeStatus.WAITING
     run.record.status = runs.RunStatus.WAITING
-    loop = asyncio.get_running_loop()
-    began = loop.time()
     try:
-        decision = await svc.approvals.request(request)
+        decision = await svc.approvals.request(request)  # the run's deadline is paused meanwhile
     finally:
-        # Waiting for a human does not count against the run's deadline.
-        waited = loop.time() - began
-        when = run.timeout.when() if run.timeout is not None else None
-        if run.timeout is not None and when is not None:
-            run.timeout.reschedule(when + waited)
-        if run.scope.deadline is not None:
-            run.scope.deadline += waited
         if run.record.status is runs.RunStatus.WAITING:
             run.record.status = runs.RunStatus.RUNNING
     output = {"status": decision.status, "by": decision.by, "reason": decision.reason}

@@ -223,7 +223,11 @@ class ChatReplier(Protocol):
 
     async def ask_approval(
         self, target: ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
-    ) -> None: ...
+    ) -> str:
+        """Post an approval prompt; a reference to the message for `update_approval` ('' none)."""
+
+    async def update_approval(self, target: ReplyTarget, *, prompt: str, text: str) -> None:
+        """Replace the prompt `prompt` with `text`, no buttons (a no-op where messages cannot be edited)."""
 
     async def aclose(self) -> None: ...
 

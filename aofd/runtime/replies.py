@@ -15,6 +15,9 @@ Owns
   `RESPONSE_URL_USES` times and within `RESPONSE_URL_TTL`, as Slack allows; past that, or when the
   URL answers non-2xx, the answer goes to chat.postMessage and `slack.response_url_fallback` is
   logged (never with the URL: it lets anyone post to the channel);
+- `update_approval`: the prompt replaced by how the request ended, its buttons gone
+  (Slack `chat.update`, Telegram `editMessageText`; WhatsApp cannot edit); private answers to a
+  click that changed nothing (Slack `chat.postEphemeral`, Telegram `answerCallbackQuery`);
 - `TelegramReplier` (`sendMessage`, inline keyboard for approvals) and `WhatsAppReplier`
   (Graph `/{phone_number_id}/messages`) over the runtime's HTTP client (`httpclient`);
 - `MultiReplier`, the `ports.Replier` the flow engine uses: it finds the trigger's *current*
@@ -177,7 +180,8 @@ class SlackReplier:
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
-    ) -> None:
+    ) -> str:
+        """Post the prompt with Approve/Deny buttons; returns `<channel>/<ts>` of the message."""
         command = escape_slack(argv_json(argv))
         headline = escape_slack(summary)[:2000]
         blocks: list[dict[str, Any]] = [
@@ -203,7 +207,35 @@ class SlackReplier:
                 ],
             },
         ]
-        await self._post(target, text=f"Approval requested: {command}", blocks=blocks)
+        answer = await self._post(target, text=f"Approval requested: {command}", blocks=blocks)
+        channel, ts = answer.get("channel"), answer.get("ts")
+        return f"{channel}/{ts}" if isinstance(channel, str) and isinstance(ts, str) and ts else ""
+
+    async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
+        """Replace the prompt `prompt` (`<channel>/<ts>` from `ask_approval`) with `text`: no buttons."""
+        channel, _, ts = prompt.partition("/")
+        if not channel or not ts:
+            return
+        safe = escape_slack(text)[:MAX_SLACK_TEXT]
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": safe[:2900]}}]
+        try:
+            await self.client.chat_update(channel=channel, ts=ts, text=safe, blocks=blocks)
+        except SlackApiError as exc:
+            raise ReplyError(f"chat.update failed: {_slack_error(exc)}") from exc
+        except Exception as exc:  # slack_sdk's transport failures, translated here
+            raise ReplyError(f"chat.update failed: {type(exc).__name__}") from exc
+
+    async def tell_privately(self, *, channel: str, user: str, text: str, thread: str = "") -> None:
+        """`chat.postEphemeral`: `text` shown only to `user` in `channel` (why a click was refused)."""
+        fields: dict[str, Any] = {"channel": channel, "user": user, "text": escape_slack(text)[:3000]}
+        if thread:
+            fields["thread_ts"] = thread
+        try:
+            await self.client.chat_postEphemeral(**fields)
+        except SlackApiError as exc:
+            raise ReplyError(f"chat.postEphemeral failed: {_slack_error(exc)}") from exc
+        except Exception as exc:  # slack_sdk's transport failures, translated here
+            raise ReplyError(f"chat.postEphemeral failed: {type(exc).__name__}") from exc
 
     async def channel_name(self, channel_id: str) -> str:
         """`conversations.info` name of a channel ('' when it cannot be read: routing goes on by id)."""
@@ -231,12 +263,13 @@ class SlackReplier:
         user_id = resp.get("user_id")
         return user_id if isinstance(user_id, str) else ""
 
-    async def _post(self, target: ports.ReplyTarget, **fields: Any) -> None:
+    async def _post(self, target: ports.ReplyTarget, **fields: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"channel": target.channel_id, **fields}
         if target.thread:
             kwargs["thread_ts"] = target.thread
         try:
-            await self.client.chat_postMessage(**kwargs)
+            answer = await self.client.chat_postMessage(**kwargs)
+            return answer.data if isinstance(answer.data, dict) else {}
         except SlackApiError as exc:
             raise ReplyError(f"chat.postMessage failed: {_slack_error(exc)}") from exc
         except (
@@ -276,18 +309,21 @@ class _JsonPoster:
 
 
 class TelegramReplier(_JsonPoster):
-    """Posts to Telegram with one trigger's bot token (`sendMessage`)."""
+    """Posts to Telegram with one trigger's bot token (`sendMessage`, `editMessageText`,
+    `answerCallbackQuery`)."""
 
     def __init__(self, *, api_url: str, token: str) -> None:
         super().__init__()
-        self._url = f"{api_url.rstrip('/')}/bot{token}/sendMessage"
+        self._base = f"{api_url.rstrip('/')}/bot{token}"
+        self._url = f"{self._base}/sendMessage"
 
     async def reply(self, target: ports.ReplyTarget, text: str) -> None:
         await self._send(target, {"text": text[:4096]})
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
-    ) -> None:
+    ) -> str:
+        """Post the prompt with an inline keyboard; returns the message id."""
         keyboard = {
             "inline_keyboard": [
                 [
@@ -297,15 +333,35 @@ class TelegramReplier(_JsonPoster):
             ]
         }
         text = f"{summary}\n{argv_json(argv)}"[:4096]
-        await self._send(target, {"text": text, "reply_markup": keyboard})
+        data = await self._send(target, {"text": text, "reply_markup": keyboard})
+        result = data.get("result")
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        return str(message_id) if isinstance(message_id, int) else ""
 
-    async def _send(self, target: ports.ReplyTarget, fields: dict[str, Any]) -> None:
+    async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
+        """`editMessageText` of the prompt (`prompt`: its message id): `text`, no keyboard."""
+        if not prompt.isdigit():
+            return
+        body = {"chat_id": target.channel_id, "message_id": int(prompt), "text": text[:4096]}
+        data = await self.post_json(f"{self._base}/editMessageText", body, what="editMessageText")
+        if not data.get("ok"):
+            raise ReplyError(f"editMessageText refused: {data.get('description', '')}")
+
+    async def answer_click(self, query_id: str, text: str, *, alert: bool) -> None:
+        """`answerCallbackQuery`: ends the button's spinner; `text` is shown only to the clicker."""
+        body: dict[str, Any] = {"callback_query_id": query_id, "text": text[:200], "show_alert": alert}
+        data = await self.post_json(f"{self._base}/answerCallbackQuery", body, what="answerCallbackQuery")
+        if not data.get("ok"):
+            raise ReplyError(f"answerCallbackQuery refused: {data.get('description', '')}")
+
+    async def _send(self, target: ports.ReplyTarget, fields: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {"chat_id": target.channel_id, **fields}
         if target.thread.isdigit():
             body["reply_parameters"] = {"message_id": int(target.thread), "allow_sending_without_reply": True}
         data = await self.post_json(self._url, body, what="sendMessage")
         if not data.get("ok"):
             raise ReplyError(f"sendMessage refused: {data.get('description', '')}")
+        return data
 
 
 class WhatsAppReplier(_JsonPoster):
@@ -330,10 +386,18 @@ class WhatsAppReplier(_JsonPoster):
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
-    ) -> None:
+    ) -> str:
+        """WhatsApp has no buttons here: the prompt says how to decide (`aofctl approve`)."""
         await self.reply(
-            target, f"{summary}\n{argv_json(argv)}\nApprove in Slack or with aofctl (request {request_id})."
+            target,
+            f"{summary}\n{argv_json(argv)}\nAn approver decides with: aofctl approve {request_id} "
+            f"(or aofctl deny {request_id}).",
         )
+        return ""
+
+    async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
+        """Messages cannot be edited here: the outcome is told in the chat instead."""
+        return
 
 
 NO_CHAT_PLATFORMS = frozenset({"http", "pagerduty", "github", "schedule", "cli"})
@@ -366,10 +430,16 @@ class MultiReplier:
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
-    ) -> None:
-        """Post an approval prompt (buttons where the platform has them)."""
+    ) -> str:
+        """Post an approval prompt (buttons where the platform has them); a reference to it or ''."""
         replier = self._replier(target)
         if replier is None:
             log.info("reply.approval_not_posted", platform=target.platform, request_id=request_id)
-            return
-        await replier.ask_approval(target, request_id=request_id, summary=summary, argv=argv)
+            return ""
+        return await replier.ask_approval(target, request_id=request_id, summary=summary, argv=argv)
+
+    async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
+        """Replace a prompt posted by `ask_approval` with how it ended (where the platform can)."""
+        replier = self._replier(target) if prompt else None
+        if replier is not None:
+            await replier.update_approval(target, prompt=prompt, text=text)

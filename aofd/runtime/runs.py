@@ -1,10 +1,11 @@
 """Run records and the bounded history of recent runs (`aofctl describe run`, the admin API).
 
 This module owns `RunRecord` (a run's id, binding, Context, per-node status, output and
-timing, the answer, the error, token usage) and `RunHistory`, which keeps the runs in
-flight plus the most recent finished ones up to `DaemonConfig.run_history`, evicting the
-oldest finished first. Records are mutated only by the engine task that owns the run;
-readers get JSON-able dict copies (`as_dict`).
+timing, the answer, the error, token usage, commands run and refused, approvals waited for)
+and `RunHistory`, which keeps the runs in flight plus the most recent finished ones up to
+`DaemonConfig.run_history`, evicting the oldest finished first. Records are mutated only by
+the engine task that owns the run; readers get JSON-able dict copies (`as_dict`), and the
+canonical log line of a finished run is `RunRecord.log_fields()`.
 
 It must not do I/O: history is in memory and lost on restart (runs are audited per
 Context by the audit log, which is the durable record).
@@ -23,6 +24,8 @@ from typing import Any
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MAX_OUTPUT_CHARS = 8000
 """A node's output is kept up to this many characters in the history (the run is not)."""
+MAX_LOGGED_ERROR_CHARS = 200
+"""A run's error is cut to this many characters in its log line (the record keeps it whole)."""
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -107,6 +110,10 @@ class RunRecord:
     output_tokens: int = 0
     model_calls: int = 0
     tool_calls: int = 0
+    commands_run: int = 0
+    commands_denied: int = 0
+    approvals: int = 0
+    approval_wait_s: float = 0.0
 
     def node(self, node_id: str, node_type: str) -> NodeRecord:
         record = self.nodes.get(node_id)
@@ -118,6 +125,55 @@ class RunRecord:
         self.status = status
         self.error = error
         self.ended_at = time.time() if now is None else now
+
+    def note_command(self, *, ran: bool) -> None:
+        """Count one command the guard decided: run (whatever its exit code) or refused."""
+        if ran:
+            self.commands_run += 1
+        else:
+            self.commands_denied += 1
+
+    def note_approval(self, waited_s: float) -> None:
+        """Count one approval this run waited for (a command's or an Approval node's), and how long."""
+        self.approvals += 1
+        self.approval_wait_s += max(0.0, waited_s)
+
+    def log_fields(self, *, now: float | None = None) -> dict[str, Any]:
+        """The canonical log line of this run: who, what, how it ended, what it cost.
+
+        A run not finished (cancelled before it could record it) ends `now` as `cancelled`.
+        Node counts are by status (only the statuses some node has); the error is cut to
+        `MAX_LOGGED_ERROR_CHARS`. Values are plain JSON scalars and one small mapping.
+        """
+        status = self.status if self.status.finished else RunStatus.CANCELLED
+        ended = self.ended_at if self.ended_at is not None else (time.time() if now is None else now)
+        nodes: dict[str, int] = {}
+        for node in self.nodes.values():
+            nodes[node.status.value] = nodes.get(node.status.value, 0) + 1
+        error = self.error
+        if error is not None and len(error) > MAX_LOGGED_ERROR_CHARS:
+            error = error[: MAX_LOGGED_ERROR_CHARS - 1] + "…"
+        return {
+            "run_id": self.run_id,
+            "binding": self.binding,
+            "flow": self.flow,
+            "context": self.context,
+            "trigger": self.trigger,
+            "platform": self.platform,
+            "user": self.user,
+            "status": status.value,
+            "duration_ms": round(max(0.0, ended - self.started_at) * 1000, 1),
+            "nodes": dict(sorted(nodes.items())),
+            "model_calls": self.model_calls,
+            "tool_calls": self.tool_calls,
+            "commands_run": self.commands_run,
+            "commands_denied": self.commands_denied,
+            "approvals": self.approvals,
+            "approval_wait_s": round(self.approval_wait_s, 3),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "error": error,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         duration = round((self.ended_at - self.started_at) * 1000, 3) if self.ended_at is not None else None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aofd import errors
@@ -58,6 +58,8 @@ class CallContext:
     agent: str
     user: ports.UserRef
     origin: ports.ReplyTarget
+    on_command: Callable[[bool], None] | None = None
+    """Told of each command sent to the guard: True when it ran, False when it was refused."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ class Tool:
     """A built-in tool: the schema shown to the model and the kind of argv it builds."""
 
     name: str
-    kind: str  # "cli", "shell" or "http"
+    kind: str  # "cli", "shell", "http" (or "unknown": a name the model made up, see `refuse_unknown`)
     schema: base.ToolSchema
 
 
@@ -163,6 +165,32 @@ def argv_for(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...]:
     return tokens
 
 
+MAX_RAW_INPUT = 4096
+"""Characters of a refused tool call's input kept for the audit log (as `process.command_line`)."""
+
+
+def raw_input(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...] | str:
+    """A tool call's input as the audit log shows an attempt that never became an argv: a list of
+    strings as it was (with the tool name first for CLI tools), anything else as compact JSON."""
+    raw = arguments.get("args", arguments.get("argv", arguments.get("command")))
+    if tool.kind != "http" and isinstance(raw, list | tuple) and all(isinstance(t, str) for t in raw):
+        tokens = tuple(raw)
+        return (tool.name, *tokens) if tool.kind == "cli" and tokens[:1] != (tool.name,) else tokens
+    if tool.kind != "http" and isinstance(raw, str):
+        return raw[:MAX_RAW_INPUT]
+    shown: dict[str, Any] = {k: v for k, v in arguments.items() if k in ("method", "url")}
+    if tool.kind == "http":  # header values and bodies may hold credentials: their shape only
+        headers = arguments.get("headers")
+        if isinstance(headers, Mapping):
+            shown["headers"] = sorted(str(k)[:64] for k in headers)
+        if arguments.get("body") is not None:
+            shown["body"] = f"<{len(str(arguments['body']))} characters>"
+    else:
+        shown = {str(k)[:64]: v for k, v in arguments.items()}
+    text = json.dumps(shown, ensure_ascii=True, separators=(",", ":"), default=str)
+    return text[:MAX_RAW_INPUT]
+
+
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 
 
@@ -201,8 +229,15 @@ class Toolbox:
     async def call(self, tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> ToolOutput:
         """Run one tool call; refusals and failures become an error `ToolOutput`, never an exception."""
         try:
-            argv = argv_for(tool, arguments)
-            result = await self.run(argv, ctx, tool=tool.name, literal=tool.kind == "http")
+            try:
+                argv = argv_for(tool, arguments)
+            except errors.PolicyDenied as exc:
+                # Refused before it became an argv: the guard still audits the attempt, as given.
+                invalid = (exc.reason, exc.rule or "syntax")
+                request = self._request(raw_input(tool, arguments), ctx, tool=tool.name, invalid=invalid)
+                result = await self._send(request, ctx)
+            else:
+                result = await self.run(argv, ctx, tool=tool.name, literal=tool.kind == "http")
         except errors.PolicyDenied as exc:
             return ToolOutput(f"refused by the environment's policy: {exc.reason}", is_error=True)
         except errors.AuditUnavailable as exc:
@@ -213,22 +248,57 @@ class Toolbox:
             return ToolOutput(f"not run ({result.stage}): {result.reason}", is_error=True)
         return format_result(result)
 
+    async def refuse_unknown(self, name: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolOutput:
+        """A call of a tool the agent was not offered: never run, but audited like any attempt
+        (`command.requested` + `command.denied`, stage `syntax`, rule `tool`)."""
+        shown = name[:64]
+        reason = f"the agent has no tool named {shown!r}"
+        unknown = Tool(shown, "unknown", base.ToolSchema(shown, "", {}))
+        request = self._request(raw_input(unknown, arguments), ctx, tool=shown, invalid=(reason, "tool"))
+        try:
+            await self._send(request, ctx)  # the guard refuses (and audits) a request marked invalid
+        except errors.AofdError as exc:
+            return ToolOutput(f"unknown tool {shown!r}: not run ({exc})", is_error=True)
+        return ToolOutput(f"unknown tool {shown!r}: not run", is_error=True)
+
     async def run(self, argv: Sequence[str], ctx: CallContext, *, tool: str, literal: bool = False) -> Any:
         """Send one argv to the guard (also used by Script nodes); errors propagate.
 
         `literal`: the argv was built by aofd from structured fields (`CommandRequest.literal`).
         """
-        request = CommandRequest(
+        return await self._send(self._request(tuple(argv), ctx, tool=tool, literal=literal), ctx)
+
+    async def _send(self, request: CommandRequest, ctx: CallContext) -> Any:
+        try:
+            result = await self._runner.run(request)
+        except errors.AofdError:
+            if ctx.on_command is not None:
+                ctx.on_command(False)
+            raise
+        if ctx.on_command is not None:
+            ctx.on_command(not isinstance(result, guard.Denial))
+        return result
+
+    @staticmethod
+    def _request(
+        argv: tuple[str, ...] | str,
+        ctx: CallContext,
+        *,
+        tool: str,
+        literal: bool = False,
+        invalid: tuple[str, str] | None = None,
+    ) -> CommandRequest:
+        return CommandRequest(
             context_name=ctx.context_name,
-            argv=tuple(argv),
+            argv=argv,
             run_id=ctx.run_id,
             agent=ctx.agent,
             user=ctx.user,
             origin=ctx.origin,
             tool=tool,
             literal=literal,
+            invalid=invalid,
         )
-        return await self._runner.run(request)
 
 
 def exit_code(result: Any) -> int:

@@ -66,16 +66,24 @@ class RecordingAudit:
     def reasons(self) -> list[str]:
         return [r["event"]["reason"] for _, r in self.records]
 
+    def actions(self) -> list[str]:
+        return [r["event"]["action"] for _, r in self.records]
+
+    def find(self, action: str) -> list[Mapping[str, Any]]:
+        return [r for _, r in self.records if r["event"]["action"] == action]
+
 
 class RecordingApprovals:
     """An ApprovalDecider that records decisions."""
 
     def __init__(self) -> None:
         self.decisions: list[tuple[str, str, bool, str]] = []
+        self.answer: object = None
+        """What `decide` returns (an `aofd.runtime.approvals.Click`: what the clicker is told)."""
 
     def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object:
         self.decisions.append((request_id, user.id, approve, action_id))
-        return None
+        return self.answer
 
 
 class RecordingReplier:

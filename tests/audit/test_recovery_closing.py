@@ -217,3 +217,40 @@ async def test_a_torn_open_runs_entry_still_closes_its_run(
         "interrupted",
     )
     assert list((audit_dir / "prod" / segment.OPEN_RUNS_DIR).iterdir()) == []
+
+
+async def test_an_approval_left_open_is_cancelled_once(
+    audit_dir: Path, options: segment.JournalOptions
+) -> None:
+    """A request pending when aofd died can never be decided (pending requests live in memory): the
+    next open closes it with approval.cancelled; a partial vote does not close it, a final record does."""
+
+    def approval(action: str, rid: str, **info: Any) -> dict[str, Any]:
+        return records.build(
+            action,
+            context="prod",
+            agent="k8s-ops",
+            run_id="RUN-1",
+            user=records.Actor("U1"),
+            event_id=f"cmd-{rid}",
+            extra={"approval": {"id": rid, **info}},
+        )
+
+    async with journal.AuditLog(audit_dir=audit_dir, options=options) as audit:
+        for record in (
+            approval("approval.requested", "OPEN"),
+            approval("approval.granted", "OPEN", final=False),  # one vote of two
+            approval("approval.requested", "DONE"),
+            approval("approval.denied", "DONE", final=True),
+        ):
+            await audit.write("prod", record)
+    for _ in range(2):
+        async with journal.AuditLog(audit_dir=audit_dir, options=options) as audit:
+            await audit.open(["prod"])
+    lines = read(audit_dir / "prod")
+    (closing,) = of(lines, "approval.cancelled")
+    assert closing["aofd"]["approval"]["id"] == "OPEN"
+    assert closing["aofd"]["approval"]["final"] is True
+    assert (closing["event"]["id"], closing["user"]["id"]) == ("cmd-OPEN", "U1")
+    assert "unclean shutdown" in closing["event"]["reason"]
+    assert verify.verify(audit_dir / "prod").ok

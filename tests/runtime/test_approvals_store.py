@@ -88,7 +88,7 @@ def test_second_click_is_a_noop() -> None:
     store = approvals.ApprovalStore(clock=Clock())
     req = open_request(store, min_approvers=2)
     assert store.decide(req.id, LEAD, approve=True, action_id="ts-1") is approvals.Decision.PENDING_MORE
-    assert store.decide(req.id, LEAD, approve=True, action_id="ts-1") is approvals.Decision.DUPLICATE
+    assert store.decide(req.id, LEAD, approve=True, action_id="ts-1") is approvals.Decision.REDELIVERED
     assert store.decide(req.id, LEAD, approve=True, action_id="ts-2") is approvals.Decision.DUPLICATE
     assert store.decide(req.id, ADMIN, approve=True, action_id="ts-3") is approvals.Decision.GRANTED
     assert store.decide(req.id, ADMIN, approve=False, action_id="ts-4") is approvals.Decision.ALREADY_DECIDED
@@ -135,17 +135,17 @@ async def test_wait_returns_final_state_and_times_out() -> None:
     assert (outcome.state, outcome.reason) == (approvals.State.EXPIRED, "timeout")
 
 
-async def test_expire_all_on_shutdown_and_pending_by_context() -> None:
-    """`expire_all` ends every pending request and wakes its waiter; pending() filters by Context."""
+async def test_cancel_all_on_shutdown_and_pending_by_context() -> None:
+    """`cancel_all` ends every pending request and wakes its waiter; pending() filters by Context."""
     store = approvals.ApprovalStore()
     a = open_request(store)
     open_request(store, context="staging")
     assert [r.id for r in store.pending("prod")] == [a.id]
     waiter = asyncio.create_task(store.wait(a.id))
     await asyncio.sleep(0)
-    assert len(store.expire_all("restart")) == 2
+    assert len(store.cancel_all("restart")) == 2
     outcome = await waiter
-    assert (outcome.state, outcome.reason) == (approvals.State.EXPIRED, "restart")
+    assert (outcome.state, outcome.reason) == (approvals.State.CANCELLED, "restart")
     assert store.pending() == []
 
 

@@ -14,7 +14,7 @@ import pytest
 from aofd import errors, settings
 from aofd.audit import records
 from aofd.daemon import auditsink
-from aofd.runtime import approvals, commands, guard, limits, ports
+from aofd.runtime import approvaldesk, approvals, commands, guard, limits, ports
 from aofd.specs import policy
 
 FAKE = Path(__file__).parent / "bin" / "fake_kubectl.py"
@@ -70,12 +70,25 @@ class Harness:
             work_dir=tmp_path / "work",
             kill_grace=0.2,
         )
+        self.runner = runner
         self.guard = guard.CommandGuard(
             runner=runner,
             limits=self.limits,
             approvals=self.store,
             audit=self.audit,
             approval_requester=self.request_approval,
+            policy_provider=self.policies.get,
+        )
+
+    def use_desk(self, prompter: Any) -> None:
+        """Run approvals through a desk with `prompter` (it asks, and settles the prompts)."""
+        desk = approvaldesk.ApprovalDesk(store=self.store, audit=self.audit, prompter=prompter)
+        self.guard = guard.CommandGuard(
+            runner=self.runner,
+            limits=self.limits,
+            approvals=self.store,
+            audit=self.audit,
+            desk=desk,
             policy_provider=self.policies.get,
         )
 
@@ -383,12 +396,13 @@ async def test_only_an_allowed_id_other_than_the_requester_approves(tmp_path: Pa
     )
     assert (
         await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="4")
-        is approvals.Decision.DUPLICATE
+        is approvals.Decision.REDELIVERED
     )
     assert isinstance(await task, commands.CommandResult)
     assert len(h.runs("prod")) == 1
-    refused = h.audit.find("approval.denied")
+    refused = h.audit.find("approval.refused")
     assert [r["event"]["reason"] for r in refused] == ["self_not_allowed", "not_allowed", "not_allowed"]
+    assert h.audit.find("approval.denied") == []
     assert [r["user"]["id"] for r in refused] == [REQUESTER.id, "U0STRANGER", "U0MALLORY"]
     assert len(h.audit.find("approval.granted")) == 1
 

@@ -25,6 +25,7 @@ slack_sdk, slack_bolt or apscheduler, nor anything that routes or starts runs.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import json.encoder
 import time
@@ -35,8 +36,8 @@ import structlog
 
 from aofd import errors
 from aofd.resources.kinds import trigger as trigger_kind
+from aofd.runtime import approvals, ports, tasks, verify
 from aofd.runtime import dedupe as dedupe_cache
-from aofd.runtime import ports, tasks, verify
 from aofd.settings import PlatformsSpec
 from aofd.specs import listeners as listener_specs
 
@@ -71,10 +72,25 @@ class ApprovalDecider(Protocol):
 
     `user` carries the platform user id (never the display name); `action_id` is the unique id of
     this click (Slack `<trigger_id>:<action_ts>`, Telegram's callback query id), so the store can make
-    clicks idempotent. May be sync or async: an awaitable result is awaited.
+    clicks idempotent. May be sync or async: an awaitable result is awaited. The result is an
+    `aofd.runtime.approvals.Click` (what the clicker is told privately); anything else is ignored.
     """
 
     def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object: ...
+
+
+async def decide_click(
+    deps: Deps, trigger: str, request_id: str, user: ports.UserRef, approve: bool, action_id: str
+) -> approvals.Click | None:
+    """Pass one approval click to the daemon's decider; what to tell the clicker, or None."""
+    decider = deps.approvals
+    if decider is None:
+        log.warning("approval.no_decider", trigger=trigger, request_id=request_id)
+        return None
+    result = decider.decide(request_id, user, approve, action_id)
+    if inspect.isawaitable(result):
+        result = await result
+    return result if isinstance(result, approvals.Click) else None
 
 
 class Deps:

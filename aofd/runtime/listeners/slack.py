@@ -18,7 +18,10 @@ Owns
   `aofd.runtime.replies.SlackReplier`), which must be under `PlatformsSpec.slack_response_url_base`:
   a command with any other response_url runs nothing and is audited as `trigger.rejected`;
 - interactive `block_actions` with `action_id` `aofd_approve`/`aofd_deny` and the approval request id
-  as value, passed to the `ApprovalDecider`; clicks de-duplicated on `trigger_id` + `action_ts`;
+  as value, passed to the `ApprovalDecider`; clicks de-duplicated on `trigger_id` + `action_ts`; a
+  click that changes nothing (or a vote that needs more) is answered to the clicker alone
+  (`chat.postEphemeral`, in the prompt's thread); the prompt itself is replaced when the request ends
+  (`aofd.runtime.approvaldesk`);
 - Socket Mode when the trigger has an `app_token`: slack_sdk's aiohttp `SocketModeClient` with
   `apps.connections.open` at `PlatformsSpec.slack_api_url`; each envelope is acknowledged first,
   then handled by the same code as the HTTP path (no request signature exists there);
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import json
 import re
 import time
@@ -261,6 +263,11 @@ class SlackListener(base.WebhookListener):
         who = ports.UserRef(
             str(user.get("id", "")), str(user.get("username") or user.get("name") or ""), f"slack:{team}"
         )
+        channel = str(
+            _dict(payload.get("channel")).get("id") or _dict(payload.get("container")).get("channel_id") or ""
+        )
+        message = _dict(payload.get("message"))
+        thread = str(message.get("thread_ts") or "")
         for action in payload.get("actions") or []:
             if not isinstance(action, dict):
                 continue
@@ -269,19 +276,27 @@ class SlackListener(base.WebhookListener):
                 continue
             request_id = str(action.get("value", ""))
             self.spawn(
-                self._decide(request_id, who, action_id == replies.APPROVE_ACTION, click_id),
+                self._decide(request_id, who, action_id == replies.APPROVE_ACTION, click_id, channel, thread),
                 name=f"slack-approval:{self.trigger_name}",
             )
 
-    async def _decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> None:
-        decider = self.deps.approvals
-        if decider is None:
-            log.warning("approval.no_decider", trigger=self.trigger_name, request_id=request_id)
+    async def _decide(
+        self, request_id: str, user: ports.UserRef, approve: bool, action_id: str, channel: str, thread: str
+    ) -> None:
+        """Decide one click; a click that changed nothing (or still needs more approvers) is answered
+        privately to the clicker (`chat.postEphemeral`); the prompt itself changes when the request ends."""
+        click = await base.decide_click(self.deps, self.trigger_name, request_id, user, approve, action_id)
+        if click is None or not click.text or not channel or not user.id:
             return
-        result = decider.decide(request_id, user, approve, action_id)
-        if inspect.isawaitable(result):
-            await result
-        log.info("approval.clicked", trigger=self.trigger_name, request_id=request_id, approve=approve)
+        try:
+            await self.slack.tell_privately(channel=channel, user=user.id, text=click.text, thread=thread)
+        except replies.ReplyError as exc:
+            log.warning(
+                "approval.click_not_answered",
+                trigger=self.trigger_name,
+                request_id=request_id,
+                error=str(exc),
+            )
 
     # --- Socket Mode -------------------------------------------------------------------------
 

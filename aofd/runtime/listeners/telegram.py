@@ -12,7 +12,8 @@ Owns
   after a second, quietly;
 - normalization of `message`, `edited_message`, `channel_post` (chat id and title as channel,
   `from` as user, `message_thread_id` or the message id as thread) and of `callback_query`
-  buttons `aofd_approve:<request id>` / `aofd_deny:<request id>` (approval decisions);
+  buttons `aofd_approve:<request id>` / `aofd_deny:<request id>` (approval decisions), each answered
+  with `answerCallbackQuery` (an alert saying why for a click that changed nothing);
 - the trigger's replier (`sendMessage`, `aofd.runtime.replies.TelegramReplier`).
 
 The Bot API base URL is the trigger's `base_url` or `PlatformsSpec.telegram_api_url`.
@@ -22,7 +23,6 @@ It must not log the bot token (it is part of every Bot API URL).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from typing import Any
 
@@ -57,7 +57,8 @@ class TelegramListener(base.WebhookListener):
         self.poll_timeout = 25.0
         self.retry_delay = 5.0
         self.conflict_delay = 1.0
-        self.replier = replies.TelegramReplier(api_url=self.api_url, token=self.token)
+        self.telegram = replies.TelegramReplier(api_url=self.api_url, token=self.token)
+        self.replier = self.telegram
         self._http: httpclient.HttpClient | None = None
         self.offset = 0
 
@@ -116,14 +117,26 @@ class TelegramListener(base.WebhookListener):
         data = str(query.get("data", ""))
         sender = query.get("from") if isinstance(query.get("from"), dict) else {}
         assert isinstance(sender, dict)
+        query_id = str(query.get("id", ""))
         for prefix, approve in ((APPROVE_PREFIX, True), (DENY_PREFIX, False)):
-            if data.startswith(prefix) and self.deps.approvals is not None:
+            if data.startswith(prefix):
                 user = ports.UserRef(str(sender.get("id", "")), str(sender.get("username", "")), "telegram")
-                click_id = f"telegram:{query.get('id', '')}"
-                result = self.deps.approvals.decide(data[len(prefix) :], user, approve, click_id)
-                if inspect.isawaitable(result):
-                    await result
+                click_id = f"telegram:{query_id}"
+                click = await base.decide_click(
+                    self.deps, self.trigger_name, data[len(prefix) :], user, approve, click_id
+                )
+                await self._answer(query_id, click.text if click else "", alert=bool(click and click.refused))
                 return
+
+    async def _answer(self, query_id: str, text: str, *, alert: bool) -> None:
+        """`answerCallbackQuery`: ends the button's spinner and tells the clicker privately why a
+        click changed nothing (an alert); the prompt itself is edited when the request ends."""
+        if not query_id:
+            return
+        try:
+            await self.telegram.answer_click(query_id, text, alert=alert)
+        except replies.ReplyError as exc:
+            log.warning("approval.click_not_answered", trigger=self.trigger_name, error=str(exc))
 
     async def _poll_loop(self) -> None:
         assert self._http is not None

@@ -69,6 +69,7 @@ class FakeSlack(FakeServer):
         self.not_in_channels = set(not_in_channels)
         self.response_url_status = 200
         self.response_url_redirect = ""  # answer response URLs with a 307 to this address
+        self.posted = 0
         self.envelopes: list[dict[str, Any]] = []
         self.acks: list[dict[str, Any]] = []
         self.acked = asyncio.Event()
@@ -104,9 +105,22 @@ class FakeSlack(FakeServer):
         if method == "chat.postMessage":
             if fields.get("channel") in self.not_in_channels:
                 return web.json_response({"ok": False, "error": "not_in_channel"})
+            self.posted += 1  # each message its own ts, as Slack gives it (the first is 1700000000.000100)
+            ts = f"1700000000.{99 + self.posted:06d}"
             return web.json_response(
-                {"ok": True, "channel": fields.get("channel"), "ts": "1700000000.000100", "message": fields}
+                {"ok": True, "channel": fields.get("channel"), "ts": ts, "message": fields}
             )
+        if method == "chat.update":
+            return web.json_response(
+                {
+                    "ok": True,
+                    "channel": fields.get("channel"),
+                    "ts": fields.get("ts"),
+                    "text": fields.get("text"),
+                }
+            )
+        if method == "chat.postEphemeral":
+            return web.json_response({"ok": True, "message_ts": "1700000000.000200"})
         if method == "conversations.info":
             cid = str(fields.get("channel", ""))
             if cid in self.channels:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aofd.runtime import ports
+from aofd.runtime import approvals, ports
 from aofd.settings import PlatformsSpec
 from aofd.testing import resources
 from tests.runtime.fakes import harness, platforms, signing
@@ -253,3 +253,31 @@ async def test_telegram_approval_buttons_reach_the_decider_once(rig: harness.Rig
     for _ in range(2):
         assert 200 == (await rig.send("telegram", "tg", json.dumps(update).encode(), ok))[0]
     assert [("req-7", "42", False, "telegram:cq-1")] == rig.approvals.decisions
+
+
+async def test_telegram_clicks_are_answered_and_refusals_alerted(
+    rig: harness.Rig, telegram_api: platforms.FakeTelegram
+) -> None:
+    """Every click ends its spinner (answerCallbackQuery); one that changes nothing says why, as an alert."""
+    ok = {"X-Telegram-Bot-Api-Secret-Token": TG_SECRET, "Content-Type": "application/json"}
+    rig.approvals.answer = approvals.Click(approvals.Decision.NOT_ALLOWED, "not one of the approvers")
+    update = {
+        "update_id": 78,
+        "callback_query": {
+            "id": "cq-2",
+            "from": {"id": 43, "username": "mallory"},
+            "data": "aofd_approve:req-8",
+        },
+    }
+    assert 200 == (await rig.send("telegram", "tg", json.dumps(update).encode(), ok))[0]
+    rig.approvals.answer = approvals.Click(approvals.Decision.GRANTED)
+    update = {**update, "update_id": 79, "callback_query": {**update["callback_query"], "id": "cq-3"}}
+    assert 200 == (await rig.send("telegram", "tg", json.dumps(update).encode(), ok))[0]
+    await rig.settle(lambda: len(telegram_api.calls("answerCallbackQuery")) == 2)
+    refused, counted = telegram_api.calls("answerCallbackQuery")
+    assert (refused["callback_query_id"], refused["text"], refused["show_alert"]) == (
+        "cq-2",
+        "not one of the approvers",
+        True,
+    )
+    assert (counted["callback_query_id"], counted["text"], counted["show_alert"]) == ("cq-3", "", False)

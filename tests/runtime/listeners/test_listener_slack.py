@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aofd.runtime import ports
+from aofd.runtime import approvals, ports
 from aofd.settings import PlatformsSpec
 from aofd.testing import resources
 from tests.runtime.fakes import harness, platforms, signing
@@ -221,6 +221,50 @@ async def test_approval_buttons_reach_the_decider_once(rig: harness.Rig) -> None
     await rig.settle(lambda: bool(rig.approvals.decisions))
     await rig.settle()
     assert [("req-42", "U_LEAD", True, "tr-click:1700000000.1")] == rig.approvals.decisions
+
+
+async def test_a_refused_click_is_answered_privately_in_its_thread(
+    rig: harness.Rig, slack_api: platforms.FakeSlack
+) -> None:
+    """A click that changes nothing gets chat.postEphemeral to the clicker, in the prompt's thread."""
+    rig.approvals.answer = approvals.Click(approvals.Decision.SELF_NOT_ALLOWED, "someone else must approve")
+    payload = {
+        "type": "block_actions",
+        "trigger_id": "tr-self",
+        "user": {"id": "U_ASKER", "username": "asker", "team_id": "T1"},
+        "channel": {"id": "C_EU"},
+        "message": {"ts": "1700000000.000101", "thread_ts": "1700000000.000001"},
+        "actions": [{"action_id": "aofd_approve", "value": "req-9", "action_ts": "1700000000.2"}],
+    }
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    headers = {**_signed(body), "Content-Type": "application/x-www-form-urlencoded"}
+    assert 200 == (await rig.send("slack", "slack-bot", body, headers))[0]
+    await rig.settle(lambda: bool(slack_api.calls("chat.postEphemeral")))
+    (answer,) = slack_api.calls("chat.postEphemeral")
+    assert (answer["channel"], answer["user"], answer["thread_ts"]) == (
+        "C_EU",
+        "U_ASKER",
+        "1700000000.000001",
+    )
+    assert answer["text"] == "someone else must approve"
+    # A click that decided the request is not answered privately: the prompt itself changes.
+    rig.approvals.answer = approvals.Click(approvals.Decision.GRANTED)
+    payload = {**payload, "trigger_id": "tr-lead", "user": {"id": "U_LEAD", "team_id": "T1"}}
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    assert (
+        200
+        == (
+            await rig.send(
+                "slack",
+                "slack-bot",
+                body,
+                {**_signed(body), "Content-Type": "application/x-www-form-urlencoded"},
+            )
+        )[0]
+    )
+    await rig.settle(lambda: len(rig.approvals.decisions) == 2)
+    await rig.settle()
+    assert len(slack_api.calls("chat.postEphemeral")) == 1
 
 
 async def test_socket_mode_events_are_acked_then_routed_once(slack_api: platforms.FakeSlack) -> None:

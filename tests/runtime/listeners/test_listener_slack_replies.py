@@ -367,3 +367,52 @@ async def test_a_redirecting_response_url_is_not_followed(
     posted = slack_api.calls("chat.postMessage")
     assert ["pods are fine"] == [p["text"] for p in posted]  # the fallback, not the redirect target
     assert ["http_307"] == [e["reason"] for e in logs if e["event"] == "slack.response_url_fallback"]
+
+
+def _blocks(call: dict[str, Any]) -> list[dict[str, Any]]:
+    """A call's `blocks` (slack_sdk sends them as JSON text in a form body, as a list in a JSON body)."""
+    blocks = call["blocks"]
+    return json.loads(blocks) if isinstance(blocks, str) else list(blocks)
+
+
+async def test_an_approval_prompt_is_replaced_by_its_outcome() -> None:
+    """The prompt's channel/ts comes back from chat.postMessage; chat.update replaces it with the outcome,
+    escaped, without the buttons."""
+    async with platforms.FakeSlack() as slack:
+        replier = replies.SlackReplier(api_url=slack.api_url, token="xoxb-1")
+        target = ports.ReplyTarget("slack", "slack-bot", "C1", "1700000000.000001")
+        try:
+            ref = await replier.ask_approval(
+                target, request_id="a" * 64, summary="Approval needed", argv=("kubectl", "delete", "pod", "x")
+            )
+            await replier.update_approval(target, prompt=ref, text="Denied by <@U2> & co: not run.")
+        finally:
+            await replier.aclose()
+        (posted,) = slack.calls("chat.postMessage")
+        (update,) = slack.calls("chat.update")
+    assert ref == "C1/1700000000.000100"
+    assert [b["type"] for b in _blocks(posted)] == ["section", "actions"]
+    assert (update["channel"], update["ts"]) == ("C1", "1700000000.000100")
+    assert update["text"] == "Denied by &lt;@U2&gt; &amp; co: not run."
+    blocks = _blocks(update)
+    assert [b["type"] for b in blocks] == ["section"]
+
+
+async def test_a_telegram_prompt_is_edited_to_its_outcome() -> None:
+    async with platforms.FakeTelegram(token="123:abc") as tg:
+        replier = replies.TelegramReplier(api_url=tg.url, token="123:abc")
+        target = ports.ReplyTarget("telegram", "tg", "-1001", "5")
+        try:
+            ref = await replier.ask_approval(
+                target, request_id="b" * 64, summary="Approval needed", argv=("kubectl",)
+            )
+            await replier.update_approval(
+                target, prompt=ref, text="Approved by lead (42): the command goes ahead."
+            )
+        finally:
+            await replier.aclose()
+        (edit,) = tg.calls("editMessageText")
+    assert ref == "99"
+    assert (edit["chat_id"], edit["message_id"]) == ("-1001", 99)
+    assert "reply_markup" not in edit
+    assert edit["text"].startswith("Approved by lead (42)")

@@ -1,0 +1,367 @@
+"""Approval requests from open to close: one closing audit record whatever ends them, prompts settled
+where they were asked, clicks that change nothing audited and answered, every tool call audited, and
+deadlines that stand still while a person decides."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aofd.runtime import approvaldesk, approvals, commands, deadlines, guard, ports, tools
+from aofd.specs import policy
+from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harness
+
+OTHER_LEAD = ports.UserRef("U016OTHER_LEAD", "other lead", "slack:T1")
+ORIGIN = ports.ReplyTarget("slack", "slack-bot", "C1", "1700000000.0001")
+
+
+class RecordingPrompter:
+    """Asks by recording the request (or failing, like a platform that refuses the post); records settles."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.asked: list[approvals.ApprovalRequest] = []
+        self.settled: list[tuple[str, approvals.State, str, str]] = []
+        self.prompted = asyncio.Event()
+
+    async def ask(self, request: approvals.ApprovalRequest) -> str:
+        if self.fail:
+            raise ConnectionError("the platform is down")
+        self.asked.append(request)
+        self.prompted.set()
+        return f"C1/prompt-{len(self.asked)}"
+
+    async def settle(
+        self, request: approvals.ApprovalRequest, outcome: approvals.Outcome, *, prompt: str, text: str
+    ) -> None:
+        self.settled.append((request.id, outcome.state, prompt, text))
+
+    async def next_prompt(self) -> approvals.ApprovalRequest:
+        await asyncio.wait_for(self.prompted.wait(), 5)
+        self.prompted.clear()
+        return self.asked[-1]
+
+
+def desk_harness(tmp_path: Path, **approval: Any) -> tuple[Harness, RecordingPrompter]:
+    h = Harness(tmp_path)
+    prompter = RecordingPrompter(fail=approval.pop("fail", False))
+    h.use_desk(prompter)
+    h.add("prod", approval=dataclasses.replace(STRICT_APPROVAL, **approval))
+    return h, prompter
+
+
+def approval_actions(h: Harness) -> list[str]:
+    return [a for a in h.audit.actions() if a.startswith(("approval.", "command."))]
+
+
+async def test_a_grant_closes_once_and_the_prompt_shows_who(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await prompter.next_prompt()
+    assert (
+        await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="a1") is approvals.Decision.GRANTED
+    )
+    assert isinstance(await task, commands.CommandResult)
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.granted",
+        "command.started",
+        "command.finished",
+    ]
+    (granted,) = h.audit.find("approval.granted")
+    assert granted["aofd"]["approval"]["final"] is True
+    assert [a["id"] for a in granted["aofd"]["approval"]["approvers"]] == [LEAD.id]
+    ((rid, state, ref, text),) = prompter.settled
+    assert (rid, state, ref) == (prompt.id, approvals.State.GRANTED, "C1/prompt-1")
+    assert text.startswith("Approved by sre lead (U015SRE_LEAD): the command [")
+    assert '"delete", "pod", "x"' in text
+
+
+async def test_expiry_is_closed_in_the_audit_log_and_shown(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path, timeout_seconds=0.2)
+    result = await h.run("prod", "kubectl delete pod x")
+    assert isinstance(result, guard.Denial)
+    assert (result.stage, result.reason) == (
+        "approval",
+        "approval expired (timeout); the command was not run",
+    )
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.expired",
+        "command.denied",
+    ]
+    assert h.runs("prod") == []
+    ((_, state, _, text),) = prompter.settled
+    assert state is approvals.State.EXPIRED
+    assert text.startswith("No decision within 0.2 s:")
+
+
+async def test_a_run_that_ends_while_waiting_cancels_the_approval(tmp_path: Path) -> None:
+    """Whatever ends the run (a failed branch, a shutdown) closes the request and the command."""
+    h, prompter = desk_harness(tmp_path)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await prompter.next_prompt()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.cancelled",
+        "command.denied",
+    ]
+    (cancelled,) = h.audit.find("approval.cancelled")
+    assert cancelled["event"]["reason"] == "the run ended before a decision"
+    assert prompter.settled[0][1] is approvals.State.CANCELLED
+    # A click on the old prompt now changes nothing, says so, and is audited.
+    click = await guard.Decider(h.guard).decide(prompt.id, LEAD, True, "late")
+    assert click == approvals.Click(
+        approvals.Decision.EXPIRED, approvals.CLICK_TEXT[approvals.Decision.EXPIRED]
+    )
+    (refused,) = h.audit.find("approval.refused")
+    assert (refused["event"]["reason"], refused["user"]["id"]) == ("expired", LEAD.id)
+    assert h.runs("prod") == []
+
+
+async def test_a_prompt_that_cannot_be_posted_cancels_the_request(tmp_path: Path) -> None:
+    h, _prompter = desk_harness(tmp_path, fail=True)
+    result = await h.run("prod", "kubectl delete pod x")
+    assert isinstance(result, guard.Denial)
+    assert result.reason == (
+        "approval cancelled (the prompt could not be posted (ConnectionError)); the command was not run"
+    )
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.cancelled",
+        "command.denied",
+    ]
+    assert h.store.pending() == []
+
+
+async def test_clicks_that_change_nothing_are_audited_and_answered(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path, allowed_users=(LEAD.id, OTHER_LEAD.id, REQUESTER.id))
+    decider = guard.Decider(h.guard)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await prompter.next_prompt()
+    stranger = ports.UserRef("U0STRANGER", "bob", "slack:T1")
+    own = await decider.decide(prompt.id, REQUESTER, True, "c1")
+    outsider = await decider.decide(prompt.id, stranger, True, "c2")
+    assert (own.decision, outsider.decision) == (
+        approvals.Decision.SELF_NOT_ALLOWED,
+        approvals.Decision.NOT_ALLOWED,
+    )
+    assert own.refused
+    assert outsider.refused
+    assert "someone else" in own.text
+    assert "not one of the approvers" in outsider.text
+    assert (await decider.decide(prompt.id, LEAD, True, "c3")).decision is approvals.Decision.GRANTED
+    assert (await decider.decide(prompt.id, LEAD, True, "c3")).decision is approvals.Decision.REDELIVERED
+    late = await decider.decide(prompt.id, OTHER_LEAD, False, "c4")
+    assert late.decision is approvals.Decision.ALREADY_DECIDED
+    assert "already decided" in late.text
+    assert isinstance(await task, commands.CommandResult)
+    refused = h.audit.find("approval.refused")
+    assert [(r["event"]["reason"], r["user"]["id"]) for r in refused] == [
+        ("self_not_allowed", REQUESTER.id),
+        ("not_allowed", "U0STRANGER"),
+        ("already_decided", OTHER_LEAD.id),
+    ]
+    assert all(r["event"]["outcome"] == "failure" for r in refused)
+    assert len(h.audit.find("approval.granted")) == 1  # the redelivered click wrote nothing
+
+
+async def test_a_vote_short_of_min_approvers_says_how_many_more(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path, allowed_users=(LEAD.id, OTHER_LEAD.id), min_approvers=2)
+    decider = guard.Decider(h.guard)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await prompter.next_prompt()
+    first = await decider.decide(prompt.id, LEAD, True, "v1")
+    assert first == approvals.Click(
+        approvals.Decision.PENDING_MORE, "Your approval is counted; 1 more approval needed before this runs."
+    )
+    assert not task.done()
+    assert (await decider.decide(prompt.id, OTHER_LEAD, True, "v2")).decision is approvals.Decision.GRANTED
+    assert isinstance(await task, commands.CommandResult)
+    partial, final = h.audit.find("approval.granted")
+    assert (partial["aofd"]["approval"]["final"], partial["aofd"]["approval"]["missing"]) == (False, 1)
+    assert final["aofd"]["approval"]["final"] is True
+
+
+CTX = tools.CallContext(run_id="run-1", context_name="prod", agent="k8s-ops", user=REQUESTER, origin=ORIGIN)
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "requested"),
+    [
+        (
+            "kubectl",
+            {"args": ["get", "pods", ";", "rm", "-rf", "/"]},
+            {"args": ["kubectl", "get", "pods", ";", "rm", "-rf", "/"]},
+        ),
+        ("kubectl", {"args": 5}, {"command_line": '{"args":5}'}),
+        ("kubectl", {"cmd": "get pods"}, {"command_line": '{"cmd":"get pods"}'}),
+        ("shell", {"command": "df -h | sh"}, {"command_line": "df -h | sh"}),
+    ],
+)
+async def test_a_tool_call_refused_before_it_is_an_argv_is_audited(
+    tmp_path: Path, tool: str, arguments: dict[str, Any], requested: dict[str, Any]
+) -> None:
+    """Item 1: every attempt leaves command.requested + command.denied with the input as given."""
+    h = Harness(tmp_path)
+    h.add("prod")
+    spec = tools.builtin(tool)
+    assert spec is not None
+    seen: list[bool] = []
+    out = await tools.Toolbox(runner=h.guard).call(
+        spec, arguments, dataclasses.replace(CTX, on_command=seen.append)
+    )
+    assert out.is_error
+    assert out.text.startswith("not run (syntax):")
+    assert h.audit.actions() == ["command.requested", "command.denied"]
+    first, denied = h.audit.records[0][1], h.audit.records[1][1]
+    assert first["event"]["id"] == denied["event"]["id"]
+    for key, value in requested.items():
+        assert first["process"][key] == value
+    decision = denied["aofd"]["decision"]
+    assert (decision["result"], decision["stage"]) == ("deny", "syntax")
+    assert decision["rule"] == (
+        "shell-operator" if ";" in str(arguments) or "|" in str(arguments) else "syntax"
+    )
+    assert denied["event"]["reason"]
+    assert seen == [False]
+    assert h.runs("prod") == []
+
+
+async def test_a_refused_http_call_keeps_header_values_out_of_the_audit_log(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.add("prod")
+    spec = tools.builtin("http")
+    assert spec is not None
+    arguments = {
+        "url": "file:///etc/passwd",
+        "headers": {"Authorization": "Bearer sekrit-123"},
+        "body": "pw=x",
+    }
+    out = await tools.Toolbox(runner=h.guard).call(spec, arguments, CTX)
+    assert out.is_error
+    assert h.audit.actions() == ["command.requested", "command.denied"]
+    text = repr(h.audit.records)
+    assert "sekrit" not in text
+    assert "pw=x" not in text
+    line = h.audit.records[0][1]["process"]["command_line"]
+    assert '"headers":["Authorization"]' in line
+    assert "file:///etc/passwd" in line
+
+
+async def test_rate_limit_refusals_say_how_many_were_left_out(tmp_path: Path) -> None:
+    """Item 5: the next audited refusal of a Context and limit counts the refusals not audited before it."""
+    clock = [0.0]
+    h = Harness(tmp_path)
+    h.limits = type(h.limits)(clock=lambda: clock[0])
+    h.use_desk(RecordingPrompter())
+    h.guard._limits = h.limits
+    h.add("prod", limits=policy.LimitsPolicy(max_requests_per_minute=1))
+    assert not isinstance(await h.guard.admit("prod", user=REQUESTER, run_id="r0"), guard.Denial)
+    for n in range(5):
+        assert isinstance(await h.guard.admit("prod", user=REQUESTER, run_id=f"r{n + 1}"), guard.Denial)
+    clock[0] = 61.0
+    assert not isinstance(await h.guard.admit("prod", user=REQUESTER, run_id="r6"), guard.Denial)
+    assert isinstance(await h.guard.admit("prod", user=REQUESTER, run_id="r7"), guard.Denial)
+    exceeded = h.audit.find("ratelimit.exceeded")
+    assert [r["aofd"]["ratelimit"]["suppressed"] for r in exceeded] == [0, 4]
+
+
+# --- deadlines ---------------------------------------------------------------------------------
+
+
+async def test_a_paused_deadline_does_not_fire_and_moves_on_by_the_pause() -> None:
+    loop = asyncio.get_running_loop()
+    extended: list[float] = []
+    start = loop.time()
+    async with deadlines.deadline(start + 0.1, on_extend=extended.append) as timeout:
+        with deadlines.paused():
+            await asyncio.sleep(0.25)  # longer than the deadline: it must not fire
+        (waited,) = extended
+        assert waited >= 0.25
+        when = timeout.when()
+        assert when is not None
+        assert when == pytest.approx(start + 0.1 + waited, abs=0.01)
+    with pytest.raises(TimeoutError):
+        async with deadlines.deadline(loop.time() + 0.05):
+            await asyncio.sleep(1)
+
+
+async def test_overlapping_pauses_of_two_branches_count_once() -> None:
+    loop = asyncio.get_running_loop()
+    extended: list[float] = []
+    paused: list[None] = []
+    release = [asyncio.Event(), asyncio.Event()]
+
+    async def branch(i: int) -> None:
+        with deadlines.paused():
+            await release[i].wait()
+
+    async with (
+        deadlines.deadline(loop.time() + 5, on_extend=extended.append, on_pause=lambda: paused.append(None)),
+        asyncio.TaskGroup() as tg,
+    ):
+        tg.create_task(branch(0))
+        tg.create_task(branch(1))
+        await asyncio.sleep(0.05)
+        release[0].set()
+        await asyncio.sleep(0.05)
+        assert extended == []  # the other branch still waits: the deadline stays lifted
+        release[1].set()
+    assert len(paused) == 2
+    assert len(extended) == 1
+    assert extended[0] >= 0.1
+
+
+async def test_outcome_texts_name_the_decision() -> None:
+    store = approvals.ApprovalStore()
+    req = store.request(
+        context="prod",
+        argv=("kubectl", "delete", "pod", "x"),
+        run_id="r",
+        requester=REQUESTER,
+        allowed_users=(),
+    )
+    denied = approvals.Outcome(req, approvals.State.DENIED, denier=LEAD)
+    assert approvaldesk.outcome_text(denied).startswith("Denied by sre lead (U015SRE_LEAD): the command [")
+    cancelled = approvals.Outcome(req, approvals.State.CANCELLED, reason="aofd is shutting down")
+    assert approvaldesk.outcome_text(cancelled).startswith("Approval withdrawn (aofd is shutting down):")
+
+
+async def test_a_call_of_a_tool_the_agent_was_not_offered_is_audited(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.add("prod")
+    out = await tools.Toolbox(runner=h.guard).refuse_unknown("bash", {"command": "rm -rf /"}, CTX)
+    assert out.is_error
+    assert out.text == "unknown tool 'bash': not run"
+    assert h.audit.actions() == ["command.requested", "command.denied"]
+    requested, denied = (r for _, r, _ in h.audit.records)
+    assert requested["process"]["command_line"] == "rm -rf /"
+    assert denied["aofd"]["decision"] == {"result": "deny", "rule": "tool", "stage": "syntax"}
+    assert denied["event"]["reason"] == "the agent has no tool named 'bash'"
+
+
+async def test_at_shutdown_open_requests_end_and_new_ones_are_not_asked(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    await prompter.next_prompt()
+    h.store.cancel_all("aofd is shutting down", close=True)
+    first = await task
+    second = await h.run("prod", "kubectl delete pod y", run_id="run-2")
+    assert isinstance(first, guard.Denial)
+    assert isinstance(second, guard.Denial)
+    assert second.reason == "approval cancelled (aofd is shutting down); the command was not run"
+    assert len(prompter.asked) == 1  # the second request was never posted
+    assert [r["event"]["reason"] for r in h.audit.find("approval.cancelled")] == ["aofd is shutting down"] * 2
+    assert h.runs("prod") == []
