@@ -11,7 +11,9 @@ declares shapes and defaults, so every layer can read settings without doing I/O
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -179,8 +181,54 @@ class ModelsSpec(_Strict):
     max_retries: int = 4
 
 
+PLATFORM_URL_ENV: dict[str, str] = {
+    "slack_api_url": "AOFD_SLACK_API_URL",
+    "slack_response_url_base": "AOFD_SLACK_RESPONSE_URL_BASE",
+    "telegram_api_url": "AOFD_TELEGRAM_API_URL",
+    "whatsapp_api_url": "AOFD_WHATSAPP_API_URL",
+}
+"""The environment variable that sets each `platforms` base URL the config file leaves out
+(read by `aofd.daemon.config`; the file wins over the environment)."""
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: str) -> str:
+    """`value` if it can be a platform API base URL, else `ValueError` saying why.
+
+    An absolute `https://` URL with a host, no user info, query or fragment; `http://` only to a
+    loopback address (a test server, a local proxy): aofd sends bot tokens there. The value is
+    never repeated in the error (it could hold credentials).
+    """
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError("must be an absolute https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold user info (user:password@)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query (?) or a fragment (#)")
+    if parts.scheme == "http" and not _is_loopback_host(host):
+        raise ValueError("must use https:// (http:// is only allowed to a loopback address)")
+    return value.strip()
+
+
 class PlatformsSpec(_Strict):
     """Base URLs of chat platform APIs (tests and proxies point these at other servers).
+
+    Each is an `https://` URL (`http://` only to a loopback address: `check_base_url`), and may
+    come from the environment instead of the file (`PLATFORM_URL_ENV`).
 
     `slack_response_url_base`: a slash command's `response_url` is used only when it is under
     this base (same scheme, host and port, no user info); any other URL is refused, so a forged
@@ -194,6 +242,11 @@ class PlatformsSpec(_Strict):
     trigger_base_urls: tuple[str, ...] = ()
     """API addresses a Trigger's own `config.base_url` may name (a proxy, a regional endpoint);
     any other is an error, because the listener sends the Trigger's tokens there."""
+
+    @field_validator("slack_api_url", "slack_response_url_base", "telegram_api_url", "whatsapp_api_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
 
 
 class AuditSpec(_Strict):
@@ -222,15 +275,31 @@ class AuditSpec(_Strict):
         return parse_duration(value)
 
 
+ADMIN_TOKEN_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # noqa: S105 - a name pattern, not a secret
+"""An operator's name in `admin_api.tokens`: they decide approvals as `admin:<name>`."""
+
+
+class AdminTokenSpec(_Strict):
+    """One operator's own admin token: good for the whole admin API, and the only kind that can
+    decide approvals (`aofctl approve`), as `admin:<name>`. Read from `token_file`, else from
+    the systemd credential `admin-token-<name>`."""
+
+    name: Annotated[str, Field(pattern=ADMIN_TOKEN_NAME)]
+    token_file: Path | None = None
+
+
 class AdminApiSpec(_Strict):
     """Who may use the admin API (DESIGN.md section 4) and how big a `POST /api/v1/diff` may be.
 
     `token_file` holds the bearer token every request needs except `/healthz`, `/readyz` (and
     `/metrics` when `metrics_open`); a systemd credential `admin-token` is used when no file is
-    named. A unix socket is created with `socket_mode` and, when given, `socket_group`.
+    named. `tokens` are operators' named tokens (`AdminTokenSpec`), each as good as that one,
+    and the only ones that decide approvals. A unix socket is created with `socket_mode` and,
+    when given, `socket_group`.
     """
 
     token_file: Path | None = None
+    tokens: tuple[AdminTokenSpec, ...] = ()
     metrics_open: bool = False
     socket_group: str | None = None
     socket_mode: int = 0o660
@@ -245,6 +314,15 @@ class AdminApiSpec(_Strict):
             raise ValueError("socket_mode is an octal file mode written as a string, such as '0660'")
         if value & 0o007:
             raise ValueError("socket_mode must not give other users access (use socket_group)")
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, value: tuple[AdminTokenSpec, ...]) -> tuple[AdminTokenSpec, ...]:
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"each operator has one token; repeated names: {dupes}")
         return value
 
 

@@ -15,6 +15,7 @@ import argparse
 import base64
 import json
 import sys
+import textwrap
 import urllib.parse
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +27,7 @@ from aofd.resources import ids
 from aofd.source import directory
 
 
-def _add_admin(parser: argparse.ArgumentParser) -> None:
+def add_admin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin", help="admin address HOST:PORT or unix:PATH (default: discovered)")
     parser.add_argument(
         "--token-file",
@@ -41,34 +42,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("kind", help="context|agent|fleet|flow|trigger|binding (or ctx, ag, fl, fw, tr, fb)")
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("wide", "json", "yaml", "name"), default=None)
-    _add_admin(p)
+    add_admin_flags(p)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("describe", help="show one resource: status, revision, what it resolves to, runs")
     p.add_argument("kind")
     p.add_argument("name")
-    _add_admin(p)
+    add_admin_flags(p)
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("diff", help="the plan PATH would cause against the running daemon")
     p.add_argument("path", type=Path)
     p.add_argument("--source", help="the daemon source PATH stands for (default: the only or first one)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    _add_admin(p)
+    add_admin_flags(p)
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("reconcile", help="fetch now and run a reconcile pass")
     p.add_argument("--source", help="wake only this source")
-    _add_admin(p)
+    add_admin_flags(p)
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("status", help="the daemon's status: revisions, sources, last pass, errors")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    _add_admin(p)
+    add_admin_flags(p)
     p.set_defaults(func=cmd_status)
 
 
-def _client(args: argparse.Namespace) -> client_mod.AdminClient:
+def admin_client(args: argparse.Namespace) -> client_mod.AdminClient:
     endpoint = client_mod.resolve_endpoint(args.admin)
     available = client_mod.resolve_token(args.token_file)
     token = client_mod.token_for(endpoint, available)
@@ -95,8 +96,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 2
     path = f"/api/v1/resources/{kind.value}" + (f"/{args.name}" if args.name else "")
     try:
-        data = _client(args).get(path)
-        status = _client(args).get("/api/v1/status")
+        data = admin_client(args).get(path)
+        status = admin_client(args).get("/api/v1/status")
     except client_mod.AdminError as exc:
         return _fail(str(exc))
     items: list[dict[str, Any]] = data.get("items", [])
@@ -172,7 +173,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if kind is None:
         return 2
     try:
-        data = _client(args).get(f"/api/v1/resources/{kind.value}/{args.name}")
+        data = admin_client(args).get(f"/api/v1/resources/{kind.value}/{args.name}")
     except client_mod.AdminError as exc:
         return _fail(str(exc))
     item = data["items"][0]
@@ -187,6 +188,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print(f"  Reason:    {st.get('reason', '-')}")
     print(f"  Message:   {st.get('message', '-')}")
     print(f"  Revision:  {st.get('observedRevision', '-')}")
+    print(f"  Since:     {output.moment(st.get('since'))}")
     if item.get("resolves"):
         print("Resolves to:")
         print(output.to_yaml(item["resolves"], 1))
@@ -199,9 +201,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     runs = item.get("runs") or []
     if runs:
         print("Recent runs:")
-        for run in runs[:10]:
-            started = run.get("started_at", "")
-            print(f"  {run.get('run_id')}  {run.get('status')}  {started}  {run.get('error') or ''}")
+        print(textwrap.indent(output.runs_table(runs[:10]), "  "))
     return 0
 
 
@@ -221,7 +221,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return 1
     body = {"source": args.source, "files": {p: base64.b64encode(c).decode() for p, c in files.items()}}
     try:
-        status_code, data = _client(args).request("POST", "/api/v1/diff", body)
+        status_code, data = admin_client(args).request("POST", "/api/v1/diff", body)
     except client_mod.AdminError as exc:
         return _fail(str(exc))
     if status_code >= 400:
@@ -238,7 +238,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     query = f"?source={urllib.parse.quote(args.source, safe='')}" if args.source else ""
     try:
-        status_code, data = _client(args).request("POST", f"/api/v1/reconcile{query}")
+        status_code, data = admin_client(args).request("POST", f"/api/v1/reconcile{query}")
     except client_mod.AdminError as exc:
         return _fail(str(exc))
     if status_code >= 400:
@@ -249,7 +249,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        data = _client(args).get("/api/v1/status")
+        data = admin_client(args).get("/api/v1/status")
     except client_mod.AdminError as exc:
         return _fail(str(exc))
     if args.output == "json":

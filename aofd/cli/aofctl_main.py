@@ -13,13 +13,23 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from aofd import __version__
-from aofd.cli import admin_cmds, audit_cmd, can_i_cmd, graph_cmd, run_cmd, schema_cmd, validate_cmd
+from aofd.cli import (
+    admin_cmds,
+    approvals_cmd,
+    audit_cmd,
+    can_i_cmd,
+    graph_cmd,
+    run_cmd,
+    schema_cmd,
+    validate_cmd,
+)
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     validate_cmd,
     schema_cmd,
     graph_cmd,
     admin_cmds,
+    approvals_cmd,
     run_cmd,
     audit_cmd,
     can_i_cmd,

@@ -1,4 +1,4 @@
-"""A small synchronous client for the admin API, used by `aofctl get/describe/diff/reconcile`.
+"""A small synchronous client for the admin API, used by `aofctl get/describe/diff/reconcile/approve`.
 
 Finds the daemon from `--admin`, then `$AOFD_ADMIN`, then the endpoints file a
 zero-config daemon writes under `./.aofd/state/`, then `127.0.0.1:8081`. Speaks HTTP over

@@ -5,10 +5,10 @@ file. Everything the daemon checks before it applies a revision is checked, by t
 pure stages the daemon runs: the desired state (YAML safety, schemas, source-independent
 references, duplicates, `${VAR}` substitution) and the compile stage (`aofd.plan.compiler`:
 command patterns, cron and time zones, flows that cannot be built, models no provider serves,
-...). What validate accepts, the daemon applies whole; what is left are facts of the host
-(a kubeconfig file, a provider key), which the daemon reports per resource. Paths in
-messages are shown as the user typed them. Exit 0 when valid (warnings allowed), 1 when any
-error, 2 for usage errors.
+approval settings that cannot all hold (warnings), ...). What validate accepts, the daemon
+applies whole; what is left are facts of the host (a kubeconfig file, a provider key), which
+the daemon reports per resource. Paths in messages are shown as the user typed them. Exit 0
+when valid (warnings allowed), 1 when any error, 2 for usage errors.
 
 Variables for substitution come from this process's environment, filtered by the allow-list
 (this is the CLI edge; the planner itself never reads the environment). An undefined variable

@@ -1,19 +1,28 @@
-"""The admin API (DESIGN.md section 4): health, readiness, metrics, status, resources.
+"""The admin API (DESIGN.md section 4): health, readiness, metrics, status, resources, approvals.
 
 Served on loopback or a unix socket by default, through the runtime's HTTP server adapter
 (`aofd.runtime.httpserver`; a unix socket is created with `admin_api.socket_mode`, 0660, and
 the optional `socket_group`). Read-only except `POST /api/v1/reconcile` (wake the sources and
-run a pass) and `POST /api/v1/diff` (plan a candidate tree against what runs, with the same
-pure planner, off the event loop; nothing is applied).
+run a pass), `POST /api/v1/diff` (plan a candidate tree against what runs, with the same
+pure planner, off the event loop; nothing is applied) and the approval decisions below.
 
 Access: with a token (`admin_api.token_file`, `--admin-token-file`, or the systemd credential
-`admin-token`) every request but `/healthz` and `/readyz` (and `/metrics` when
-`admin_api.metrics_open`) needs `Authorization: Bearer <token>`, compared in constant time;
-anything else is a bare 401 with `WWW-Authenticate: Bearer`. A TCP bind other hosts can reach
-is refused at start-up without a token (`check_exposure`). The token is never logged.
+`admin-token`) or named operator tokens (`admin_api.tokens`, or the credentials
+`admin-token-<name>`), every request but `/healthz` and `/readyz` (and `/metrics` when
+`admin_api.metrics_open`) needs `Authorization: Bearer <token>`, hashed and compared with every
+configured token in constant time; anything else is a bare 401 with `WWW-Authenticate: Bearer`.
+A TCP bind other hosts can reach is refused at start-up without a token (`check_exposure`).
+Tokens are never logged.
+
+Approvals: `GET /api/v1/approvals` lists pending command approvals;
+`POST /api/v1/approvals/<id>/approve` and `.../deny` decide one through the command guard as
+the named token's operator, `admin:<name>` (the unnamed token, or none, cannot: 403). `<id>` is
+the request's 64 hex digits or a unique prefix (8 or more) of a pending one; a decision's
+outcome maps to 200/202/403/404/409 (`decision_answer`).
 
 Secret-bearing values (Context env values and kubeconfig from a variable, Trigger tokens,
-secrets and `required_headers` values) are masked in every response.
+secrets and `required_headers` values, secret values in a pending command's argv) are masked
+in every response.
 """
 
 from __future__ import annotations
@@ -21,11 +30,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import grp
+import hashlib
 import hmac
 import json
 import os
+import re
 import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +48,7 @@ import structlog
 from aofd import errors, settings
 from aofd.daemon import config
 from aofd.resources import ids, snapshot
+from aofd.runtime import approvals as approvals_mod
 from aofd.runtime import httpserver, ports, verify
 
 log = structlog.get_logger("aofd.admin")
@@ -89,6 +103,52 @@ def load_token(spec: settings.AdminApiSpec, *, environ: Mapping[str, str] | None
             path, where = candidate, f"systemd credential {CREDENTIAL_NAME}"
     if path is None:
         return None
+    return _read_token(path, where)
+
+
+def load_named_tokens(
+    spec: settings.AdminApiSpec, *, environ: Mapping[str, str] | None = None, unnamed: str | None = None
+) -> dict[str, str]:
+    """Operators' tokens by name (`admin_api.tokens`): each from its `token_file`, else from the
+    systemd credential `admin-token-<name>`, with the rules of `load_token`.
+
+    Raises `ConfigError` (naming files and operators, never a token) when one cannot be read or
+    is malformed, or when one token is given to two names or is also the unnamed token `unnamed`:
+    the daemon must know whose token a request carries.
+    """
+    env = os.environ if environ is None else environ
+    tokens: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for entry in spec.tokens:
+        where = f"admin_api.tokens[{entry.name}]"
+        path = entry.token_file
+        if path is None:
+            credential = f"{CREDENTIAL_NAME}-{entry.name}"
+            directory = env.get("CREDENTIALS_DIRECTORY")
+            path = Path(directory) / credential if directory else None
+            if path is None or not path.is_file():
+                raise errors.ConfigError(
+                    f"{where}: no token_file and no systemd credential {credential} "
+                    f"(LoadCredential={credential}:/etc/aofd/credentials/{credential})"
+                )
+            where = f"{where} (systemd credential {credential})"
+        token = _read_token(path, where)
+        if token == unnamed:
+            raise errors.ConfigError(
+                f"{where}: the token of {entry.name} is also admin_api.token_file's; an operator's "
+                "token must be their own"
+            )
+        if token in owners:
+            raise errors.ConfigError(
+                f"admin_api.tokens: {owners[token]} and {entry.name} have the same token; "
+                "each operator needs their own"
+            )
+        owners[token] = entry.name
+        tokens[entry.name] = token
+    return tokens
+
+
+def _read_token(path: Path, where: str) -> str:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_TOKEN_BYTES + 1)
@@ -111,9 +171,9 @@ def load_token(spec: settings.AdminApiSpec, *, environ: Mapping[str, str] | None
 is_local = config.is_local_address
 
 
-def check_exposure(address: str, *, token: str | None) -> None:
-    """Refuse an admin address other hosts can reach when no token guards it."""
-    if token is None and not is_local(address):
+def check_exposure(address: str, *, token: str | None, named_tokens: int = 0) -> None:
+    """Refuse an admin address other hosts can reach when no token (unnamed or named) guards it."""
+    if token is None and not named_tokens and not is_local(address):
         raise errors.ConfigError(
             f"admin API address {address} can be reached from other hosts but no admin token is "
             "set: set admin_api.token_file (or --admin-token-file, or the systemd credential "
@@ -136,6 +196,22 @@ class DaemonView(Protocol):
     def request_reconcile(self, source: str | None) -> list[str]: ...
     def diff(self, source: str | None, files: Mapping[str, bytes]) -> dict[str, Any]: ...
     def metrics(self) -> tuple[bytes, str]: ...
+    def approvals(self) -> list[dict[str, Any]]: ...
+    def approval(self, request_id: str) -> dict[str, Any] | None: ...
+    async def decide_approval(
+        self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
+    ) -> approvals_mod.Decision: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent an authorized request: `name` is the operator of a named token, None for the
+    unnamed token or an API without tokens (those may read, not decide approvals)."""
+
+    name: str | None = None
+
+
+_ANYONE = Caller()
 
 
 def _json(data: Any, status: int = 200) -> ports.HttpResponse:
@@ -160,24 +236,37 @@ class AdminApi:
         view: DaemonView,
         *,
         token: str | None = None,
+        named_tokens: Mapping[str, str] | None = None,
         metrics_open: bool = False,
         max_diff_bytes: int = settings.AdminApiSpec().max_diff_bytes,
         limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
     ) -> None:
         self._view = view
-        self._token = token.encode("utf-8") if token is not None else None
+        # SHA-256 of each token with its operator (None: the unnamed one); a request's token is
+        # hashed and compared with every one of them, so neither its length nor which one
+        # matched shows in the time an answer takes.
+        self._keys: tuple[tuple[bytes, str | None], ...] = tuple(
+            [(_digest(token), None)] if token is not None else []
+        ) + tuple((_digest(t), name) for name, t in (named_tokens or {}).items())
         self._metrics_open = metrics_open
         self._max_diff = max_diff_bytes
         self._limits = limits
         self._diff_busy = False
 
-    def _authorized(self, request: ports.HttpRequest) -> bool:
-        if self._token is None:
-            return True
+    def _caller(self, request: ports.HttpRequest) -> Caller | None:
+        """The authorized caller, or None (answer 401)."""
+        if not self._keys:
+            return _ANYONE
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        # compare_digest on bytes of any length; a wrong scheme compares too, so timing tells nothing.
-        match = hmac.compare_digest(given.strip().encode("utf-8"), self._token)
-        return match and scheme.lower() == "bearer"
+        # A wrong scheme is compared too, and every key always is: timing tells nothing.
+        digest = _digest(given.strip())
+        matched, name = False, None
+        for key, owner in self._keys:
+            if hmac.compare_digest(digest, key):
+                matched, name = True, owner
+        if not matched or scheme.lower() != "bearer":
+            return None
+        return Caller(name)
 
     async def __call__(self, request: ports.HttpRequest) -> ports.HttpResponse:
         method, path = request.method, request.path.rstrip("/") or "/"
@@ -189,7 +278,8 @@ class AdminApi:
             ready, why = self._view.ready()
             return _text(200 if ready else 503, "ready\n" if ready else f"not ready: {why}\n")
         open_metrics = path == "/metrics" and get and self._metrics_open
-        if not open_metrics and not self._authorized(request):
+        caller = _ANYONE if open_metrics else self._caller(request)
+        if caller is None:
             return _unauthorized()
         if path == "/metrics" and get:
             body, content_type = self._view.metrics()
@@ -202,11 +292,69 @@ class AdminApi:
             return self._reconcile(request)
         if path == "/api/v1/diff" and method == "POST":
             return await self._diff(request)
+        if path == "/api/v1/approvals" and get:
+            return _json({"items": self._view.approvals()})
         parts = path.split("/")
+        if parts[:4] == ["", "api", "v1", "approvals"] and len(parts) == 6 and parts[5] in _VERBS:
+            if method != "POST":
+                return _text(405, "method not allowed\n")
+            return await self._decide(caller, parts[4], approve=parts[5] == "approve")
         if parts[:4] == ["", "api", "v1", "resources"] and len(parts) <= 6 and get:
             return self._resources(*parts[4:])
         known = path in _ROUTES or parts[:4] == ["", "api", "v1", "resources"]
         return _text(405, "method not allowed\n") if known else _text(404, "not found\n")
+
+    # -- approvals -------------------------------------------------------------------------
+
+    async def _decide(self, caller: Caller, ref: str, *, approve: bool) -> ports.HttpResponse:
+        """Approve or deny as the named token's operator, `admin:<name>`, through the guard."""
+        if caller.name is None:
+            return _json({"error": f"deciding an approval needs a named admin token: {NAMED_TOKENS}"}, 403)
+        found = self._resolve(ref)
+        if isinstance(found, ports.HttpResponse):
+            return found
+        user = ports.UserRef(
+            id=f"{approvals_mod.ADMIN}:{caller.name}", name=caller.name, domain=approvals_mod.ADMIN
+        )
+        action_id = f"{approvals_mod.ADMIN}:{uuid.uuid4().hex}"
+        decision = await self._view.decide_approval(found, user=user, approve=approve, action_id=action_id)
+        item = self._view.approval(found)
+        status, message = decision_answer(decision, user.id, approve=approve, item=item)
+        return _json({"decision": decision.value, "message": message, "id": found, "approval": item}, status)
+
+    def _resolve(self, ref: str) -> str | ports.HttpResponse:
+        """A full request id, or the one pending request that starts with `ref` (8+ hex digits)."""
+        ref = ref.lower()
+        if _FULL_ID.fullmatch(ref):
+            return ref
+        if not _ID_PREFIX.fullmatch(ref):
+            return _json(
+                {
+                    "decision": approvals_mod.Decision.UNKNOWN.value,
+                    "error": f"no approval request {ref[:80]!r}: an id is {ID_CHARS} hex digits, "
+                    f"or a unique prefix of at least {MIN_PREFIX} of a pending one",
+                },
+                404,
+            )
+        matches = [str(i["id"]) for i in self._view.approvals() if str(i["id"]).startswith(ref)]
+        if not matches:
+            return _json(
+                {
+                    "decision": approvals_mod.Decision.UNKNOWN.value,
+                    "error": f"no pending approval request starts with {ref}",
+                },
+                404,
+            )
+        if len(matches) > 1:
+            return _json(
+                {
+                    "error": f"{ref} is ambiguous: {len(matches)} pending requests start with it; "
+                    "give more of the id",
+                    "candidates": matches,
+                },
+                400,
+            )
+        return matches[0]
 
     def _resources(self, kind_text: str | None = None, name: str | None = None) -> ports.HttpResponse:
         kind = None
@@ -293,6 +441,44 @@ class AdminApi:
         return files, source or None
 
 
+def decision_answer(
+    decision: approvals_mod.Decision, who: str, *, approve: bool, item: Mapping[str, Any] | None
+) -> tuple[int, str]:
+    """The HTTP status and a sentence for an operator's decision (`aofctl approve` prints it)."""
+    D = approvals_mod.Decision
+    info = item or {}
+    context = info.get("context", "?")
+    got, needed = int(info.get("approvals", 0)), int(info.get("minApprovers", 1))
+    if decision is D.GRANTED:
+        return 200, f"granted by {who} ({got} of {needed} approvals): the command runs now"
+    if decision is D.PENDING_MORE:
+        more = max(1, needed - got)
+        return 202, f"approval by {who} counted ({got} of {needed}): {more} more needed"
+    if decision is D.DENIED:
+        return 200, f"denied by {who}: the command does not run"
+    if decision is D.NOT_ALLOWED:
+        if approve:
+            why = f"{who} is not in Context {context}'s approval.allowed_users (add {who} there)"
+        else:
+            why = f"{who} may not deny: not in Context {context}'s approval.allowed_users, nor the requester"
+        return 403, why
+    if decision is D.SELF_NOT_ALLOWED:
+        return 403, (
+            f"{who} requested this command; Context {context} does not allow self-approval "
+            "(approval.allow_self_approval)"
+        )
+    if decision is D.ALREADY_DECIDED:
+        state = info.get("state", "decided")
+        by = info.get("deniedBy") or ", ".join(info.get("approvedBy") or ()) or "someone"
+        return 409, f"the request was already {state} (by {by})"
+    if decision is D.EXPIRED:
+        reason = info.get("reason") or "timeout"
+        return 409, f"the request has expired ({reason}); the command did not run"
+    if decision is D.DUPLICATE:
+        return 409, f"{who} has already decided on this request"
+    return 404, "no such approval request"
+
+
 class _BadTree(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -308,8 +494,19 @@ _ROUTES = frozenset(
         "/api/v1/inventory",
         "/api/v1/reconcile",
         "/api/v1/diff",
+        "/api/v1/approvals",
     }
 )
+_VERBS = frozenset({"approve", "deny"})
+ID_CHARS = 64
+MIN_PREFIX = 8
+_FULL_ID = re.compile(rf"[0-9a-f]{{{ID_CHARS}}}")
+_ID_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},{ID_CHARS - 1}}}")
+NAMED_TOKENS = "admin_api.tokens"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 async def start_site(

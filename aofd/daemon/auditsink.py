@@ -10,6 +10,7 @@ that joins the runtime's port to `aofd.audit`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aofd import __version__
@@ -73,6 +74,10 @@ class AuditAdapter:
         self._journal = journal_
         self._redactor = redactor
         self._origin = records.Origin(service_version=__version__)
+
+    def redact(self, argv: Sequence[str]) -> tuple[str, ...]:
+        """argv as the audit log shows it (secret values replaced): for other views of a command."""
+        return self._redactor.redact(argv)
 
     async def write(self, context: str, event: ports.AuditEvent, *, durable: bool = False) -> None:
         record = render(event, context=context, redactor=self._redactor, origin=self._origin)

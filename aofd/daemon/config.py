@@ -4,6 +4,12 @@ The YAML goes through the same hostile-input-safe reader as resources
 (`aofd.resources.documents`), so every error points at `FILE:LINE:COL`. The shapes and
 defaults live in `aofd.settings`; this module only reads, validates and applies command-line
 overrides. Paths in the file are resolved against the file's directory.
+
+The platform API base URLs (`platforms.slack_api_url`, `slack_response_url_base`,
+`telegram_api_url`, `whatsapp_api_url`) may also come from the daemon's environment
+(`settings.PLATFORM_URL_ENV`: `AOFD_SLACK_API_URL`, ...): a value written in the file wins, the
+environment fills what the file leaves out, and both go through the same validation (an error
+about an environment value names the variable, with the path `<environment>`).
 """
 
 from __future__ import annotations
@@ -70,16 +76,56 @@ def pinned_tools(
     return found
 
 
+ENVIRONMENT = "<environment>"
+"""The path of an issue about a setting taken from the environment."""
+
+
+def _platforms_from_env(environ: Mapping[str, str], written: Mapping[str, Any]) -> dict[str, str]:
+    """The platform base URLs the environment sets (non-empty) and the file leaves out."""
+    return {
+        field: environ[var]
+        for field, var in settings.PLATFORM_URL_ENV.items()
+        if field not in written and environ.get(var)
+    }
+
+
+def _env_issue(err: Mapping[str, Any], from_env: Mapping[str, str]) -> errors.Issue | None:
+    """An issue naming the environment variable, when `err` is about a value taken from one."""
+    loc = tuple(err.get("loc", ()))
+    if len(loc) != 2 or loc[0] != "platforms" or loc[1] not in from_env:
+        return None
+    var = settings.PLATFORM_URL_ENV[str(loc[1])]
+    message = f"{var} (for platforms.{loc[1]}): {err.get('msg', 'invalid value')}"
+    return errors.Issue(ENVIRONMENT, 0, 0, "error", message, "config")
+
+
 def zero_config(
-    path: Path, overrides: Overrides = Overrides(), *, settle: float | None = None
+    path: Path,
+    overrides: Overrides = Overrides(),
+    *,
+    settle: float | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> settings.DaemonConfig:
     """`aofd serve PATH`: one watched directory source for every kind, state under PATH/.aofd,
     and kubectl/helm/curl pinned from the daemon's PATH as it is at start-up. `settle`
-    (`--settle`) is how long a change must be quiet before it applies (default 1 s)."""
+    (`--settle`) is how long a change must be quiet before it applies (default 1 s). Platform
+    base URLs come from `environ` (default `os.environ`), else the defaults.
+
+    Raises:
+        errors.ConfigError: an environment variable holds a base URL that is not allowed.
+    """
     root = path.resolve()
     base = root / STATE_SUBDIR
     quiet = settings.DEFAULT_DIRECTORY_SETTLE if settle is None else settle
+    from_env = _platforms_from_env(os.environ if environ is None else environ, {})
+    try:
+        platforms = settings.PlatformsSpec.model_validate(from_env)
+    except pydantic.ValidationError as exc:
+        found = [_env_issue({**e, "loc": ("platforms", *e["loc"])}, from_env) for e in exc.errors()]
+        issues = tuple(i for i in found if i is not None)
+        raise errors.ConfigError("invalid platform base URL in the environment", issues) from None
     config = settings.DaemonConfig(
+        platforms=platforms,
         executables=settings.ExecutablesSpec(paths=pinned_tools()),
         sources=(
             settings.SourceSpec(
@@ -93,8 +139,13 @@ def zero_config(
     return apply_overrides(config, overrides)
 
 
-def load(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfig:
-    """Read and validate a daemon config file; raise `ConfigError` with issues at file:line:col."""
+def load(
+    path: Path, overrides: Overrides = Overrides(), *, environ: Mapping[str, str] | None = None
+) -> settings.DaemonConfig:
+    """Read and validate a daemon config file; raise `ConfigError` with issues at file:line:col.
+
+    Platform base URLs the file leaves out are taken from `environ` (default `os.environ`).
+    """
     display = str(path)
     try:
         content = path.read_bytes()
@@ -110,10 +161,17 @@ def load(path: Path, overrides: Overrides = Overrides()) -> settings.DaemonConfi
     doc = parsed.documents[0]
     raw: dict[str, Any] = copy.deepcopy(doc.data)  # type: ignore[arg-type]  # checked: a mapping
     data = _resolve_paths(raw, base=path.resolve().parent)
+    written = data.get("platforms")
+    written = {} if written is None else written  # `platforms:` with nothing under it
+    from_env: dict[str, str] = {}
+    if isinstance(written, dict):
+        from_env = _platforms_from_env(os.environ if environ is None else environ, written)
+        if from_env:
+            data["platforms"] = {**written, **from_env}
     try:
         config = settings.DaemonConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        issues = tuple(_issue(doc, err) for err in exc.errors(include_url=False))
+        issues = tuple(_env_issue(err, from_env) or _issue(doc, err) for err in exc.errors(include_url=False))
         raise errors.ConfigError(f"{display}: invalid daemon config", issues) from None
     return apply_overrides(config, overrides)
 
@@ -155,6 +213,10 @@ def _resolve_paths(data: dict[str, Any], *, base: Path) -> dict[str, Any]:
     admin_api = data.get("admin_api")
     if isinstance(admin_api, dict) and "token_file" in admin_api:
         admin_api["token_file"] = fix(admin_api["token_file"])
+    if isinstance(admin_api, dict) and isinstance(admin_api.get("tokens"), list):
+        for entry in admin_api["tokens"]:
+            if isinstance(entry, dict) and "token_file" in entry:
+                entry["token_file"] = fix(entry["token_file"])
     sources = data.get("sources")
     if isinstance(sources, list):
         for src in sources:

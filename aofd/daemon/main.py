@@ -86,13 +86,15 @@ class Daemon:
         self.reconciler: loop.Reconciler | None = None
         self.endpoints: dict[str, str] = {}
         self._admin_token: str | None = None
+        self._admin_tokens: dict[str, str] = {}  # operators' named tokens (admin_api.tokens)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> int:
         # Before anything starts: an admin API others can reach without a token is refused.
         self._admin_token = admin.load_token(self.cfg.admin_api)
-        admin.check_exposure(self.cfg.admin, token=self._admin_token)
+        self._admin_tokens = admin.load_named_tokens(self.cfg.admin_api, unnamed=self._admin_token)
+        admin.check_exposure(self.cfg.admin, token=self._admin_token, named_tokens=len(self._admin_tokens))
         self.lock.acquire()
         try:
             return await self._run_locked()
@@ -157,6 +159,7 @@ class Daemon:
                 admin.AdminApi(
                     view.AdminView(self),
                     token=self._admin_token,
+                    named_tokens=self._admin_tokens,
                     metrics_open=access.metrics_open,
                     max_diff_bytes=access.max_diff_bytes,
                 ),
@@ -166,7 +169,7 @@ class Daemon:
                 limits=self.runtime.admin_limits,
                 stats=self.runtime.http_stats["admin"],
             )
-            if self._admin_token is None:
+            if self._admin_token is None and not self._admin_tokens:
                 who = "the socket's group" if admin_address.startswith("unix:") else "any local user"
                 log.warning(f"admin API has no token, so {who} can reconcile and diff", admin=admin_address)
             self.endpoints["admin"] = admin_address

@@ -4,13 +4,19 @@ It reads the daemon's reconciler, runtime, sources and audit log and answers the
 questions (health, readiness, status, resources with their conditions, inventory, a dry-run
 plan of a candidate tree, metrics). A dry run goes through the same pure half as a pass:
 desired state, compile, diff against the inventory. It changes nothing.
+
+Pending command approvals are shown and decided through `ApprovalsView`: argv as the audit log
+writes it (secret values replaced by the audit's keyed hash), and every decision goes through
+the command guard, which checks the Context's rules and audits it.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aofd import __version__
 from aofd.daemon import admin
@@ -18,6 +24,8 @@ from aofd.plan import compiler, desired, dryrun, extract, render
 from aofd.reconcile import status as status_mod
 from aofd.resources import ids, snapshot
 from aofd.resources.kinds import base as kinds_base
+from aofd.runtime import approvals as approvals_mod
+from aofd.runtime import ports
 
 if TYPE_CHECKING:  # the daemon builds the view; the view never builds a daemon
     from aofd.daemon.main import Daemon
@@ -196,3 +204,111 @@ class AdminView:
         if rt is None:
             return b"", "text/plain"
         return rt.metrics.render()
+
+    def _approvals(self) -> ApprovalsView | None:
+        rt = self._d.runtime
+        if rt is None:
+            return None
+        return ApprovalsView(rt.approvals, rt.guard.decide, rt.audit.redact)
+
+    def approvals(self) -> list[dict[str, Any]]:
+        found = self._approvals()
+        return found.approvals() if found is not None else []
+
+    def approval(self, request_id: str) -> dict[str, Any] | None:
+        found = self._approvals()
+        return found.approval(request_id) if found is not None else None
+
+    async def decide_approval(
+        self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
+    ) -> approvals_mod.Decision:
+        found = self._approvals()
+        if found is None:
+            return approvals_mod.Decision.UNKNOWN
+        return await found.decide_approval(request_id, user=user, approve=approve, action_id=action_id)
+
+
+class Decide(Protocol):
+    """`CommandGuard.decide`: apply one approver's decision and audit it."""
+
+    def __call__(
+        self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
+    ) -> Awaitable[approvals_mod.Decision]: ...
+
+
+class ApprovalsView:
+    """The admin API's approvals: pending requests listed for people, decisions through the guard.
+
+    `clock` must be the store's clock (monotonic: ages and time left), `wall` the time of day
+    (the ISO 8601 times shown); `redact` is the audit log's argv redaction.
+    """
+
+    def __init__(
+        self,
+        store: approvals_mod.ApprovalStore,
+        decide: Decide,
+        redact: Callable[[Sequence[str]], tuple[str, ...]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._decide = decide
+        self._redact = redact
+        self._clock = clock
+        self._wall = wall
+
+    def approvals(self) -> list[dict[str, Any]]:
+        """Every pending request, oldest first."""
+        items = []
+        for request in sorted(self._store.pending(), key=lambda r: r.created_at):
+            outcome = self._store.outcome(request.id)
+            if outcome is not None:
+                items.append(self._item(outcome))
+        return items
+
+    def approval(self, request_id: str) -> dict[str, Any] | None:
+        """One request by its full id, pending or decided (while the store keeps it)."""
+        outcome = self._store.outcome(request_id)
+        return self._item(outcome) if outcome is not None else None
+
+    async def decide_approval(
+        self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
+    ) -> approvals_mod.Decision:
+        return await self._decide(request_id, user=user, approve=approve, action_id=action_id)
+
+    def _item(self, outcome: approvals_mod.Outcome) -> dict[str, Any]:
+        req = outcome.request
+        argv = self._redact(req.argv)
+        now = self._clock()
+        return {
+            "id": req.id,
+            "state": outcome.state.value,
+            "reason": outcome.reason,
+            "context": req.context,
+            "argv": list(argv),
+            "command": approvals_mod.render_argv(argv),
+            "requester": {
+                "id": req.requester.id,
+                "name": req.requester.name,
+                "platform": req.requester.domain.split(":", 1)[0],
+            },
+            "agent": req.agent,
+            "runId": req.run_id,
+            "rule": req.rule,
+            "requestedAt": iso_time(req.requested_at),
+            "expiresAt": iso_time(req.requested_at + req.timeout_seconds),
+            "ageSeconds": round(max(0.0, now - req.created_at), 3),
+            "expiresInSeconds": round(max(0.0, req.expires_at - now), 3),
+            "approvals": len(outcome.approvers),
+            "minApprovers": req.min_approvers,
+            "approvedBy": [u.id for u in outcome.approvers],
+            "deniedBy": outcome.denier.id if outcome.denier is not None else None,
+            "allowedUsers": list(req.allowed_users),
+            "allowSelfApproval": req.allow_self_approval,
+        }
+
+
+def iso_time(ts: float) -> str:
+    """`2026-12-06T06:37:10Z`: a wall time for people, ISO 8601, UTC, whole seconds."""
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -11,7 +11,9 @@ This module owns `build()`, the step DESIGN.md section 2 calls "compiled specs".
 - per webhook Trigger, and per pulling Trigger (schedule, polling) that an active binding uses,
   its `ListenerSpec` (cron and time zone parsed, secrets substituted, config digest) and its
   `TriggerRoutes` (the routing table's entries);
-- every static problem, as an `Issue` at the file, line and column of the value at fault.
+- every static problem, as an `Issue` at the file, line and column of the value at fault,
+  among them the warnings about approval settings that cannot all hold (`aofd.specs.approvers`:
+  per Context, and per binding at each Approval node of its flow, judged under its Context).
 
 `aofctl validate`, `aofctl diff`, `aofctl graph` and the daemon all call this one function, so
 what validate accepts the daemon applies whole. What is left for apply are facts of the host
@@ -45,9 +47,9 @@ from aofd.resources.kinds import context as context_kind
 from aofd.resources.kinds import fleet as fleet_kind
 from aofd.resources.kinds import flow as flow_kind
 from aofd.resources.kinds import trigger as trigger_kind
+from aofd.specs import approvers, http_policy, policy
 from aofd.specs import bindings as binding_specs
 from aofd.specs import flows as flow_specs
-from aofd.specs import http_policy, policy
 from aofd.specs import listeners as listener_specs
 from aofd.specs import routes as route_specs
 from aofd.specs.problems import Problem
@@ -384,9 +386,16 @@ class _Run:
                 self.listeners.pop(name)
                 self.routes.pop(name)
 
-    def _report(self, key: Key, resource: LoadedResource | None, problems: Iterable[Problem]) -> None:
-        """Record the problems of `key` (replacing its last ones)."""
-        found: list[_Issue] = []
+    def _report(
+        self,
+        key: Key,
+        resource: LoadedResource | None,
+        problems: Iterable[Problem],
+        elsewhere: Iterable[_Issue] = (),
+    ) -> None:
+        """Record the problems of `key` (replacing its last ones); `elsewhere` are issues of `key`
+        found in another resource's file (a binding's, in the flow it runs)."""
+        found: list[_Issue] = list(elsewhere)
         if resource is not None:
             for problem in problems:
                 line, col = extract.position(resource, problem.loc)
@@ -432,6 +441,7 @@ class _Run:
         guard_policy, found = policy.compile_context(model, tools=self.options.tools)
         problems = list(found)
         problems.extend(self._shared_name(o) for o in self.context_keys.get(key.name) or () if o != key)
+        problems.extend(approvers.context_problems(model.spec.approval))
         audit = model.spec.audit
         spec = ContextSpec(
             key=key,
@@ -562,7 +572,7 @@ class _Run:
             if model.spec.trigger is not None:  # the seed's filters, beside the trigger reference
                 loc = ("spec", "trigger", "config", "patterns")
                 problems += route_specs.pattern_problems(model.spec.trigger.config.patterns, loc)
-            self._report(key, resolved.binding, problems)
+            self._report(key, resolved.binding, problems, _approval_node_issues(resolved))
             self.bindings.set(binding_id, new)
         base_digests = self.base.desired.digests if self.base is not None else {}
         if (
@@ -593,6 +603,38 @@ class _Run:
                 route_specs.Route.of(binding_id, spec.context, binding.spec.filters(), gate_score=gate.score)
             )
         return route_specs.TriggerRoutes.build(gate, entries)
+
+
+def _approval_node_issues(resolved: desired.ResolvedBinding) -> list[_Issue]:
+    """Warnings, at each Approval node of the binding's flow, about approvers its Context makes
+    impossible (`approvers.node_problems`); the Context is the binding's, so the flow's file gets
+    one warning per binding that runs it under such a Context."""
+    flow_res, context_res = resolved.flow, resolved.context
+    if flow_res is None or context_res is None:
+        return []
+    flow_model, context_model = flow_res.model, context_res.model
+    if not isinstance(flow_model, flow_kind.AgentFlow) or not isinstance(context_model, context_kind.Context):
+        return []
+    line, _ = extract.position(context_res, ())
+    where = f"{context_res.path}:{line}"
+    found: list[_Issue] = []
+    for index, node in enumerate(flow_model.spec.nodes):
+        if node.type is not flow_kind.NodeType.APPROVAL:
+            continue
+        messages = approvers.node_problems(
+            node.id,
+            node.config.approvers,
+            context_model.spec.approval,
+            context=context_res.name,
+            where=where,
+        )
+        loc: tuple[str | int, ...] = ("spec", "nodes", index, "config")
+        loc = (*loc, "approvers") if node.config.approvers else ("spec", "nodes", index)
+        at_line, at_col = extract.position(flow_res, loc)
+        for message in messages:
+            text = f"{flow_res.key}: {message} (FlowBinding {resolved.name})"
+            found.append(_Issue(flow_res.path, at_line, at_col, "warning", text, "approval-unreachable"))
+    return found
 
 
 def _layer_order(key: Key) -> tuple[int, str, str, str]:

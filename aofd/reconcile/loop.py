@@ -458,7 +458,9 @@ class Reconciler:
 
     def _log_pass(self, summary: status_mod.PassSummary) -> None:
         errs = [i.format() for i in summary.issues if i.is_error]
-        log.info(
+        # A revision's warnings (settings that cannot all hold ...) once, when it is applied.
+        warns = [i.format() for i in summary.issues if not i.is_error] if summary.outcome == "applied" else []
+        (log.warning if warns else log.info)(
             "reconcile pass",
             revision=summary.revision,
             outcome=summary.outcome,
@@ -469,6 +471,7 @@ class Reconciler:
             duration_ms=round(summary.duration_s * 1000, 2),
             phases_ms={name: round(seconds * 1000, 2) for name, seconds in summary.phases} or None,
             errors=errs[:20] if errs else None,
+            warnings=warns[:20] if warns else None,
         )
 
 

@@ -10,6 +10,12 @@ recorded as `cancelled` and its origin is told. `drain(grace)` does the same on 
 
 A run keeps the plan of the `BindingSpec` it was started with; nothing later swaps it.
 
+Each run ends with one canonical log line, `flow run` (`RunRecord.log_fields`: run id,
+binding, flow, Context, trigger, platform, user id, status, duration, node counts, model and
+tool calls, commands run and refused, approvals waited for, tokens, a short error), whatever
+ended it: completed, failed, not started (refused by the Context's limits), timed out,
+stopped by an approval, cancelled. It is logged at warning level for `failed` and `timed_out`.
+
 It must not run flows itself (the engine does) or leak tasks: `drain` leaves none behind.
 """
 
@@ -25,6 +31,9 @@ from aofd.runtime import engine, ports, runs, tasks
 from aofd.specs import bindings, flows
 
 log = structlog.get_logger()
+
+_LOUD = frozenset({runs.RunStatus.FAILED.value, runs.RunStatus.TIMED_OUT.value})
+"""Run outcomes logged at warning level (the rest at info): the operator should look at these."""
 
 
 class FlowStarter:
@@ -68,10 +77,14 @@ class FlowStarter:
         return record.run_id
 
     def _done(self, run_id: str, task: asyncio.Task[runs.RunRecord]) -> None:
+        record = self._engine.history.record(run_id)
+        if record is None:
+            return
+        fields = record.log_fields()
+        level = log.warning if fields["status"] in _LOUD else log.info
+        level("flow run", **fields)
         if self._on_finished is not None:
-            record = self._engine.history.record(run_id)
-            if record is not None:
-                self._on_finished(record)
+            self._on_finished(record)
 
     async def wait(self, run_id: str) -> runs.RunRecord | None:
         """Wait for one run to finish; its record (None if unknown)."""

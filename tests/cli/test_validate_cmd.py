@@ -138,3 +138,22 @@ def test_schema_prints_json(aofctl: Run) -> None:
     """`aofctl schema` prints a JSON Schema document."""
     code, out, _ = aofctl("schema")
     assert (0, True) == (code, "$schema" in json.loads(out))
+
+
+def test_approval_settings_that_cannot_hold_are_warnings(aofctl: Run, tmp_path: Path) -> None:
+    """A Context whose only approver can never approve their own requests validates (exit 0) with
+    a warning at the setting that says what happens and how to fix it."""
+    path = tmp_path / "ctx.yaml"
+    path.write_text(
+        "apiVersion: aof.dev/v1\nkind: Context\nmetadata:\n  name: prod\nspec:\n  approval:\n"
+        "    required: true\n    allowed_users: [U1]\n",
+        encoding="utf-8",
+    )
+    code, out, _ = aofctl("validate", str(path))
+    assert (0, 2) == (code, len(out.splitlines())), out
+    assert out.startswith(
+        f"{path}:8:20: warning: Context/prod: approval.min_approvers is 1 and approval.allowed_users "
+        "names 1 approver, and allow_self_approval is false: requests made by one of the approvers "
+        "cannot be granted; add an approver"
+    ), out
+    assert out.endswith("1 resource in 1 file: 0 errors, 1 warning\n"), out
