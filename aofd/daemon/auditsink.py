@@ -64,6 +64,7 @@ def render(
         http_status=event.http_status,
         message=event.message,
         extra=event.details,
+        approver=_actor(event.approver),
     )
 
 

@@ -173,6 +173,7 @@ class CommandGuard:
         details: Mapping[str, Any] | None = None,
         related: Sequence[str] = (),
         result: commands.CommandResult | None = None,
+        approver: ports.UserRef | None = None,
     ) -> ports.AuditEvent:
         """The audit event of one stage of a command: its argv as run (with the pinned executable)
         once the policy parsed it, else as requested; the decision; the Kubernetes target."""
@@ -213,6 +214,7 @@ class CommandGuard:
             process=process if process.args or process.command_line else None,
             target=target,
             details=fields,
+            approver=approver,
         )
 
     async def _write(self, context: str, event: ports.AuditEvent, *, durable: bool = False) -> None:
@@ -335,6 +337,7 @@ class CommandGuard:
             verdict=verdict,
             details={"approval": approval_info},
             related=[u.id for u in approvers],
+            approver=approvers[-1] if approvers else None,
         )
         try:
             await self._write(req.context_name, started, durable=True)
@@ -365,6 +368,7 @@ class CommandGuard:
                 pol=pol,
                 verdict=verdict,
                 details={"error": reason},
+                approver=approvers[-1] if approvers else None,
             )
             await self._write_quietly(req.context_name, record)
             return Denial(reason, "start", "start", cid)
@@ -391,6 +395,7 @@ class CommandGuard:
             verdict=verdict,
             details={"output": output, "truncated": result.truncated, "timed_out": result.timed_out},
             result=result,
+            approver=approvers[-1] if approvers else None,
         )
         # The command already ran: if this write fails, the durable command.started record stands.
         await self._write_quietly(req.context_name, finished)

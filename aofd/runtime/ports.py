@@ -146,6 +146,8 @@ class AuditEvent:
     http_status: int | None = None
     message: str | None = None
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    approver: UserRef | None = None
+    """Who approved the command (the vote that completed the request): the seed's `approved_by`."""
 
 
 class AuditSink(Protocol):
