@@ -55,7 +55,7 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (
         re.compile(
             r"(?i)\b((?:password|passwd|pwd|secret|client_secret|api[_-]?key|access[_-]?token|token)"
-            r"\s*[=:]\s*)(?!\[REDACTED\])[\"']?[^\s\"',;&]+[\"']?"
+            r"[\"']?\s*[=:]\s*)(?!\[REDACTED\])[\"']?[^\s\"',;&]+[\"']?"
         ),
         r"\1" + REDACTED,
     ),

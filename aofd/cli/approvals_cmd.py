@@ -1,4 +1,4 @@
-"""`aofctl approvals`, `aofctl approve ID` and `aofctl deny ID`: pending command approvals, decided
+"""`aofctl approvals`, `aofctl approve ID` and `aofctl deny ID`: pending approval requests, decided
 through the admin API.
 
 `approvals` lists the pending requests (a short id, the Context, the argv as the audit log shows

@@ -14,7 +14,7 @@ configured token in constant time; anything else is a bare 401 with `WWW-Authent
 A TCP bind other hosts can reach is refused at start-up without a token (`check_exposure`).
 Tokens are never logged.
 
-Approvals: `GET /api/v1/approvals` lists pending command approvals;
+Approvals: `GET /api/v1/approvals` lists pending approval requests (commands and Approval-node steps);
 `POST /api/v1/approvals/<id>/approve` and `.../deny` decide one through the command guard as
 the named token's operator, `admin:<name>` (the unnamed token, or none, cannot: 403). `<id>` is
 the request's 64 hex digits or a unique prefix (8 or more) of a pending one; a decision's
@@ -450,12 +450,12 @@ def decision_answer(
     context = info.get("context", "?")
     got, needed = int(info.get("approvals", 0)), int(info.get("minApprovers", 1))
     if decision is D.GRANTED:
-        return 200, f"granted by {who} ({got} of {needed} approvals): the command runs now"
+        return 200, f"granted by {who} ({got} of {needed} approvals): it goes ahead now"
     if decision is D.PENDING_MORE:
         more = max(1, needed - got)
         return 202, f"approval by {who} counted ({got} of {needed}): {more} more needed"
     if decision is D.DENIED:
-        return 200, f"denied by {who}: the command does not run"
+        return 200, f"denied by {who}: it will not run"
     if decision is D.NOT_ALLOWED:
         if approve:
             why = f"{who} is not in Context {context}'s approval.allowed_users (add {who} there)"

@@ -255,6 +255,7 @@ class Runtime:
         await self.applier.aclose()
         await self.starter.drain(0.0)
         self.approvals.cancel_all("aofd is shutting down")
+        await self.guard.aclose()
         self.scheduler.shutdown()
         await self.dispatcher.aclose()
         await self.engine.aclose()

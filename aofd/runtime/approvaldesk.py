@@ -178,29 +178,40 @@ class ApprovalDesk:
         except errors.AuditUnavailable:
             self.store.cancel(rid, "audit unavailable")
             raise
+        except asyncio.CancelledError:  # the record may be written already: close it too
+            await self._close(self._end(pending, "the run ended before a decision"), make, "")
+            raise
         prompt = ""
         now = self._now(pending)
         if now.state.final:  # cancelled as it was made (aofd is stopping): nobody is asked
-            return await self._close(now, make, prompt) or now
-        try:
-            prompt = await self._prompter.ask(pending)
-        except asyncio.CancelledError:
-            await self._close(self.store.cancel(rid, "the run ended before a decision"), make, prompt)
-            raise
-        except Exception as exc:  # the platform did not take the prompt: nobody can approve
-            log.warning(
-                "approval.prompt_failed", request_id=rid, context=pending.context, error=type(exc).__name__
-            )
-            cancelled = self.store.cancel(rid, f"the prompt could not be posted ({type(exc).__name__})")
-            return await self._close(cancelled, make, prompt) or self._now(pending)
-        try:
-            with deadlines.paused():
+            return await self._close(now, make, prompt)
+        with deadlines.paused():
+            try:
+                prompt = await self._prompter.ask(pending)
+            except asyncio.CancelledError:
+                await self._close(self._end(pending, "the run ended before a decision"), make, prompt)
+                raise
+            except Exception as exc:  # the platform did not take the prompt: nobody can be asked there
+                log.warning(
+                    "approval.prompt_failed",
+                    request_id=rid,
+                    context=pending.context,
+                    error=type(exc).__name__,
+                )
+                ended = self._end(pending, f"the prompt could not be posted ({type(exc).__name__})")
+                return await self._close(ended, make, prompt)
+            try:
                 outcome = await self.store.wait(rid)
-        except asyncio.CancelledError:
-            await self._close(self.store.cancel(rid, "the run ended before a decision"), make, prompt)
-            raise
-        await self._close(outcome, make, prompt)
-        return outcome
+            except asyncio.CancelledError:
+                await self._close(self._end(pending, "the run ended before a decision"), make, prompt)
+                raise
+            # Closed while still paused: the audit write and the settle must not eat the run's time.
+            return await self._close(outcome, make, prompt)
+
+    def _end(self, pending: approvals.ApprovalRequest, reason: str) -> approvals.Outcome:
+        """Cancel `pending` for `reason`, or its outcome if something else ended it first (a click,
+        the timeout, a shutdown): whatever ended it, `obtain` alone writes its closing record."""
+        return self.store.cancel(pending.id, reason) or self._now(pending)
 
     def _now(self, pending: approvals.ApprovalRequest) -> approvals.Outcome:
         got = self.store.outcome(pending.id)
@@ -208,13 +219,9 @@ class ApprovalDesk:
             got if got is not None else approvals.Outcome(pending, approvals.State.CANCELLED, reason="gone")
         )
 
-    async def _close(
-        self, outcome: approvals.Outcome | None, make: RecordMaker, prompt: str
-    ) -> approvals.Outcome | None:
-        """The closing record, the prompt settled, the thread told; never raises. None: nothing to close
-        (`cancel` found the request already final: whoever finalised it closes it)."""
-        if outcome is None:
-            return None
+    async def _close(self, outcome: approvals.Outcome, make: RecordMaker, prompt: str) -> approvals.Outcome:
+        """The closing record, the prompt settled, the thread told; raises nothing but a cancellation.
+        Called once per request, by `obtain` (the request's only waiter)."""
         req = outcome.request
         state = outcome.state
         if state is approvals.State.GRANTED:

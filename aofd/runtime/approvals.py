@@ -2,9 +2,9 @@
 
 This module owns the approval store (RELIABILITY.md section 2 "Approvals", rows 25-26):
 
-- a request is bound to `sha256(context ‖ canonical argv JSON ‖ run id ‖ attempt)`; the attempt
-  number (0 for the first) gives a repeated command in the same run a fresh approval, so a late
-  click on an old prompt can never approve a new request;
+- a request is bound to `sha256(context ‖ canonical argv JSON ‖ run id ‖ n)`, `n` the number of
+  requests the store has made: a repeated command in the same run gets a fresh approval, and no
+  id is ever issued twice, so a late click on an old prompt can never approve a new request;
 - approvers are matched by platform **user id**, never by display name: exactly, or modulo
   upstream's `slack:`/`telegram:`/`discord:` prefixes (a prefixed entry only matches a user of
   that platform, judged by `UserRef.domain`);
@@ -88,18 +88,33 @@ def _platform(user: ports.UserRef) -> str:
     return user.domain.split(":", 1)[0].lower()
 
 
+def _identity(user: ports.UserRef) -> tuple[str, str]:
+    """(platform, id) of a user. The platform the event came from (`domain`) decides: a prefix in
+    the id counts only when it names that same platform (or there is no domain), so an HTTP
+    trigger's body saying `user.id: admin:alice` is the id `admin:alice` of an HTTP caller, never
+    the operator alice nor the Slack user it names."""
+    prefix, uid = _split(user.id)
+    platform = _platform(user)
+    if not platform:
+        return prefix or "", uid
+    if prefix is None or prefix == platform:
+        return platform, uid
+    return platform, user.id
+
+
 def same_user(a: ports.UserRef, b: ports.UserRef) -> bool:
-    """Two references are the same person: same id (modulo platform prefix) on the same platform."""
-    pa, ida = _split(a.id)
-    pb, idb = _split(b.id)
-    plat_a, plat_b = pa or _platform(a), pb or _platform(b)
+    """Two references are the same person: same id (modulo platform prefix) on the same platform.
+
+    A person known under two platforms (a Slack id and an operator's `admin:` token) is two
+    references here: self-approval and `min_approvers` cannot tell them apart."""
+    plat_a, ida = _identity(a)
+    plat_b, idb = _identity(b)
     return ida == idb and (not plat_a or not plat_b or plat_a == plat_b)
 
 
 def is_allowed_approver(user: ports.UserRef, allowed_users: Sequence[str]) -> bool:
     """`user.id` is in `allowed_users`, exactly or modulo a `slack:`/`telegram:`/`discord:` prefix."""
-    user_prefix, user_id = _split(user.id)
-    platform = user_prefix or _platform(user)
+    platform, user_id = _identity(user)
     for entry in allowed_users:
         prefix, wanted = _split(entry)
         if wanted != user_id or not wanted:
@@ -179,6 +194,7 @@ class ApprovalStore:
         self._clock = clock
         self._wall = wall
         self._closed: str | None = None  # why no request can be decided any more (shutdown)
+        self._made = 0  # requests made so far: part of each id (`request_id`'s `attempt`)
         self._entries: dict[str, _Entry] = {}
         self._keep_decided = keep_decided
 
@@ -200,11 +216,11 @@ class ApprovalStore:
     ) -> ApprovalRequest:
         """Open a new pending request and return it (its id goes on the approval buttons)."""
         self._trim()
-        attempt = 0
-        while request_id(context, argv, run_id, attempt) in self._entries:
-            attempt += 1
+        # Never the same id twice in a store, even after decided requests were trimmed: a stale
+        # button or an old `aofctl approve <id>` must never reach a newer request.
+        self._made += 1
         req = ApprovalRequest(
-            id=request_id(context, argv, run_id, attempt),
+            id=request_id(context, argv, run_id, self._made),
             context=context,
             argv=tuple(argv),
             run_id=run_id,

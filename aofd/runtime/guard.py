@@ -143,6 +143,7 @@ class CommandGuard:
         policy_provider: PolicyProvider,
         on_refused: Callable[[str], None] | None = None,
         desk: approvaldesk.ApprovalDesk | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._on_refused = on_refused  # (context) for every rate-limit refusal; metrics
         self._runner = runner
@@ -156,6 +157,10 @@ class CommandGuard:
                 store=approvals, audit=audit, prompter=approvaldesk.AskOnly(approval_requester)
             )
         self.desk = desk
+        self._sleep = sleep
+        # Invariant: (context, limit) -> the task that writes the summary of the refusals left out
+        # in that pair's open quiet window; removed when it has written it.
+        self._summaries: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._policy = policy_provider
 
     # ------------------------------------------------------------------ records
@@ -448,7 +453,7 @@ class CommandGuard:
             return Denial(AUDIT_UNAVAILABLE, "audit", "audit", cid)
         except asyncio.CancelledError:
             # The run ended while the request was open: the desk closed the approval; the command too.
-            reason = "the run ended before anyone decided; the command was not run"
+            reason = "the run ended while the command waited for approval; the command was not run"
             await self._deny(req, cid, reason, "approval", "approval", pol=pol, verdict=verdict)
             raise
         if outcome.state is approvals.State.GRANTED:
@@ -485,8 +490,9 @@ class CommandGuard:
     ) -> limits.Lease | Denial:
         """Admit one request (an agent run) under the Context's rate limits, or refuse it.
 
-        The first refusal of a quiet window is audited as `ratelimit.exceeded`, with how many were
-        left out since the previous record (`aofd.ratelimit.suppressed`); see `aofd.runtime.limits`.
+        The first refusal of a quiet window is audited as `ratelimit.exceeded`; the ones left out
+        get one summary record when the window ends (or at `aclose`), with their number
+        (`aofd.ratelimit.suppressed`, `summary: true`); see `aofd.runtime.limits`.
         """
         pol = self._policy(context_name)
         if pol is None:
@@ -496,6 +502,11 @@ class CommandGuard:
             return got
         if self._on_refused is not None:
             self._on_refused(context_name)
+        if got.first_left_out:
+            key = (context_name, got.limit)
+            self._summaries[key] = asyncio.get_running_loop().create_task(
+                self._summary_later(key, got.quiet_for), name=f"ratelimit-summary:{context_name}"
+            )
         if got.audit:
             record = ports.AuditEvent(
                 "ratelimit.exceeded",
@@ -515,6 +526,36 @@ class CommandGuard:
             )
             await self._write_quietly(context_name, record)
         return Denial(got.reason, got.limit, "limits")
+
+    async def _summary_later(self, key: tuple[str, str], delay: float) -> None:
+        try:
+            await self._sleep(delay)
+        finally:
+            self._summaries.pop(key, None)
+        await self._write_summary(*key)
+
+    async def _write_summary(self, context: str, limit: str) -> None:
+        """One `ratelimit.exceeded` record for the refusals of `context` and `limit` left out."""
+        count = self._limits.take_suppressed(context, limit)
+        if not count:
+            return
+        record = ports.AuditEvent(
+            "ratelimit.exceeded",
+            outcome="failure",
+            reason=limit,
+            message=f"{count} more requests refused by {limit} (not audited one by one)",
+            details={"ratelimit": {"limit": limit, "suppressed": count, "summary": True}},
+        )
+        await self._write_quietly(context, record)
+
+    async def aclose(self) -> None:
+        """Write the summaries of rate-limit refusals still waiting for their quiet window to end."""
+        pending, self._summaries = self._summaries, {}
+        for task in pending.values():
+            task.cancel()
+        await asyncio.gather(*pending.values(), return_exceptions=True)
+        for context, limit in pending:
+            await self._write_summary(context, limit)
 
 
 class Decider:

@@ -16,8 +16,9 @@ passed on every call, so a swap takes effect at once.
 A refusal says "retry after N s" and carries `audit=True` only for the first refusal of a
 quiet window per (Context, limit) (the limit's own window, at most `AUDIT_QUIET_S`): 100
 refused triggers give one `ratelimit.exceeded` record, not 100. The refusals left out are
-counted, and the next audited refusal carries that count (`suppressed`: refusals of the same
-Context and limit not audited since the previous record); `/metrics` counts every one.
+counted; the guard writes one summary record for them when the quiet window ends (or at
+shutdown), taking the count with `take_suppressed`, and an audited refusal carries any count
+not yet told (`suppressed`); `/metrics` counts every one.
 Time comes from an injected monotonic clock. No I/O, no asyncio tasks.
 """
 
@@ -50,6 +51,10 @@ class Refusal:
     audit: bool
     suppressed: int = 0
     """Audited refusals only: refusals of this Context and limit left out since the last record."""
+    quiet_for: float = 0.0
+    """Refusals left out: seconds until their quiet window ends (when their summary is due)."""
+    first_left_out: bool = False
+    """The first refusal left out in its quiet window: whoever audits schedules the summary."""
 
 
 class Lease:
@@ -185,12 +190,15 @@ class RateLimits:
     def _refuse(
         self, context: str, state: _State, limit: str, what: str, retry: float, now: float, window: float
     ) -> Refusal:
-        audit = now >= state.quiet_until.get(limit, -math.inf)
+        quiet_until = state.quiet_until.get(limit, -math.inf)
+        audit = now >= quiet_until
         suppressed = 0
+        first_left_out = False
         if audit:
             state.quiet_until[limit] = now + min(window, AUDIT_QUIET_S)
             suppressed = state.suppressed.pop(limit, 0)
         else:
+            first_left_out = limit not in state.suppressed
             state.suppressed[limit] = state.suppressed.get(limit, 0) + 1
         seconds = max(1, math.ceil(retry))
         reason = f"rate limit of Context {context} reached ({what}); retry after {seconds} s"
@@ -201,7 +209,15 @@ class RateLimits:
             retry_after=float(seconds),
             audit=audit,
             suppressed=suppressed,
+            quiet_for=0.0 if audit else max(0.0, quiet_until - now),
+            first_left_out=first_left_out,
         )
+
+    def take_suppressed(self, context: str, limit: str) -> int:
+        """The refusals of `context` and `limit` left out since the last record, counted as told
+        (a summary record is written for them now)."""
+        state = self._states.get(context)
+        return state.suppressed.pop(limit, 0) if state is not None else 0
 
     def charge_tokens(self, context: str, tokens: int) -> None:
         """Count model tokens (input + output) against the Context's daily budget."""

@@ -186,9 +186,26 @@ def raw_input(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...] | str
         if arguments.get("body") is not None:
             shown["body"] = f"<{len(str(arguments['body']))} characters>"
     else:
-        shown = {str(k)[:64]: v for k, v in arguments.items()}
+        shown = {str(k)[:64]: _masked(v, str(k)) for k, v in arguments.items()}
     text = json.dumps(shown, ensure_ascii=True, separators=(",", ":"), default=str)
     return text[:MAX_RAW_INPUT]
+
+
+SECRET_KEYS = ("token", "secret", "password", "passwd", "api_key", "apikey", "auth", "credential", "cookie")
+"""Parts of a key whose value a refused tool call's audit record leaves out (any case: `DB_PASSWORD`)."""
+
+
+def _masked(value: Any, key: str = "", depth: int = 0) -> Any:
+    """`value` with the values under secret-looking keys replaced, at any depth (for the audit log)."""
+    if key and any(part in key.lower() for part in SECRET_KEYS):
+        return "[REDACTED]"
+    if depth > 8:
+        return "[…]"
+    if isinstance(value, Mapping):
+        return {str(k)[:64]: _masked(v, str(k), depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, "", depth + 1) for v in value]
+    return value
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")

@@ -67,14 +67,19 @@ def distinct_approvers(entries: Sequence[str]) -> int:
     """How many different people `entries` can name at most, counted by user id.
 
     Entries with the same id are one person, except that explicit different platforms
-    (`slack:U1`, `telegram:U1`) are different people; an entry with an empty id names nobody.
+    (`slack:U1`, `telegram:U1`) are different people, and an operator's token (`admin:U1`) is
+    always someone of its own (as the runtime counts them: a bare `U1` never matches it); an entry
+    with an empty id names nobody.
     """
     platforms: dict[str, set[str | None]] = {}
+    operators = set()
     for entry in entries:
         prefix, user_id = split(entry)
-        if user_id:
+        if user_id and prefix == ADMIN:
+            operators.add(user_id)
+        elif user_id:
             platforms.setdefault(user_id, set()).add(prefix)
-    return sum(max(1, len(found - {None})) for found in platforms.values())
+    return len(operators) + sum(max(1, len(found - {None})) for found in platforms.values())
 
 
 def _people(count: int) -> str:
@@ -127,7 +132,8 @@ def context_problems(approval: context_kind.Approval | None) -> list[Problem]:
                 (*APPROVAL_LOC, count_loc),
                 f"approval.min_approvers is {approval.min_approvers} but approval.allowed_users names "
                 f"only {_people(distinct)} (counted by user id: slack:U1 and U1 are one person), so no "
-                "approval can ever be granted; lower min_approvers or add approvers",
+                "approval can ever be granted; "
+                + ("lower min_approvers or add approvers" if approval.min_approvers > 1 else "add approvers"),
                 "warning",
                 "approval-unreachable",
             )
@@ -138,8 +144,9 @@ def context_problems(approval: context_kind.Approval | None) -> list[Problem]:
                 (*APPROVAL_LOC, count_loc),
                 f"approval.min_approvers is {approval.min_approvers} and approval.allowed_users names "
                 f"{_people(distinct)}, and allow_self_approval is false: requests made by one of the "
-                "approvers cannot be granted; add an approver, lower min_approvers or set "
-                "allow_self_approval: true",
+                "approvers cannot be granted; add an approver, "
+                + ("lower min_approvers or set " if approval.min_approvers > 1 else "or set ")
+                + "allow_self_approval: true",
                 "warning",
                 "approval-self",
             )

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from aofd.runtime import approvaldesk, approvals, commands, deadlines, guard, ports, tools
+from aofd.runtime import approvaldesk, approvals, commands, deadlines, guard, limits, ports, tools
 from aofd.specs import policy
-from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harness
+from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harness, RecordingAudit
 
 OTHER_LEAD = ports.UserRef("U016OTHER_LEAD", "other lead", "slack:T1")
 ORIGIN = ports.ReplyTarget("slack", "slack-bot", "C1", "1700000000.0001")
@@ -262,22 +262,50 @@ async def test_a_refused_http_call_keeps_header_values_out_of_the_audit_log(tmp_
     assert "file:///etc/passwd" in line
 
 
-async def test_rate_limit_refusals_say_how_many_were_left_out(tmp_path: Path) -> None:
-    """Item 5: the next audited refusal of a Context and limit counts the refusals not audited before it."""
+async def test_rate_limit_refusals_left_out_are_summed_up_when_the_window_ends(tmp_path: Path) -> None:
+    """Item 5: five refusals in a window: the first audited at once, the other four in one summary
+    record when the quiet window ends; a burst still open at shutdown is summed up by `aclose`."""
     clock = [0.0]
+    window_over = asyncio.Event()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await window_over.wait()
+
     h = Harness(tmp_path)
-    h.limits = type(h.limits)(clock=lambda: clock[0])
-    h.use_desk(RecordingPrompter())
-    h.guard._limits = h.limits
+    rate = limits.RateLimits(clock=lambda: clock[0])
+    h.guard = guard.CommandGuard(
+        runner=h.runner,
+        limits=rate,
+        approvals=h.store,
+        audit=h.audit,
+        approval_requester=h.request_approval,
+        policy_provider=h.policies.get,
+        sleep=sleep,
+    )
     h.add("prod", limits=policy.LimitsPolicy(max_requests_per_minute=1))
-    assert not isinstance(await h.guard.admit("prod", user=REQUESTER, run_id="r0"), guard.Denial)
-    for n in range(5):
-        assert isinstance(await h.guard.admit("prod", user=REQUESTER, run_id=f"r{n + 1}"), guard.Denial)
+
+    async def admit(n: int) -> bool:
+        return not isinstance(await h.guard.admit("prod", user=REQUESTER, run_id=f"r{n}"), guard.Denial)
+
+    assert await admit(0)
+    assert [await admit(n) for n in range(1, 6)] == [False] * 5
+    await asyncio.sleep(0)
+    assert slept == [60.0]  # one summary scheduled, due when the quiet window ends
+    window_over.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    first, summary = h.audit.find("ratelimit.exceeded")
+    assert first["aofd"]["ratelimit"]["suppressed"] == 0
+    assert (summary["aofd"]["ratelimit"]["suppressed"], summary["aofd"]["ratelimit"]["summary"]) == (4, True)
     clock[0] = 61.0
-    assert not isinstance(await h.guard.admit("prod", user=REQUESTER, run_id="r6"), guard.Denial)
-    assert isinstance(await h.guard.admit("prod", user=REQUESTER, run_id="r7"), guard.Denial)
-    exceeded = h.audit.find("ratelimit.exceeded")
-    assert [r["aofd"]["ratelimit"]["suppressed"] for r in exceeded] == [0, 4]
+    window_over.clear()
+    assert await admit(6)
+    assert [await admit(n) for n in range(7, 10)] == [False] * 3
+    await h.guard.aclose()  # shutdown: the two left out are summed up now
+    counts = [r["aofd"]["ratelimit"]["suppressed"] for r in h.audit.find("ratelimit.exceeded")]
+    assert counts == [0, 4, 0, 2]
 
 
 # --- deadlines ---------------------------------------------------------------------------------
@@ -367,3 +395,148 @@ async def test_at_shutdown_open_requests_end_and_new_ones_are_not_asked(tmp_path
     assert len(prompter.asked) == 1  # the second request was never posted
     assert [r["event"]["reason"] for r in h.audit.find("approval.cancelled")] == ["aofd is shutting down"] * 2
     assert h.runs("prod") == []
+
+
+# --- races: whatever ends a request, it is closed once (review findings) ------------------------
+
+
+class SlowAudit(RecordingAudit):
+    """Takes each record at once (as the journal does), then is slow to confirm `approval.requested`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def write(self, context: str, event: ports.AuditEvent, *, durable: bool = False) -> None:
+        await super().write(context, event, durable=durable)
+        if event.action == "approval.requested":
+            self.entered.set()
+            await asyncio.sleep(5)
+
+
+class HangingPrompter(RecordingPrompter):
+    """A prompt post that hangs until released, then fails (chat.postMessage timing out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def ask(self, request: approvals.ApprovalRequest) -> str:
+        self.asked.append(request)
+        self.prompted.set()
+        await self.release.wait()
+        raise ConnectionError("chat.postMessage timed out")
+
+
+class SlowSettle(RecordingPrompter):
+    async def settle(
+        self, request: approvals.ApprovalRequest, outcome: approvals.Outcome, *, prompt: str, text: str
+    ) -> None:
+        await asyncio.sleep(0.6)  # chat.update and chat.postMessage on a slow day
+        await super().settle(request, outcome, prompt=prompt, text=text)
+
+
+async def test_a_grant_then_a_cancel_in_the_same_tick_still_closes_as_granted(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    prompt = await prompter.next_prompt()
+    assert (
+        await h.guard.decide(prompt.id, user=LEAD, approve=True, action_id="a1") is approvals.Decision.GRANTED
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.granted",
+        "command.denied",
+    ]
+    assert [s[1] for s in prompter.settled] == [approvals.State.GRANTED]
+    assert h.runs("prod") == []
+
+
+async def test_a_shutdown_with_no_grace_closes_the_request_once(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    await prompter.next_prompt()
+    h.store.cancel_all("aofd is shutting down", close=True)  # the drain, then its runs cancelled at once
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (cancelled,) = h.audit.find("approval.cancelled")
+    assert cancelled["event"]["reason"] == "aofd is shutting down"
+    assert approval_actions(h)[-2:] == ["approval.cancelled", "command.denied"]
+
+
+async def test_a_cancel_while_the_request_is_written_closes_it(tmp_path: Path) -> None:
+    h, prompter = desk_harness(tmp_path)
+    slow = SlowAudit()
+    h.audit = slow  # type: ignore[assignment]
+    h.use_desk(prompter)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert h.store.pending() == []
+    assert slow.actions()[-3:] == ["approval.requested", "approval.cancelled", "command.denied"]
+
+
+async def test_a_grant_while_the_prompt_fails_is_closed_as_granted(tmp_path: Path) -> None:
+    """`aofctl approve` while chat.postMessage hangs, then the post fails: the grant stands and is audited."""
+    h, _ = desk_harness(tmp_path)
+    prompter = HangingPrompter()
+    h.use_desk(prompter)
+    task = asyncio.create_task(h.run("prod", "kubectl delete pod x"))
+    req = await prompter.next_prompt()
+    assert (
+        await h.guard.decide(req.id, user=LEAD, approve=True, action_id="admin:1")
+        is approvals.Decision.GRANTED
+    )
+    prompter.release.set()
+    assert isinstance(await task, commands.CommandResult)
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.granted",
+        "command.started",
+        "command.finished",
+    ]
+
+
+async def test_closing_a_request_does_not_eat_the_runs_deadline(tmp_path: Path) -> None:
+    """The audit write and the settle happen while the deadline is still paused."""
+    h, _ = desk_harness(tmp_path)
+    prompter = SlowSettle()
+    h.use_desk(prompter)
+    loop = asyncio.get_running_loop()
+
+    async def run() -> object:
+        async with deadlines.deadline(loop.time() + 0.4):
+            return await h.run("prod", "kubectl delete pod x")
+
+    task = asyncio.create_task(run())
+    req = await prompter.next_prompt()
+    await asyncio.sleep(0.5)  # past the deadline, paused
+    await h.guard.decide(req.id, user=LEAD, approve=True, action_id="a")
+    assert isinstance(await task, commands.CommandResult)
+    assert [s[1] for s in prompter.settled] == [approvals.State.GRANTED]
+
+
+async def test_a_refused_tool_calls_secret_looking_values_stay_out_of_the_audit_log(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.add("prod")
+    arguments = {
+        "password": "hunter2-very-secret",
+        "env": {"DB_PASSWORD": "pw-2"},
+        "args": ["--token", "abc", 5],
+    }
+    await tools.Toolbox(runner=h.guard).refuse_unknown("deploy", arguments, CTX)
+    spec = tools.builtin("kubectl")
+    assert spec is not None
+    await tools.Toolbox(runner=h.guard).call(spec, {"args": ["get", 1], "api_key": "k-3"}, CTX)
+    text = repr(h.audit.records)
+    for secret in ("hunter2-very-secret", "pw-2", "k-3"):
+        assert secret not in text
+    assert len(h.audit.find("command.denied")) == 2

@@ -34,14 +34,34 @@ def open_request(store: approvals.ApprovalStore, **kw: object) -> approvals.Appr
 
 
 def test_id_binds_context_argv_and_run() -> None:
-    """The id is sha256 over context, canonical argv JSON and run id; a repeat gets a new id."""
-    store = approvals.ApprovalStore(clock=Clock())
+    """The id is sha256 over context, canonical argv JSON, run id and the store's request count; a
+    repeat gets a new id, also once decided requests were trimmed from the store."""
+    store = approvals.ApprovalStore(clock=Clock(), keep_decided=0)
     first = open_request(store)
     canonical = '["kubectl","delete","pod","x"]'
-    expected = hashlib.sha256("\x00".join(["prod", canonical, "run-1", "0"]).encode()).hexdigest()
+    expected = hashlib.sha256("\x00".join(["prod", canonical, "run-1", "1"]).encode()).hexdigest()
     assert first.id == expected
     assert open_request(store).id != first.id
     assert open_request(store, context="staging").id != first.id
+    store.cancel_all("test")
+    seen = {first.id}
+    for _ in range(3):  # each new request trims the decided ones first
+        again = open_request(store)
+        assert again.id not in seen
+        seen.add(again.id)
+        store.cancel(again.id, "test")
+
+
+def test_the_events_platform_decides_over_a_prefix_in_the_id() -> None:
+    """An HTTP caller whose body says `admin:alice` or `slack:U1` is neither the operator nor that user."""
+    forged_admin = ports.UserRef("admin:alice", domain="http")
+    forged_slack = ports.UserRef("slack:U015SRE_LEAD", domain="http")
+    assert not approvals.is_allowed_approver(forged_admin, ["admin:alice"])
+    assert not approvals.is_allowed_approver(forged_slack, ["slack:U015SRE_LEAD"])
+    assert not approvals.same_user(forged_slack, LEAD)
+    assert approvals.is_allowed_approver(ports.UserRef("admin:alice", "alice", "admin"), ["admin:alice"])
+    assert not approvals.is_allowed_approver(ports.UserRef("alice", domain="slack:T1"), ["admin:alice"])
+    assert not approvals.is_allowed_approver(ports.UserRef("admin:alice", domain="admin"), ["alice"])
 
 
 def test_requester_cannot_approve_own_request() -> None:

@@ -511,7 +511,8 @@ async def test_two_contexts_concurrently_see_only_their_own_env(tmp_path: Path) 
 
 
 async def test_rate_limit_audited_once_per_window(tmp_path: Path) -> None:
-    """Row 33: 100 requests in a burst with 10/minute admit 10; one ratelimit.exceeded record is written."""
+    """Row 33: 100 requests in a burst with 10/minute admit 10; one ratelimit.exceeded record is written
+    at once, and one summary of the 89 others when the window ends (here: at shutdown)."""
     h = Harness(tmp_path)
     h.add("prod", limits=policy.LimitsPolicy(max_requests_per_minute=10))
     outcomes = [await h.guard.admit("prod", user=REQUESTER, run_id=f"r{i}") for i in range(100)]
@@ -520,6 +521,8 @@ async def test_rate_limit_audited_once_per_window(tmp_path: Path) -> None:
     assert (len(leases), len(denials)) == (10, 90)
     assert "retry after" in denials[0].reason
     assert h.audit.actions() == ["ratelimit.exceeded"]
+    await h.guard.aclose()
+    assert [r["aofd"]["ratelimit"]["suppressed"] for r in h.audit.find("ratelimit.exceeded")] == [0, 89]
     for lease in leases:
         lease.release()
 
