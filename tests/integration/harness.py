@@ -19,6 +19,14 @@ from typing import Any
 from tests.integration import fakes
 
 
+def write_tree(root: Path, files: Mapping[str, str]) -> Path:
+    """Write `files` (path relative to `root` -> text) under `root`, making directories; returns `root`."""
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

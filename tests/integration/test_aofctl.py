@@ -30,16 +30,17 @@ def aofctl(*args: str, admin: str) -> subprocess.CompletedProcess[str]:
 def test_aofctl_over_a_unix_socket(tmp_path: Path) -> None:
     """Every admin command works over the unix socket; diff shows exactly what a change would do."""
     repo = tmp_path / "repo"
-    for path, text in {
-        "contexts/prod.yaml": CONTEXT,
-        "agents/echo.yaml": AGENT,
-        "flows/echo.yaml": FLOW,
-        "triggers/hook.yaml": TRIGGER,
-        "bindings/b1.yaml": binding("b1"),
-        "bindings/b2.yaml": binding("b2"),
-    }.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
+    harness.write_tree(
+        repo,
+        {
+            "contexts/prod.yaml": CONTEXT,
+            "agents/echo.yaml": AGENT,
+            "flows/echo.yaml": FLOW,
+            "triggers/hook.yaml": TRIGGER,
+            "bindings/b1.yaml": binding("b1"),
+            "bindings/b2.yaml": binding("b2"),
+        },
+    )
     with harness.serve_directory(repo, tmp_path) as (daemon, admin):
         daemon.wait_for(
             lambda: '"ready": true' in aofctl("status", "-o", "json", admin=admin).stdout, what="ready"

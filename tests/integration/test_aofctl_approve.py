@@ -66,15 +66,16 @@ def audit_records(audit_dir: Path) -> list[dict[str, Any]]:
 def test_an_operator_approves_and_denies_with_aofctl(tmp_path: Path) -> None:
     record = tmp_path / "kubectl.jsonl"
     repo = tmp_path / "repo"
-    for path, text in {
-        "contexts/prod.yaml": CONTEXT.format(record=record),
-        "agents/echo.yaml": AGENT,
-        "flows/echo.yaml": FLOW,
-        "triggers/hook.yaml": TRIGGER,
-        "bindings/b1.yaml": binding("b1"),
-    }.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
+    harness.write_tree(
+        repo,
+        {
+            "contexts/prod.yaml": CONTEXT.format(record=record),
+            "agents/echo.yaml": AGENT,
+            "flows/echo.yaml": FLOW,
+            "triggers/hook.yaml": TRIGGER,
+            "bindings/b1.yaml": binding("b1"),
+        },
+    )
     kubectl = install_fake(tmp_path / "bin")
     tokens = {}
     for name, value in (("unnamed", UNNAMED), ("alice", ALICE), ("bob", BOB)):

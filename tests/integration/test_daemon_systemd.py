@@ -22,15 +22,16 @@ pytestmark = pytest.mark.slow
 
 def make_repo(root: Path) -> Path:
     repo = root / "repo"
-    for path, text in {
-        "contexts/prod.yaml": CONTEXT,
-        "agents/echo.yaml": AGENT,
-        "flows/echo.yaml": FLOW,
-        "triggers/hook.yaml": TRIGGER,
-        "bindings/b1.yaml": binding("b1"),
-    }.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
+    harness.write_tree(
+        repo,
+        {
+            "contexts/prod.yaml": CONTEXT,
+            "agents/echo.yaml": AGENT,
+            "flows/echo.yaml": FLOW,
+            "triggers/hook.yaml": TRIGGER,
+            "bindings/b1.yaml": binding("b1"),
+        },
+    )
     return repo
 
 

@@ -117,6 +117,17 @@ spec:
   config: {{bot_token: "{TELEGRAM_TOKEN}", secret_token: "{TELEGRAM_SECRET}", mode: webhook}}
 """
 
+APPROVED_RUN = [
+    "agent.run.started",
+    "command.requested",
+    "approval.requested",
+    "approval.granted",
+    "command.started",
+    "command.finished",
+    "agent.run.finished",
+]
+"""The audit actions of a run whose command was approved and ran."""
+
 
 def binding(name: str, context: str, trigger: str, channels: tuple[str, ...] = ()) -> str:
     match = f"\n  match: {{channels: {json.dumps(list(channels))}}}" if channels else ""
@@ -388,20 +399,23 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         where.parent.mkdir(exist_ok=True)
         where.write_text(kubeconfig(name))
     repo = tmp / "repo"
-    for path, text in {
-        "contexts/prod-strict.yaml": PROD.format(
-            record=records["prod-strict"], deadline=RUN_DEADLINE, timeout=APPROVAL_TIMEOUT
-        ),
-        "contexts/staging-permissive.yaml": STAGING.format(record=records["staging-permissive"]),
-        "agents/k8s-ops.yaml": AGENT,
-        "triggers/slack-bot.yaml": SLACK_TRIGGER,
-        "triggers/telegram-bot.yaml": TELEGRAM_TRIGGER,
-        "bindings/prod.yaml": binding("prod", "prod-strict", "slack-bot", (PROD_CHANNEL, NOBOT_CHANNEL)),
-        "bindings/staging.yaml": binding("staging", "staging-permissive", "slack-bot", (STAGING_CHANNEL,)),
-        "bindings/telegram.yaml": binding("telegram", "prod-strict", "telegram-bot"),
-    }.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
+    harness.write_tree(
+        repo,
+        {
+            "contexts/prod-strict.yaml": PROD.format(
+                record=records["prod-strict"], deadline=RUN_DEADLINE, timeout=APPROVAL_TIMEOUT
+            ),
+            "contexts/staging-permissive.yaml": STAGING.format(record=records["staging-permissive"]),
+            "agents/k8s-ops.yaml": AGENT,
+            "triggers/slack-bot.yaml": SLACK_TRIGGER,
+            "triggers/telegram-bot.yaml": TELEGRAM_TRIGGER,
+            "bindings/prod.yaml": binding("prod", "prod-strict", "slack-bot", (PROD_CHANNEL, NOBOT_CHANNEL)),
+            "bindings/staging.yaml": binding(
+                "staging", "staging-permissive", "slack-bot", (STAGING_CHANNEL,)
+            ),
+            "bindings/telegram.yaml": binding("telegram", "prod-strict", "telegram-bot"),
+        },
+    )
     kubectl = install_fake(tmp / "bin")
     tokens = {"ops": tmp / "tokens" / "ops", "unnamed": tmp / "tokens" / "unnamed"}
     tokens["ops"].parent.mkdir()
@@ -631,15 +645,7 @@ def test_waiting_for_approval_pauses_the_run_deadline(rig: Rig) -> None:
     time.sleep(max(0.0, asked + RUN_DEADLINE + 1.5 - time.time()))  # the scenario is about time
     rig.click(LEAD, prompt, "aofd_approve")
     run = rig.daemon.wait_for(lambda: rig.finished("prod-strict", request_id), what="the run to finish")
-    assert actions(run) == [
-        "agent.run.started",
-        "command.requested",
-        "approval.requested",
-        "approval.granted",
-        "command.started",
-        "command.finished",
-        "agent.run.finished",
-    ]
+    assert actions(run) == APPROVED_RUN
     assert stamp(run[-1]) - stamp(run[0]) > RUN_DEADLINE + 1
     assert run[-1]["event"]["outcome"] == "success"
     ran = rig.ran("prod-strict")[before:]
@@ -659,15 +665,7 @@ def test_an_operator_approves_with_aofctl(rig: Rig) -> None:
     assert granted.returncode == 0, granted.stderr
     assert "granted by admin:ops" in granted.stdout
     run = rig.daemon.wait_for(lambda: rig.finished("prod-strict", request_id), what="the run to finish")
-    assert actions(run) == [
-        "agent.run.started",
-        "command.requested",
-        "approval.requested",
-        "approval.granted",
-        "command.started",
-        "command.finished",
-        "agent.run.finished",
-    ]
+    assert actions(run) == APPROVED_RUN
     [grant] = [r for r in run if r["event"]["action"] == "approval.granted"]
     assert [a["id"] for a in grant["aofd"]["approval"]["approvers"]] == ["admin:ops"]
     ran = rig.ran("prod-strict")[before:]

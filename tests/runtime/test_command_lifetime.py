@@ -318,15 +318,16 @@ def test_kill_9_kills_the_command_and_a_restart_kills_what_survived(tmp_path: Pa
     `command.abandoned` (killed) and closes the run (`interrupted`)."""
     record = tmp_path / "kubectl.jsonl"
     repo = tmp_path / "repo"
-    for path, text in {
-        "contexts/prod.yaml": CONTEXT.format(record=record),
-        "agents/echo.yaml": AGENT,
-        "flows/echo.yaml": FLOW,
-        "triggers/hook.yaml": TRIGGER,
-        "bindings/b1.yaml": binding("b1"),
-    }.items():
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(text)
+    harness.write_tree(
+        repo,
+        {
+            "contexts/prod.yaml": CONTEXT.format(record=record),
+            "agents/echo.yaml": AGENT,
+            "flows/echo.yaml": FLOW,
+            "triggers/hook.yaml": TRIGGER,
+            "bindings/b1.yaml": binding("b1"),
+        },
+    )
     kubectl = install_fake(tmp_path / "bin")
     pids: list[int] = []
     with fakes.anthropic_server(script=[HANG]) as model:
