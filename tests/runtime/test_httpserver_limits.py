@@ -76,12 +76,20 @@ async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asynci
 
 
 async def closed_after(reader: asyncio.StreamReader, *, within: float = 5.0) -> tuple[bytes, float]:
-    """Everything the server sent until it closed the connection, and how long that took."""
+    """Everything the server sent until it closed the connection, and how long that took.
+
+    Read chunk by chunk: a client still sending when the server closes gets a reset, and what
+    arrived before it must not be lost with the exception."""
     start = time.monotonic()
-    data = b""
-    with contextlib.suppress(ConnectionError):
-        data = await asyncio.wait_for(reader.read(), timeout=within)
-    return data, time.monotonic() - start
+    chunks: list[bytes] = []
+
+    async def read_all() -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+
+    await asyncio.wait_for(read_all(), timeout=within)
+    return b"".join(chunks), time.monotonic() - start
 
 
 def request(body: bytes = b"{}", path: str = "/hook", *, keep_alive: bool = True) -> bytes:

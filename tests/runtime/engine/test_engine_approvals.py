@@ -18,8 +18,7 @@ from tests.runtime.test_approval_desk import RecordingPrompter
 
 LEAD = ports.UserRef("U-LEAD", "lead", "slack:T1")
 DEADLINE_S = 2
-"""The Context's max_execution_time_seconds; every approval below is decided after it (the first
-model call of a run builds the SDK's client, which can take a good part of a second)."""
+"""The Context's max_execution_time_seconds; every approval below is decided after it."""
 
 
 def delete_script(body: dict[str, Any]) -> servers.Reply:
@@ -77,13 +76,22 @@ async def test_a_command_approved_after_the_deadline_still_runs(
     anthropic_server: servers.FakeModelServer,
     make_engine: EngineFactory,
 ) -> None:
-    """Deadline 1 s, approval timeout 20 s, click at ~1.5 s: the wait did not count, the command runs."""
+    """Deadline 2 s, approval timeout 20 s, click at ~2.5 s: the wait did not count, the command runs."""
     anthropic_server.script = delete_script
     ctx = prod(tmp_path)
     the_guard, _desk, prompter = build(tmp_path, kubectl_bin, audit, ctx)
     eng = make_engine(commands=the_guard, models=models(anthropic_server))
     agent = res.agent("k8s-ops", model="anthropic:claude", instructions="ops", tools=["kubectl"])
     binding = res.bind("b", ctx=ctx, flow_res=res.flow("f", agents=[{"name": "k8s-ops"}]), agents=[agent])
+    # A first run, without a deadline, imports and builds the SDK's client (seconds on a loaded
+    # machine), so that the run under test reaches its approval well within its deadline.
+    anthropic_server.script = lambda body: servers.a_text("warm")
+    warm_binding = res.bind(
+        "warm", ctx=res.context("warm"), flow_res=res.flow("f", agents=[{"name": "k8s-ops"}]), agents=[agent]
+    )
+    warm = await eng.run(res.run_plan(warm_binding), message("hello", user="U-ASKER"))
+    assert warm.status is runs.RunStatus.COMPLETED, warm.error
+    anthropic_server.script = delete_script
     task = asyncio.create_task(eng.run(res.run_plan(binding), message("delete web-1", user="U-ASKER")))
     prompt = await prompter.next_prompt()
     await asyncio.sleep(DEADLINE_S + 0.5)  # the scenario is about time: past the run's deadline
