@@ -457,7 +457,17 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         }
         with harness.run_daemon("--config", str(config), cwd=tmp, state_dir=tmp / "state", env=env) as daemon:
             daemon.wait_ready()
-            yield Rig(daemon, slack, telegram, tmp, audit_dir, records, kubeconfigs, tokens)
+            rig = Rig(daemon, slack, telegram, tmp, audit_dir, records, kubeconfigs, tokens)
+            # Warm the model client first: its SDK is imported and built on first use, which can
+            # take seconds on a loaded machine and would eat prod-strict's 2 s run deadline.
+            rig.say(DEV, STAGING_CHANNEL, "hello")
+            daemon.wait_for(
+                lambda: [
+                    r for r in rig.audit("staging-permissive") if r["event"]["action"] == "agent.run.finished"
+                ],
+                what="the warm-up run",
+            )
+            yield rig
             assert daemon.stop() == 0
 
 
