@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 
 import structlog
@@ -62,6 +62,8 @@ class RoutingTable:
         default_factory=lambda: MappingProxyType({})
     )
     """A webhook trigger's own `config.path` (upstream's) -> its listener, besides `/hooks/...`."""
+    shared_paths: bool = dataclasses.field(default=False, compare=False)
+    """Two listeners asked for one path (a compile error that got here): `paths` kept the first name."""
 
     @classmethod
     def empty(cls) -> RoutingTable:
@@ -76,26 +78,69 @@ class RoutingTable:
         routes: Mapping[str, route_specs.TriggerRoutes],
         bindings: Mapping[str, binding_specs.BindingSpec],
         stalled: Mapping[str, Stall] | None = None,
+        previous: RoutingTable | None = None,
+        changed: Collection[str] = (),
     ) -> RoutingTable:
-        """The table serving `listeners` with `routes` to `bindings`; paths come from the listeners' specs."""
-        paths: dict[str, listener_base.Listener] = {}
-        for name in sorted(listeners):
-            listener = listeners[name]
-            path = listener.spec.path
-            # Two triggers on one path are a compile error; should one get here, the first name wins.
-            if path:
-                paths.setdefault(path, listener)
+        """The table serving `listeners` with `routes` to `bindings`; paths come from the listeners' specs.
+
+        With `previous` (the table being replaced) and `changed` (the triggers whose listener may
+        differ from `previous`'s, none other), paths are carried over and only the changed
+        triggers' are redone: the cost follows the change, not the number of listeners.
+        `routes` and `bindings` are kept as given when they are read-only maps (the compile
+        stage's results are), copied otherwise.
+        """
+        paths, shared = None, False
+        if previous is not None and not previous.shared_paths:
+            paths = _paths_after(previous, listeners, changed)
+        if paths is None:
+            paths, shared = _paths_of(listeners)
         return cls(
             revision,
             MappingProxyType(dict(listeners)),
-            MappingProxyType(dict(routes)),
+            _frozen(routes),
             bindings,
             MappingProxyType(dict(stalled or {})),
             MappingProxyType(paths),
+            shared,
         )
 
     def listener(self, trigger: str) -> listener_base.Listener | None:
         return self.listeners.get(trigger)
+
+
+def _frozen(routes: Mapping[str, route_specs.TriggerRoutes]) -> Mapping[str, route_specs.TriggerRoutes]:
+    return routes if isinstance(routes, MappingProxyType) else MappingProxyType(dict(routes))
+
+
+def _paths_of(
+    listeners: Mapping[str, listener_base.Listener],
+) -> tuple[dict[str, listener_base.Listener], bool]:
+    paths: dict[str, listener_base.Listener] = {}
+    shared = False
+    for name in sorted(listeners):
+        listener = listeners[name]
+        path = listener.spec.path
+        # Two triggers on one path are a compile error; should one get here, the first name wins.
+        if path and paths.setdefault(path, listener) is not listener:
+            shared = True
+    return paths, shared
+
+
+def _paths_after(
+    previous: RoutingTable, listeners: Mapping[str, listener_base.Listener], changed: Collection[str]
+) -> dict[str, listener_base.Listener] | None:
+    """`previous.paths` with the `changed` triggers' paths redone; None when two listeners now
+    ask for one path (the caller then builds them all, so the first name wins as always)."""
+    paths = dict(previous.paths)
+    for name in changed:
+        old = previous.listeners.get(name)
+        if old is not None and old.spec.path and paths.get(old.spec.path) is old:
+            del paths[old.spec.path]
+    for name in changed:
+        new = listeners.get(name)
+        if new is not None and new.spec.path and paths.setdefault(new.spec.path, new) is not new:
+            return None
+    return paths
 
 
 class Switchboard:

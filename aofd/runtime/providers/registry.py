@@ -5,7 +5,9 @@ This module owns:
 - `provider_problem(model, models_spec, ...)`: the apply-time check. A binding whose agent
   needs a provider that is not installed or not configured is Stalled with the returned
   reason (it names the provider and the extra to install), so a missing SDK or key shows
-  in `aofctl get`, never as a runtime surprise.
+  in `aofctl get`, never as a runtime surprise. It has two parts: what the model string
+  alone decides (pure) and `host_problem(provider, ...)`, the same for every model of a
+  provider, so the applier looks the host up once per provider, not once per binding.
 - `Providers`: one lazily built client per provider, keyed by provider name, built from the
   daemon config (`ModelsSpec`) and the daemon's environment (`ANTHROPIC_API_KEY`,
   `ANTHROPIC_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `GOOGLE_API_KEY`) - never
@@ -16,14 +18,20 @@ It must not import a provider SDK at module level.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from aofd import settings
 from aofd.runtime.providers import base
 from aofd.specs import models as model_refs
+
+log = structlog.get_logger()
 
 ModuleAvailable = Callable[[str], bool]
 """`module_available("openai") -> bool`; injected so tests need not uninstall packages."""
@@ -36,6 +44,14 @@ _EXTRAS: Mapping[str, tuple[str, str, str]] = {
 }
 
 LOCAL_PLACEHOLDER_KEY = "aofd-no-key"
+
+
+_PROVIDER_MODULES: Mapping[str, str] = {
+    "anthropic": "aofd.runtime.providers.anthropic",
+    "google": "aofd.runtime.providers.google",
+    **dict.fromkeys(model_refs.OPENAI_COMPATIBLE, "aofd.runtime.providers.openai"),
+}
+"""The adapter module of each provider (each imports its SDK): what `Providers.warm` imports."""
 
 
 def module_available(name: str) -> bool:
@@ -70,12 +86,25 @@ def provider_problem(
     static = model_refs.static_problem(ref, model)
     if static is not None:
         return static
-    sdk = _sdk_for(ref.provider)
+    return host_problem(ref.provider, models, environ=env, available=available)
+
+
+def host_problem(
+    provider: str,
+    models: settings.ModelsSpec,
+    *,
+    environ: Mapping[str, str] | None = None,
+    available: ModuleAvailable = module_available,
+) -> str | None:
+    """The host's part of `provider_problem` for a supported `provider` (a canonical name): its
+    SDK is installed and it is configured. The same for every model of the provider."""
+    env = environ if environ is not None else {}
+    sdk = _sdk_for(provider)
     module, package, extra = _EXTRAS[sdk]
     if not available(module):
-        via = "" if sdk == ref.provider else " (served through the OpenAI-compatible client)"
-        return f"provider {ref.provider}{via} needs the {package} package: pip install 'aofd[{extra}]'"
-    return _config_problem(ref.provider, models, env)
+        via = "" if sdk == provider else " (served through the OpenAI-compatible client)"
+        return f"provider {provider}{via} needs the {package} package: pip install 'aofd[{extra}]'"
+    return _config_problem(provider, models, env)
 
 
 def _config_problem(provider: str, models: settings.ModelsSpec, env: Mapping[str, str]) -> str | None:
@@ -148,6 +177,7 @@ class Providers:
         self._factories = dict(factories or {})
         self._http_clients = dict(http_clients or {})
         self._clients: dict[str, base.ModelProvider] = {}
+        self._warming: dict[str, asyncio.Task[None]] = {}
 
     @property
     def models(self) -> settings.ModelsSpec:
@@ -162,7 +192,47 @@ class Providers:
 
     def ref_problem(self, ref: model_refs.ModelRef) -> str | None:
         """`problem` for a compiled model reference (`aofd.specs.models.ModelRef`)."""
-        return self.problem(ref.model, ref.provider)
+        provider, static = self.split(ref)
+        return static if static is not None or provider is None else self.readiness(provider)
+
+    def split(self, ref: model_refs.ModelRef) -> tuple[str | None, str | None]:
+        """`ref_problem` in two parts: `(provider, None)` when `ref` may run if `readiness(provider)`
+        says so, `(None, why)` when it never can, whatever the host has; `(None, None)` when it
+        always can (a factory). Pure and cheap: no import lookup, no file."""
+        parsed = model_refs.parse_model(ref.model, ref.provider)
+        if parsed.provider in self._factories:
+            return None, None
+        static = model_refs.static_problem(parsed, ref.model)
+        return (None, static) if static is not None else (parsed.provider, None)
+
+    def readiness(self, provider: str) -> str | None:
+        """Why no model of `provider` (a name `split` returned) can run here now, or None: its SDK
+        is installed and it is configured. Looked up on every call (an import lookup, the key
+        files): callers ask once per provider, not once per model or binding."""
+        if provider in self._factories:
+            return None
+        return host_problem(provider, self._models, environ=self._env)
+
+    def warm(self, providers: Iterable[str]) -> None:
+        """Import the SDK of each provider in a worker thread and build its client, in the background
+        (once per provider): the first run that needs it then does not pay for it within its
+        deadline. A failure is left for that run to report."""
+        for provider in providers:
+            if provider in self._clients or provider in self._warming or provider in self._factories:
+                continue
+            module = _PROVIDER_MODULES.get(provider)
+            if module is None:
+                continue
+            self._warming[provider] = asyncio.get_running_loop().create_task(
+                self._warm_one(provider, module), name=f"warm-provider:{provider}"
+            )
+
+    async def _warm_one(self, provider: str, module: str) -> None:
+        try:
+            await asyncio.to_thread(importlib.import_module, module)
+            self.get(provider)
+        except Exception as exc:  # the run that needs it reports the problem
+            log.info("provider.warm_failed", provider=provider, error=type(exc).__name__)
 
     def get(self, provider: str) -> base.ModelProvider:
         """The client for `provider` (a canonical name from `model_refs.parse_model`), built once."""
@@ -210,6 +280,10 @@ class Providers:
         raise base.ModelError(f"provider {provider} is not supported", provider=provider, retryable=False)
 
     async def aclose(self) -> None:
+        warming, self._warming = self._warming, {}
+        for task in warming.values():
+            task.cancel()
+        await asyncio.gather(*warming.values(), return_exceptions=True)
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()

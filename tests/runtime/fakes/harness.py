@@ -37,8 +37,10 @@ class Rig:
         with_scheduler: bool = False,
         providers: registry.Providers | None = None,
         fail_to_start: Collection[str] = (),
+        slice_seconds: float = applier.SLICE_SECONDS,
     ) -> None:
-        """`fail_to_start` names triggers whose listeners cannot be made (until the set is emptied)."""
+        """`fail_to_start` names triggers whose listeners cannot be made (until the set is emptied);
+        `slice_seconds` is how long a step of apply holds the loop (0: it gives a turn at every item)."""
         self.platforms = platforms or PlatformsSpec()
         self.clock = clock
         self.switchboard = routing.Switchboard()
@@ -76,6 +78,7 @@ class Rig:
             limits=limits.RateLimits(),
             starter=self.starter,
             drain_grace=1.0,
+            slice_seconds=slice_seconds,
         )
         self.inventory = diff.Inventory.empty()
         self.server = server.TriggerServer(switchboard=self.switchboard, listen="127.0.0.1:0")
