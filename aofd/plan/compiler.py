@@ -38,7 +38,7 @@ from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from aofd import errors, settings
-from aofd.plan import desired, extract
+from aofd.plan import desired, extract, persistent
 from aofd.resources import ids
 from aofd.resources.kinds import agent as agent_kind
 from aofd.resources.kinds import base as kinds_base
@@ -229,7 +229,57 @@ V = TypeVar("V")
 
 
 class _Overlay(Generic[K, V]):
-    """A map read from the last result and copied on the first write: most builds touch few maps."""
+    """A map read from the last result, written as a set of changes: the result shares every
+    part of the last result's map the build did not change (`aofd.plan.persistent`)."""
+
+    __slots__ = ("_base", "_changes", "_result")
+
+    def __init__(self, base: Mapping[K, V] | None) -> None:
+        self._base: persistent.PMap[K, V] = (
+            base if isinstance(base, persistent.PMap) else persistent.PMap(base or {})
+        )
+        self._changes: dict[K, V | persistent.Missing] = {}
+        self._result: persistent.PMap[K, V] | None = self._base
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._changes)
+
+    def get(self, key: K) -> V | None:
+        if key in self._changes:
+            value = self._changes[key]
+            return None if isinstance(value, persistent.Missing) else value
+        return self._base.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._changes:
+            return not isinstance(self._changes[key], persistent.Missing)
+        return key in self._base
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.result())
+
+    def set(self, key: K, value: V) -> None:
+        self._changes[key] = value
+        self._result = None
+
+    def pop(self, key: K) -> V | None:
+        if key not in self:
+            return None
+        value = self.get(key)
+        self._changes[key] = persistent.REMOVE
+        self._result = None
+        return value
+
+    def result(self) -> Mapping[K, V]:
+        """The map: the last result's own object when nothing was written."""
+        if self._result is None:
+            self._result = self._base.updated(self._changes)
+        return self._result
+
+
+class _SortedOverlay(Generic[K, V]):
+    """A small map kept in key order (the listeners): copied on the first write."""
 
     __slots__ = ("_base", "_own")
 
@@ -249,23 +299,18 @@ class _Overlay(Generic[K, V]):
     def get(self, key: K) -> V | None:
         return (self._own if self._own is not None else self._base).get(key)
 
-    def __contains__(self, key: object) -> bool:
-        return key in (self._own if self._own is not None else self._base)
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._own if self._own is not None else self._base)
-
     def set(self, key: K, value: V) -> None:
         self._write()[key] = value
 
     def pop(self, key: K) -> V | None:
-        if key not in self:
+        if key not in (self._own if self._own is not None else self._base):
             return None
         return self._write().pop(key)
 
     def result(self) -> Mapping[K, V]:
-        """The map: the last result's own object when nothing was written (no copy)."""
-        return MappingProxyType(self._own) if self._own is not None else self._base
+        if self._own is None:
+            return self._base
+        return MappingProxyType(dict(sorted(self._own.items(), key=lambda item: str(item[0]))))
 
 
 class _Run:
@@ -284,7 +329,7 @@ class _Run:
         )
         self.bindings: _Overlay[str, binding_specs.BindingSpec] = _Overlay(base.bindings if base else None)
         self.users: _Overlay[str, tuple[str, ...]] = _Overlay(base.users if base else None)
-        self.listeners: _Overlay[str, listener_specs.ListenerSpec] = _Overlay(
+        self.listeners: _SortedOverlay[str, listener_specs.ListenerSpec] = _SortedOverlay(
             base.listeners if base else None
         )
         self.routes: _Overlay[str, route_specs.TriggerRoutes] = _Overlay(base.routes if base else None)
@@ -334,8 +379,6 @@ class _Run:
         if self._problems_changed:
             problem_issues = tuple(sorted({i for group in self.problems.result().values() for i in group}))
         listeners = self.listeners.result()
-        if self.listeners.changed:
-            listeners = MappingProxyType(dict(sorted(listeners.items())))
         return Compiled(
             desired=state,
             contexts=self.contexts.result(),

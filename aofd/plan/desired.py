@@ -26,12 +26,14 @@ Pure: no I/O, no clock, no logging; the only state is the caller-owned `ParseCac
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from aofd import errors, settings
-from aofd.plan import extract, registry, substitute
+from aofd.plan import extract, persistent, registry, substitute
 from aofd.resources import ids, snapshot
 from aofd.resources.kinds import base as kinds_base
 
@@ -97,7 +99,7 @@ class ParseCache:
         self._misses = 0
         self._registry: registry.Registry | None = None
         self._signature: object = None
-        self._blobs: dict[str, dict[str, str]] = {}
+        self._files_of: dict[str, _Listed] = {}
         self._snapshot_issues: tuple[errors.Issue, ...] = ()
         self._read: tuple[str, ...] = ()
         self._values: tuple[str | None, ...] = ()
@@ -149,6 +151,11 @@ class DesiredState:
     origins: Mapping[ids.ResourceKey, str] = dataclasses.field(default_factory=dict)
     edges: Mapping[ids.ResourceKey, tuple[ids.ResourceKey, ...]] = dataclasses.field(default_factory=dict)
     delta: Delta | None = dataclasses.field(default=None, compare=False, repr=False)
+    users: Mapping[ids.ResourceKey, frozenset[ids.ResourceKey]] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
+    """Key -> the keys of the resolved bindings that reach it (themselves included); `build()`
+    keeps it, a state made another way may leave it None (then `users_of` scans the bindings)."""
 
     @property
     def ok(self) -> bool:
@@ -174,12 +181,20 @@ class DesiredState:
         return self.bindings.get(binding_id(key))
 
     def users_of(self, key: ids.ResourceKey) -> tuple[ResolvedBinding, ...]:
-        """The bindings that reach `key` (themselves included)."""
-        return tuple(b for b in self.bindings.values() if key == b.key or key in b.uses)
+        """The bindings that reach `key` (themselves included), in key order."""
+        if self.users is None:
+            return tuple(
+                sorted((b for b in self.bindings.values() if key == b.key or key in b.uses), key=_by_key)
+            )
+        return tuple(self.bindings[binding_id(k)] for k in sorted(self.users.get(key, ())))
 
     @classmethod
     def empty(cls) -> DesiredState:
         return cls(revision="", sources={}, resources={}, digests={}, bindings={}, issues=())
+
+
+def _by_key(binding: ResolvedBinding) -> ids.ResourceKey:
+    return binding.key
 
 
 def composite_revision(sources: Mapping[str, ids.Revision]) -> str:
@@ -238,7 +253,6 @@ def build(
         strict,
         digest_key,
     )
-    blobs = {v.name: {p: f.blob for p, f in v.snapshot.files.items()} for v in views}
     snapshot_issues = tuple(i for v in views for i in v.snapshot.issues)
     reg = cache._registry
     reusable = (
@@ -248,9 +262,16 @@ def build(
         and cache._values == _values(cache._read, policy)
     )
     last = cache._last
-    if reusable and last is not None and blobs == cache._blobs and snapshot_issues == cache._snapshot_issues:
+    changes = _file_changes(cache._files_of, views) if reusable and last is not None else None
+    if (
+        changes is not None
+        and last is not None
+        and not changes.files
+        and snapshot_issues == cache._snapshot_issues
+    ):
         # A no-op revision: same files, same variables; only the revision stamps change.
-        cache._hits += sum(len(b) for b in blobs.values())
+        cache._hits += changes.same
+        cache._files_of = changes.listed
         state = dataclasses.replace(
             last,
             revision=revision,
@@ -261,9 +282,10 @@ def build(
         return state
 
     delta_keys: frozenset[ids.ResourceKey] | None = None
-    if reusable and reg is not None and last is not None:
+    if changes is not None and reg is not None:
+        cache._hits += changes.same
         try:
-            delta_keys = _apply_changes(reg, views, blobs, cache, strict)
+            delta_keys = _apply_changes(reg, views, changes, cache, strict)
         except registry.Restart:
             delta_keys = None
     if delta_keys is None:
@@ -271,27 +293,79 @@ def build(
     assert reg is not None
     cache._registry = reg
     cache._signature = signature
-    cache._blobs = blobs
+    cache._files_of = (
+        changes.listed if changes is not None else {v.name: _Listed.of(v.snapshot.files) for v in views}
+    )
     cache._snapshot_issues = snapshot_issues
     cache._read = reg.read_variables()
     cache._values = _values(cache._read, policy)
+    base = last if delta_keys is not None and last is not None else None
+    resources, digests, bindings, origins, edges, users = _maps(reg, base)
     state = DesiredState(
         revision=revision,
         sources=sources,
-        resources=MappingProxyType(dict(reg.resources)),
-        digests=MappingProxyType(dict(reg.digests)),
-        bindings=MappingProxyType(dict(reg.bindings)),
+        resources=resources,
+        digests=digests,
+        bindings=bindings,
         issues=reg.issues(snapshot_issues),
-        origins=MappingProxyType(dict(reg.origins)),
-        edges=MappingProxyType(dict(reg.edges)),
+        origins=origins,
+        edges=edges,
         delta=(
             Delta(last.digests, last.bindings, delta_keys)
             if delta_keys is not None and last is not None
             else None
         ),
+        users=users,
     )
     cache._last = state
     return state
+
+
+_Maps = tuple[
+    "persistent.PMap[ids.ResourceKey, LoadedResource]",
+    "persistent.PMap[ids.ResourceKey, ids.Digest]",
+    "persistent.PMap[str, ResolvedBinding]",
+    "persistent.PMap[ids.ResourceKey, str]",
+    "persistent.PMap[ids.ResourceKey, tuple[ids.ResourceKey, ...]]",
+    "persistent.PMap[ids.ResourceKey, frozenset[ids.ResourceKey]]",
+]
+
+
+def _maps(reg: registry.Registry, base: DesiredState | None) -> _Maps:
+    """The state's maps: from `base`'s, updated at the keys the last `apply()` touched (sharing
+    every untouched bucket), or (no usable base) from the whole registry."""
+    users = reg.users
+    PMap = persistent.PMap
+    if (
+        base is not None
+        and isinstance(base.resources, PMap)
+        and isinstance(base.digests, PMap)
+        and isinstance(base.bindings, PMap)
+        and isinstance(base.origins, PMap)
+        and isinstance(base.edges, PMap)
+        and isinstance(base.users, PMap)
+    ):
+        touched = reg.touched
+        changes = persistent.changes_of
+        bound = {binding_id(k) for k in touched if k.kind is Kind.BINDING}
+        return (
+            base.resources.updated(changes(touched, reg.resources)),
+            base.digests.updated(changes(touched, reg.digests)),
+            base.bindings.updated(changes(bound, reg.bindings)),
+            base.origins.updated(changes(touched, reg.origins)),
+            base.edges.updated(changes(touched, reg.edges)),
+            base.users.updated(
+                {k: frozenset(users[k]) if k in users else persistent.REMOVE for k in touched}
+            ),
+        )
+    return (
+        persistent.PMap(reg.resources),
+        persistent.PMap(reg.digests),
+        persistent.PMap(reg.bindings),
+        persistent.PMap(reg.origins),
+        persistent.PMap(reg.edges),
+        persistent.PMap((k, frozenset(v)) for k, v in users.items()),
+    )
 
 
 def _full(
@@ -319,34 +393,102 @@ def _full(
     return reg
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FileChanges:
+    """The files whose blob differs from the last build's: `(view, path, old blob, new file)`;
+    how many did not change; each view's files as listed for the next comparison."""
+
+    files: tuple[tuple[str, str, str | None, snapshot.SourceFile | None], ...]
+    same: int
+    listed: dict[str, _Listed]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Listed:
+    """A view's files, with its paths and file objects listed once (compared at C speed)."""
+
+    files: Mapping[str, snapshot.SourceFile]
+    paths: list[str]
+    objects: list[snapshot.SourceFile]
+
+    @classmethod
+    def of(cls, files: Mapping[str, snapshot.SourceFile]) -> _Listed:
+        return cls(files, list(files), list(files.values()))
+
+
+def _file_changes(last: Mapping[str, _Listed], views: Sequence[SourceView]) -> _FileChanges:
+    """What changed per view since the last build (see `changed_files`). The same files object
+    costs nothing; the same files in new objects, a comparison of two lists of pointers."""
+    found: list[tuple[str, str, str | None, snapshot.SourceFile | None]] = []
+    same = 0
+    listed: dict[str, _Listed] = {}
+    for view in views:
+        name = view.name
+        new = view.snapshot.files
+        before = last.get(name)
+        if before is not None and before.files is new:
+            listed[name] = before
+            same += len(new)
+            continue
+        now = listed[name] = _Listed.of(new)
+        if before is not None and now.paths == before.paths and now.objects == before.objects:
+            same += len(new)
+            continue
+        old = before.files if before is not None else {}
+        changed, removed = changed_files(old, new)
+        found.extend((name, path, old[path].blob if path in old else None, new[path]) for path in changed)
+        found.extend((name, path, old[path].blob, None) for path in removed)
+        same += len(new) - len(changed)
+    return _FileChanges(tuple(found), same, listed)
+
+
+def changed_files(
+    old: Mapping[str, snapshot.SourceFile], new: Mapping[str, snapshot.SourceFile]
+) -> tuple[list[str], list[str]]:
+    """The paths of `new` whose blob differs from (or is missing in) `old`, and the paths gone.
+
+    Sources hand over the same `SourceFile` object for a file they did not re-read, so when the
+    paths are those of last time (in the same order) only the entries whose object changed are
+    compared, found at C speed; otherwise every path is compared by blob.
+    """
+    if new is old:
+        return [], []
+    candidates: Iterable[str]
+    removed: list[str] = []
+    if len(new) == len(old) and list(new) == list(old):
+        if list(new.values()) == list(old.values()):  # the same objects: a pointer comparison each
+            return [], []
+        candidates = itertools.compress(new, map(operator.is_not, new.values(), old.values()))
+    else:
+        candidates = new
+        removed = sorted(old.keys() - new.keys())
+    changed = []
+    for path in candidates:
+        before = old.get(path)
+        if before is None or before.blob != new[path].blob:
+            changed.append(path)
+    return changed, removed
+
+
 def _apply_changes(
     reg: registry.Registry,
     views: Sequence[SourceView],
-    blobs: Mapping[str, Mapping[str, str]],
+    changes: _FileChanges,
     cache: ParseCache,
     strict: bool,
 ) -> frozenset[ids.ResourceKey]:
     """Apply the files that changed since the last build; returns the keys that may differ."""
+    snaps = {v.name: v.snapshot for v in views}
     removed: list[registry.FileId] = []
     added: list[tuple[registry.FileId, extract.ParsedFile]] = []
-    for view in views:
-        old = cache._blobs.get(view.name, {})
-        new = blobs[view.name]
-        if old == new:
-            cache._hits += len(new)
-            continue
-        snap = view.snapshot
-        for path, blob in old.items():
-            if new.get(path) != blob:
-                removed.append((view.name, path))
-                cache._files.pop((snap.display_path(path), blob, strict), None)
-        for path, blob in new.items():
-            if old.get(path) == blob:
-                cache._hits += 1
-                continue
-            file = snap.files[path]
+    for name, path, old_blob, file in changes.files:
+        snap = snaps[name]
+        if old_blob is not None:
+            removed.append((name, path))
+            cache._files.pop((snap.display_path(path), old_blob, strict), None)
+        if file is not None:
             added.append(
-                ((view.name, path), cache.parsed(snap.display_path(path), blob, file.content, strict=strict))
+                ((name, path), cache.parsed(snap.display_path(path), file.blob, file.content, strict=strict))
             )
     return reg.apply(removed=removed, added=added)
 

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from aofd.plan import actions, compiler, desired
+from aofd.plan import actions, compiler, desired, persistent
 from aofd.resources import ids
 
 _EFFECTIVE = "effective:"
@@ -59,30 +59,66 @@ class Inventory:
     """The `bindings` map of the state this inventory was made from (`of`): `compute`'s fast path."""
     listeners: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Trigger name -> config digest of the listener running for it (what the runtime reported)."""
+    serving: object = dataclasses.field(default=None, compare=False, repr=False)
+    """The compiled `listeners` map that `listeners` runs exactly (every one started as compiled),
+    if the caller knows it: `listener_actions`'s fast path."""
 
     @classmethod
     def empty(cls) -> Inventory:
         return cls(digests=MappingProxyType({}), effective=MappingProxyType({}))
 
     @classmethod
-    def of(cls, state: desired.DesiredState, *, listeners: Mapping[str, str] | None = None) -> Inventory:
-        """The inventory once `state` is applied, with the listeners the runtime runs for it."""
+    def of(
+        cls,
+        state: desired.DesiredState,
+        *,
+        listeners: Mapping[str, str] | None = None,
+        serving: Mapping[str, object] | None = None,
+    ) -> Inventory:
+        """The inventory once `state` is applied, with the listeners the runtime runs for it;
+        `serving`: the compiled listeners they are, all of them, when the caller checked that."""
         return cls(
             digests=state.digests,
-            effective=MappingProxyType({b.key: b.digest for b in state.bindings.values()}),
+            effective=Effective(state.bindings),
             revision=state.revision,
             origin=state.bindings,
             listeners=MappingProxyType(dict(listeners or {})),
+            serving=serving,
         )
 
     def __len__(self) -> int:
         return len(self.digests)
 
     def to_json(self) -> dict[str, str]:
-        """A flat `{string: string}` map (sorted when dumped): keys, effective digests, revision."""
+        """A flat `{string: string}` map: keys, effective digests, revision."""
         out = {key_text(k): str(v) for k, v in self.digests.items()}
         out.update({_EFFECTIVE + key_text(k): str(v) for k, v in self.effective.items()})
         if self.revision:
+            out[_REVISION] = self.revision
+        return out
+
+    def json_changes(self, old: Inventory) -> dict[str, str | None] | None:
+        """`to_json()`'s entries that differ from `old.to_json()`'s (None: removed), or None when
+        they cannot be found without comparing everything (the maps were not derived from one
+        another). Costs what changed when both come from `of()` on successive states."""
+        new_bindings, old_bindings = _bindings_of(self.effective), _bindings_of(old.effective)
+        if not (
+            isinstance(self.digests, persistent.PMap)
+            and isinstance(old.digests, persistent.PMap)
+            and new_bindings is not None
+            and old_bindings is not None
+        ):
+            return None
+        out: dict[str, str | None] = {}
+        for key, digest in persistent.diff(self.digests, old.digests):
+            out[key_text(key)] = None if isinstance(digest, persistent.Missing) else str(digest)
+        for binding_id, binding in persistent.diff(new_bindings, old_bindings):
+            before = old_bindings.get(binding_id)
+            if before is not None:
+                out.setdefault(_EFFECTIVE + key_text(before.key), None)
+            if not isinstance(binding, persistent.Missing):
+                out[_EFFECTIVE + key_text(binding.key)] = str(binding.digest)
+        if self.revision != old.revision:
             out[_REVISION] = self.revision
         return out
 
@@ -111,8 +147,8 @@ class Inventory:
 class Plan:
     """The changes that make the running inventory match a desired state.
 
-    `changes` are in apply order (`actions.ordered`); `unchanged` holds the other keys, in
-    the desired state's order.
+    `changes` are in apply order (`actions.ordered`); `unchanged` holds the other keys (shown
+    in key order).
     """
 
     revision: str
@@ -136,7 +172,7 @@ class Plan:
 
     def of_op(self, op: actions.Op) -> tuple[actions.Action, ...]:
         if op == "unchanged":
-            return tuple(actions.Action("unchanged", k) for k in self.unchanged)
+            return tuple(actions.Action("unchanged", k) for k in sorted(self.unchanged))
         return tuple(a for a in self.changes if a.op == op)
 
     @property
@@ -154,7 +190,7 @@ class Plan:
             "listeners": [a.as_dict() for a in self.listeners],
         }
         if include_unchanged:
-            out["unchanged"] = [key_text(k) for k in self.unchanged]
+            out["unchanged"] = [key_text(k) for k in sorted(self.unchanged)]
         return out
 
     def touched_contexts(
@@ -179,6 +215,36 @@ class Plan:
             for name in names:
                 touched.setdefault(name, []).append(line)
         return touched
+
+
+class Effective(Mapping[ids.ResourceKey, ids.Digest]):
+    """Binding key -> effective digest, read from a state's bindings (no per-pass copy)."""
+
+    __slots__ = ("_bindings",)
+
+    def __init__(self, bindings: Mapping[str, desired.ResolvedBinding]) -> None:
+        self._bindings = bindings
+
+    def __getitem__(self, key: ids.ResourceKey) -> ids.Digest:
+        if getattr(key, "kind", None) is ids.Kind.BINDING:
+            found = self._bindings.get(desired.binding_id(key))
+            if found is not None and found.key == key:
+                return found.digest
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[ids.ResourceKey]:
+        return (b.key for b in self._bindings.values())
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+
+def _bindings_of(
+    effective: Mapping[ids.ResourceKey, ids.Digest],
+) -> persistent.PMap[str, desired.ResolvedBinding] | None:
+    if isinstance(effective, Effective) and isinstance(effective._bindings, persistent.PMap):
+        return effective._bindings
+    return None
 
 
 class _Unchanged(Collection[ids.ResourceKey]):
@@ -237,7 +303,12 @@ def spec_of(compiled: compiler.Compiled, key: ids.ResourceKey) -> actions.Spec:
 
 
 def listener_actions(compiled: compiler.Compiled, inventory: Inventory) -> tuple[actions.ListenerAction, ...]:
-    """Start the listeners that do not run, replace those whose config changed, retire the rest."""
+    """Start the listeners that do not run, replace those whose config changed, retire the rest.
+
+    Nothing to do, at no cost, when the inventory runs exactly these compiled listeners
+    (`Inventory.serving`: the compiler hands over the same map while no listener changes)."""
+    if inventory.serving is not None and inventory.serving is compiled.listeners:
+        return ()
     out: list[actions.ListenerAction] = []
     running = inventory.listeners
     get = running.get

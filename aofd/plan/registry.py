@@ -127,6 +127,10 @@ class Registry:
         self.binding_issues: dict[Key, tuple[errors.Issue, ...]] = {}
         self.unresolved: set[Key] = set()
         self.users: dict[Key, set[Key]] = {}
+        self.trigger_paths: dict[str, set[Key]] = {}
+        """`config.path` -> the enabled Triggers serving it (two or more is an error)."""
+        self.touched: set[Key] = set()
+        """The keys whose entry in any of the maps above may have changed in the last `apply()`."""
 
     # -- the delta -----------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class Registry:
         """
         dirty: set[Key] = set()
         gone: set[Key] = set()
+        self.touched = set()
         for file_id in removed:
             self.file_issues.pop(file_id, None)
             for key in self.file_keys.pop(file_id, ()):
@@ -180,6 +185,7 @@ class Registry:
             if key in self.entries:
                 self._bind(key)
         self.incremental = True
+        self.touched |= dirty | rescan | again
         return frozenset(dirty | again)
 
     def _add_file(
@@ -221,15 +227,34 @@ class Registry:
             kinds.remove(key.kind)
             if not kinds:
                 del self.names[(key.namespace, key.name)]
+        self._serve_path(key, None)
         self.resources.pop(key, None)
         self.digests.pop(key, None)
         self.subst_issues.pop(key, None)
         self.read.pop(key, None)
 
+    def _serve_path(self, key: Key, resource: LoadedResource | None) -> None:
+        """Keep `trigger_paths` right for `key`, whose resource is now `resource` (None: gone)."""
+        if key.kind is not Kind.TRIGGER:
+            return
+        old = self.resources.get(key)
+        for res, add in ((old, False), (resource, True)):
+            path = _served_path(res) if res is not None else None
+            if path is None:
+                continue
+            served = self.trigger_paths.setdefault(path, set())
+            if add:
+                served.add(key)
+            else:
+                served.discard(key)
+                if not served:
+                    del self.trigger_paths[path]
+
     # -- substitution --------------------------------------------------------------------------
 
     def _substitute(self, key: Key, entry: extract.Entry) -> None:
         if not entry.secrets:
+            self._serve_path(key, entry.resource)
             self.resources[key] = entry.resource
             self.digests[key] = self._digest(entry, entry.resource.model)
             return
@@ -273,6 +298,7 @@ class Registry:
             assert isinstance(model, kinds_base.ResourceModel)
             resource = dataclasses.replace(resource, model=model)
         self.digests[key] = self._digest(entry, model)
+        self._serve_path(key, resource)
         self.resources[key] = resource
         self.read[key] = tuple(names)
         if issues:
@@ -367,6 +393,7 @@ class Registry:
     def _forget_binding(self, key: Key) -> None:
         old = self.bindings.pop(binding_id(key), None)
         if old is not None:
+            self.touched |= old.uses
             for used in old.uses | {key}:
                 users = self.users.get(used)
                 if users is not None:
@@ -418,6 +445,7 @@ class Registry:
             uses=reach,
         )
         self.bindings[binding_id(key)] = binding
+        self.touched |= reach
         for used in reach | {key}:
             self.users.setdefault(used, set()).add(key)
 
@@ -438,14 +466,15 @@ class Registry:
         return tuple(sorted({n for names in self.read.values() for n in names}))
 
     def _trigger_path_issues(self) -> Iterator[errors.Issue]:
-        """Two enabled Triggers serving the same `config.path`: an error at the second, naming the first."""
-        served: list[tuple[str, LoadedResource]] = []
-        for key, resource in self.resources.items():
-            model = resource.model
-            if key.kind is Kind.TRIGGER and isinstance(model, trigger_kind.Trigger):
-                path = model.spec.config.path
-                if path and model.spec.enabled:
-                    served.append((path, resource))
+        """Two enabled Triggers serving the same `config.path`: an error at the second, naming the first.
+
+        Reads `trigger_paths`, so it costs the shared paths, not the resources."""
+        served: list[tuple[str, LoadedResource]] = [
+            (path, self.resources[key])
+            for path, keys in self.trigger_paths.items()
+            if len(keys) > 1
+            for key in keys
+        ]
         first: dict[str, LoadedResource] = {}
         for path, resource in sorted(served, key=lambda item: _issue_order_of(item[1])):
             other = first.setdefault(path, resource)
@@ -475,6 +504,14 @@ class Registry:
             yield errors.Issue(
                 entry.resource.path, line, col, "error", f"reference cycle: {chain}", "ref-cycle"
             )
+
+
+def _served_path(resource: LoadedResource) -> str | None:
+    """The `config.path` an enabled Trigger serves, or None."""
+    model = resource.model
+    if isinstance(model, trigger_kind.Trigger) and model.spec.enabled and model.spec.config.path:
+        return model.spec.config.path
+    return None
 
 
 def _pick(

@@ -9,7 +9,13 @@ the revision (Flux: "by design transactional").
 Each pass is the same ordered list of steps - build, compile, plan, apply, persist, record -
 and its outcome is recorded in a `finally` (status, one canonical log line, audit records).
 Build and compile are the pure half (`aofd.plan`); a revision with any error from either is
-rejected whole. A listener of the running revision that could not start is started again
+rejected whole. The pure half (build, compile, plan, the Contexts a change touches) and the
+persist run in a worker thread, so a pass over a large repo never holds the event loop (the
+listeners, the admin API) for long; the loop's longest stall during the pass is measured
+(`aofd.reconcile.lag`) and reported as `PassSummary.loop_lag_s`. Nothing the thread touches is
+shared with the loop while it runs: the caches are the pass's own, the pass is single-flight,
+and its inputs (snapshots, variables, inventory, the applied state) are taken before it starts.
+A listener of the running revision that could not start is started again
 after `LISTENER_RETRY_S` (`retry_listeners`: the running revision planned against what runs),
 also while newer revisions are being rejected.
 """
@@ -18,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -28,6 +35,7 @@ from aofd import errors
 from aofd.plan import compiler
 from aofd.plan import desired as desired_mod
 from aofd.plan import diff as diff_mod
+from aofd.reconcile import lag as lag_mod
 from aofd.reconcile import state as state_mod
 from aofd.reconcile import status as status_mod
 from aofd.resources import ids, snapshot
@@ -69,6 +77,7 @@ class Reconciler:
         options: compiler.Options | None = None,
         on_pass: Callable[[status_mod.PassSummary], Awaitable[None] | None] | None = None,
         digest_key: bytes | None = None,
+        limits: snapshot.Limits = snapshot.DEFAULT_LIMITS,
     ) -> None:
         self._sources = {s.name: s for s in sources}
         self._digest_key = digest_key
@@ -79,7 +88,7 @@ class Reconciler:
         self._allow = tuple(allow)
         self._on_pass = on_pass
         self._options = options or compiler.Options()
-        self._cache = desired_mod.ParseCache()
+        self._cache = desired_mod.ParseCache(limits=limits)
         self._compile_cache = compiler.Cache()
         self._retry_at: float | None = None
         self._wake = asyncio.Event()
@@ -89,7 +98,7 @@ class Reconciler:
         self.applied: desired_mod.DesiredState | None = None
         self.compiled: compiler.Compiled | None = None
         self.inventory = diff_mod.Inventory.empty()
-        self.conditions: dict[ids.ResourceKey, status_mod.Condition] = {}
+        self.conditions: Mapping[ids.ResourceKey, status_mod.Condition] = {}
         self.last_pass: status_mod.PassSummary | None = None
         self.last_rejected: status_mod.PassSummary | None = None
         self.records: dict[str, state_mod.SourceRecord] = store.load_sources()
@@ -98,7 +107,7 @@ class Reconciler:
         self.first_applied = asyncio.Event()
         # Conditions as the last apply left them (before any rejected revision marked them),
         # and the applied state whose persistence failed and must be retried.
-        self._applied_conditions: dict[ids.ResourceKey, status_mod.Condition] = {}
+        self._applied_conditions: Mapping[ids.ResourceKey, status_mod.Condition] = {}
         self._unsaved: desired_mod.DesiredState | None = None
 
     # -- inputs ---------------------------------------------------------------------------
@@ -166,6 +175,8 @@ class Reconciler:
             started = time.monotonic()
             self.pass_started = started
             summary = status_mod.PassSummary(revision="", outcome="failed", at=time.time())
+            probe = lag_mod.LagProbe()
+            probe.start()
             try:
                 summary = await self._pass(started)
             except Exception as exc:  # a bug or an effect failed: keep the last good state
@@ -179,6 +190,9 @@ class Reconciler:
                     at=time.time(),
                 )
             finally:
+                summary = dataclasses.replace(summary, loop_lag_s=await probe.stop())
+                if summary.outcome == "rejected":
+                    self.last_rejected = summary
                 self.pass_started = None
                 self.passes += 1
                 self.last_pass = summary
@@ -212,28 +226,19 @@ class Reconciler:
             for name, policy in self._sources.items()
         ]
         phases = _Phases(started)
-        desired = desired_mod.build(
-            views,
-            variables=self._variables(),
-            allow=self._allow,
-            undefined="error",
-            cache=self._cache,
-            digest_key=self._digest_key,
+        worked = await _in_thread(
+            self._plan, views, self._variables(), self._allow, self.inventory, self.applied, phases
         )
-        phases.mark("build")
-        compiled = compiler.build(desired, options=self._options, cache=self._compile_cache)
-        phases.mark("compile")
+        desired, compiled = worked.desired, worked.compiled
         now = time.time()
         for name, snap in snaps.items():
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(old, last_attempted=snap.revision, attempted_at=now)
 
-        if not compiled.ok:
-            return await self._reject(compiled, snaps, started, phases)
+        if worked.plan is None:
+            return await self._reject(compiled, worked.key_of_path, snaps, started, phases)
 
-        plan = diff_mod.compute(compiled, self.inventory)
-        counts = plan.counts()
-        phases.mark("plan")
+        plan, counts = worked.plan, worked.counts
         if plan.is_noop() and self.applied is not None and self.applied.revision == desired.revision:
             await self._back_to_applied()
             phases.mark("persist")
@@ -249,11 +254,13 @@ class Reconciler:
 
         outcome = await self._applier.apply(plan)
         phases.mark("apply")
-        previous = self.applied
         self.applied = desired
         self.compiled = compiled
-        self.inventory = diff_mod.Inventory.of(desired, listeners=outcome.listeners)
-        self._arm_retry(compiled, outcome)
+        failed = _planned_not_running(compiled, plan, outcome.listeners)
+        self.inventory = diff_mod.Inventory.of(
+            desired, listeners=outcome.listeners, serving=None if failed else compiled.listeners
+        )
+        self._arm_retry(failed)
         self._applied_snapshots = snaps
         self.conditions = status_mod.conditions_after_apply(
             keys=desired.resources.keys(),
@@ -262,7 +269,7 @@ class Reconciler:
             reasons=outcome.reasons,
             previous=self.conditions,
         )
-        self._applied_conditions = dict(self.conditions)
+        self._applied_conditions = self.conditions
         for name, snap in snaps.items():
             old = self.records.get(name, state_mod.SourceRecord())
             self.records[name] = dataclasses.replace(
@@ -274,7 +281,7 @@ class Reconciler:
         self._unsaved = desired
         await self._save()
         phases.mark("persist")
-        await self._audit_applied(desired, plan, previous)
+        await self._audit_applied(desired, worked.touched)
         phases.mark("audit")
         return status_mod.PassSummary(
             revision=desired.revision,
@@ -289,6 +296,36 @@ class Reconciler:
             at=time.time(),
             phases=phases.done,
         )
+
+    def _plan(
+        self,
+        views: Sequence[desired_mod.SourceView],
+        variables: Mapping[str, str],
+        allow: Sequence[str],
+        inventory: diff_mod.Inventory,
+        applied: desired_mod.DesiredState | None,
+        phases: _Phases,
+    ) -> _Worked:
+        """The pure half of a pass, in a worker thread: build, compile, and either the plan and the
+        Contexts it touches, or (a rejected revision) where each error's file's resources are."""
+        desired = desired_mod.build(
+            views,
+            variables=variables,
+            allow=allow,
+            undefined="error",
+            cache=self._cache,
+            digest_key=self._digest_key,
+        )
+        phases.mark("build")
+        compiled = compiler.build(desired, options=self._options, cache=self._compile_cache)
+        phases.mark("compile")
+        if not compiled.ok:
+            return _Worked(desired, compiled, key_of_path=_keys_of_paths(compiled, applied))
+        plan = diff_mod.compute(compiled, inventory)
+        touched = {} if plan.is_noop() else plan.touched_contexts(desired, applied)
+        counts = plan.counts()
+        phases.mark("plan")
+        return _Worked(desired, compiled, plan=plan, counts=counts, touched=touched)
 
     async def retry_listeners(self) -> None:
         """Start the running revision's listeners that are not running (they failed to start).
@@ -309,8 +346,11 @@ class Reconciler:
                 log.exception("listener retry failed")
                 self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S
                 return
-            self.inventory = diff_mod.Inventory.of(compiled.desired, listeners=outcome.listeners)
-            self._arm_retry(compiled, outcome)
+            failed = _not_running(compiled, outcome.listeners)
+            self.inventory = diff_mod.Inventory.of(
+                compiled.desired, listeners=outcome.listeners, serving=None if failed else compiled.listeners
+            )
+            self._arm_retry(failed)
             refreshed = status_mod.conditions_after_apply(
                 keys=compiled.desired.resources.keys(),
                 revision=compiled.revision,
@@ -318,15 +358,11 @@ class Reconciler:
                 reasons=outcome.reasons,
                 previous=self._applied_conditions,
             )
-            for key, condition in refreshed.items():
-                if self.conditions.get(key) == self._applied_conditions.get(key):
-                    self.conditions[key] = condition
+            self.conditions = status_mod.carry_marks(self.conditions, self._applied_conditions, refreshed)
             self._applied_conditions = refreshed
-            failed = _not_running(compiled, outcome.listeners)
             log.info("listeners.retried", started=sorted(missing - failed), failed=sorted(failed) or None)
 
-    def _arm_retry(self, compiled: compiler.Compiled, outcome: ApplyOutcome) -> None:
-        failed = _not_running(compiled, outcome.listeners)
+    def _arm_retry(self, failed: set[str]) -> None:
         self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S if failed else None
 
     async def _back_to_applied(self) -> None:
@@ -334,7 +370,7 @@ class Reconciler:
         forget the rejection, and retry persisting the applied state if that failed."""
         if self.last_rejected is not None:
             self.last_rejected = None
-            self.conditions = dict(self._applied_conditions)
+            self.conditions = self._applied_conditions
             for name, old in list(self.records.items()):
                 self.records[name] = dataclasses.replace(old, last_error="")
             if self._unsaved is None:
@@ -345,6 +381,7 @@ class Reconciler:
     async def _reject(
         self,
         compiled: compiler.Compiled,
+        key_of_path: Mapping[str, Sequence[ids.ResourceKey]],
         snaps: Mapping[str, snapshot.Snapshot],
         started: float,
         phases: _Phases,
@@ -356,10 +393,6 @@ class Reconciler:
             self.records[name] = dataclasses.replace(
                 old, last_error=f"revision {desired.revision} rejected: {len(errs)} error(s)"
             )
-        key_of_path: dict[str, list[ids.ResourceKey]] = {}
-        running = self.applied.resources if self.applied is not None else {}
-        for key, res in list(running.items()) + list(desired.resources.items()):
-            key_of_path.setdefault(res.path, []).append(key)
         self.conditions = status_mod.mark_rejected(
             self.conditions, revision=desired.revision, issues=errs, key_of_path=key_of_path
         )
@@ -374,7 +407,7 @@ class Reconciler:
             at=time.time(),
         )
         self.last_rejected = summary
-        await self._audit_rejected(desired, errs)
+        await self._audit_rejected(compiled, errs)
         phases.mark("audit")
         summary = dataclasses.replace(summary, phases=phases.done, duration_s=time.monotonic() - started)
         self.last_rejected = summary
@@ -388,11 +421,7 @@ class Reconciler:
         desired = self._unsaved
         if desired is None:
             return
-        snaps, inventory, records = (
-            dict(self._applied_snapshots),
-            self.inventory.to_json(),
-            dict(self.records),
-        )
+        snaps, inventory, records = dict(self._applied_snapshots), self.inventory, dict(self.records)
         try:
             await asyncio.to_thread(self._persist, desired.revision, snaps, inventory, records)
         except OSError as exc:
@@ -413,42 +442,43 @@ class Reconciler:
         self,
         revision: str,
         snaps: Mapping[str, snapshot.Snapshot],
-        inventory: Mapping[str, str],
+        inventory: diff_mod.Inventory,
         records: Mapping[str, state_mod.SourceRecord],
     ) -> None:
+        """In a worker thread: everything it reads is immutable or a copy made for it."""
         self._store.ensure()
-        self._store.save_snapshots(snaps, revision=revision)
-        self._store.save_inventory(inventory)
+        self._store.save_applied(revision=revision, snapshots=snaps, inventory=inventory)
         self._store.save_sources(records)
 
     async def _audit_applied(
-        self,
-        desired: desired_mod.DesiredState,
-        plan: diff_mod.Plan,
-        previous: desired_mod.DesiredState | None,
+        self, desired: desired_mod.DesiredState, touched: Mapping[str, list[str]]
     ) -> None:
-        touched = plan.touched_contexts(desired, previous)
-        for context, changes in sorted(touched.items()):
-            event = ports.AuditEvent(
-                "config.applied", details={"revision": desired.revision, "changes": changes}
+        """One `config.applied` record per touched Context, written concurrently (one log each)."""
+        await asyncio.gather(
+            *(
+                self._safe_audit(
+                    context,
+                    ports.AuditEvent(
+                        "config.applied", details={"revision": desired.revision, "changes": changes}
+                    ),
+                )
+                for context, changes in sorted(touched.items())
             )
-            await self._safe_audit(context, event)
+        )
 
-    async def _audit_rejected(self, desired: desired_mod.DesiredState, errs: Sequence[errors.Issue]) -> None:
-        contexts: set[str] = set()
-        if self.applied is not None:
-            contexts |= {k.name for k in self.applied.resources if k.kind is ids.Kind.CONTEXT}
-        contexts |= {k.name for k in desired.resources if k.kind is ids.Kind.CONTEXT}
+    async def _audit_rejected(self, compiled: compiler.Compiled, errs: Sequence[errors.Issue]) -> None:
+        desired = compiled.desired
+        contexts: set[str] = set(compiled.context_keys)
+        if self.compiled is not None:
+            contexts |= set(self.compiled.context_keys)
         # The first 50 errors, and how many there are (an audit record stays small; status has all).
         details = {
             "revision": desired.revision,
             "errors": [i.format() for i in errs[:50]],
             "error_count": len(errs),
         }
-        for context in sorted(contexts):
-            await self._safe_audit(
-                context, ports.AuditEvent("config.rejected", outcome="failure", details=details)
-            )
+        event = ports.AuditEvent("config.rejected", outcome="failure", details=details)
+        await asyncio.gather(*(self._safe_audit(context, event) for context in sorted(contexts)))
 
     async def _safe_audit(self, context: str, event: ports.AuditEvent) -> None:
         try:
@@ -457,9 +487,14 @@ class Reconciler:
             log.warning("audit write failed", context=context, error=str(exc))
 
     def _log_pass(self, summary: status_mod.PassSummary) -> None:
-        errs = [i.format() for i in summary.issues if i.is_error]
+        # At most 20 of each, formatted (a revision may carry thousands; status has them all).
+        errs = [i.format() for i in itertools.islice((i for i in summary.issues if i.is_error), 20)]
         # A revision's warnings (settings that cannot all hold ...) once, when it is applied.
-        warns = [i.format() for i in summary.issues if not i.is_error] if summary.outcome == "applied" else []
+        warns = (
+            [i.format() for i in itertools.islice((i for i in summary.issues if not i.is_error), 20)]
+            if summary.outcome == "applied"
+            else []
+        )
         (log.warning if warns else log.info)(
             "reconcile pass",
             revision=summary.revision,
@@ -470,9 +505,50 @@ class Reconciler:
             failed=summary.failed,
             duration_ms=round(summary.duration_s * 1000, 2),
             phases_ms={name: round(seconds * 1000, 2) for name, seconds in summary.phases} or None,
-            errors=errs[:20] if errs else None,
-            warnings=warns[:20] if warns else None,
+            loop_lag_ms=round(summary.loop_lag_s * 1000, 2),
+            errors=errs or None,
+            warnings=warns or None,
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Worked:
+    """What the pure half of a pass hands back to the loop."""
+
+    desired: desired_mod.DesiredState
+    compiled: compiler.Compiled
+    plan: diff_mod.Plan | None = None
+    counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    touched: Mapping[str, list[str]] = dataclasses.field(default_factory=dict)
+    key_of_path: Mapping[str, Sequence[ids.ResourceKey]] = dataclasses.field(default_factory=dict)
+
+
+def _keys_of_paths(
+    compiled: compiler.Compiled, applied: desired_mod.DesiredState | None
+) -> dict[str, list[ids.ResourceKey]]:
+    """The running and the rejected revision's resources in each file that carries an error."""
+    paths = {i.path for i in compiled.issues if i.is_error}
+    found: dict[str, list[ids.ResourceKey]] = {}
+    running = applied.resources if applied is not None else {}
+    for resources in (running, compiled.desired.resources):
+        for key, res in resources.items():
+            if res.path in paths:
+                found.setdefault(res.path, []).append(key)
+    return found
+
+
+T = TypeVar("T")
+
+
+async def _in_thread(fn: Callable[..., T], *args: object) -> T:
+    """`fn(*args)` in a worker thread; if the pass is cancelled meanwhile, the thread is still
+    waited for before the pass ends, so the next pass never runs beside it."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        raise
 
 
 class _Phases:
@@ -490,6 +566,19 @@ class _Phases:
     @property
     def done(self) -> tuple[tuple[str, float], ...]:
         return tuple(self._done)
+
+
+def _planned_not_running(
+    compiled: compiler.Compiled, plan: diff_mod.Plan, running: Mapping[str, str]
+) -> set[str]:
+    """`_not_running` after applying `plan`: only the listeners it named can differ (every other
+    one ran as compiled already), so this costs the plan's listener actions."""
+    specs = compiled.listeners
+    return {
+        a.trigger
+        for a in plan.listeners
+        if a.trigger in specs and running.get(a.trigger) != specs[a.trigger].digest
+    }
 
 
 def _not_running(compiled: compiler.Compiled, running: Mapping[str, str]) -> set[str]:

@@ -5,6 +5,11 @@ Conditions follow kstatus (Flux, Argo CD): each resource is `Ready`, `Stalled` o
 last observed at. A rejected revision does not change what runs; it shows up as the
 `NewRevisionRejected` reason on the resources whose files carry the errors, and in the
 daemon-level status with every error at file:line.
+
+After an apply nearly every resource is `Ready` at the revision, so the conditions are an
+`AppliedConditions`: that default, plus the conditions that differ from it (stalled, marked by a
+rejected revision, or kept from an earlier pass). Making them, and marking a rejection, costs
+those exceptions, not the resources.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from aofd import errors
 from aofd.resources import ids
@@ -57,6 +62,8 @@ class PassSummary:
     issues: tuple[errors.Issue, ...] = ()
     at: float = 0.0
     phases: tuple[tuple[str, float], ...] = ()  # (build|compile|plan|apply|persist|audit, seconds)
+    loop_lag_s: float = 0.0
+    """The longest the event loop was kept from running while this pass ran (`aofd.reconcile.lag`)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -69,39 +76,136 @@ class PassSummary:
             "failed": self.failed,
             "duration_ms": round(self.duration_s * 1000, 3),
             "phases_ms": {name: round(seconds * 1000, 3) for name, seconds in self.phases},
+            "loop_lag_ms": round(self.loop_lag_s * 1000, 3),
             "errors": [i.format() for i in self.issues if i.is_error],
             "warnings": [i.format() for i in self.issues if not i.is_error],
             "at": self.at,
         }
 
 
+class AppliedConditions(Mapping[ids.ResourceKey, Condition]):
+    """The conditions of an applied revision: each of `keys` `Ready` since `at`, but `overrides`.
+
+    `overrides` may hold keys outside `keys` (a rejected revision's new resources); immutable.
+    """
+
+    __slots__ = ("_extra", "_keys", "_ready", "at", "overrides", "revision")
+
+    def __init__(
+        self,
+        keys: Collection[ids.ResourceKey],
+        *,
+        revision: str,
+        at: float,
+        overrides: Mapping[ids.ResourceKey, Condition],
+    ) -> None:
+        self._keys = keys
+        self.revision = revision
+        self.at = at
+        self.overrides = overrides
+        self._ready = Condition(Phase.READY, "Applied", applied_message(revision), revision, at)
+        self._extra = sum(1 for k in overrides if k not in keys)
+
+    def __getitem__(self, key: ids.ResourceKey) -> Condition:
+        found = self.overrides.get(key)
+        if found is not None:
+            return found
+        if key in self._keys:
+            return self._ready
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.overrides or key in self._keys
+
+    def __iter__(self) -> Iterator[ids.ResourceKey]:
+        yield from self._keys
+        yield from (k for k in self.overrides if k not in self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys) + self._extra
+
+    def same_keys(self, keys: Collection[ids.ResourceKey]) -> bool:
+        return keys is self._keys or (len(keys) == len(self._keys) and keys == self._keys)
+
+    def with_overrides(self, changes: Mapping[ids.ResourceKey, Condition]) -> AppliedConditions:
+        """The same conditions with `changes` replacing some (costs the exceptions, not the keys)."""
+        return AppliedConditions(
+            self._keys, revision=self.revision, at=self.at, overrides={**self.overrides, **changes}
+        )
+
+
+def applied_message(revision: str) -> str:
+    return f"applied at revision {revision}"
+
+
 def conditions_after_apply(
     *,
-    keys: Iterable[ids.ResourceKey],
+    keys: Collection[ids.ResourceKey],
     revision: str,
     stalled: Mapping[ids.ResourceKey, str],
     previous: Mapping[ids.ResourceKey, Condition],
     reasons: Mapping[ids.ResourceKey, str] | None = None,
     now: float | None = None,
-) -> dict[ids.ResourceKey, Condition]:
-    """Conditions for every resource of a freshly applied revision."""
+) -> AppliedConditions:
+    """Conditions for every resource of a freshly applied revision.
+
+    A condition whose phase, reason and message are those it had in `previous` keeps its `since`.
+    Costs the stalled keys and `previous`'s exceptions (all of `previous` when it is a plain map).
+    """
     at = time.time() if now is None else now
-    out: dict[ids.ResourceKey, Condition] = {}
-    for key in keys:
-        if key in stalled:
-            reason = (reasons or {}).get(key, "NotRunnable")
-            cond = Condition(Phase.STALLED, reason, stalled[key], revision, at)
-        else:
-            cond = Condition(Phase.READY, "Applied", f"applied at revision {revision}", revision, at)
-        old = previous.get(key)
-        if old is not None and (old.phase, old.reason, old.message) == (
+    ready = Condition(Phase.READY, "Applied", applied_message(revision), revision, at)
+    overrides: dict[ids.ResourceKey, Condition] = {}
+    default_at = at
+    if isinstance(previous, AppliedConditions) and (
+        previous.revision != revision or previous.same_keys(keys)
+    ):
+        if previous.revision == revision:
+            default_at = previous.at  # Ready then, Ready now: since stays
+        candidates: Iterable[tuple[ids.ResourceKey, Condition]] = previous.overrides.items()
+    else:
+        candidates = previous.items()
+    for key, old in candidates:
+        if key in stalled or key not in keys:
+            continue
+        if (old.phase, old.reason, old.message) == (ready.phase, ready.reason, ready.message):
+            if old.since != default_at:
+                overrides[key] = dataclasses.replace(ready, since=old.since)
+        elif default_at != at:
+            overrides[key] = ready  # was not Ready at this revision: Ready since now
+    for key, message in stalled.items():
+        if key not in keys:
+            continue
+        reason = (reasons or {}).get(key, "NotRunnable")
+        cond = Condition(Phase.STALLED, reason, message, revision, at)
+        was = previous.get(key)
+        if was is not None and (was.phase, was.reason, was.message) == (
             cond.phase,
             cond.reason,
             cond.message,
         ):
-            cond = dataclasses.replace(cond, since=old.since)
-        out[key] = cond
-    return out
+            cond = dataclasses.replace(cond, since=was.since)
+        overrides[key] = cond
+    return AppliedConditions(keys, revision=revision, at=default_at, overrides=overrides)
+
+
+def carry_marks(
+    current: Mapping[ids.ResourceKey, Condition],
+    applied: Mapping[ids.ResourceKey, Condition],
+    refreshed: AppliedConditions,
+) -> Mapping[ids.ResourceKey, Condition]:
+    """`refreshed`, keeping the conditions of `current` that differ from `applied` (a rejected
+    revision's marks). Costs the exceptions when `current` was made from `applied`."""
+    if current is applied:
+        return refreshed
+    if isinstance(current, AppliedConditions) and isinstance(applied, AppliedConditions):
+        if current.same_keys(applied._keys) and current.at == applied.at:
+            candidates: Iterable[ids.ResourceKey] = current.overrides
+        else:
+            candidates = current
+    else:
+        candidates = current
+    marks = {k: current[k] for k in candidates if current.get(k) != applied.get(k)}
+    return refreshed.with_overrides(marks) if marks else refreshed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,7 +246,7 @@ def mark_rejected(
     issues: Iterable[errors.Issue],
     key_of_path: Mapping[str, Iterable[ids.ResourceKey]],
     now: float | None = None,
-) -> dict[ids.ResourceKey, Condition]:
+) -> Mapping[ids.ResourceKey, Condition]:
     """Flag resources whose files carry errors in a rejected revision; what runs is unchanged."""
     at = time.time() if now is None else now
     by_key: dict[ids.ResourceKey, list[str]] = {}
@@ -151,11 +255,13 @@ def mark_rejected(
             continue
         for key in key_of_path.get(issue.path, ()):
             by_key.setdefault(key, []).append(issue.format())
-    out = dict(current)
+    marked: dict[ids.ResourceKey, Condition] = {}
     for key, lines in by_key.items():
-        old = out.get(key)
+        old = current.get(key)
         observed = old.observed_revision if old else ""
         phase = old.phase if old else Phase.STALLED
         message = f"revision {revision} rejected (still running {observed or 'nothing'}): " + "; ".join(lines)
-        out[key] = Condition(phase, "NewRevisionRejected", message, observed, at)
-    return out
+        marked[key] = Condition(phase, "NewRevisionRejected", message, observed, at)
+    if isinstance(current, AppliedConditions):
+        return current.with_overrides(marked)
+    return {**current, **marked}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -11,12 +12,24 @@ from aofd.resources import snapshot
 from tests.plan.conftest import agent, binding, context, doc, flow, trigger, view
 
 
-def snap_of(files: dict[str, str]) -> snapshot.Snapshot:
-    return snapshot.Snapshot.build(
-        source="main",
-        files={p: snapshot.SourceFile.of(p, t.encode()) for p, t in files.items()},
-        display_root="main",
+def snap_of(files: dict[str, str], reuse: snapshot.Snapshot | None = None) -> snapshot.Snapshot:
+    """The snapshot of `files`; with `reuse`, an unchanged file keeps its `SourceFile` object,
+    as the directory source hands it over (the planner then compares only the changed objects)."""
+    old = reuse.files if reuse is not None else {}
+    made = {}
+    for path, text in files.items():
+        before = old.get(path)
+        made[path] = before if before is not None and before.content == text.encode() else None
+        made[path] = made[path] or snapshot.SourceFile.of(path, text.encode())
+    return snapshot.Snapshot.build(source="main", files=made, display_root="main")
+
+
+def shared_path_trigger(name: str, enabled: bool) -> str:
+    """A Trigger serving `/hooks/http/hook`, the path of Trigger `hook`."""
+    spec = (
+        f"type: HTTP\nenabled: {str(enabled).lower()}\nconfig:\n  path: /hooks/http/hook\n  webhook_secret: s"
     )
+    return doc("Trigger", name, spec)
 
 
 def context_in(name: str, namespace: str) -> str:
@@ -74,7 +87,31 @@ EDITS = [
     # a fleet naming an Agent that does not exist, then deleted
     lambda f, r: f.__setitem__("fleets/ghosts.yaml", doc("AgentFleet", "ghosts", "agents:\n  - name: ghost")),
     lambda f, r: f.pop("fleets/ghosts.yaml", None),
+    # a second (enabled or not) Trigger serving the path of `hook`; then gone again
+    lambda f, r: f.__setitem__(
+        f"triggers/t{r.randrange(2)}.yaml", shared_path_trigger(f"t{r.randrange(2)}", r.random() < 0.7)
+    ),
+    lambda f, r: f.pop(f"triggers/t{r.randrange(2)}.yaml", None),
 ]
+
+
+def _indexes(
+    state: desired.DesiredState, plan: diff.Plan, previous: desired.DesiredState
+) -> tuple[object, ...]:
+    """The state's reverse indexes and what they answer, in comparable form."""
+    assert state.users is not None
+    scanned = dataclasses.replace(state, users=None)  # `users_of` without the index: every binding
+    assert all(state.users_of(k) == scanned.users_of(k) for k in state.resources)
+    return (
+        dict(state.resources),
+        dict(state.origins),
+        dict(state.edges),
+        dict(state.users),
+        {k: [b.key for b in state.users_of(k)] for k in state.resources},
+        {k: [b.key for b in scanned.users_of(k)] for k in state.resources},
+        plan.touched_contexts(state, previous),
+        state.issues,
+    )
 
 
 def _specs(compiled: compiler.Compiled) -> tuple[object, ...]:
@@ -103,13 +140,15 @@ def test_incremental_equals_full(seed: int) -> None:
     cache = desired.ParseCache()
     compile_cache = compiler.Cache()
     variables = {"KUBECONFIG_DEV": "/k/dev"}
-    state = desired.build([view(snap_of(files))], variables=variables, cache=cache)
+    snap = snap_of(files)
+    state = desired.build([view(snap)], variables=variables, cache=cache)
     compiler.build(state, cache=compile_cache)
     inventory = diff.Inventory.of(state)
+    previous = state
     mismatches = []
     for step in range(25):
         rng.choice(EDITS)(files, rng)
-        snap = snap_of(files)
+        snap = snap_of(files, snap if seed % 2 else None)
         incremental = desired.build([view(snap)], variables=variables, cache=cache)
         full = desired.build([view(snap)], variables=variables)
         compiled_inc = compiler.build(incremental, cache=compile_cache)
@@ -123,6 +162,7 @@ def test_incremental_equals_full(seed: int) -> None:
             plan_inc.changes,
             sorted(plan_inc.unchanged),
             _specs(compiled_inc),
+            _indexes(incremental, plan_inc, previous),
         )
         want = (
             dict(full.digests),
@@ -131,11 +171,13 @@ def test_incremental_equals_full(seed: int) -> None:
             plan_full.changes,
             sorted(plan_full.unchanged),
             _specs(compiled_full),
+            _indexes(full, plan_full, previous),
         )
         if got != want:
             mismatches.append(step)
         if incremental.ok:
             inventory = diff.Inventory.of(incremental)
+            previous = incremental
     assert [] == mismatches
 
 
