@@ -351,8 +351,44 @@ class HttpSpec(_Strict):
         return parse_duration(value)
 
 
+_BYTES = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_BYTE_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_bytes(value: object) -> int:
+    """`64MiB`, `512KiB`, `1GiB`, `100B` or a bare number of bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        m = _BYTES.match(value)
+        if m:
+            return int(m.group(1)) * _BYTE_UNITS[m.group(2) or "B"]
+    raise ValueError(f"expected a size such as 1MiB, 512KiB or a number of bytes, got {value!r}")
+
+
+class RepoLimitsSpec(_Strict):
+    """Caps on what one source's tree may hold (`aofd.resources.snapshot.Limits`), per source.
+
+    The defaults are the historical caps; raise `max_files` and `max_tree_bytes` for a repo of
+    more than 10,000 resource files. Sizes take `KiB`, `MiB` and `GiB` suffixes.
+    """
+
+    max_files: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    max_file_bytes: Annotated[int, Field(ge=1, le=1024**3)] = 1024**2
+    max_tree_bytes: Annotated[int, Field(ge=1, le=1024**4)] = 64 * 1024**2
+    max_scalar_bytes: Annotated[int, Field(ge=1, le=1024**3)] = 1024**2
+    max_depth: Annotated[int, Field(ge=2, le=256)] = 64
+    max_nodes_per_file: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+
+    @field_validator("max_file_bytes", "max_tree_bytes", "max_scalar_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_bytes(value)
+
+
 class DaemonConfig(_Strict):
     sources: tuple[SourceSpec, ...] = ()
+    repo_limits: RepoLimitsSpec = RepoLimitsSpec()
     listen: str = "127.0.0.1:8080"
     admin: str = "127.0.0.1:8081"
     admin_api: AdminApiSpec = AdminApiSpec()

@@ -26,7 +26,7 @@ from typing import Any
 import pydantic
 
 from aofd import errors, settings
-from aofd.resources import documents
+from aofd.resources import documents, snapshot
 
 STATE_SUBDIR = ".aofd"
 
@@ -184,6 +184,19 @@ def apply_overrides(config: settings.DaemonConfig, overrides: Overrides) -> sett
     if not update:
         return config
     return config.model_copy(update=update)
+
+
+def repo_limits(config: settings.DaemonConfig) -> snapshot.Limits:
+    """The caps on each source's tree and files (`repo_limits` in the config) as the readers take them."""
+    r = config.repo_limits
+    return snapshot.Limits(
+        max_file_bytes=r.max_file_bytes,
+        max_scalar_bytes=r.max_scalar_bytes,
+        max_depth=r.max_depth,
+        max_files=r.max_files,
+        max_tree_bytes=r.max_tree_bytes,
+        max_nodes_per_file=r.max_nodes_per_file,
+    )
 
 
 def _issue(doc: documents.Document, err: Mapping[str, Any]) -> errors.Issue:

@@ -40,7 +40,7 @@ import structlog
 
 from aofd import __version__, errors, settings
 from aofd.audit import journal, segment
-from aofd.daemon import admin, digestkey, notify, variables, view, wiring
+from aofd.daemon import admin, digestkey, heap, notify, variables, view, wiring
 from aofd.daemon import config as config_mod
 from aofd.plan import compiler
 from aofd.reconcile import loop, state
@@ -78,6 +78,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.hard_stop = asyncio.Event()
         self.started_at = time.time()
+        self.load_pause = heap.LoadPause()  # the collector, paused through the cold load
         self.store = state.StateStore(cfg.state_dir)
         self.lock = state.StateLock(cfg.state_dir)
         self.audit: journal.AuditLog | None = None
@@ -102,6 +103,7 @@ class Daemon:
             self.lock.release()
 
     async def _run_locked(self) -> int:
+        heap.limit_malloc_arenas()  # before the first worker thread: keeps the RSS flat across edits
         self.store.ensure()
         # Before anything else starts: kill what a killed predecessor's commands left running.
         ledger = wiring.command_ledger(self.cfg)
@@ -124,8 +126,10 @@ class Daemon:
         # a command is forgotten once its record is durable.
         await wiring.close_survivors(self.audit, ledger, survivors)
         self.notifier.status("loading the last good revision")
+        repo_limits = config_mod.repo_limits(self.cfg)
         self.sources = [
-            source_runner.build_source(spec, state_dir=self.cfg.state_dir) for spec in self.cfg.sources
+            source_runner.build_source(spec, state_dir=self.cfg.state_dir, limits=repo_limits)
+            for spec in self.cfg.sources
         ]
         self.runtime = wiring.Runtime(self.cfg, audit=self.audit, sources=self.sources)
         self.reconciler = loop.Reconciler(
@@ -141,6 +145,7 @@ class Daemon:
             options=compiler.Options.of(self.cfg),
             on_pass=self._on_pass,
             digest_key=digestkey.load_or_create(self.cfg.state_dir),
+            limits=repo_limits,
         )
         self.runtime.attach(self.reconciler)
         loop_ = asyncio.get_running_loop()
@@ -162,6 +167,7 @@ class Daemon:
                     named_tokens=self._admin_tokens,
                     metrics_open=access.metrics_open,
                     max_diff_bytes=access.max_diff_bytes,
+                    limits=config_mod.repo_limits(self.cfg),
                 ),
                 self.cfg.admin,
                 socket_mode=access.socket_mode,
@@ -175,6 +181,7 @@ class Daemon:
             self.endpoints["admin"] = admin_address
             self.endpoints["pid"] = str(os.getpid())
             self.store.save_endpoints(self.endpoints)
+            self.load_pause.begin()
             restored = self.reconciler.restore()
             async with asyncio.TaskGroup() as tg:
                 reconciling = tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
@@ -194,6 +201,7 @@ class Daemon:
                     task.cancel()
                 await self._shut_down(reconciling)
         finally:
+            self.load_pause.close()
             with contextlib.suppress(Exception):
                 await self._audit_all("daemon.stopping")
             if self.runtime is not None:
@@ -289,6 +297,7 @@ class Daemon:
 
     async def _on_pass(self, summary: Any) -> None:
         assert self.reconciler is not None
+        self.load_pause.end()  # the first pass ends the cold load: freeze the loaded heap
         if self.runtime is not None:
             errs = sum(1 for i in summary.issues if i.is_error) if summary.outcome == "rejected" else 0
             self.runtime.metrics.observe_pass(summary.outcome, summary.duration_s, errs)

@@ -79,7 +79,11 @@ class ValidationResult:
 
 def known_kinds() -> tuple[str, ...]:
     """Every kind name `validate_document` accepts, in layer order, then DaemonConfig."""
-    return (*(kind.value for kind in kinds.MODELS), DAEMONCONFIG_KIND)
+    return _KNOWN_KINDS
+
+
+_KNOWN_KINDS: tuple[str, ...] = (*(kind.value for kind in kinds.MODELS), DAEMONCONFIG_KIND)
+_KNOWN_KIND_SET = frozenset(_KNOWN_KINDS)
 
 
 def validate_document(doc: base.DocumentLike, *, strict: bool = False) -> ValidationResult:
@@ -188,7 +192,7 @@ class _Report:
 
 def _check_kind(data: dict[str, object], report: _Report) -> str | None:
     kind = data.get("kind")
-    choices = known_kinds()
+    choices = _KNOWN_KINDS
     if kind is None:
         report.error((), f"missing 'kind'; expected one of {_one_of(choices)}", "unknown-kind")
         return None
@@ -197,7 +201,7 @@ def _check_kind(data: dict[str, object], report: _Report) -> str | None:
             ("kind",), f"'kind' must be a string such as Agent, got {_describe(kind)}", "unknown-kind"
         )
         return None
-    if kind in choices:
+    if kind in _KNOWN_KIND_SET:
         return kind
     suggestion = KIND_ALIASES.get(kind) or _closest(kind, choices, fold=True)
     hint = f"; did you mean {suggestion!r}?" if suggestion else f"; expected one of {_one_of(choices)}"

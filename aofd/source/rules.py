@@ -69,21 +69,24 @@ class Budget:
         if size > self.limits.max_file_bytes:
             return error(
                 display,
-                f"file is {size} bytes, over the {self.limits.max_file_bytes}-byte cap; not read",
+                f"file is {size} bytes, over the {self.limits.max_file_bytes}-byte cap; not read"
+                f" (raise repo_limits.max_file_bytes in the daemon config)",
                 "file-too-large",
             )
         if self.files + 1 > self.limits.max_files:
             self.exhausted = True
             return error(
                 display,
-                f"more than {self.limits.max_files} resource files; the rest of the tree is not read",
+                f"more than {self.limits.max_files} resource files; the rest of the tree is not read"
+                f" (raise repo_limits.max_files in the daemon config)",
                 "too-many-files",
             )
         if self.total_bytes + size > self.limits.max_tree_bytes:
             self.exhausted = True
             return error(
                 display,
-                f"resource files total over {self.limits.max_tree_bytes} bytes; the rest is not read",
+                f"resource files total over {self.limits.max_tree_bytes} bytes; the rest is not read"
+                f" (raise repo_limits.max_tree_bytes in the daemon config)",
                 "tree-too-large",
             )
         self.files += 1
