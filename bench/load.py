@@ -1,12 +1,13 @@
-"""Cold-load benchmark: a 10,000-resource repo read, parsed, validated and resolved.
+"""Cold-load benchmark: a generated repo of 1k, 10k and 100k resources read, parsed, validated, resolved.
 
 Usage:
-    .venv/bin/python bench/load.py [--resources N] [--keep DIR] [--out bench/load.json]
+    .venv/bin/python bench/load.py [--sizes 1000,10000,100000] [--resources N] [--quick]
+        [--keep DIR] [--out bench/load.json]
 
-The generator writes (into a temporary directory, or `--keep DIR`) a repo in the seed layout,
-one resource per file, 10,000 resources by default, in these proportions:
+For each size the generator writes (into a temporary directory, or `--keep DIR`) a repo in the
+seed layout, one resource per file, in these proportions (shown for 10,000 resources):
 
-    contexts/             100 Contexts       (1%)
+    contexts/             100 Contexts       (1%; at least one per environment)
     agents/             2,400 Agents         (24%)
     fleets/               600 AgentFleets    (6%; 3-5 agents each, by name)
     flows/              1,200 AgentFlows     (12%; short form, 1-3 agents by name)
@@ -24,15 +25,22 @@ Then a *fresh subprocess* (so the generator's memory does not count) imports aof
     validate   breakdown: `aofd.resources.validation.validate_document(doc)` per document
 
 Cold load = read + build; without a planner it falls back to read + parse + validate and says
-"partial". Stages whose module does not exist yet are reported as "n/a". Targets: cold load
-<= 5 s, peak RSS <= 250 MB. Results go to stdout as a table and to `bench/load.json`.
+"partial". Stages whose module does not exist yet are reported as "n/a". Per size it reports the
+child's peak RSS (as the child saw it after the cold load, and as the kernel accounted the whole
+child, `wait4`), bytes per resource (peak RSS / resources, and above the RSS after the imports),
+and between sizes the growth exponent (log-log slope: 1.0 is linear). Targets at 10k: cold load
+<= 5 s, peak RSS <= 250 MB; issue 14 asks <= 15 s and <= 8 KB per resource at 100k. Results go
+to stdout as a table and to `bench/load.json`; `--quick` is a smoke run (300 and 600 resources).
+`PYTHONPATH=<other checkout>` measures that checkout's aofd with this generator.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
+import math
 import os
 import random
 import resource
@@ -184,6 +192,7 @@ spec:
 def counts(total: int) -> dict[str, int]:
     """How many resources of each directory a repo of `total` resources gets."""
     out = {kind: max(1, round(total * share)) for kind, share in SHARES.items()}
+    out["contexts"] = max(len(ENVIRONMENTS), out["contexts"])  # every environment has one
     out["bindings"] = total - sum(out.values())
     return out
 
@@ -264,7 +273,7 @@ def measure(root: Path) -> dict[str, Any]:
     imports_s = time.perf_counter() - t0
     rss_after_imports = _rss_mb()
     stages: dict[str, Any] = {"imports": {"seconds": imports_s}}
-    limits = snapshot.Limits(max_files=1_000_000)
+    limits = snapshot.Limits(max_files=10_000_000, max_tree_bytes=1 << 40)
 
     t = time.perf_counter()
     if read_tree is not None:
@@ -351,51 +360,77 @@ def _fmt(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:.3f} {unit}" if unit == "s" else f"{value:.1f} {unit}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resources", type=int, default=10_000)
-    parser.add_argument("--keep", type=Path, help="generate into this directory and keep it")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("load.json"))
-    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the subprocess entry point
-    args = parser.parse_args(argv)
+def run_size(resources: int, keep: Path | None) -> dict[str, Any]:
+    """Generate `resources` into a temporary directory, measure them in a fresh child process.
 
-    if args.measure is not None:
-        json.dump(measure(args.measure), sys.stdout)
-        return 0
-
+    The child's peak RSS is also read by the parent from the kernel (`wait4`'s `ru_maxrss` of that
+    child alone), so it covers the whole child, the parse and validate breakdown included.
+    """
     with tempfile.TemporaryDirectory(prefix="aofd-bench-") as tmp:
-        root = args.keep if args.keep is not None else Path(tmp) / "repo"
+        root = keep if keep is not None else Path(tmp) / "repo"
         t = time.perf_counter()
-        n = generate(root, args.resources)
+        n = generate(root, resources)
         generate_s = time.perf_counter() - t
         repo_bytes = sum(p.stat().st_size for p in root.rglob("*.yaml"))
-        proc = subprocess.run(
-            [sys.executable, __file__, "--measure", str(root)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
+        checkout = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH") or checkout  # PYTHONPATH=<other checkout> measures that one
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--measure", str(root)],
+                stdout=out,
+                stderr=err,
+                cwd=tmp,
+                env={**os.environ, "PYTHONPATH": path},
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        return 1
-    result = json.loads(proc.stdout)
+        raise SystemExit(f"{resources} resources: the measuring process failed:\n{stderr}")
+    result: dict[str, Any] = json.loads(stdout)
+    peak = result["peak_rss_mb"]
     result.update(
-        resources=args.resources,
+        resources=resources,
         counts=n,
         repo_bytes=repo_bytes,
         generate_seconds=generate_s,
-        python=sys.version.split()[0],
-        targets={"cold_load_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB},
+        child_peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        bytes_per_resource=peak * 2**20 / resources,
+        bytes_per_resource_above_imports=(peak - result["rss_after_imports_mb"]) * 2**20 / resources,
     )
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
-    stages = result["stages"]
-    print(f"repo: {args.resources} resources, {repo_bytes / 1e6:.1f} MB, {counts_line(n)}")
+
+def growth(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Log-log slopes between consecutive sizes: 1.0 is linear, 2.0 quadratic."""
+    out = []
+    for a, b in itertools.pairwise(results):
+        scale = math.log(b["resources"] / a["resources"])
+
+        def slope(x: float, y: float, scale: float = scale) -> float | None:
+            return math.log(y / x) / scale if x > 0 and y > 0 else None
+
+        out.append(
+            {
+                "from": a["resources"],
+                "to": b["resources"],
+                "cold_load_seconds": slope(a["cold_load_seconds"], b["cold_load_seconds"]),
+                "peak_rss_above_imports": slope(
+                    a["peak_rss_mb"] - a["rss_after_imports_mb"], b["peak_rss_mb"] - b["rss_after_imports_mb"]
+                ),
+            }
+        )
+    return out
+
+
+def report(result: dict[str, Any]) -> None:
+    n = result["counts"]
+    print(f"repo: {result['resources']} resources, {result['repo_bytes'] / 1e6:.1f} MB, {counts_line(n)}")
     print(f"{'stage':<10} {'time':>10}  notes")
     for name in ("imports", "read", "build", "parse", "validate"):
-        s = stages[name]
+        s = result["stages"][name]
         notes = {k: v for k, v in s.items() if k != "seconds"}
         if "us_per_document" in notes:
             notes["us_per_document"] = round(notes["us_per_document"], 1)
@@ -404,9 +439,59 @@ def main(argv: list[str] | None = None) -> int:
     verdict_m = "ok" if result["peak_rss_mb"] <= TARGET_RSS_MB else "OVER"
     partial = " (read + build)" if result["complete"] else " (partial: no planner, read + parse + validate)"
     cold = _fmt(result["cold_load_seconds"], "s")
-    print(f"cold load  {cold:>10}  target {TARGET_SECONDS} s: {verdict_t}{partial}")
-    print(f"peak RSS   {_fmt(result['peak_rss_mb'], 'MB'):>10}  target {TARGET_RSS_MB} MB: {verdict_m}")
-    print(f"RSS after imports {result['rss_after_imports_mb']:.1f} MB; results in {args.out}")
+    print(f"cold load  {cold:>10}  target {TARGET_SECONDS} s at 10k: {verdict_t}{partial}")
+    print(
+        f"peak RSS   {_fmt(result['peak_rss_mb'], 'MB'):>10}  target {TARGET_RSS_MB} MB at 10k: {verdict_m}"
+    )
+    print(
+        f"RSS after imports {result['rss_after_imports_mb']:.1f} MB; whole child's peak"
+        f" {result['child_peak_rss_mb']:.1f} MB; {result['bytes_per_resource'] / 1024:.1f} KB per resource"
+        f" ({result['bytes_per_resource_above_imports'] / 1024:.1f} KB above the imports)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated resource counts")
+    parser.add_argument("--resources", type=int, help="one size (the same as --sizes N)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 300 and 600 resources")
+    parser.add_argument("--keep", type=Path, help="generate into this directory and keep it (one size)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("load.json"))
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the subprocess entry point
+    args = parser.parse_args(argv)
+
+    if args.measure is not None:
+        json.dump(measure(args.measure), sys.stdout)
+        return 0
+    if args.quick:
+        sizes = [300, 600]
+    elif args.resources is not None:
+        sizes = [args.resources]
+    else:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.keep is not None and len(sizes) != 1:
+        parser.error("--keep takes one size")
+    results = []
+    for size in sizes:
+        results.append(run_size(size, args.keep))
+        report(results[-1])
+        print()
+    slopes = growth(results)
+    for g in slopes:
+        t, m = g["cold_load_seconds"], g["peak_rss_above_imports"]
+        print(
+            f"growth {g['from']} -> {g['to']}: cold load x^{t:.2f}, peak RSS above imports x^"
+            + (f"{m:.2f}" if m is not None else "n/a")
+            + " (1.00 = linear)"
+        )
+    doc = {
+        "python": sys.version.split()[0],
+        "targets": {"cold_load_seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB},
+        "sizes": results,
+        "growth": slopes,
+    }
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"results in {args.out}")
     return 0
 
 
