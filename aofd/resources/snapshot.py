@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from aofd.errors import Issue
@@ -106,3 +106,26 @@ def tree_digest(files: Mapping[str, SourceFile]) -> Revision:
         h.update(files[path].blob.encode())
         h.update(b"\n")
     return Revision("sha256:" + h.hexdigest()[:16])
+
+
+def merged_files(
+    previous: Mapping[str, SourceFile], changed: Mapping[str, SourceFile], removed: Iterable[str]
+) -> Mapping[str, SourceFile]:
+    """`previous` (sorted by path) with `changed` put in and `removed` taken out, still sorted.
+
+    What an incremental read hands over: unchanged entries are the previous `SourceFile`
+    objects; when nothing changes, `previous` itself is returned (the planner then sees the
+    very same mapping object).
+    """
+    gone = [path for path in removed if path in previous and path not in changed]
+    fresh = {path: f for path, f in changed.items() if previous.get(path) is not f}
+    if not gone and not fresh:
+        return previous
+    files = dict(previous)
+    for path in gone:
+        del files[path]
+    if all(path in files for path in fresh):
+        files.update(fresh)  # replacing values keeps the order
+        return MappingProxyType(files)
+    files.update(fresh)
+    return MappingProxyType(dict(sorted(files.items())))

@@ -22,8 +22,17 @@ section 5.2, RELIABILITY.md section 4.2):
   (plus a margin for coarse timestamps); every later change waits, whatever its mtimes say
   (`rsync -a` moves finished files into place with their old mtimes while others still come).
 
+Incremental reads: `read_settled(memo=..., changed=...)` reads only the paths a watcher
+reported (a directory among them with everything below it; ancestors are checked to be real
+directories, so nothing below a symlink is read) on top of the `TreeState` of the last read,
+reusing the rest; the result equals a full walk. A full walk is done instead at the first
+read, when the paths are unknown, when the root itself changed, when more than
+`MAX_INCREMENTAL_PATHS` changed, and while a tree-wide cap (`max_files`, `max_tree_bytes`)
+is or was in the way (its cut-off depends on the walk order).
+
 The revision is a content digest of the files (and of the issues, so a new symlink is a new
-revision). A file whose content is unchanged is handed over as the previous snapshot's
+revision). When nothing changed, the previous snapshot itself (same `files` mapping) is
+returned. A file whose content is unchanged is handed over as the previous snapshot's
 `SourceFile` object (identity), so the parse cache reuses it; with a `StatCache`, a file
 whose stat (size, mtime, inode) did not change is not even re-read.
 
@@ -38,7 +47,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -109,10 +118,47 @@ class _Walk:
     issues: list[Issue] = dataclasses.field(default_factory=list)
     recent: dict[str, tuple[str, StatKey]] = dataclasses.field(default_factory=dict)
     keys: dict[str, StatKey] = dataclasses.field(default_factory=dict)
+    dirs: set[str] = dataclasses.field(default_factory=set)
     reads: int = 0
 
     def display(self, rel: str) -> str:
         return f"{self.display_root.rstrip('/')}/{rel}" if self.display_root else rel
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TreeState:
+    """What one read knew about a tree: the base an incremental read starts from.
+
+    `keys`: the stat key each file of `snapshot` was read under; `dirs`: every directory
+    walked (relative, "" for the root); `capped`: a tree-wide cap (file count, total bytes)
+    cut the read short, so the next read must be a full one.
+    """
+
+    snapshot: snapshot.Snapshot
+    keys: Mapping[str, StatKey]
+    dirs: frozenset[str]
+    total_bytes: int
+    capped: bool
+
+
+_TREE_CAPS = frozenset({"too-many-files", "tree-too-large"})
+MAX_INCREMENTAL_PATHS = 2_000
+"""More changed paths than this in one read: the full walk is about as cheap, and simpler."""
+
+
+class TreeMemo:
+    """The last read of one tree (owned by one `DirectorySource`), and how the last read went.
+
+    `mode` is "full" or "incremental"; `reason` says why the last read was a full one when
+    changed paths were known (None otherwise).
+    """
+
+    def __init__(self) -> None:
+        self.state: TreeState | None = None
+        self.mode = "full"
+        self.reason: str | None = None
+        self.full_reads = 0
+        self.incremental_reads = 0
 
 
 def read_tree(
@@ -173,6 +219,8 @@ def read_settled(
     wait: Callable[[float], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_ns: Callable[[], int] = time.time_ns,
+    memo: TreeMemo | None = None,
+    changed: Callable[[], Collection[str] | None] | None = None,
 ) -> snapshot.Snapshot:
     """`read_tree`, handing a changed tree over only once it has been unchanged for `settle` s.
 
@@ -183,6 +231,13 @@ def read_settled(
             (default: `time.sleep`, never stopping).
         clock: monotonic seconds, for the deadline; `wall_ns`: the wall clock files are
             stamped with. Both injectable for tests.
+        memo: the last read of this tree; with `changed`, allows an incremental read.
+        changed: drains the paths (absolute, or relative to `root`) reported changed since
+            it was last called; None means "unknown". When it names paths, `memo` holds the
+            read that produced `previous` and `subpath` is ".", only those paths (and
+            everything below the directories among them) are read again and the rest of
+            `previous` is reused, `SourceFile` objects and all; paths reported during the
+            settle wait join the read and restart the wait. Otherwise the tree is walked.
         The other arguments are those of `read_tree`.
 
     Returns:
@@ -205,8 +260,43 @@ def read_settled(
             display_root=display_root,
             now_ns=wall_ns(),
             pause=settle <= 0,  # the settle wait replaces the short timestamp-tick pause
+            memo=memo,
         )
 
+    if memo is not None and changed is not None:
+        paths = changed()
+        if memo.state is not None and memo.state.snapshot is previous and paths is not None and paths:
+            incremental = _read_settled_paths(
+                root,
+                paths,
+                base=memo.state,
+                settle=settle,
+                limits=limits,
+                source_name=source_name,
+                stat_cache=stat_cache,
+                display_root=display_root,
+                sleep=wait if wait is not None else _sleep,
+                clock=clock,
+                wall_ns=wall_ns,
+                changed=changed,
+            )
+            if isinstance(incremental, TreeState):
+                memo.state = incremental
+                memo.mode, memo.reason = "incremental", None
+                memo.incremental_reads += 1
+                return incremental.snapshot
+            memo.reason = incremental
+        elif previous is None or memo.state is None:
+            memo.reason = None  # a first read
+        elif paths is None:
+            memo.reason = "the changed paths are not known"
+        elif not paths:
+            memo.reason = None  # a periodic re-read or an explicit request: a full read is wanted
+        else:
+            memo.reason = "the last read was not the one in force"
+    if memo is not None:
+        memo.mode = "full"
+        memo.full_reads += 1
     snap, keys = read(previous)
     if settle <= 0 or not _needs_settling(snap, keys, previous, settle=settle, now_ns=wall_ns()):
         return snap
@@ -229,6 +319,216 @@ def read_settled(
                 retry_after=settle,
             )
         snap, keys = again, again_keys
+
+
+def _read_settled_paths(
+    root: Path,
+    paths: Collection[str],
+    *,
+    base: TreeState,
+    settle: float,
+    limits: snapshot.Limits,
+    source_name: str,
+    stat_cache: StatCache | None,
+    display_root: str | None,
+    sleep: Callable[[float], bool],
+    clock: Callable[[], float],
+    wall_ns: Callable[[], int],
+    changed: Callable[[], Collection[str] | None],
+) -> TreeState | str:
+    """The incremental `read_settled`: a settled `TreeState`, or why a full read must be done."""
+    rels: set[str] = set()
+
+    def add(more: Collection[str]) -> str | None:
+        for path in more:
+            rel = _relative(root, path)
+            if rel is None:
+                return f"{path} is not below the source's directory"
+            rels.add(rel)
+        if len(rels) > MAX_INCREMENTAL_PATHS:
+            return f"more than {MAX_INCREMENTAL_PATHS} paths changed"
+        return None
+
+    def read() -> tuple[TreeState, dict[str, StatKey]] | str:
+        return _read_paths(
+            root,
+            rels,
+            base=base,
+            limits=limits,
+            source_name=source_name,
+            stat_cache=stat_cache,
+            display_root=display_root,
+            now_ns=wall_ns(),
+            pause=settle <= 0,
+        )
+
+    problem = add(paths)
+    if problem is not None:
+        return problem
+    first = read()
+    if isinstance(first, str) or settle <= 0 or first[0].snapshot is base.snapshot:
+        return first if isinstance(first, str) else first[0]
+    deadline = clock() + max(SETTLE_DEADLINE_S, 10 * settle)
+    state, keys = first
+    while True:
+        if sleep(settle):
+            raise SourceError(
+                f"stopped while waiting for {display_root or root} to be quiet for {settle:g}s",
+                retry_after=settle,
+            )
+        more = changed()
+        if more is None:
+            return "the changed paths are not known"
+        problem = add(more)
+        if problem is not None:
+            return problem
+        again = read()
+        if isinstance(again, str):
+            return again
+        if not more and again[0].snapshot.revision == state.snapshot.revision and again[1] == keys:
+            return again[0]
+        if clock() >= deadline:
+            shown = [again[0].snapshot.display_path(rel) for rel in sorted(rels)[:3]]
+            raise SourceError(
+                f"{', '.join(shown) or display_root or root}: still changing; a directory is applied "
+                f"only once it has been quiet for {settle:g}s (directory.settle)",
+                retry_after=settle,
+            )
+        state, keys = again
+
+
+def _relative(root: Path, path: str) -> str | None:
+    """`path` (absolute, or relative to `root`) as a POSIX path relative to `root`; None if outside."""
+    if not os.path.isabs(path):
+        rel = os.path.normpath(path)
+    else:
+        rel = os.path.relpath(os.path.normpath(path), os.path.abspath(root))
+    if rel == ".":
+        return ""
+    if rel.startswith("..") or os.path.isabs(rel):
+        return None
+    return Path(rel).as_posix()
+
+
+def _read_paths(
+    root: Path,
+    rels: Collection[str],
+    *,
+    base: TreeState,
+    limits: snapshot.Limits,
+    source_name: str,
+    stat_cache: StatCache | None,
+    display_root: str | None,
+    now_ns: int,
+    pause: bool,
+) -> tuple[TreeState, dict[str, StatKey]] | str:
+    """Read only `rels` (and all below those that are directories) on top of `base`.
+
+    Returns the new state and the stat keys of the files read, or why a full read is needed
+    instead (the root itself changed, a tree-wide cap is or was in the way).
+    """
+    if base.capped:
+        return "a tree-wide cap cut the last read short"
+    if "" in rels:
+        return "the directory itself changed"
+    root = Path(root)
+    shown = str(root) if display_root is None else display_root
+    prev = base.snapshot
+    walk = _Walk(
+        root=root,
+        display_root=shown,
+        budget=rules.Budget(limits),
+        previous=prev,
+        old_cache=stat_cache.entries if stat_cache is not None else {},
+        new_cache={},
+        now_ns=now_ns,
+    )
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    is_dir: dict[str, bool] = {}
+
+    def real_dir(rel: str) -> bool:
+        if rel not in is_dir:
+            try:
+                is_dir[rel] = stat.S_ISDIR(os.lstat(os.path.join(root, rel)).st_mode)
+            except OSError:
+                is_dir[rel] = False
+        return is_dir[rel]
+
+    walked: set[str] = set()
+    for rel in sorted(rels):
+        parts = rel.split("/")
+        ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if any(a in walked for a in ancestors):
+            continue  # below a directory read again in this batch
+        exact.add(rel)
+        if rel in base.dirs:
+            prefixes.append(rel + "/")
+        if any(part in ("", ".", "..") or rules.is_ignored(part) for part in parts):
+            continue
+        if not all(real_dir(a) for a in ancestors):
+            continue  # below a symlink or a vanished directory: not part of the tree
+        path = os.path.join(root, rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            walk.issues.append(rules.error(walk.display(rel), f"not readable: {exc.strerror}", "unreadable"))
+            continue
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            walked.add(rel)
+            prefixes.append(rel + "/")
+            _walk_dir(walk, Path(path), rel + "/")
+        elif stat.S_ISREG(mode):
+            if rules.is_candidate(parts[-1]):
+                _read_path(walk, rel, path, st)
+        else:
+            what = "a symlink" if stat.S_ISLNK(mode) else _special_kind(mode)
+            walk.issues.append(
+                rules.error(walk.display(rel), f"is {what}; only regular files are read", "not-regular")
+            )
+    if pause:
+        _settle(walk)
+    if walk.budget.exhausted:
+        return "a tree-wide cap was reached"
+    removed = {rel for rel in exact if rel in prev.files}
+    if prefixes:
+        below = tuple(prefixes)
+        removed.update(rel for rel in prev.files if rel.startswith(below))
+    files = snapshot.merged_files(prev.files, walk.files, removed)
+    total = base.total_bytes - sum(len(prev.files[rel].content) for rel in removed)
+    total += sum(len(f.content) for f in walk.files.values())
+    if len(files) > limits.max_files or total > limits.max_tree_bytes:
+        return "a tree-wide cap was reached"
+    gone = {walk.display(rel) for rel in exact}
+    gone_below = tuple(walk.display(p) for p in prefixes)
+    kept = [i for i in prev.issues if i.path not in gone and not i.path.startswith(gone_below)]
+    issues = tuple(sorted([*kept, *walk.issues]))
+    touched = {rel: walk.keys[rel] for rel in walk.files}
+    if stat_cache is not None:
+        for rel in removed:
+            stat_cache.entries.pop(rel, None)
+        stat_cache.entries.update(walk.new_cache)
+    if files is prev.files and issues == prev.issues:
+        return base, touched
+    revision = snapshot.tree_digest(files)
+    if issues:
+        revision = _with_issues(revision, issues)
+    keys = dict(base.keys)
+    for rel in removed:
+        keys.pop(rel, None)
+    keys.update(touched)
+    dirs = base.dirs
+    if prefixes or walk.dirs:
+        dirs = frozenset(
+            {d for d in base.dirs if d not in exact and not (d + "/").startswith(tuple(prefixes))} | walk.dirs
+        )
+    snap = snapshot.Snapshot(
+        source=source_name, revision=revision, files=files, issues=issues, display_root=shown
+    )
+    return TreeState(snapshot=snap, keys=keys, dirs=dirs, total_bytes=total, capped=False), touched
 
 
 def _sleep(seconds: float) -> bool:
@@ -286,10 +586,12 @@ def _read(
     display_root: str | None,
     now_ns: int,
     pause: bool,
+    memo: TreeMemo | None = None,
 ) -> tuple[snapshot.Snapshot, dict[str, StatKey]]:
     """One walk: the snapshot and the stat key each of its files was read under.
 
     `pause`: re-check new and changed files after one short pause (`_settle`).
+    `memo`: receives the read as the base of the next incremental one.
     """
     root = Path(root)
     shown = str(root) if display_root is None else display_root
@@ -312,10 +614,22 @@ def _read(
     revision = snapshot.tree_digest(walk.files)
     if issues:
         revision = _with_issues(revision, issues)
-    snap = snapshot.Snapshot.build(
-        source=source_name, files=walk.files, revision=revision, issues=issues, display_root=shown
-    )
-    return snap, {rel: walk.keys[rel] for rel in walk.files}
+    if previous is not None and revision == previous.revision and issues == previous.issues:
+        snap = previous  # nothing changed: the very same snapshot, files mapping and all
+    else:
+        snap = snapshot.Snapshot.build(
+            source=source_name, files=walk.files, revision=revision, issues=issues, display_root=shown
+        )
+    keys = {rel: walk.keys[rel] for rel in walk.files}
+    if memo is not None:
+        memo.state = TreeState(
+            snapshot=snap,
+            keys=keys,
+            dirs=frozenset(walk.dirs),
+            total_bytes=sum(len(f.content) for f in walk.files.values()),
+            capped=any(issue.code in _TREE_CAPS for issue in issues) or prefix != "",
+        )
+    return snap, keys
 
 
 def _with_issues(revision: Revision, issues: tuple[Issue, ...]) -> Revision:
@@ -352,6 +666,7 @@ def _resolve_subpath(root: Path, subpath: str) -> tuple[Path, str]:
 
 def _walk_dir(walk: _Walk, path: Path, prefix: str, *, top: bool = False) -> None:
     """Depth-first walk in name order (deterministic issue order and cap cut-off)."""
+    walk.dirs.add(prefix.rstrip("/"))
     try:
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)

@@ -21,6 +21,10 @@ its errors into `SourceError` with redacted messages. One `Mirror` per source:
   of mode symlink (120000) or gitlink (160000) are refused as issues; the caps of `Limits`
   are checked from blob headers before reading; a blob whose id equals the previous
   snapshot's is handed over as the previous `SourceFile` object without reading it;
+- reads incrementally when the previous snapshot's commit is in the mirror: only entries
+  whose ids differ between the two trees are visited (equal subtrees are skipped unread),
+  the rest of the previous snapshot is reused (the same `files` mapping if no file changed);
+  a tree-wide cap, a commit the mirror lacks or a missing path means a full walk;
 - force-pushes are followed (refspecs are forced; the new commit is the truth, an old
   commit that vanished is never looked up);
 - a corrupt mirror (truncated pack, missing object, stale lock) is deleted and re-cloned
@@ -79,6 +83,7 @@ _CORRUPT = re.compile(
     r"index file|not a git repository|could not find repository",
     re.IGNORECASE,
 )
+_TREE_CAPS = frozenset({"too-many-files", "tree-too-large"})
 _AUTH = re.compile(r"authenticat|credential|401|403|unauthori[sz]ed|forbidden|permission denied", re.I)
 
 
@@ -95,6 +100,7 @@ class Stats:
     trees_read: int = 0
     blobs_read: int = 0
     rebuilds: int = 0
+    incremental_reads: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -465,8 +471,130 @@ class Mirror:
                 return self._snapshot(commit, files, issues)
             tree = _tree(repo, entry.id)
         old = previous.files if previous is not None else {}
+        incremental = self._read_changes(repo, tree, previous)
+        if incremental is not None:
+            snap = self._snapshot_from(commit, previous, *incremental)
+            if snap is not None:
+                return snap
         self._walk(repo, tree, prefix, budget, files, issues, old)
         return self._snapshot(commit, files, issues)
+
+    def _read_changes(
+        self, repo: pygit2.Repository, tree: pygit2.Tree, previous: snapshot.Snapshot | None
+    ) -> tuple[dict[str, snapshot.SourceFile], list[Issue], set[str], tuple[str, ...]] | None:
+        """Read only what differs from `previous`'s commit: (files read, their issues, removed
+        paths, removed prefixes), or None when a full read is needed (no usable previous
+        commit in the mirror, a tree-wide cap, the path missing at either commit)."""
+        if previous is None or any(i.code in _TREE_CAPS for i in previous.issues):
+            return None
+        old_commit = _lookup_commit(repo, previous.revision) if len(previous.revision) == 40 else None
+        if old_commit is None:
+            return None
+        old_tree: pygit2.Tree | None = old_commit.tree
+        for part in self._subpath:
+            assert old_tree is not None
+            try:
+                entry = old_tree[part]
+            except KeyError:
+                return None
+            if entry.filemode != _MODE_TREE:
+                return None
+            old_tree = _tree(repo, entry.id)
+        assert old_tree is not None
+        self.stats.incremental_reads += 1
+        budget = rules.Budget(self.limits)
+        files: dict[str, snapshot.SourceFile] = {}
+        issues: list[Issue] = []
+        removed: set[str] = set()
+        prefixes: list[str] = []
+        self._diff(
+            repo,
+            old_tree,
+            tree,
+            "".join(p + "/" for p in self._subpath),
+            budget,
+            files,
+            issues,
+            removed,
+            prefixes,
+            previous.files,
+        )
+        if budget.exhausted:
+            return None
+        return files, issues, removed, tuple(prefixes)
+
+    def _diff(
+        self,
+        repo: pygit2.Repository,
+        old_tree: pygit2.Tree,
+        new_tree: pygit2.Tree,
+        prefix: str,
+        budget: rules.Budget,
+        files: dict[str, snapshot.SourceFile],
+        issues: list[Issue],
+        removed: set[str],
+        prefixes: list[str],
+        old_files: Any,
+    ) -> None:
+        """Walk only the entries that differ; subtrees with equal ids are skipped unread."""
+        before = {e.name or "": e for e in old_tree}
+        after = {e.name or "": e for e in new_tree}
+        for name in sorted(before.keys() | after.keys()):
+            if rules.is_ignored(name):
+                continue
+            old, new = before.get(name), after.get(name)
+            if old is not None and new is not None and old.id == new.id and old.filemode == new.filemode:
+                continue
+            rel = prefix + name
+            if old is not None and new is not None and old.filemode == new.filemode == _MODE_TREE:
+                self._diff(
+                    repo,
+                    _tree(repo, old.id),
+                    _tree(repo, new.id),
+                    rel + "/",
+                    budget,
+                    files,
+                    issues,
+                    removed,
+                    prefixes,
+                    old_files,
+                )
+                continue
+            if old is not None:
+                removed.add(rel)
+                if old.filemode == _MODE_TREE:
+                    prefixes.append(rel + "/")
+            if new is not None:
+                self._entry(repo, new, rel, budget, files, issues, old_files)
+
+    def _snapshot_from(
+        self,
+        commit: pygit2.Commit,
+        previous: snapshot.Snapshot | None,
+        read: dict[str, snapshot.SourceFile],
+        read_issues: list[Issue],
+        removed: set[str],
+        prefixes: tuple[str, ...],
+    ) -> snapshot.Snapshot | None:
+        """`previous` with the changes of `_read_changes` applied; None if a cap is now exceeded."""
+        assert previous is not None
+        gone = set(removed)
+        if prefixes:
+            gone.update(rel for rel in previous.files if rel.startswith(prefixes))
+        files = snapshot.merged_files(previous.files, read, gone)
+        total = sum(len(f.content) for f in files.values()) if len(files) <= self.limits.max_files else None
+        if total is None or total > self.limits.max_tree_bytes:
+            return None
+        exact = {self._display(rel) for rel in removed | read.keys()}
+        below = tuple(self._display(p) for p in prefixes)
+        kept = [i for i in previous.issues if i.path not in exact and not i.path.startswith(below)]
+        return snapshot.Snapshot(
+            source=self.name,
+            revision=Revision(str(commit.id)),
+            files=files,
+            issues=tuple(sorted([*kept, *read_issues])),
+            display_root=self.display_root,
+        )
 
     def _walk(
         self,
@@ -482,45 +610,57 @@ class Mirror:
             name = entry.name or ""
             if rules.is_ignored(name):
                 continue
-            rel = prefix + name
-            mode = entry.filemode
-            if mode == _MODE_TREE:
-                self._walk(repo, _tree(repo, entry.id), rel + "/", budget, files, issues, old)
-                continue
-            if mode == _MODE_LINK:
-                issues.append(
-                    rules.error(self._display(rel), "is a symlink; symlinks are not followed", "symlink")
+            self._entry(repo, entry, prefix + name, budget, files, issues, old)
+            if budget.exhausted:
+                return
+
+    def _entry(
+        self,
+        repo: pygit2.Repository,
+        entry: pygit2.Object,
+        rel: str,
+        budget: rules.Budget,
+        files: dict[str, snapshot.SourceFile],
+        issues: list[Issue],
+        old: Any,
+    ) -> None:
+        """One tree entry (not ignored): a subtree is walked, a resource file read or reused."""
+        mode = entry.filemode
+        if mode == _MODE_TREE:
+            self._walk(repo, _tree(repo, entry.id), rel + "/", budget, files, issues, old)
+            return
+        if mode == _MODE_LINK:
+            issues.append(
+                rules.error(self._display(rel), "is a symlink; symlinks are not followed", "symlink")
+            )
+            return
+        if mode == _MODE_GITLINK:
+            issues.append(
+                rules.error(
+                    self._display(rel), "is a submodule (gitlink); submodules are not read", "submodule"
                 )
-                continue
-            if mode == _MODE_GITLINK:
-                issues.append(
-                    rules.error(
-                        self._display(rel), "is a submodule (gitlink); submodules are not read", "submodule"
-                    )
-                )
-                continue
-            if mode not in (_MODE_BLOB, _MODE_EXEC) or not rules.is_candidate(name):
-                continue
-            blob_id = str(entry.id)
-            prior = old.get(rel)
-            if prior is not None and prior.blob == blob_id:
-                size = len(prior.content)
-            else:
-                prior = None
-                _, size = repo.odb.read_header(entry.id)
-            refused = budget.admit(self._display(rel), size)
-            if refused is not None:
-                issues.append(refused)
-            if refused is not None or budget.exhausted:
-                if budget.exhausted:
-                    return
-                continue
-            if prior is not None:
-                files[rel] = prior
-                continue
-            self.stats.blobs_read += 1
-            _, data = repo.odb.read(entry.id)
-            files[rel] = snapshot.SourceFile(rel, data, blob_id)
+            )
+            return
+        if mode not in (_MODE_BLOB, _MODE_EXEC) or not rules.is_candidate(rel.rpartition("/")[2]):
+            return
+        blob_id = str(entry.id)
+        prior = old.get(rel)
+        if prior is not None and prior.blob == blob_id:
+            size = len(prior.content)
+        else:
+            prior = None
+            _, size = repo.odb.read_header(entry.id)
+        refused = budget.admit(self._display(rel), size)
+        if refused is not None:
+            issues.append(refused)
+        if refused is not None or budget.exhausted:
+            return
+        if prior is not None:
+            files[rel] = prior
+            return
+        self.stats.blobs_read += 1
+        _, data = repo.odb.read(entry.id)
+        files[rel] = snapshot.SourceFile(rel, data, blob_id)
 
     def _snapshot(
         self, commit: pygit2.Commit, files: dict[str, snapshot.SourceFile], issues: list[Issue]

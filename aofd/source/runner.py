@@ -23,6 +23,10 @@ Contract of `run(on_snapshot=..., stop=...)`:
 `loop.add_signal_handler` and aiohttp handlers are). Which kinds a source may define
 (`kinds`) is exposed here and enforced by the planner, which parses the files.
 
+A watched directory source collects the paths the watcher reports and hands them to the read
+thread, which reads only those (`directory.read_settled(changed=...)`); `wake()` (SIGHUP,
+hook, `aofctl reconcile`), a watcher restart and the periodic resync ask for a full walk.
+
 Must not import aofd.runtime, aofd.audit, aofd.reconcile, pygit2 or watchfiles.
 """
 
@@ -344,6 +348,11 @@ class DirectorySource(_BaseSource):
         self._limits = limits
         self._ignore = tuple(ignore)
         self._stat_cache = directory.StatCache()
+        self.memo = directory.TreeMemo()
+        # Paths the watcher reported since the last read (None: unknown, read everything).
+        # Filled on the loop, drained by the read thread (also during its settle wait).
+        self._changed: set[str] | None = None
+        self._changed_lock = threading.Lock()
         self._step_ms = step_ms
         self._force_polling = force_polling
         self._closing = threading.Event()  # set once `stop` is: ends a settle wait in the read thread
@@ -356,20 +365,49 @@ class DirectorySource(_BaseSource):
         settle = self._dir.settle
         return DIRECTORY_READ_TIMEOUT + max(directory.SETTLE_DEADLINE_S, 10 * settle) + settle
 
+    def wake(self) -> None:
+        """An explicit request (SIGHUP, push hook, `aofctl reconcile`): the next read is a full one."""
+        with self._changed_lock:
+            self._changed = None
+        super().wake()
+
+    def note_changes(self, paths: Iterable[str]) -> None:
+        """The watcher saw `paths` change: read them (and only them) soon."""
+        with self._changed_lock:
+            if self._changed is not None:
+                self._changed.update(paths)
+        self._wake.set()
+
+    def _drain_changes(self) -> frozenset[str] | None:
+        """The paths reported since the last call (None: unknown); starts a new tally."""
+        with self._changed_lock:
+            changed, self._changed = self._changed, set()
+        return None if changed is None else frozenset(changed)
+
     async def _produce(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
-        return await threads.run_blocking(
-            lambda: directory.read_settled(
-                self._dir.path,
-                settle=self._dir.settle,
-                limits=self._limits,
-                previous=previous,
-                source_name=self.name,
-                stat_cache=self._stat_cache,
-                wait=self._closing.wait,
-            ),
-            time_limit=self._time_limit(),
-            name=f"aofd-dir-{self.name}",
-        )
+        try:
+            snap = await threads.run_blocking(
+                lambda: directory.read_settled(
+                    self._dir.path,
+                    settle=self._dir.settle,
+                    limits=self._limits,
+                    previous=previous,
+                    source_name=self.name,
+                    stat_cache=self._stat_cache,
+                    wait=self._closing.wait,
+                    memo=self.memo,
+                    changed=self._drain_changes,
+                ),
+                time_limit=self._time_limit(),
+                name=f"aofd-dir-{self.name}",
+            )
+        except BaseException:
+            with self._changed_lock:
+                self._changed = None  # the paths drained by the failed read are lost: walk the tree
+            raise
+        if self.memo.reason is not None:
+            log.info("source.full_read", source=self.name, reason=self.memo.reason)
+        return snap
 
     def _start_feeder(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> asyncio.Task[None] | None:
         self._closing.clear()
@@ -388,20 +426,26 @@ class DirectorySource(_BaseSource):
     async def _feed(self, stop: asyncio.Event) -> None:
         """Turn change bursts into wake-ups; if watching fails, fall back to the resync interval."""
         while not stop.is_set():
+            # What changed before the watcher was running is not reported: the first read after
+            # it starts (or restarts) walks the whole tree, as a read with unknown paths does.
+            with self._changed_lock:
+                self._changed = None
             try:
-                async for _paths in watch.changes(
+                async for paths in watch.changes(
                     self._dir.path,
                     stop=stop,
                     ignore=self._ignore,
                     step_ms=self._step_ms,
                     force_polling=self._force_polling,
                 ):
-                    self.wake()
+                    self.note_changes(paths)
             except SourceError as exc:
                 self._last_error = redact.text(str(exc))
+                self.wake()  # changes may have been missed while not watching: read everything
                 await _wait_any(stop, seconds=exc.retry_after)
             except Exception:  # the watcher must not take the source (and the daemon) down
                 log.exception("source.watch_crashed", source=self.name)
+                self.wake()
                 await _wait_any(stop, seconds=5.0)
 
 
