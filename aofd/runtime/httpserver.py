@@ -109,11 +109,13 @@ AIOHTTP_INTERNALS = (
     "_force_close",
     "_loop",
     "_messages",
+    "_reading_paused",
     "_request_count",
     "_request_in_progress",
     "_task_handler",
     "force_close",
     "pause_writing",
+    "resume_reading",
     "resume_writing",
     "shutdown",
     "start",
@@ -440,6 +442,7 @@ class _Connection(web_protocol.RequestHandler):
     """aiohttp's protocol for one connection, with the header, body and write timers and eviction."""
 
     __slots__ = (
+        "_deadline",
         "_header_bytes",
         "_heard",
         "_in_body",
@@ -458,7 +461,8 @@ class _Connection(web_protocol.RequestHandler):
         super().__init__(manager, **kwargs)
         self._pool = pool
         self._tr: asyncio.Transport | None = None  # aiohttp forgets its transport before it is closed
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # lazy: see `_arm`
+        self._deadline = 0.0  # loop time the timed phase ("headers", "body") ends
         self._write_timer: asyncio.TimerHandle | None = None
         self._phase = ""  # "headers", "body" or "" (idle, or a handler is at work)
         self._header_bytes = 0
@@ -481,7 +485,7 @@ class _Connection(web_protocol.RequestHandler):
         self._start_headers()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._stop_timer()
+        self._cancel_timer()
         self._stop_write_timer()
         self._tr = None
         self._pool.closed(self)
@@ -540,6 +544,16 @@ class _Connection(web_protocol.RequestHandler):
         transport = self._tr
         if transport is not None and not transport.is_closing():
             self._stop_write_timer()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """aiohttp's flow control; a no-op unless reading is paused.
+
+        aiohttp's body stream calls this after every read, paused or not, and aiohttp's own
+        version re-runs the whole receive path (`data_received(b"")`) each time. The parser only
+        holds data back while paused (`_reading_paused`, or `_buffer_paused` for a full queue).
+        """
+        if self._reading_paused or getattr(self, "_buffer_paused", False):  # the latter: aiohttp 3.14
+            super().resume_reading(resume_parser)
 
     def force_close(self) -> None:
         """aiohttp's close (keep-alive timeout, a cut, shutdown, a failure): nothing more is answered,
@@ -616,7 +630,7 @@ class _Connection(web_protocol.RequestHandler):
         the request. A handler at work on a whole request is left to finish, unheard. Unsent data
         is dropped, so the descriptor is released on the next loop iteration.
         """
-        self._stop_timer()
+        self._cancel_timer()
         self._stop_write_timer()
         self._pool.stats.count_closed(reason)
         self._pool.closing.setdefault(self, self._loop.time())
@@ -640,28 +654,51 @@ class _Connection(web_protocol.RequestHandler):
         return self._phase == "body" and self._payload is not None and self._payload.is_eof()
 
     def _start_headers(self) -> None:
-        self._stop_timer()
+        now = self._loop.time()
         self._phase = "headers"
+        self._payload = None
         self._header_bytes = 0
-        self._request_started = self._loop.time()
-        self._timer = self._loop.call_later(self._pool.limits.header_timeout, self._expired)
+        self._request_started = now
+        self._arm(now + self._pool.limits.header_timeout)
 
     def _start_body(self, payload: streams.StreamReader) -> None:
-        self._stop_timer()
         self._phase = "body"
         self._payload = payload
-        self._timer = self._loop.call_later(self._pool.limits.body_timeout, self._expired)
+        self._arm(self._loop.time() + self._pool.limits.body_timeout)
+
+    def _arm(self, deadline: float) -> None:
+        """Expire the phase just begun at `deadline`.
+
+        The timer is lazy: one armed for an earlier phase that fires no later than `deadline` is
+        kept, and re-armed for the deadline then current when it fires (`_expired`). On a busy
+        kept-alive connection that is one timer per header timeout, not two per request.
+        """
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._expired)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """No phase is timed (idle, or a handler at work); a timer still armed finds that when it fires."""
         self._phase = ""
         self._payload = None
 
+    def _cancel_timer(self) -> None:
+        self._stop_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _expired(self) -> None:
         self._timer = None
-        if self._phase == "headers":
+        if not self._phase:
+            return
+        if self._loop.time() < self._deadline:  # armed for an earlier phase: this one ends later
+            self._timer = self._loop.call_at(self._deadline, self._expired)
+        elif self._phase == "headers":
             self.cut(HEADER_TIMEOUT)
         elif self._phase == "body" and self._payload is not None and not self._payload.is_eof():
             self.cut(BODY_TIMEOUT, _408)
@@ -683,7 +720,7 @@ class _Connection(web_protocol.RequestHandler):
         transport = self._tr
         if transport is None or not transport.get_write_buffer_size():
             return
-        self._stop_timer()
+        self._cancel_timer()
         self._pool.stats.count_closed(WRITE_TIMEOUT)
         self._pool.closing.setdefault(self, self._loop.time())
         transport.abort()  # a handler blocked writing gets ConnectionResetError and ends

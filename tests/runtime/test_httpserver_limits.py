@@ -679,3 +679,70 @@ async def test_a_client_leaving_halfway_through_its_body_is_not_logged(
             await until(lambda: server.stats.open == 0)
     assert "http.handler_failed" not in capsys.readouterr().out
     assert ([], {}) == (recorder.bodies, server.stats.closed)
+
+
+# --- cost per request -------------------------------------------------------------------------
+
+
+async def test_requests_on_a_kept_alive_connection_do_not_each_schedule_a_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The header and body timers are re-armed only when they fire (a deadline moved on), not per request."""
+    loop = asyncio.get_running_loop()
+    scheduled: list[str] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        scheduled.append(getattr(callback, "__qualname__", repr(callback)))
+        return call_at(when, callback, *args, **kwargs)
+
+    limits = httpserver.Limits(header_timeout=5, body_timeout=5, keepalive_timeout=30)
+    async with serving(limits) as (server, recorder, port), connect(port) as (reader, writer):
+        monkeypatch.setattr(loop, "call_at", counting_call_at)
+        for n in range(50):
+            writer.write(request(b'{"n": %d}' % n))
+            await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
+        monkeypatch.undo()
+    assert 50 == len(recorder.bodies)
+    ours = [name for name in scheduled if name.startswith("_Connection.")]
+    assert len(ours) <= 2, ours
+    assert {} == server.stats.closed
+
+
+async def test_headers_begun_just_before_the_last_requests_timer_fires_get_the_whole_timeout() -> None:
+    """A timer armed for an earlier request that fires during the next one re-arms for the new deadline."""
+    limits = httpserver.Limits(header_timeout=0.5, body_timeout=5, keepalive_timeout=30)
+    async with serving(limits) as (server, recorder, port), connect(port) as (reader, writer):
+        writer.write(request(b"1"))
+        await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
+        await asyncio.sleep(0.35)
+        second = request(b"2")
+        writer.write(second[:10])  # its header timeout runs from here, to 0.85 s
+        await asyncio.sleep(0.35)  # past the first request's deadline (0.5 s), not the second's
+        writer.write(second[10:])
+        head = await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
+        writer.write(b"POST /c HTTP/1.1\r\nHo")  # and the next one is still cut at its own deadline
+        data, took = await closed_after(reader)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert [b"1", b"2"] == recorder.bodies
+    assert (b"", True) == (data, 0.3 < took < 2.0)
+    assert {httpserver.HEADER_TIMEOUT: 1} == server.stats.closed
+
+
+async def test_bodies_larger_than_the_read_buffer_pause_and_resume_reading_with_requests_behind() -> None:
+    """Flow control still works: a body past aiohttp's buffer limit pauses reading, the handler's
+    reads resume it, and the requests pipelined behind it (one with a chunked body) are served."""
+    big = bytes(range(256)) * 4096  # 1 MiB, far past the stream's 64 KiB high-water mark
+    chunked = (
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    limits = httpserver.Limits(header_timeout=5, body_timeout=5, keepalive_timeout=30)
+    async with serving(limits) as (server, recorder, port), connect(port) as (reader, writer):
+        writer.write(request(big) + request(b"small") + chunked + request(big))
+        await writer.drain()
+        for _ in range(4):
+            head = await asyncio.wait_for(reader.readuntil(b"ok\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+    assert [big, b"small", b"hello world", big] == recorder.bodies
+    assert {} == server.stats.closed
