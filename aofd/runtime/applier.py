@@ -373,6 +373,7 @@ class Applier:
         self._grace = drain_grace
         self._slice = slice_seconds
         self._retiring: tasks.TaskSet[None] = tasks.TaskSet("retire")
+        self._warmed: set[str] = set()  # providers whose SDK and client were asked for (`Providers.warm`)
         self._last: _Applied | None = None
         self._checks = _Checks()
         self.applied = False
@@ -439,7 +440,10 @@ class Applier:
             self._retiring.spawn(self._retire(retired, deleted), name="retire-listeners")
         # Bring in the SDKs of the providers now in use, off the loop, before the first run needs
         # them (an import and a client can take seconds on a busy host: a run's deadline would pay).
-        self._providers.warm(p for p, why in checks.providers.items() if why is None)
+        ready = [p for p, why in checks.providers.items() if why is None and p not in self._warmed]
+        if ready:
+            self._warmed.update(ready)
+            self._retiring.spawn(self._providers.warm(ready), name="warm-providers")
         if last is None:
             running = {name: x.config_digest for name, x in table.listeners.items()}
         else:

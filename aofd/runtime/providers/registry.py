@@ -177,7 +177,6 @@ class Providers:
         self._factories = dict(factories or {})
         self._http_clients = dict(http_clients or {})
         self._clients: dict[str, base.ModelProvider] = {}
-        self._warming: dict[str, asyncio.Task[None]] = {}
 
     @property
     def models(self) -> settings.ModelsSpec:
@@ -213,26 +212,19 @@ class Providers:
             return None
         return host_problem(provider, self._models, environ=self._env)
 
-    def warm(self, providers: Iterable[str]) -> None:
-        """Import the SDK of each provider in a worker thread and build its client, in the background
-        (once per provider): the first run that needs it then does not pay for it within its
-        deadline. A failure is left for that run to report."""
+    async def warm(self, providers: Iterable[str]) -> None:
+        """Import the SDK of each provider in a worker thread and build its client (once per
+        provider): the first run that needs it then does not pay for it within its deadline. A
+        failure is left for that run to report. The caller runs this in the background."""
         for provider in providers:
-            if provider in self._clients or provider in self._warming or provider in self._factories:
-                continue
             module = _PROVIDER_MODULES.get(provider)
-            if module is None:
+            if module is None or provider in self._clients or provider in self._factories:
                 continue
-            self._warming[provider] = asyncio.get_running_loop().create_task(
-                self._warm_one(provider, module), name=f"warm-provider:{provider}"
-            )
-
-    async def _warm_one(self, provider: str, module: str) -> None:
-        try:
-            await asyncio.to_thread(importlib.import_module, module)
-            self.get(provider)
-        except Exception as exc:  # the run that needs it reports the problem
-            log.info("provider.warm_failed", provider=provider, error=type(exc).__name__)
+            try:
+                await asyncio.to_thread(importlib.import_module, module)
+                self.get(provider)
+            except Exception as exc:  # the run that needs it reports the problem
+                log.info("provider.warm_failed", provider=provider, error=type(exc).__name__)
 
     def get(self, provider: str) -> base.ModelProvider:
         """The client for `provider` (a canonical name from `model_refs.parse_model`), built once."""
@@ -280,10 +272,6 @@ class Providers:
         raise base.ModelError(f"provider {provider} is not supported", provider=provider, retryable=False)
 
     async def aclose(self) -> None:
-        warming, self._warming = self._warming, {}
-        for task in warming.values():
-            task.cancel()
-        await asyncio.gather(*warming.values(), return_exceptions=True)
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.aclose()

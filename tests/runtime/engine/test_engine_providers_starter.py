@@ -181,20 +181,20 @@ async def test_max_tokens_per_day_counts_the_runs_tokens(
     assert len(provider.requests) == 2
 
 
-async def test_warm_builds_a_providers_client_in_the_background_once() -> None:
-    """What the applier asks for after a swap: the SDK imported off the loop and the client built,
-    so the first run does not pay for it within its deadline; factories and unknown names are skipped."""
+async def test_warm_builds_a_providers_client_off_the_loop() -> None:
+    """What the applier runs in the background after a swap: the SDK imported in a thread and the
+    client built, so the first run does not pay for it within its deadline; factories and unknown
+    names are skipped."""
     providers = registry.Providers(
         models=settings.ModelsSpec(anthropic_base_url="http://127.0.0.1:9"),
         environ={"ANTHROPIC_API_KEY": "k"},
+        factories={"openai": lambda: ScriptedProvider(lambda r: "x")},
     )
     try:
-        providers.warm(["anthropic", "anthropic", "no-such-provider"])
-        assert list(providers._warming) == ["anthropic"]
-        await asyncio.gather(*providers._warming.values())
-        assert "anthropic" in providers._clients
-        providers.warm(["anthropic"])  # built already: nothing more to do
-        assert len(providers._warming) == 1
+        await providers.warm(["anthropic", "openai", "no-such-provider"])
+        assert set(providers._clients) == {"anthropic"}
+        client = providers._clients["anthropic"]
+        await providers.warm(["anthropic"])  # built already: the same client
+        assert providers.get("anthropic") is client
     finally:
         await providers.aclose()
-    assert providers._warming == {}
