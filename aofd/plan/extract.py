@@ -50,15 +50,28 @@ class Reference:
     """One by-name reference from a field of a resource to another resource.
 
     `kinds` are the kinds the field may name (the first is the one named in messages);
-    `field` is the field as a user reads it (`spec.nodes[2].config.agent`).
+    `written` is where the field is in `doc`, as written. `field` (the field as a user reads
+    it: `spec.nodes[2].config.agent`), `line` and `col` are derived from it when a message
+    needs them: nearly every reference resolves, and a cold load makes hundreds of thousands.
     """
 
-    field: str
     name: str
     kinds: tuple[Kind, ...]
-    line: int
-    col: int
+    written: Loc
+    doc: kinds_base.DocumentLike = dataclasses.field(repr=False, compare=False)
     hint: str = ""
+
+    @property
+    def field(self) -> str:
+        return _dotted(self.written)
+
+    @property
+    def line(self) -> int:
+        return self.doc.position(self.written)[0]
+
+    @property
+    def col(self) -> int:
+        return self.doc.position(self.written)[1]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,11 +95,21 @@ def _written(doc_data: object, loc: Sequence[str | int]) -> Loc:
     In upstream's flat form (`name:`, `steps:` at the top) `spec.X` and `metadata.name` are
     written without their `spec`/`metadata` prefix.
     """
+    return _walk(doc_data, loc)[0]
+
+
+def _walk(doc_data: object, loc: Sequence[str | int]) -> tuple[Loc, object]:
+    """`_written(doc_data, loc)` and the document's node there (None when there is none)."""
     if loc and loc[0] in ("spec", "metadata") and validation.is_flat_form(doc_data):
         loc = loc[1:]
     out: list[str | int] = []
     node = doc_data
     for part in loc:
+        if type(node) is dict and type(part) is str:
+            key = part if part in node else (validation.find_key(node, part) or part)
+            out.append(key)
+            node = node.get(key)
+            continue
         if isinstance(part, int) or not isinstance(node, dict):
             out.append(part)
             node = (
@@ -96,7 +119,7 @@ def _written(doc_data: object, loc: Sequence[str | int]) -> Loc:
         key = validation.find_key(node, part) or part
         out.append(key)
         node = node.get(key)
-    return tuple(out)
+    return tuple(out), node
 
 
 def position(resource: LoadedResource, loc: Sequence[str | int]) -> tuple[int, int]:
@@ -123,25 +146,20 @@ def _ref_at(
     *,
     hint: str = "",
 ) -> Reference:
-    written = _written(resource.doc.data, loc)
-    line, col = resource.position(written)
-    return Reference(_dotted(written), name, kinds, line, col, hint)
+    doc = resource.doc
+    return Reference(name, kinds, _written(doc.data, loc), doc, hint)
 
 
-def _name_loc(resource: LoadedResource, loc: Sequence[str | int]) -> tuple[str | int, ...]:
-    """`loc + ("name",)` when the reference is written as `{name: x}`, else `loc` (a bare string)."""
-    written = _written(resource.doc.data, loc)
-    node: object = resource.doc.data
-    for part in written:
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            return tuple(loc)
-    if isinstance(node, dict) and "name" in node:
-        return (*loc, "name")
-    return tuple(loc)
+def _named_ref_at(
+    resource: LoadedResource, loc: Sequence[str | int], name: str, kinds: tuple[Kind, ...]
+) -> Reference:
+    """The reference at `loc`, pointing at its `name:` when it is written as `{name: x}`, else at
+    the bare string."""
+    doc = resource.doc
+    written, node = _walk(doc.data, loc)
+    if type(node) is dict and "name" in node:
+        written = (*written, "name")
+    return Reference(name, kinds, written, doc)
 
 
 def references(resource: LoadedResource) -> Iterator[Reference]:
@@ -156,10 +174,10 @@ def references(resource: LoadedResource) -> Iterator[Reference]:
                 yield _ref_at(resource, ("spec", "agents", i, "name"), member.name, (Kind.AGENT,))
     elif kind is Kind.FLOW:
         for i, ref in enumerate(getattr(spec, "agents", ())):
-            yield _ref_at(resource, _name_loc(resource, ("spec", "agents", i)), ref.name, (Kind.AGENT,))
+            yield _named_ref_at(resource, ("spec", "agents", i), ref.name, (Kind.AGENT,))
         context = getattr(spec, "context", None)
         if context is not None and getattr(context, "name", None):
-            yield _ref_at(resource, _name_loc(resource, ("spec", "context")), context.name, (Kind.CONTEXT,))
+            yield _named_ref_at(resource, ("spec", "context"), context.name, (Kind.CONTEXT,))
         for i, node in enumerate(getattr(spec, "nodes", ())):
             config = node.config
             base_loc: Loc = ("spec", "nodes", i, "config")
@@ -199,7 +217,7 @@ def references(resource: LoadedResource) -> Iterator[Reference]:
         ):
             ref = getattr(spec, attr, None)
             if ref is not None:
-                yield _ref_at(resource, _name_loc(resource, ("spec", attr)), ref.name, (ref_kind,))
+                yield _named_ref_at(resource, ("spec", attr), ref.name, (ref_kind,))
 
 
 def _agent_ref(resource: LoadedResource, loc: Loc, ref: Any) -> Reference:
@@ -480,13 +498,15 @@ def parse_file(
         issues.extend(own)
         if any(i.is_error for i in own):
             continue
-        has_secrets = bool(secret_values(resource))
+        # Only Contexts and Triggers have secret-bearing fields: the others skip those scans.
+        may_hold_secrets = resource.kind is Kind.CONTEXT or resource.kind is Kind.TRIGGER
+        has_secrets = may_hold_secrets and bool(secret_values(resource))
         entries.append(
             Entry(
                 resource=resource,
                 digest=kinds_base.digest(public_model(resource) if has_secrets else resource.model),
                 references=tuple(references(resource)),
-                secrets=tuple(secrets(resource)),
+                secrets=tuple(secrets(resource)) if may_hold_secrets else (),
                 has_secrets=has_secrets,
             )
         )

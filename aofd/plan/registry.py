@@ -31,7 +31,7 @@ import dataclasses
 import difflib
 import hashlib
 import hmac
-import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -104,6 +104,9 @@ class Registry:
         self, *, sources: Sequence[Source], policy: substitute.Policy, digest_key: bytes | None = None
     ) -> None:
         self.sources = tuple(sources)
+        self._source_of: dict[str, Source] = {}
+        for source in reversed(self.sources):  # the first of a name wins, as a search in order would
+            self._source_of[source.name] = source
         self.policy = policy
         self.digest_key = digest_key
         self.incremental = False
@@ -163,9 +166,14 @@ class Registry:
         # appeared or disappeared, and (when names changed) every still-dangling reference,
         # whose message (wrong kind, did-you-mean) depends on the names around.
         rescan = {k for k in dirty if k in self.entries}
+        dependents, dangling = self.dependents, self.dangling
         for key in changed_existence:
-            rescan |= self.dependents.get(key, set())
-            rescan |= self.dangling.get((key.namespace, key.name), set())
+            referrers = dependents.get(key)
+            if referrers:
+                rescan |= referrers
+            waiting = dangling.get((key.namespace, key.name))
+            if waiting:
+                rescan |= waiting
         if changed_existence:
             rescan |= {k for k, issues in self.ref_issues.items() if issues}
         for key in rescan:
@@ -176,8 +184,11 @@ class Registry:
         # that did not resolve last time (a fix elsewhere may resolve them now).
         touched = dirty | rescan
         again: set[Key] = {k for k in touched if k.kind is Kind.BINDING}
+        users = self.users
         for key in touched:
-            again |= self.users.get(key, set())
+            using = users.get(key)
+            if using:
+                again |= using
         again |= self.unresolved
         for key in again:
             self._forget_binding(key)
@@ -191,7 +202,7 @@ class Registry:
     def _add_file(
         self, file_id: FileId, parsed: extract.ParsedFile, dirty: set[Key], appeared: set[Key]
     ) -> None:
-        source = next(s for s in self.sources if s.name == file_id[0])
+        source = self._source_of[file_id[0]]
         issues = list(parsed.issues)
         keys: list[Key] = []
         for entry in parsed.entries:
@@ -322,7 +333,7 @@ class Registry:
                 if not referrers:
                     del self.dependents[target]
         entry = self.entries.get(key)
-        refs = entry.references if entry is not None else ()
+        refs = entry.references if entry is not None and self.dangling else ()
         for name in {(key.namespace, ref.name) for ref in refs}:
             waiting = self.dangling.get(name)
             if waiting is not None:
@@ -341,9 +352,10 @@ class Registry:
         for ref in entry.references:
             target = None
             for kind in ref.kinds:
-                candidate = Key(kind, key.namespace, ref.name)
-                if candidate in entries:
-                    target = candidate
+                found = entries.get(Key(kind, key.namespace, ref.name))
+                if found is not None:
+                    # The registry's own key object: later lookups then match by identity.
+                    target = found.resource.key
                     break
             if target is None:
                 issues.append(self._dangling_issue(entry.resource, ref))
@@ -351,8 +363,13 @@ class Registry:
             elif target not in targets:
                 targets.append(target)
         self.edges[key] = tuple(targets)
+        dependents = self.dependents
         for target in targets:
-            self.dependents.setdefault(target, set()).add(key)
+            referrers = dependents.get(target)
+            if referrers is None:
+                dependents[target] = {key}
+            else:
+                referrers.add(key)
         up = tuple(t for t in targets if t.kind.layer >= key.kind.layer)
         if up:
             self.upward[key] = up
@@ -422,13 +439,13 @@ class Registry:
             self.unresolved.add(key)
             return
         reach = closure(key, self.edges)
-        if key in self.ref_issues or any(k in self.ref_issues for k in reach):
+        if key in self.ref_issues or not self.ref_issues.keys().isdisjoint(reach):
             self.unresolved.add(key)  # reported at the dangling reference
             return
         resources, digests = self.resources, self.digests
         direct = {k.kind: k for k in self.edges.get(key, ())}
-        components = sorted((k.kind.value, k.namespace, k.name, digests[k]) for k in reach | {key})
-        ordered = sorted(reach)
+        components = sorted([(_KIND_VALUE[k.kind], k.namespace, k.name, digests[k]) for k in (*reach, key)])
+        ordered = sorted(reach, key=_key_order)  # as `sorted(reach)`, comparing at C speed
         binding = ResolvedBinding(
             name=key.name,
             key=key,
@@ -446,8 +463,13 @@ class Registry:
         )
         self.bindings[binding_id(key)] = binding
         self.touched |= reach
-        for used in reach | {key}:
-            self.users.setdefault(used, set()).add(key)
+        users = self.users
+        for used in (*reach, key):
+            using = users.get(used)
+            if using is None:
+                users[used] = {key}
+            else:
+                using.add(key)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -527,6 +549,12 @@ def _pick(
     return resources[key] if key is not None else None
 
 
+_KIND_VALUE: Mapping[Kind, str] = MappingProxyType({kind: kind.value for kind in Kind})
+
+_key_order = operator.attrgetter("kind", "namespace", "name")
+"""A key's sort key: the order of `ResourceKey` itself."""
+
+
 def closure(key: Key, edges: Mapping[Key, Sequence[Key]]) -> frozenset[Key]:
     """Everything reachable from `key` through `edges` (not `key` itself); cycle-safe."""
     seen: set[Key] = set()
@@ -543,7 +571,7 @@ def closure(key: Key, edges: Mapping[Key, Sequence[Key]]) -> frozenset[Key]:
 
 def keyed_digest(model: BaseModel, key: bytes) -> ids.Digest:
     """`hmac-sha256:<hex>` of the canonical form under `key` (the install's digest key)."""
-    text = json.dumps(kinds_base.canonical(model), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = kinds_base.canonical_json(model)
     return ids.Digest("hmac-sha256:" + hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest())
 
 

@@ -105,6 +105,8 @@ _FLOAT_SPECIAL = {
 }
 # A plain scalar starting with any other character is a string: skips the regexes.
 _NON_STR_FIRST_CHARS = frozenset("0123456789+-.~nNtTfF")
+_WORD_FIRST_CHARS = frozenset("~nNtTfF")
+"""First characters of a null or a bool only: past those checks, such a scalar is a string."""
 
 _BAD_BOMS = (
     (b"\x00\x00\xfe\xff", "UTF-32"),
@@ -112,6 +114,7 @@ _BAD_BOMS = (
     (b"\xfe\xff", "UTF-16"),
     (b"\xff\xfe", "UTF-16"),
 )
+_BOM_FIRST_BYTES = frozenset(bom[:1] for bom, _ in _BAD_BOMS)
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 _NO_KEY: object = object()
@@ -299,7 +302,7 @@ def _decode(path: str, content: bytes, limits: snapshot.Limits) -> str | errors.
             f"file is {len(content)} bytes; at most {limits.max_file_bytes} are allowed",
             "too-large",
         )
-    for bom, name in _BAD_BOMS:
+    for bom, name in _BAD_BOMS if content[:1] in _BOM_FIRST_BYTES else ():
         if content.startswith(bom):
             return errors.Issue(
                 path, 1, 1, "error", f"file is {name} (byte order mark); YAML files must be UTF-8", "encoding"
@@ -349,6 +352,8 @@ def _resolve_plain(value: str) -> object:
     boolean = _BOOLS.get(value)
     if boolean is not None:
         return boolean
+    if value[0] in _WORD_FIRST_CHARS:  # `flow-1`, `team-a`: no number starts with a letter or `~`
+        return value
     if _INT_DEC.fullmatch(value):
         digits = len(value.lstrip("+-"))
         if digits > _MAX_INT_DIGITS:

@@ -87,11 +87,27 @@ def name_problem(name: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
 class ResourceKey:
-    """`(kind, namespace, name)`: the identity of one resource."""
+    """`(kind, namespace, name)`: the identity of one resource.
+
+    Its hash is computed once, at construction: keys are hashed dozens of times each while a
+    desired state is built (sets and maps of keys everywhere), and the generated `__hash__`
+    would build and hash a tuple every time.
+    """
 
     kind: Kind
     namespace: str
     name: str
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.kind, self.namespace, self.name)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[ResourceKey], tuple[Kind, str, str]]:
+        # Rebuilt from its parts: a string's hash differs between processes.
+        return (ResourceKey, (self.kind, self.namespace, self.name))
 
     def __str__(self) -> str:
         if self.namespace == DEFAULT_NAMESPACE:

@@ -84,6 +84,7 @@ def known_kinds() -> tuple[str, ...]:
 
 _KNOWN_KINDS: tuple[str, ...] = (*(kind.value for kind in kinds.MODELS), DAEMONCONFIG_KIND)
 _KNOWN_KIND_SET = frozenset(_KNOWN_KINDS)
+_KIND_OF: Mapping[str, ids.Kind] = types.MappingProxyType({kind.value: kind for kind in ids.Kind})
 
 
 def validate_document(doc: base.DocumentLike, *, strict: bool = False) -> ValidationResult:
@@ -126,7 +127,7 @@ def validate_document(doc: base.DocumentLike, *, strict: bool = False) -> Valida
         report.warning(("kind",), daemonconfig.IGNORED_MESSAGE, "ignored-kind")
         return report.result(None)
 
-    kind = ids.Kind(kind_name)
+    kind = _KIND_OF[kind_name]
     model = _validate_model(kinds.MODELS[kind], data, kind_name, report, strict=strict)
     if model is None:
         return report.result(None)
@@ -184,6 +185,8 @@ class _Report:
         self.add(loc, "warning", message, code, at_key=at_key)
 
     def result(self, resource: base.LoadedResource | None) -> ValidationResult:
+        if not self.issues:
+            return ValidationResult(resource, ())
         return ValidationResult(resource, tuple(sorted(self.issues, key=lambda i: (i.line, i.col))))
 
 
@@ -282,9 +285,10 @@ def _validate_model(
 ) -> pydantic.BaseModel | None:
     """Validate `data`; unknown keys become warnings and are dropped unless they must be errors."""
     unknown_is_error = strict or kind_name == "Context"
+    validate = model_cls.__pydantic_validator__.validate_python  # `model_validate` minus its wrapper
     for _ in range(_MAX_PASSES):
         try:
-            return model_cls.model_validate(data)
+            return validate(data)  # type: ignore[no-any-return]
         except pydantic.ValidationError as exc:
             details = exc.errors(include_url=False)
         dropped: list[Loc] = []

@@ -50,7 +50,7 @@ class TypedTool(base.Model):
     """`{type: Shell|MCP|HTTP, config: {...}}` (upstream `TypeBasedToolSpec`)."""
 
     type: ToolType
-    config: ToolConfig = Field(default_factory=ToolConfig)
+    config: ToolConfig = Field(default_factory=base.shared_default(ToolConfig))
 
 
 class ToolSource(base.CIEnum):

@@ -24,10 +24,11 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Annotated, Any, ClassVar, Protocol, Self
+from typing import Annotated, Any, ClassVar, Protocol, Self, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -151,6 +152,11 @@ class Model(BaseModel):
 
     model_config = MODEL_CONFIG
 
+    def __eq__(self, other: object) -> bool:
+        # Identity first: serializing with `exclude_defaults` compares every left-out sub-model
+        # with its (shared) default, which is the same object (`shared_default`).
+        return self is other or super().__eq__(other)
+
     def model_post_init(self, context: Any, /) -> None:
         """Share the instance's fields set with every instance given the same fields (`_SharedFieldsSet`)."""
         given = self.__pydantic_fields_set__
@@ -161,6 +167,9 @@ class Model(BaseModel):
                 return
             shared = _FIELDS_SETS.setdefault(key, _SharedFieldsSet(key))
         object.__setattr__(self, "__pydantic_fields_set__", shared)
+
+
+_M = TypeVar("_M", bound=Model)
 
 
 class WithSynonyms(Model):
@@ -200,6 +209,18 @@ class WithSynonyms(Model):
 @functools.lru_cache(maxsize=4096)
 def _snake(key: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in key).lstrip("_")
+
+
+def shared_default(model: type[_M]) -> Callable[[], _M]:
+    """A `default_factory` handing out one shared, default-valued instance of a frozen `model`.
+
+    `Field(default_factory=SomeModel)` builds (and validates) a new instance for every resource
+    that leaves the field out, and again every time a resource is serialized with
+    `exclude_defaults` (pydantic calls the factory to compare): a third of a FlowBinding's
+    validation and digest. Models are frozen, so one instance can serve them all. A factory
+    (not `default=SomeModel()`) keeps the published JSON Schema as it was.
+    """
+    return itertools.repeat(model()).__next__
 
 
 # --- strict scalar types -------------------------------------------------------------------
@@ -324,17 +345,28 @@ def canonical(model: BaseModel) -> dict[str, Any]:
     A resource's form is `{kind, metadata, spec}`: `apiVersion` is left out, since every
     accepted apiVersion means the same schema.
     """
-    dumped = model.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    # `model_dump` without its Python wrapper: the same serializer, the same arguments.
+    dumped: dict[str, Any] = model.__pydantic_serializer__.to_python(
+        model, mode="json", by_alias=True, exclude_defaults=True
+    )
     if isinstance(model, ResourceModel):
         dumped.pop("api_version", None)
         return {"kind": getattr(model, "kind", type(model).__name__), **dumped}
     return dumped
 
 
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""What `json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)` builds per call."""
+
+
+def canonical_json(model: BaseModel) -> str:
+    """The canonical form as the text digests cover (sorted keys, compact separators)."""
+    return _CANONICAL_JSON.encode(canonical(model))
+
+
 def digest(model: BaseModel) -> ids.Digest:
     """`sha256:<hex>` of the canonical form (sorted keys, compact separators)."""
-    text = json.dumps(canonical(model), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return ids.Digest("sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return ids.Digest("sha256:" + hashlib.sha256(canonical_json(model).encode("utf-8")).hexdigest())
 
 
 class DocumentLike(Protocol):

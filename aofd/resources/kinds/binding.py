@@ -35,7 +35,7 @@ class TriggerFilters(base.Model):
 class TriggerRef(base.Ref):
     """`spec.trigger`: `slack-bot`, `{name: slack-bot}` or `{name, config: {channels, ...}}`."""
 
-    config: TriggerFilters = Field(default_factory=TriggerFilters)
+    config: TriggerFilters = Field(default_factory=base.shared_default(TriggerFilters))
 
 
 class BindingMatch(base.Model):
@@ -58,7 +58,7 @@ class FlowBindingSpec(base.Model):
     trigger: TriggerRef | None = None
     agent: base.Ref | None = None
     fleet: base.Ref | None = None
-    match: BindingMatch = Field(default_factory=BindingMatch)
+    match: BindingMatch = Field(default_factory=base.shared_default(BindingMatch))
     enabled: base.Bool = True
     config: dict[str, JsonValue] = Field(default_factory=dict)
 

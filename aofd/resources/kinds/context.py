@@ -209,4 +209,4 @@ class Context(base.ResourceModel):
     """`kind: Context`."""
 
     kind: Literal["Context"] = "Context"
-    spec: ContextSpec = Field(default_factory=ContextSpec)
+    spec: ContextSpec = Field(default_factory=base.shared_default(ContextSpec))

@@ -209,7 +209,7 @@ class FleetSpec(base.Model):
     """`spec` of an AgentFleet."""
 
     agents: tuple[FleetAgent, ...]
-    coordination: Coordination = Field(default_factory=Coordination)
+    coordination: Coordination = Field(default_factory=base.shared_default(Coordination))
     shared: Shared | None = None
     communication: Communication | None = None
     scaling: Scaling | None = None

@@ -160,7 +160,7 @@ class FlowNode(base.Model):
 
     id: str
     type: NodeType
-    config: NodeConfig = Field(default_factory=NodeConfig)
+    config: NodeConfig = Field(default_factory=base.shared_default(NodeConfig))
     conditions: tuple[NodeCondition, ...] = ()
     description: str | None = None
 
@@ -210,7 +210,9 @@ class FlowTrigger(base.Model):
     """`spec.trigger` (seed short form): the message source written inline in the flow."""
 
     type: trigger_kind.TriggerType
-    config: trigger_kind.TriggerConfig = Field(default_factory=trigger_kind.TriggerConfig)
+    config: trigger_kind.TriggerConfig = Field(
+        default_factory=base.shared_default(trigger_kind.TriggerConfig)
+    )
 
 
 class FlowSpec(base.Model):

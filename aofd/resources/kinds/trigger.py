@@ -140,7 +140,7 @@ class TriggerSpec(base.Model):
     """`spec` of a Trigger."""
 
     type: TriggerType
-    config: TriggerConfig = Field(default_factory=TriggerConfig)
+    config: TriggerConfig = Field(default_factory=base.shared_default(TriggerConfig))
     enabled: base.Bool = True
     commands: dict[str, CommandBinding] = Field(default_factory=dict)
     default_agent: str | None = None
