@@ -5,7 +5,8 @@ few seconds. With the collector on, every 25 % of growth triggers a full collect
 whole heap so far (about ten at 100,000 resources, a third of the load's time), and none of
 them frees anything: the load makes no cyclic garbage. So, as CPython's documentation of
 `gc.freeze` suggests for such a burst, the collector is paused from the start until the first
-reconcile pass has ended, and what is alive then is moved to the permanent generation
+reconcile pass has ended (after a long pause, one full collection first frees the cycles made
+meanwhile), and what is alive is moved to the permanent generation
 (`gc.freeze()`), which later collections never scan: an edit's collections cost what the
 edit allocates, not what the daemon holds. Frozen objects are still freed by reference
 counting when a later revision drops them (resources hold no reference cycles).
@@ -29,9 +30,13 @@ import ctypes
 import gc
 import os
 import sys
+import time
 
 MAX_PAUSE_S = 300.0
 """Longest the collector stays paused when no first pass ends (seconds)."""
+
+LONG_PAUSE_S = 60.0
+"""A pause at least this long ends with a full collection before the freeze (see `LoadPause.end`)."""
 
 MALLOC_ARENAS = 2
 """glibc malloc arenas the daemon allows itself (`M_ARENA_MAX`); glibc's default is 8 per core."""
@@ -65,6 +70,7 @@ class LoadPause:
         self._was_enabled = False
         self._froze = False
         self._timer: asyncio.TimerHandle | None = None
+        self._since = 0.0
 
     @property
     def paused(self) -> bool:
@@ -77,6 +83,7 @@ class LoadPause:
         self._was_enabled = gc.isenabled()
         gc.disable()
         self._paused = True
+        self._since = time.monotonic()
         self._timer = asyncio.get_running_loop().call_later(max_pause_s, self.end)
 
     def end(self) -> None:
@@ -87,6 +94,12 @@ class LoadPause:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # Cycles made while paused would be frozen with the heap and never freed. The load makes
+        # none, and a full collection costs a stall the size of the heap (about half a second at
+        # 100,000 resources), so one runs only after a long pause (a source that failed and was
+        # retried meanwhile: tracebacks, requests), when that garbage can add up.
+        if time.monotonic() - self._since >= LONG_PAUSE_S:
+            gc.collect()
         gc.freeze()
         self._froze = True  # a later begin() is not a cold load
         if self._was_enabled:

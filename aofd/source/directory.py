@@ -462,16 +462,20 @@ def _read_paths(
         if any(a in walked for a in ancestors):
             continue  # below a directory read again in this batch
         exact.add(rel)
-        if rel in base.dirs:
-            prefixes.append(rel + "/")
+        # Whatever was below `rel` goes unless it is a directory read again below or a regular
+        # file (which has nothing below it): `base.dirs` may not know every directory (one created
+        # empty, or holding no resource file), and a directory moved away is reported alone.
         if any(part in ("", ".", "..") or rules.is_ignored(part) for part in parts):
+            prefixes.append(rel + "/")
             continue
         if not all(real_dir(a) for a in ancestors):
+            prefixes.append(rel + "/")
             continue  # below a symlink or a vanished directory: not part of the tree
         path = os.path.join(root, rel)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
+            prefixes.append(rel + "/")
             continue
         except OSError as exc:
             walk.issues.append(rules.error(walk.display(rel), f"not readable: {exc.strerror}", "unreadable"))
@@ -482,9 +486,12 @@ def _read_paths(
             prefixes.append(rel + "/")
             _walk_dir(walk, Path(path), rel + "/")
         elif stat.S_ISREG(mode):
+            if rel in base.dirs:
+                prefixes.append(rel + "/")  # a directory replaced by a file
             if rules.is_candidate(parts[-1]):
                 _read_path(walk, rel, path, st)
         else:
+            prefixes.append(rel + "/")
             what = "a symlink" if stat.S_ISLNK(mode) else _special_kind(mode)
             walk.issues.append(
                 rules.error(walk.display(rel), f"is {what}; only regular files are read", "not-regular")

@@ -97,3 +97,26 @@ def test_malloc_arenas_are_capped_unless_the_operator_chose(monkeypatch: pytest.
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert glibc == heap.limit_malloc_arenas(heap.MALLOC_ARENAS)
+
+
+async def test_cycles_made_during_a_long_pause_are_freed_not_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a long pause (a source failing and retried), what became garbage during it is collected
+    before the heap is frozen."""
+    monkeypatch.setattr(heap, "LONG_PAUSE_S", 0.0)
+    import weakref
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    pause = heap.LoadPause()
+    try:
+        pause.begin()
+        node = Node()
+        alive = weakref.ref(node)
+        del node
+        pause.end()
+        assert alive() is None
+    finally:
+        pause.close()
+        gc.unfreeze()

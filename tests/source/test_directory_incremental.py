@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 import shutil
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -258,3 +258,105 @@ async def test_paths_drained_by_a_failed_read_are_not_lost(tmp_path: Path) -> No
     snap = await source.fetch()
     assert snap.files["a.yaml"].content == b"n: 2\n"
     assert source.memo.mode == "full"
+
+
+def _reader(root: Path) -> tuple[directory.TreeMemo, list[str], Callable[[], list[str]]]:
+    memo = directory.TreeMemo()
+    pending: list[str] = []
+
+    def changed() -> list[str]:
+        taken = list(pending)
+        pending.clear()
+        return taken
+
+    return memo, pending, changed
+
+
+def test_a_directory_moved_out_after_it_was_filled_takes_its_files_along(tmp_path: Path) -> None:
+    """Created empty (read), filled (read), then moved away with one event for the directory alone:
+    its files leave the snapshot, as a full walk says."""
+    root = tmp_path / "conf"
+    root.mkdir()
+    (root / "keep.yaml").write_text("kind: X\n")
+    memo, pending, changed = _reader(root)
+
+    def read(prev: snapshot.Snapshot | None) -> snapshot.Snapshot:
+        return directory.read_settled(root, settle=0, previous=prev, memo=memo, changed=changed)
+
+    snap = read(None)
+    (root / "new").mkdir()
+    pending.append(str(root / "new"))
+    snap = read(snap)
+    (root / "new" / "agent.yaml").write_text("kind: X\n")
+    pending.append(str(root / "new" / "agent.yaml"))
+    snap = read(snap)
+    os.rename(root / "new", tmp_path / "moved-away")
+    pending.append(str(root / "new"))
+    snap = read(snap)
+    assert memo.mode == "incremental"
+    assert sorted(snap.files) == sorted(directory.read_tree(root).files) == ["keep.yaml"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_watcher_style_events_read_incrementally_equal_a_full_walk(tmp_path: Path, seed: int) -> None:
+    """Random creates, directories, deletes, symlinks (also to outside the root) and renames, each
+    reported as a watcher would (the path, and directories it created): every incremental read
+    equals a full walk, files and issues."""
+    rnd = random.Random(seed)
+    root, outside = tmp_path / "tree", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.yaml").write_text("kind: Secret\n")
+    names = ["a", "b", "c.yaml", "d.yaml", ".hid", "e.yml"]
+    memo, pending, changed = _reader(root)
+    cache = directory.StatCache()
+
+    def rpath() -> str:
+        return "/".join(rnd.choice(names) for _ in range(rnd.randint(1, 2)))
+
+    prev: snapshot.Snapshot | None = None
+    for step in range(150):
+        rel = rpath()
+        p = root / rel
+        parts = rel.split("/")
+        created = [
+            root / "/".join(parts[:i])
+            for i in range(1, len(parts))
+            if not (root / "/".join(parts[:i])).exists()
+        ]
+        op = rnd.random()
+        try:
+            if op < 0.35:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(f"kind: X\nn: {step}\n")
+            elif op < 0.5:
+                p.mkdir(parents=True, exist_ok=True)
+            elif op < 0.7:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+            elif op < 0.8:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                if not p.exists() and not p.is_symlink():
+                    p.symlink_to(outside if rnd.random() < 0.5 else outside / "secret.yaml")
+            else:
+                q = root / rpath()
+                movable = (p.exists() or p.is_symlink()) and not q.exists() and q.parent.is_dir()
+                if movable and not str(q).startswith(str(p) + "/"):
+                    os.rename(p, q)
+                    pending.append(str(q))
+        except OSError:
+            continue
+        pending.append(str(p))
+        pending.extend(str(d) for d in created)
+        if rnd.random() < 0.5:
+            continue
+        snap = directory.read_settled(
+            root, settle=0, previous=prev, memo=memo, changed=changed, stat_cache=cache
+        )
+        full = directory.read_tree(root)
+        assert {k: v.content for k, v in snap.files.items()} == {k: v.content for k, v in full.files.items()}
+        assert sorted(i.format() for i in snap.issues) == sorted(i.format() for i in full.issues)
+        prev = snap
+    assert memo.incremental_reads > 20
