@@ -55,18 +55,26 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o600
     file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    _write_synced(tmp, (data,) if isinstance(data, bytes) else data, os.O_TRUNC, mode)
+    os.replace(tmp, path)
+    _sync_dir(path.parent)
+
+
+def _write_synced(path: Path, pieces: Iterable[bytes], flag: int, mode: int = 0o600) -> None:
+    """Write every byte of `pieces` to `path` (opened with `flag`: truncate or append), then fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
-        for piece in (data,) if isinstance(data, bytes) else data:
+        for piece in pieces:
             view = memoryview(piece)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _sync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:
@@ -371,18 +379,6 @@ def _journal_line(
 def _append(path: Path, line: bytes) -> None:
     """Append `line` and fsync it (and the directory, when the file is new)."""
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(line)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(path, (line,), os.O_APPEND)
     if created:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _sync_dir(path.parent)
