@@ -30,7 +30,7 @@ import secrets
 import shlex
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 from aofd.audit import redact
@@ -533,26 +533,43 @@ def unfinished_commands(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str,
     return list(open_starts.values())
 
 
+def _nested(record: Mapping[str, Any], section: str, field: str) -> str:
+    """`aofd.<section>.<field>` of a parsed record as text, or "" when absent."""
+    aofd = record.get("aofd")
+    part = aofd.get(section) if isinstance(aofd, Mapping) else None
+    return str(part.get(field, "")) if isinstance(part, Mapping) else ""
+
+
 def run_id_of(record: Mapping[str, Any]) -> str:
     """`aofd.agent.run_id` of a parsed record, or "" when absent."""
-    aofd = record.get("aofd")
-    agent = aofd.get("agent") if isinstance(aofd, Mapping) else None
-    return str(agent.get("run_id", "")) if isinstance(agent, Mapping) else ""
+    return _nested(record, "agent", "run_id")
+
+
+def _unclosed(
+    lines: Iterable[Mapping[str, Any]],
+    key_of: Callable[[Mapping[str, Any]], str],
+    opens: str,
+    closes: Callable[[str, Mapping[str, Any]], bool],
+) -> list[Mapping[str, Any]]:
+    """The `opens` records (by `key_of`) with no later record that `closes` the same key."""
+    still_open: dict[str, Mapping[str, Any]] = {}
+    for rec in lines:
+        key = key_of(rec)
+        if not key:
+            continue
+        action = action_of(rec)
+        if action == opens:
+            still_open[key] = rec
+        elif closes(action, rec):
+            still_open.pop(key, None)
+    return list(still_open.values())
 
 
 def unfinished_runs(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The `agent.run.started` records with no later `agent.run.finished` of the same run id."""
-    open_runs: dict[str, Mapping[str, Any]] = {}
-    for rec in lines:
-        action = action_of(rec)
-        run_id = run_id_of(rec)
-        if not run_id:
-            continue
-        if action == "agent.run.started":
-            open_runs[run_id] = rec
-        elif action == "agent.run.finished":
-            open_runs.pop(run_id, None)
-    return list(open_runs.values())
+    return _unclosed(
+        lines, run_id_of, "agent.run.started", lambda action, _rec: action == "agent.run.finished"
+    )
 
 
 APPROVAL_CLOSERS = frozenset(
@@ -563,28 +580,20 @@ APPROVAL_CLOSERS = frozenset(
 
 def approval_id_of(record: Mapping[str, Any]) -> str:
     """`aofd.approval.id` of a parsed record, or "" when absent."""
+    return _nested(record, "approval", "id")
+
+
+def _closes_approval(action: str, record: Mapping[str, Any]) -> bool:
+    if action not in APPROVAL_CLOSERS:
+        return False
     aofd = record.get("aofd")
     approval = aofd.get("approval") if isinstance(aofd, Mapping) else None
-    return str(approval.get("id", "")) if isinstance(approval, Mapping) else ""
+    # A partial vote (`approval.granted` with `final: false`) leaves the request open.
+    return (
+        action != "approval.granted" or not isinstance(approval, Mapping) or bool(approval.get("final", True))
+    )
 
 
 def unfinished_approvals(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The `approval.requested` records with no later closing record of the same request id."""
-    open_requests: dict[str, Mapping[str, Any]] = {}
-    for rec in lines:
-        action = action_of(rec)
-        rid = approval_id_of(rec)
-        if not rid:
-            continue
-        if action == "approval.requested":
-            open_requests[rid] = rec
-        elif action in APPROVAL_CLOSERS:
-            aofd = rec.get("aofd")
-            approval = aofd.get("approval") if isinstance(aofd, Mapping) else None
-            if (
-                action != "approval.granted"
-                or not isinstance(approval, Mapping)
-                or approval.get("final", True)
-            ):
-                open_requests.pop(rid, None)
-    return list(open_requests.values())
+    return _unclosed(lines, approval_id_of, "approval.requested", _closes_approval)

@@ -125,6 +125,26 @@ class _Walk:
         return f"{self.display_root.rstrip('/')}/{rel}" if self.display_root else rel
 
 
+def _new_walk(
+    root: Path,
+    shown: str,
+    limits: snapshot.Limits,
+    previous: snapshot.Snapshot | None,
+    stat_cache: StatCache | None,
+    now_ns: int,
+) -> _Walk:
+    """The state of a new read (a full walk or the changed paths), with the stat cache's entries."""
+    return _Walk(
+        root=root,
+        display_root=shown,
+        budget=rules.Budget(limits),
+        previous=previous,
+        old_cache=stat_cache.entries if stat_cache is not None else {},
+        new_cache={},
+        now_ns=now_ns,
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TreeState:
     """What one read knew about a tree: the base an incremental read starts from.
@@ -434,15 +454,7 @@ def _read_paths(
     root = Path(root)
     shown = str(root) if display_root is None else display_root
     prev = base.snapshot
-    walk = _Walk(
-        root=root,
-        display_root=shown,
-        budget=rules.Budget(limits),
-        previous=prev,
-        old_cache=stat_cache.entries if stat_cache is not None else {},
-        new_cache={},
-        now_ns=now_ns,
-    )
+    walk = _new_walk(root, shown, limits, prev, stat_cache, now_ns)
     exact: set[str] = set()
     prefixes: list[str] = []
     is_dir: dict[str, bool] = {}
@@ -603,15 +615,7 @@ def _read(
     root = Path(root)
     shown = str(root) if display_root is None else display_root
     start, prefix = _resolve_subpath(root, subpath)
-    walk = _Walk(
-        root=root,
-        display_root=shown,
-        budget=rules.Budget(limits),
-        previous=previous,
-        old_cache=stat_cache.entries if stat_cache is not None else {},
-        new_cache={},
-        now_ns=now_ns,
-    )
+    walk = _new_walk(root, shown, limits, previous, stat_cache, now_ns)
     _walk_dir(walk, start, prefix, top=True)
     if pause:
         _settle(walk)
