@@ -21,18 +21,23 @@ measures three things, each in its own process:
                 is sent and the round is timed from the hook to the revision applied / pass finished.
 
 The changed agent is the one used by the most bindings (through flows and fleets), counted in one
-pass over the generated files. While the daemon runs, a client thread asks `/healthz` on the admin
-listener every 5 ms over one keep-alive connection; the gaps between answers measure how long the
-daemon's event loop was blocked ("loop lag"): reported during the first pass (start to the first
-`lastPass`) and during the edit rounds (max and p99). Also reported: the pass as the daemon times
-it (`lastPass.duration_ms` and its phases), the daemon's RSS after the first pass, after the first
-(warm-up) edit and after each edit (a one-time step is not growth; `--rounds 100` shows whether
-idle RSS stays flat); and, where the daemon reports it (`lastPass.loop_lag_ms`), its own loop-lag probe. The
-daemon part uses only the CLI, the admin API and the push hook, so the same script measures any
-aofd version (run it with `PYTHONPATH=<other checkout>`). This script replaces
+pass over the generated files. While the daemon runs, a client process (`bench/probes.py`) asks
+`/healthz` on the admin listener every 5 ms over one keep-alive connection; the gaps between answers
+measure how long the daemon's event loop was blocked ("loop lag"): reported during the first pass
+(start to the first `lastPass`) and during the edit rounds (max and p99). Also reported: the pass as
+the daemon times it (`lastPass.duration_ms` and its phases), the daemon's RSS after the first pass,
+after the first (warm-up) edit and after each edit (a one-time step is not growth; `--rounds 100`
+shows whether idle RSS stays flat); and, where the daemon reports it (`lastPass.loop_lag_ms`), its
+own loop-lag probe. The daemon part uses only the CLI, the admin API and the push hook, so the same
+script measures any aofd version (run it with `PYTHONPATH=<other checkout>`). This script replaces
 `bench/daemon_pass.py` (its 10k directory measurement is `--sizes 10000 --parts directory`).
 
-Targets (issue 14): edit -> applied p50 <= 100 ms (plus the settle time, 0 here); push hook ->
+For a watched directory a second probe process watches the same tree with the daemon's own
+watchfiles settings: the time watchfiles needs to report an edit (its `step`, 50 ms, is how long
+a burst must be quiet) is the floor of edit -> applied, and the rest is reported beside it.
+
+Targets (issue 14): edit -> applied p50 <= 100 ms plus the watch settle time (`settle: 0` here,
+so: beyond the watcher's own notification); push hook ->
 applied p50 <= 100 ms and <= 2x the 1k figure; longest /healthz gap while edits apply <= 50 ms;
 first pass <= 3 s at 10k; planner one-file <= 100 ms and no-op <= 20 ms (<= 50 ms / 5 ms at 100k).
 Prints a table per size and writes `bench/reconcile.json`. `--quick` is a smoke run (300
@@ -56,7 +61,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,6 +74,7 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent))  # after PYTHONPATH: `PYTHONPATH=<checkout>` measures that checkout
 
 import load  # noqa: E402
+import probes  # noqa: E402
 
 KUBECONFIG = """\
 apiVersion: v1
@@ -95,7 +100,6 @@ GIT_ENV = {
 }
 PLANNER_TARGETS_MS = {"one_file": 100.0, "noop": 20.0}
 DAEMON_TARGETS_MS = {"edit_to_applied_p50": 100.0, "hook_to_applied_p50": 100.0, "healthz_gap_max": 50.0}
-HEALTHZ_EVERY_S = 0.005
 EDIT_MARK = "    Never delete anything without an approval."
 
 
@@ -282,51 +286,44 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-class HealthProbe(threading.Thread):
-    """Asks `/healthz` every 5 ms over one keep-alive connection; keeps when each answer arrived."""
+class Probe:
+    """One of `bench/probes.py`'s probes, in its own process: `healthz` (answers) or `watch` (batches)."""
 
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.answers: list[float] = []
-        self.failures = 0
-        self.done = threading.Event()
+    def __init__(self, kind: str, arg: str, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "probes.py"), kind, arg, str(out)])
 
-    def run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        while not self.done.is_set():
-            started = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-                conn.request("GET", "/healthz")
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status == 200:
-                    self.answers.append(time.perf_counter())
-            except (OSError, http.client.HTTPException):
-                self.failures += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-            pause = HEALTHZ_EVERY_S - (time.perf_counter() - started)
-            if pause > 0:
-                self.done.wait(pause)
-        if conn is not None:
-            conn.close()
+    def read(self) -> tuple[list[float], int]:
+        """(times so far, in order; failures so far)."""
+        values, failures, _ready = probes.read(self.out)
+        return values, failures
 
-    def gaps(self, start: float, end: float) -> dict[str, float]:
-        """Gaps between consecutive answers that arrived in [start, end] (the first after start counts)."""
-        inside = [t for t in self.answers if start <= t <= end]
-        before = [t for t in self.answers if t < start]
-        points = ([before[-1]] if before else []) + inside
-        gaps = [(b - a) * 1000 for a, b in itertools.pairwise(points)]
-        return {
-            "answers": len(inside),
-            "max_ms": max(gaps) if gaps else float("nan"),
-            "p99_ms": pct(gaps, 0.99),
-            "p50_ms": pct(gaps, 0.5),
-        }
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def gaps(answers: list[float], start: float, end: float) -> dict[str, float]:
+    """Gaps between consecutive answers that arrived in [start, end] (the first after start counts)."""
+    inside = [t for t in answers if start <= t <= end]
+    before = [t for t in answers if t < start]
+    points = ([before[-1]] if before else []) + inside
+    between = [(b - a) * 1000 for a, b in itertools.pairwise(points)]
+    return {
+        "answers": len(inside),
+        "max_ms": max(between) if between else float("nan"),
+        "p99_ms": pct(between, 0.99),
+        "p50_ms": pct(between, 0.5),
+    }
+
+
+def first_after(times: list[float], t: float) -> float | None:
+    """The first of `times` (sorted) later than `t`."""
+    return next((x for x in times if x > t), None)
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
@@ -395,7 +392,7 @@ def daemon(
         got: dict[str, Any] = get_json(f"{base}/api/v1/status")
         return got
 
-    probe = HealthProbe(admin)
+    watcher = Probe("watch", str(repo), work / "watch.probe") if mode == "directory" else None
     log = (work / "aofd.log").open("wb")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -405,7 +402,7 @@ def daemon(
         env=env,
         cwd=work,  # not the checkout: `-m` puts the working directory first on sys.path
     )
-    probe.start()
+    probe = Probe("healthz", str(admin), work / "healthz.probe")
     try:
         limit = 600 + resources / 50
         wait_until(
@@ -416,7 +413,7 @@ def daemon(
             "lastPass"
         ]
         first_s = time.perf_counter() - t0
-        first_lag = probe.gaps(t0, time.perf_counter())
+        first_lag = gaps(probe.read()[0], t0, time.perf_counter())
         if first.get("outcome") != "applied":
             raise SystemExit(
                 f"{mode}: the first pass was {first.get('outcome')}: {first.get('errors', [])[:3]}"
@@ -427,6 +424,7 @@ def daemon(
 
         to_applied: list[float] = []
         to_finished: list[float] = []
+        edit_times: list[tuple[float, float]] = []  # (edit, applied) of each measured round
         push_ms: list[float] = []
         passes: list[float] = []
         own_lag: list[float] = []
@@ -472,26 +470,38 @@ def daemon(
                 continue  # the first edit also pays for what a first change warms up
             to_finished.append((finished_at - t) * 1000)
             to_applied.append(((applied_at or finished_at) - t) * 1000)
+            edit_times.append((t, applied_at or finished_at))
             passes.append(float(last["duration_ms"]))
             if "loop_lag_ms" in last:  # the daemon's own probe (newer versions)
                 own_lag.append(float(last["loop_lag_ms"]))
             phases.append(last.get("phases_ms") or {})
             time.sleep(0.05)  # idle between edits, as a person editing would be
-        rounds_lag = probe.gaps(rounds_start, time.perf_counter())
+        answers, failures = probe.read()
+        rounds_lag = gaps(answers, rounds_start, time.perf_counter())
         rss_after = rss_mb(proc.pid)
-    except SystemExit as exc:
+        watch_ms: list[float] = []
+        beyond_ms: list[float] = []
+        if watcher is not None:
+            batches = watcher.read()[0]
+            for edited_at, applied_at_ in edit_times:
+                seen = first_after(batches, edited_at)
+                if seen is not None and seen < applied_at_:
+                    watch_ms.append((seen - edited_at) * 1000)
+                    beyond_ms.append((applied_at_ - seen) * 1000)
+    except (SystemExit, OSError) as exc:  # OSError: urllib's URLError when the daemon died
         log.flush()
         tail = (work / "aofd.log").read_text(errors="replace").strip().splitlines()[-3:]
         raise SystemExit(f"{exc}; the daemon's last log lines: {' | '.join(tail)[-600:]}") from None
     finally:
-        probe.done.set()
+        probe.stop()
+        if watcher is not None:
+            watcher.stop()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        probe.join(10)
         log.close()
         if mode == "directory":
             agent.write_text(original)
@@ -507,12 +517,15 @@ def daemon(
         "bindings_ready": ready,
         "healthz_gap_first_pass": first_lag,
         "healthz_gap_during_edits": rounds_lag,
-        "healthz_failures": probe.failures,
+        "healthz_failures": failures,
         "daemon_loop_lag_ms_first_pass": first.get("loop_lag_ms"),
         "daemon_loop_lag_ms_during_edits_max": max(own_lag) if own_lag else None,
         f"{what}_applied_ms": _summary(to_applied),
         f"{what}_pass_finished_ms": _summary(to_finished),
         "push_ms": _summary(push_ms) if push_ms else None,
+        # directory: watchfiles' own notification of the edit (a probe on the same tree) and the rest
+        "watch_notified_ms": _summary(watch_ms) if watch_ms else None,
+        "edit_to_applied_beyond_watch_ms": _summary(beyond_ms) if beyond_ms else None,
         "pass_ms": _summary(passes),
         "phases_ms_median": {
             n: statistics.median(p.get(n, 0.0) for p in phases) for n in (phases[0] if phases else {})
@@ -650,6 +663,13 @@ def report(result: dict[str, Any]) -> None:
             f" {finished['p50']:.0f} ms; daemon-timed pass p50 {d['pass_ms']['p50']:.0f} ms"
             + (f"; commit+push p50 {d['push_ms']['p50']:.0f} ms" if d.get("push_ms") else "")
         )
+        if d.get("edit_to_applied_beyond_watch_ms"):
+            seen, beyond = d["watch_notified_ms"], d["edit_to_applied_beyond_watch_ms"]
+            print(
+                f"{'':<9} watchfiles itself (a probe process on the same tree) reported the edit after"
+                f" p50 {seen['p50']:.0f} ms; edit -> applied beyond that p50 {beyond['p50']:.0f} ms"
+                f" (max {beyond['max']:.0f})"
+            )
         if d["phases_ms_median"]:
             print(
                 f"{'':<9} phases (ms, medians) "

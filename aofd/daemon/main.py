@@ -132,6 +132,8 @@ class Daemon:
             for spec in self.cfg.sources
         ]
         self.runtime = wiring.Runtime(self.cfg, audit=self.audit, sources=self.sources)
+        # An SDK import (tens of thousands of functions and classes) is kept for good: frozen too.
+        self.runtime.providers.on_warmed = self.load_pause.loaded
         self.reconciler = loop.Reconciler(
             sources=[
                 loop.SourcePolicy(s.name, frozenset(ids.Kind(k) for k in spec.kinds))
@@ -297,7 +299,12 @@ class Daemon:
 
     async def _on_pass(self, summary: Any) -> None:
         assert self.reconciler is not None
-        self.load_pause.end()  # the first pass ends the cold load: freeze the loaded heap
+        # The first pass ends the cold load (the loaded heap frozen) once the SDKs it needs are
+        # imported too; later ones freeze what they keep.
+        self.load_pause.pass_ended(
+            applied=summary.outcome == "applied",
+            still_loading=self.runtime is not None and self.runtime.providers.warming,
+        )
         if self.runtime is not None:
             errs = sum(1 for i in summary.issues if i.is_error) if summary.outcome == "rejected" else 0
             self.runtime.metrics.observe_pass(summary.outcome, summary.duration_s, errs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aofd import __version__
@@ -94,28 +94,30 @@ class AdminView:
             "endpoints": self._d.endpoints,
         }
 
-    def resources(self, kind: ids.Kind | None, name: str | None) -> list[dict[str, Any]]:
+    def resources(self, kind: ids.Kind | None, name: str | None) -> Iterator[dict[str, Any]]:
+        """The applied resources of `kind` (all kinds when None) named `name` (any when None),
+        in key order; produced as consumed, so the admin API can let the loop in between."""
         rec = self._d.reconciler
         if rec is None or rec.applied is None:
-            return []
-        state = rec.applied
+            return
+        state = rec.applied  # immutable: a pass that ends meanwhile does not change this listing
+        keys = [
+            key
+            for key in state.resources
+            if (kind is None or key.kind is kind) and (name is None or key.name == name)
+        ]
+        keys.sort(key=lambda k: (k.kind.value, k.namespace, k.name))
         ready: dict[ids.ResourceKey, status_mod.ReadyCount] = {}
-        if kind is None or kind is ids.Kind.TRIGGER:
+        if any(key.kind is ids.Kind.TRIGGER for key in keys):
             ready = status_mod.ready_counts(
                 ((b.trigger.key, b.key) for b in state.bindings.values() if b.trigger is not None),
                 rec.conditions,
             )
-        items = []
-        for key, res in sorted(state.resources.items()):
-            if kind is not None and key.kind is not kind:
-                continue
-            if name is not None and key.name != name:
-                continue
-            item = self._item(state, key, res, detail=name is not None)
+        for key in keys:
+            item = self._item(state, key, state.resources[key], detail=name is not None)
             if key.kind is ids.Kind.TRIGGER:
                 item["bindings"] = ready.get(key, status_mod.ReadyCount()).as_dict()
-            items.append(item)
-        return items
+            yield item
 
     def _item(
         self,

@@ -740,7 +740,7 @@ def _read_path(walk: _Walk, rel: str, path: str, st: os.stat_result) -> None:
     cached = walk.old_cache.get(rel)
     if cached is not None and cached[0] == key:
         walk.files[rel] = cached[1]
-        walk.keys[rel] = key
+        walk.keys[rel] = cached[0]  # the key kept since the last read: a full read keeps no new one
         walk.new_cache[rel] = cached
         return
     for _ in range(_READ_ATTEMPTS):

@@ -69,9 +69,8 @@ def test_growth_exponent_is_the_log_log_slope() -> None:
 
 
 def test_healthz_gaps_count_the_stall_that_straddles_the_window() -> None:
-    probe = reconcile.HealthProbe(port=1)
-    probe.answers = [0.000, 0.005, 0.010, 0.510, 0.515, 0.520]
-    gaps = probe.gaps(0.2, 1.0)  # the 500 ms stall began before the window and ended inside it
+    answers = [0.000, 0.005, 0.010, 0.510, 0.515, 0.520]
+    gaps = reconcile.gaps(answers, 0.2, 1.0)  # the 500 ms stall began before the window and ended inside it
     assert gaps["answers"] == 3
     assert gaps["max_ms"] == pytest.approx(500.0)
     assert gaps["p50_ms"] == pytest.approx(5.0)
@@ -114,3 +113,6 @@ def test_reconcile_quick_runs_the_daemon_end_to_end(tmp_path: Path) -> None:
         assert daemon[key]["n"] == 2
         assert daemon["bindings_ready"] == {"Ready": size["counts"]["bindings"]}
         assert daemon["healthz_gap_during_edits"]["answers"] > 0
+    watched = size["directory"]
+    assert watched["watch_notified_ms"]["n"] == 2  # the watch probe saw both measured edits
+    assert watched["edit_to_applied_beyond_watch_ms"]["p50"] > 0

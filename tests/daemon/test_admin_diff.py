@@ -116,10 +116,10 @@ def test_a_real_change_is_still_shown(tmp_path: Path) -> None:
 def test_the_api_and_describe_never_show_a_secret_bearing_value(tmp_path: Path) -> None:
     shown = view.AdminView(running_daemon(tmp_path))
     for kind, name in ((ids.Kind.TRIGGER, "hook"), (ids.Kind.CONTEXT, "prod")):
-        text = json.dumps(shown.resources(kind, name))
+        text = json.dumps(list(shown.resources(kind, name)))
         for value in (SECRET, BOT, HEADER):
             assert value not in text
-    trigger = shown.resources(ids.Kind.TRIGGER, "hook")[0]
+    (trigger,) = shown.resources(ids.Kind.TRIGGER, "hook")
     assert trigger["spec"]["config"]["required_headers"] == {"X-Key": "***"}
 
 

@@ -78,16 +78,68 @@ async def test_close_during_the_pause_gives_the_collector_back() -> None:
 
 
 async def test_the_daemons_first_pass_ends_the_pause(tmp_path: Path) -> None:
-    """The daemon pauses the collector before its cold load and freezes the heap when a pass ends."""
+    """The daemon pauses the collector before its cold load and freezes the heap when a pass ends,
+    or, when the pass started SDK imports, once they are done."""
     daemon, _, _ = make_daemon(tmp_path)
-    daemon.runtime = SimpleNamespace(metrics=metrics.Metrics(metrics.Samples))  # type: ignore[assignment]
+    providers = SimpleNamespace(warming=True)
+    daemon.runtime = SimpleNamespace(  # type: ignore[assignment]
+        metrics=metrics.Metrics(metrics.Samples), providers=providers
+    )
     daemon.load_pause.begin()
     assert not gc.isenabled()
 
     await daemon._on_pass(status.PassSummary(revision="r1", outcome="applied", duration_s=0.02))
+    assert (False, True) == (gc.isenabled(), daemon.load_pause.paused)  # an SDK is still importing
 
+    daemon.load_pause.loaded()  # what `Providers.on_warmed` calls
     assert (True, False) == (gc.isenabled(), daemon.load_pause.paused)
     assert gc.get_freeze_count() > 0
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+async def test_an_applied_pass_freezes_what_it_keeps_and_frees_its_cycles() -> None:
+    """After the load, each pass that applied a revision collects the young heap (its garbage
+    cycles are freed, not frozen) and freezes what survived; other passes leave the heap alone."""
+    import weakref
+
+    pause = heap.LoadPause()
+    pause.begin()
+    pause.pass_ended(applied=True)  # the first pass: the load's heap frozen
+    kept = Node()  # what the next revision keeps
+    garbage = Node()
+    gone = weakref.ref(garbage)
+    del garbage
+    assert collected(kept)
+
+    pause.pass_ended(applied=False)  # a rejected or no-op pass keeps nothing new
+    assert gone() is not None
+
+    pause.pass_ended(applied=True)
+    assert gone() is None  # collected, not frozen with the rest
+    assert not collected(kept)  # frozen: later collections never scan it
+    pause.close()
+
+
+def collected(obj: object) -> bool:
+    """Whether `obj` is in one of the generations the collector scans."""
+    return any(o is obj for g in (0, 1, 2) for o in gc.get_objects(generation=g))
+
+
+async def test_no_refreeze_while_the_collector_is_off() -> None:
+    """An operator who turned the collector off keeps it off: no collection at a pass's end."""
+    pause = heap.LoadPause()
+    pause.begin()
+    pause.end()
+    gc.disable()
+    frozen = gc.get_freeze_count()
+    pause.pass_ended(applied=True)
+    pause.loaded()
+    assert (False, frozen) == (gc.isenabled(), gc.get_freeze_count())
+    pause.close()
 
 
 def test_malloc_arenas_are_capped_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,7 +118,7 @@ async def test_passes_are_counted_in_metrics(tmp_path: Path) -> None:
     """Every pass shows up in aofd_reconcile_passes_total and the duration histogram."""
     daemon, _, _ = make_daemon(tmp_path)
     registry = metrics.Metrics(metrics.Samples)
-    daemon.runtime = SimpleNamespace(metrics=registry)  # type: ignore[assignment]
+    daemon.runtime = SimpleNamespace(metrics=registry, providers=SimpleNamespace(warming=False))  # type: ignore[assignment]
     issue = errors.Issue("a.yaml", 1, 1, "error", "bad", "x")
 
     await daemon._on_pass(status.PassSummary(revision="r1", outcome="applied", duration_s=0.02))

@@ -177,6 +177,9 @@ class Providers:
         self._factories = dict(factories or {})
         self._http_clients = dict(http_clients or {})
         self._clients: dict[str, base.ModelProvider] = {}
+        self.on_warmed: Callable[[], None] | None = None
+        """Called on the loop when a `warm` that imported an SDK ends (the daemon freezes what it loaded)."""
+        self._warming = 0
 
     @property
     def models(self) -> settings.ModelsSpec:
@@ -212,19 +215,36 @@ class Providers:
             return None
         return host_problem(provider, self._models, environ=self._env)
 
+    @property
+    def warming(self) -> bool:
+        """Whether a `warm` is importing SDKs now."""
+        return self._warming > 0
+
     async def warm(self, providers: Iterable[str]) -> None:
         """Import the SDK of each provider in a worker thread and build its client (once per
         provider): the first run that needs it then does not pay for it within its deadline. A
         failure is left for that run to report. The caller runs this in the background."""
-        for provider in providers:
-            module = _PROVIDER_MODULES.get(provider)
-            if module is None or provider in self._clients or provider in self._factories:
-                continue
-            try:
-                await asyncio.to_thread(importlib.import_module, module)
-                self.get(provider)
-            except Exception as exc:  # the run that needs it reports the problem
-                log.info("provider.warm_failed", provider=provider, error=type(exc).__name__)
+        wanted = [
+            (provider, module)
+            for provider in providers
+            if (module := _PROVIDER_MODULES.get(provider)) is not None
+            and provider not in self._clients
+            and provider not in self._factories
+        ]
+        if not wanted:
+            return
+        self._warming += 1
+        try:
+            for provider, module in wanted:
+                try:
+                    await asyncio.to_thread(importlib.import_module, module)
+                    self.get(provider)
+                except Exception as exc:  # the run that needs it reports the problem
+                    log.info("provider.warm_failed", provider=provider, error=type(exc).__name__)
+        finally:
+            self._warming -= 1
+        if self.on_warmed is not None:
+            self.on_warmed()
 
     def get(self, provider: str) -> base.ModelProvider:
         """The client for `provider` (a canonical name from `model_refs.parse_model`), built once."""

@@ -190,11 +190,15 @@ async def test_warm_builds_a_providers_client_off_the_loop() -> None:
         environ={"ANTHROPIC_API_KEY": "k"},
         factories={"openai": lambda: ScriptedProvider(lambda r: "x")},
     )
+    warmed: list[bool] = []  # `warming` as the daemon's callback sees it
+    providers.on_warmed = lambda: warmed.append(providers.warming)
     try:
         await providers.warm(["anthropic", "openai", "no-such-provider"])
         assert set(providers._clients) == {"anthropic"}
+        assert warmed == [False]  # told once, after the import
         client = providers._clients["anthropic"]
-        await providers.warm(["anthropic"])  # built already: the same client
+        await providers.warm(["anthropic"])  # built already: the same client, nothing to tell
         assert providers.get("anthropic") is client
+        assert warmed == [False]
     finally:
         await providers.aclose()
