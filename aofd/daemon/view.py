@@ -159,6 +159,7 @@ class AdminView:
         return item
 
     def inventory(self) -> dict[str, Any]:
+        """The applied inventory's JSON form. Safe in a worker thread: it reads one immutable object."""
         rec = self._d.reconciler
         return rec.inventory.to_json() if rec is not None else {}
 

@@ -66,3 +66,39 @@ async def test_a_named_listing_and_an_empty_one() -> None:
     async with serving(admin.AdminApi(FakeView())) as bound:
         status, text, _ = await call(bound, "GET", "/api/v1/resources")
         assert (status, text) == (200, '{\n  "items": []\n}\n')
+
+
+class LargeStatus(FakeView):
+    """Status and inventory as large as a 100k-resource daemon's (megabytes of JSON)."""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "listeners": {f"trigger-{i}": {"platform": "slack", "digest": "d" * 16} for i in range(40_000)}
+        }
+
+    def inventory(self) -> dict[str, Any]:
+        return {f"Agent/a{i}": "sha256:" + "0" * 16 for i in range(100_000)}
+
+
+async def test_large_status_and_inventory_are_encoded_off_the_loop() -> None:
+    async with serving(admin.AdminApi(LargeStatus())) as bound:
+        for path, size in (("/api/v1/status", 40_000), ("/api/v1/inventory", 100_000)):
+            wakes: list[float] = []
+
+            async def ticker(wakes: list[float] = wakes) -> None:
+                while True:
+                    wakes.append(time.perf_counter())
+                    await asyncio.sleep(0)
+
+            ticking = asyncio.create_task(ticker())
+            try:
+                started = time.perf_counter()
+                status, text, _ = await call(bound, "GET", path)
+                took = time.perf_counter() - started
+            finally:
+                ticking.cancel()
+            assert status == 200
+            data = json.loads(text)
+            assert len(data.get("listeners", data)) == size
+            longest = max(b - a for a, b in itertools.pairwise(wakes))
+            assert longest < max(0.05, took / 3), (path, longest, took)  # never held in one piece
