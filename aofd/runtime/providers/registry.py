@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +220,12 @@ class Providers:
         """Whether a `warm` is importing SDKs now."""
         return self._warming > 0
 
-    async def warm(self, providers: Iterable[str]) -> None:
+    def warm(self, providers: Iterable[str]) -> Coroutine[Any, Any, None]:
         """Import the SDK of each provider in a worker thread and build its client (once per
         provider): the first run that needs it then does not pay for it within its deadline. A
-        failure is left for that run to report. The caller runs this in the background."""
+        failure is left for that run to report. The caller runs the returned coroutine in the
+        background; `warming` is True from this call on (not only once that coroutine starts),
+        so the pass that asked for it already sees it."""
         wanted = [
             (provider, module)
             for provider in providers
@@ -231,9 +233,13 @@ class Providers:
             and provider not in self._clients
             and provider not in self._factories
         ]
+        if wanted:
+            self._warming += 1
+        return self._warm(wanted)
+
+    async def _warm(self, wanted: list[tuple[str, str]]) -> None:
         if not wanted:
             return
-        self._warming += 1
         try:
             for provider, module in wanted:
                 try:

@@ -193,7 +193,9 @@ async def test_warm_builds_a_providers_client_off_the_loop() -> None:
     warmed: list[bool] = []  # `warming` as the daemon's callback sees it
     providers.on_warmed = lambda: warmed.append(providers.warming)
     try:
-        await providers.warm(["anthropic", "openai", "no-such-provider"])
+        warming = providers.warm(["anthropic", "openai", "no-such-provider"])
+        assert providers.warming  # from the call on: the pass that asked sees it at once
+        await warming
         assert set(providers._clients) == {"anthropic"}
         assert warmed == [False]  # told once, after the import
         client = providers._clients["anthropic"]
