@@ -497,7 +497,8 @@ def daemon(
                     event, revision = line.get("event"), line.get("revision")
                     if applied_at is None and event == "routing.swapped" and revision != before_applied:
                         applied_at = seen
-                    if event == "reconcile pass" and revision != before:
+                    # A failed or waiting pass can log an empty revision: not this edit's pass.
+                    if event == "reconcile pass" and revision and revision != before:
                         finished = True
                 if finished:
                     finished_at = seen

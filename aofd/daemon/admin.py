@@ -40,7 +40,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -222,12 +222,15 @@ def _json(data: Any, status: int = 200) -> ports.HttpResponse:
     return ports.HttpResponse(status, body.encode("utf-8"), "application/json")
 
 
-async def _json_off_loop(data: Any) -> ports.HttpResponse:
-    """`_json(data)`, encoded in a worker thread: the status of 100,000 resources is megabytes
-    (7,000 listeners), and `json.dumps` with an indent runs as Python code, which lets the loop
-    in every few ms from a thread, where on the loop it held it 40-100 ms per request. `data`
-    must be built for this response alone (nothing else changes it meanwhile)."""
-    return await asyncio.to_thread(_json, data)
+async def _json_off_loop(make: Callable[[], Any], one_at_a_time: asyncio.Semaphore) -> ports.HttpResponse:
+    """`_json(make())`, built and encoded in a worker thread: the status of 100,000 resources is
+    megabytes (7,000 listeners), and `json.dumps` with an indent runs as Python code, which lets
+    the loop in every few ms from a thread, where on the loop it held it 40-100 ms per request.
+    `make` must be safe in a thread: it returns data built for this response alone, or
+    immutable data (nothing changes it meanwhile). One at a time: the worker threads are shared
+    with reconcile passes and runs' checks, which a burst of status requests must not delay."""
+    async with one_at_a_time:
+        return await asyncio.to_thread(lambda: _json(make()))
 
 
 async def _json_items(items: Iterable[Any]) -> tuple[bytes, int]:
@@ -279,6 +282,7 @@ class AdminApi:
         self._max_diff = max_diff_bytes
         self._limits = limits
         self._diff_busy = False
+        self._encoding = asyncio.Semaphore(1)  # large responses encoded one at a time
 
     def _caller(self, request: ports.HttpRequest) -> Caller | None:
         """The authorized caller, or None (answer 401)."""
@@ -312,10 +316,11 @@ class AdminApi:
             body, content_type = self._view.metrics()
             return ports.HttpResponse(200, body, headers={"Content-Type": content_type})
         if path == "/api/v1/status" and get:
-            return await _json_off_loop(self._view.status())
+            status = self._view.status()  # built on the loop (it reads live state), encoded off it
+            return await _json_off_loop(lambda: status, self._encoding)
         if path == "/api/v1/inventory" and get:
             # Built in the thread too: `inventory()` reads one immutable object (100k entries).
-            return await asyncio.to_thread(lambda: _json(self._view.inventory()))
+            return await _json_off_loop(self._view.inventory, self._encoding)
         if path == "/api/v1/reconcile" and method == "POST":
             return self._reconcile(request)
         if path == "/api/v1/diff" and method == "POST":

@@ -23,9 +23,17 @@ every thread a few times per edit. So every pass that applies a revision ends wi
 `LoadPause.refreeze`: one collection of the young heap (what this pass and the time since the
 last one left, not the daemon's whole state: it frees the cycles made meanwhile, so none is
 frozen) and a freeze of what survived. The trade: an object alive at a freeze that later
-becomes part of a reference cycle is not collected (reference counting still frees everything
-outside cycles, and the resources hold none); asyncio and aiohttp break their own
-transport/protocol/task cycles when a connection or task ends.
+becomes part of a reference cycle is not collected while frozen (reference counting still
+frees everything outside cycles, and the resources hold none). Such objects exist: on
+Python 3.11 an asyncio socket transport keeps a bound method of itself, so every connection
+open at a freeze (keep-alive webhooks, admin calls, the model and chat APIs) would stay
+after it closes, about two per applied pass (0.5 KB) as measured. So every
+`FULL_COLLECTION_EVERY`-th refreeze is a full one instead: the frozen heap is unfrozen,
+collected whole and frozen again. That one costs a stall of the whole heap's size (about
+50 ms at 10,000 resources, half a second at 100,000), once per that many applied revisions,
+at a pass's end; the garbage it finds is bounded by what that many refreezes can pin. The
+garbage the daemon made while the load's pause lasted (requests served meanwhile) is left to
+that full collection too, rather than paying for one at the end of the load.
 
 Also here: `limit_malloc_arenas`. Passes, source reads and the admin API's dry runs run in
 worker threads, and glibc gives each new thread its own malloc arena (up to 8 per core); what
@@ -49,6 +57,9 @@ MAX_PAUSE_S = 300.0
 
 LONG_PAUSE_S = 60.0
 """A pause at least this long ends with a full collection before the freeze (see `LoadPause.end`)."""
+
+FULL_COLLECTION_EVERY = 100
+"""Every this many refreezes, one full collection of the whole heap (see the module docstring)."""
 
 MALLOC_ARENAS = 2
 """glibc malloc arenas the daemon allows itself (`M_ARENA_MAX`); glibc's default is 8 per core."""
@@ -83,6 +94,7 @@ class LoadPause:
         self._froze = False
         self._timer: asyncio.TimerHandle | None = None
         self._since = 0.0
+        self.refreezes = 0
 
     @property
     def paused(self) -> bool:
@@ -123,8 +135,9 @@ class LoadPause:
         return self._froze
 
     def pass_ended(self, *, applied: bool, still_loading: bool = False) -> None:
-        """At every pass's end: the first ends the load (`end`) unless what it started is
-        `still_loading` (then `loaded` will); a later one that applied a revision freezes what
+        """At every pass's end: the first ends the load (`end`) unless the load goes on
+        (`still_loading`: an SDK import it started, or a pass still waiting for another source;
+        then `loaded` or a later pass will); a later one that applied a revision freezes what
         it left (`refreeze`)."""
         if self._paused:
             if not still_loading:
@@ -141,9 +154,13 @@ class LoadPause:
             self.refreeze()
 
     def refreeze(self) -> None:
-        """Collect the young heap, then freeze what survived (see the module docstring)."""
+        """Collect the young heap, then freeze what survived; every `FULL_COLLECTION_EVERY`-th
+        time the whole heap is unfrozen and collected first (see the module docstring)."""
         if not self._froze or not gc.isenabled():
             return  # the collector is off (the operator's choice, or still paused): leave it so
+        self.refreezes += 1
+        if self.refreezes % FULL_COLLECTION_EVERY == 0:
+            gc.unfreeze()
         gc.collect()
         gc.freeze()
 

@@ -299,11 +299,12 @@ class Daemon:
 
     async def _on_pass(self, summary: Any) -> None:
         assert self.reconciler is not None
-        # The first pass ends the cold load (the loaded heap frozen) once the SDKs it needs are
-        # imported too; later ones freeze what they keep.
+        # The first pass that is not waiting for another source ends the cold load (the loaded
+        # heap frozen), once the SDKs it needs are imported too; later ones freeze what they keep.
         self.load_pause.pass_ended(
             applied=summary.outcome == "applied",
-            still_loading=self.runtime is not None and self.runtime.providers.warming,
+            still_loading=summary.outcome == "waiting"
+            or (self.runtime is not None and self.runtime.providers.warming),
         )
         if self.runtime is not None:
             errs = sum(1 for i in summary.issues if i.is_error) if summary.outcome == "rejected" else 0

@@ -91,7 +91,7 @@ class AdminView:
                 if runtime is not None
                 else {}
             ),
-            "endpoints": self._d.endpoints,
+            "endpoints": dict(self._d.endpoints),  # a copy: encoded in a worker thread
         }
 
     def resources(self, kind: ids.Kind | None, name: str | None) -> Iterator[dict[str, Any]]:
@@ -100,7 +100,8 @@ class AdminView:
         rec = self._d.reconciler
         if rec is None or rec.applied is None:
             return
-        state = rec.applied  # immutable: a pass that ends meanwhile does not change this listing
+        # Both immutable and taken once: a pass that ends meanwhile does not mix into this listing.
+        state, conditions = rec.applied, rec.conditions
         keys = [
             key
             for key in state.resources
@@ -111,10 +112,10 @@ class AdminView:
         if any(key.kind is ids.Kind.TRIGGER for key in keys):
             ready = status_mod.ready_counts(
                 ((b.trigger.key, b.key) for b in state.bindings.values() if b.trigger is not None),
-                rec.conditions,
+                conditions,
             )
         for key in keys:
-            item = self._item(state, key, state.resources[key], detail=name is not None)
+            item = self._item(state, conditions, key, state.resources[key], detail=name is not None)
             if key.kind is ids.Kind.TRIGGER:
                 item["bindings"] = ready.get(key, status_mod.ReadyCount()).as_dict()
             yield item
@@ -122,13 +123,13 @@ class AdminView:
     def _item(
         self,
         state: desired.DesiredState,
+        conditions: Mapping[ids.ResourceKey, status_mod.Condition],
         key: ids.ResourceKey,
         res: kinds_base.LoadedResource,
         *,
         detail: bool,
     ) -> dict[str, Any]:
-        rec = self._d.reconciler
-        cond = rec.conditions.get(key) if rec is not None else None
+        cond = conditions.get(key)
         item: dict[str, Any] = {
             "kind": key.kind.value,
             "namespace": key.namespace,

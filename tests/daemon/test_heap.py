@@ -172,3 +172,41 @@ async def test_cycles_made_during_a_long_pause_are_freed_not_frozen(monkeypatch:
     finally:
         pause.close()
         gc.unfreeze()
+
+
+async def test_every_nth_refreeze_collects_what_an_earlier_freeze_pinned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An object alive at a freeze that later joins a garbage cycle (an asyncio transport's
+    bound method of itself, on 3.11) is freed by the periodic full collection, not kept for ever."""
+    import weakref
+
+    monkeypatch.setattr(heap, "FULL_COLLECTION_EVERY", 3)
+    pause = heap.LoadPause()
+    try:
+        pause.begin()
+        pause.pass_ended(applied=True)
+        pinned = Node()  # alive (a connection in use) when the next pass ends
+        gone = weakref.ref(pinned)
+        pause.pass_ended(applied=True)  # refreeze 1: frozen with the rest
+        del pinned  # closed: now cyclic garbage among frozen objects
+        pause.pass_ended(applied=True)  # refreeze 2: the young heap only
+        assert gone() is not None
+        pause.pass_ended(applied=True)  # refreeze 3: the whole heap
+        assert gone() is None
+        assert pause.refreezes == 3
+    finally:
+        pause.close()
+
+
+async def test_a_waiting_pass_does_not_end_the_load(tmp_path: Path) -> None:
+    """With several sources, a pass waiting for the others loads nothing: the pause goes on."""
+    daemon, _, _ = make_daemon(tmp_path)
+    daemon.runtime = SimpleNamespace(  # type: ignore[assignment]
+        metrics=metrics.Metrics(metrics.Samples), providers=SimpleNamespace(warming=False)
+    )
+    daemon.load_pause.begin()
+    await daemon._on_pass(status.PassSummary(revision="", outcome="waiting", duration_s=0.0))
+    assert daemon.load_pause.paused
+    await daemon._on_pass(status.PassSummary(revision="r1", outcome="applied", duration_s=0.02))
+    assert (True, False) == (gc.isenabled(), daemon.load_pause.paused)
