@@ -21,7 +21,7 @@ FROM python:3.11-slim
 # Debian point releases replace these versions; pinning them would break rebuilds.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates tini \
+    && apt-get install -y --no-install-recommends git ca-certificates tini gnupg openssh-client \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 aofd \
     && useradd --system --uid 10001 --gid aofd --home-dir /var/lib/aofd --shell /usr/sbin/nologin aofd \

@@ -97,6 +97,33 @@ class GitAuth(_Strict):
     known_hosts_file: Path | None = None
 
 
+class GitVerify(_Strict):
+    """`sources[].git.verify`: which signatures a fetched revision must carry (docs/operations.md).
+
+    `head`: the commit to apply is signed; `tag`: the tracked annotated tag is signed;
+    `tag_and_head`: both. The tag modes need `ref: {tag: ...}` (a branch has no tag to check).
+    Keys are read from the files on every fetch that verifies (so SIGHUP re-reads them); a
+    missing or unreadable file fails closed. `signers`, when given, are the identities (an
+    allowed_signers principal, an OpenPGP user ID's email or the whole user ID) allowed to sign.
+    """
+
+    mode: Literal["head", "tag", "tag_and_head"] = "head"
+    ssh_allowed_signers_file: Path | None = None
+    openpgp_keys_file: Path | None = None
+    signers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _keys(self) -> GitVerify:
+        if self.ssh_allowed_signers_file is None and self.openpgp_keys_file is None:
+            raise ValueError(
+                "verify needs a key file: ssh_allowed_signers_file, openpgp_keys_file or both "
+                "(nothing could ever be trusted without one)"
+            )
+        if any(not s.strip() for s in self.signers):
+            raise ValueError(f"signers must be non-empty identities, got {list(self.signers)!r}")
+        return self
+
+
 class GitSourceSpec(_Strict):
     url: str
     ref: GitRef = GitRef(branch="main")
@@ -104,6 +131,16 @@ class GitSourceSpec(_Strict):
     interval: Annotated[float, Field(gt=0)] = 60.0
     timeout: Annotated[float, Field(gt=0)] = 60.0
     auth: GitAuth | None = None
+    verify: GitVerify | None = None
+
+    @model_validator(mode="after")
+    def _tag_modes(self) -> GitSourceSpec:
+        if self.verify is not None and self.verify.mode != "head" and not self.ref.tag:
+            raise ValueError(
+                f"verify.mode {self.verify.mode} checks the signature of the tracked tag, but ref is "
+                f"{self.ref.describe()}: track a tag (ref: {{tag: ...}}) or use mode: head"
+            )
+        return self
 
     @field_validator("interval", "timeout", mode="before")
     @classmethod
@@ -250,7 +287,12 @@ class PlatformsSpec(_Strict):
 
 
 class AuditSpec(_Strict):
-    """The audit journal's tunables (maps onto `aofd.audit.segment.JournalOptions`)."""
+    """The audit journal's tunables (maps onto `aofd.audit.segment.JournalOptions`).
+
+    `hmac_key_file` keys the digests of secret argv values. `seal_interval` is the epoch length
+    of the log seals (docs/audit-sealing.md): it must equal the epoch length of the key chain
+    `aofctl audit setup-keys` made in the state dir; without that sealing state nothing is sealed.
+    """
 
     hmac_key_file: Path | None = None
     max_segment_bytes: Annotated[int, Field(gt=4096)] = 64 * 1024 * 1024
@@ -258,12 +300,31 @@ class AuditSpec(_Strict):
     retention: float | None = None
     group_commit_interval: Annotated[float, Field(gt=0)] = 0.05
     write_timeout: Annotated[float, Field(gt=0)] = 5.0
-    checkpoint_every: Annotated[int, Field(ge=0)] = 0
+    seal_interval: float = 60.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: object) -> object:
+        if isinstance(data, dict) and "checkpoint_every" in data:
+            raise ValueError(
+                "audit.checkpoint_every was removed (its checkpoints carried no MAC and were never "
+                "verified): delete it; to make the log tamper-evident, run `aofctl audit setup-keys "
+                "--state-dir STATE_DIR` and set audit.seal_interval (docs/audit-sealing.md)"
+            )
+        return data
 
     @field_validator("max_segment_age", "group_commit_interval", "write_timeout", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)
+
+    @field_validator("seal_interval", mode="before")
+    @classmethod
+    def _seal_interval(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError("seal_interval is a whole number of seconds, at least 1s (such as 60s or 5m)")
+        return seconds
 
     @field_validator("retention", mode="before")
     @classmethod

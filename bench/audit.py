@@ -1,8 +1,10 @@
 """Benchmark of the audit journal: gated (fsynced) and grouped records per second, gated latency.
 
-Run: `.venv/bin/python bench/audit.py [--dir DIR] [--quick]`. Writes `bench/audit.json` and
-prints a table plus the disk it ran on (`df`, `findmnt`). Targets (RELIABILITY.md §5.1 and
-the journal's brief): >= 5,000 grouped records/s; gated p99 <= 10 ms.
+Run: `.venv/bin/python bench/audit.py [--dir DIR] [--quick] [--seal-contexts N]`. Writes
+`bench/audit.json` and prints a table plus the disk it ran on (`df`, `findmnt`). Targets
+(RELIABILITY.md §5.1 and the journal's brief): >= 5,000 grouped records/s; gated p99 <= 10 ms.
+It also times one epoch's seal pass over N open Context logs (docs/audit-sealing.md): a seal
+line per Context, then the key evolved durably; and `verify` of those logs with the key.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aofd.audit import journal, records, segment, verify
+from aofd.audit import journal, records, seal, segment, verify
 
 
 def record(context: str, i: int) -> dict[str, Any]:
@@ -118,6 +120,45 @@ async def run(base: Path, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+async def seal_passes(base: Path, n_contexts: int, passes: int = 5) -> dict[str, Any]:
+    """Time `passes` epoch seal passes over `n_contexts` open logs (fake clock: no waiting)."""
+    start = 1_700_000_000
+    vk = seal.setup_keys(base / "state", interval=60, now=start)
+    chain = seal.KeyChain.load(base / "state")
+    assert chain is not None
+    now = [start + 1.0]
+    contexts = [f"ctx-{i}" for i in range(n_contexts)]
+    audit_dir = base / "sealed"
+    times: list[float] = []
+    async with journal.AuditLog(
+        audit_dir=audit_dir, options=segment.JournalOptions(), clock=lambda: now[0], keychain=chain
+    ) as audit:
+        t0 = time.perf_counter()
+        await audit.open(contexts)
+        opened = time.perf_counter() - t0
+        await asyncio.gather(*(audit.write(c, record(c, 0)) for c in contexts))
+        for _ in range(passes):
+            now[0] += 60
+            done = await audit.seal_epoch()
+            if done.sealed != n_contexts or done.failed:
+                raise RuntimeError(f"seal pass sealed {done.sealed} of {n_contexts}: {dict(done.failed)}")
+            times.append(done.seconds)
+    t0 = time.perf_counter()
+    report = verify.verify(audit_dir, keys=[vk], now=now[0])
+    verify_s = time.perf_counter() - t0
+    return {
+        "kind": "seal-pass",
+        "contexts": n_contexts,
+        "passes": passes,
+        "open_s": opened,
+        "pass_ms_median": statistics.median(times) * 1000,
+        "pass_ms_max": max(times) * 1000,
+        "per_context_us": statistics.median(times) / n_contexts * 1e6,
+        "verify_s": verify_s,
+        "verified": report.ok and not report.gaps,
+    }
+
+
 def raw_baseline(base: Path, n_threads: int, per_thread: int) -> dict[str, Any]:
     """The disk without aofd: threads doing write + fsync of a ~1 KB line on their own file."""
     import os
@@ -176,16 +217,25 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="a fifth of the records")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("audit.json"))
+    parser.add_argument("--seal-contexts", type=int, default=1000, help="open logs per seal pass")
+    parser.add_argument("--seal-only", action="store_true", help="only the seal pass")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="aofd-audit-bench-", dir=args.dir))
     try:
-        rows = asyncio.run(run(base, args.quick))
+        sealing = asyncio.run(seal_passes(base / "seal", args.seal_contexts))
+        rows = [] if args.seal_only else asyncio.run(run(base, args.quick))
         scale = 0.2 if args.quick else 1.0
-        rows.append(raw_baseline(base / "raw-1", 1, int(2000 * scale)))
-        rows.append(raw_baseline(base / "raw-50", 50, int(100 * scale)))
+        if not args.seal_only:
+            rows.append(raw_baseline(base / "raw-1", 1, int(2000 * scale)))
+            rows.append(raw_baseline(base / "raw-50", 50, int(100 * scale)))
         disk = disk_info(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    print(
+        f"seal pass over {sealing['contexts']} contexts: median {sealing['pass_ms_median']:.1f} ms, "
+        f"max {sealing['pass_ms_max']:.1f} ms ({sealing['per_context_us']:.0f} us a context); "
+        f"verify with the key {sealing['verify_s']:.2f} s; verified {sealing['verified']}"
+    )
 
     print(
         f"{'kind':11} {'contexts':>8} {'records':>8} {'rec/s':>10} "
@@ -219,6 +269,8 @@ def main() -> int:
         f"targets: grouped >= 5000 rec/s: {targets['grouped_ok']}; "
         f"gated p99 <= 10 ms: {targets['gated_p99_ok']}"
     )
+    if args.seal_only:
+        return 0
     args.out.write_text(
         json.dumps(
             {
@@ -226,6 +278,7 @@ def main() -> int:
                 "platform": platform.platform(),
                 "quick": args.quick,
                 "rows": rows,
+                "seal": sealing,
                 "disk": disk,
                 "targets": targets,
             },

@@ -16,6 +16,11 @@ A write that does not finish within `write_timeout` raises `AuditUnavailable` (a
 disk becomes a refusal, not a hang). Counters and latency histograms live on
 `AuditLog.metrics` as plain attributes for the daemon to export.
 
+With a key chain (`aofd.audit.seal.KeyChain`) `AuditLog` also seals: `seal_epoch` (run each
+epoch by the task `start_sealing` starts) puts one `audit.sealed` record in every open
+Context's log through its writer thread, then evolves the key durably; each writer seals at
+rotation and as the last line when it stops.
+
 The files, the chain and recovery are `aofd.audit.segment`'s business.
 """
 
@@ -37,7 +42,7 @@ from typing import Any, Final
 import structlog
 
 from aofd import errors
-from aofd.audit import records, segment
+from aofd.audit import records, seal, segment
 
 log = structlog.get_logger()
 
@@ -99,6 +104,22 @@ class _Request:
     future: asyncio.Future[bool]
 
 
+@dataclasses.dataclass(slots=True)
+class _SealRequest:
+    key: seal.EpochKey
+    future: asyncio.Future[bool]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SealPass:
+    """What one epoch's seal pass did: the epoch it closed, the Contexts sealed, those that failed."""
+
+    epoch: int | None
+    sealed: int
+    failed: Mapping[str, str]
+    seconds: float
+
+
 _STOP: Final = object()
 
 
@@ -129,7 +150,7 @@ class _Writer:
             self._thread.join()
             raise
 
-    def submit(self, request: _Request) -> None:
+    def submit(self, request: _Request | _SealRequest) -> None:
         self._queue.put(request)
 
     async def stop(self) -> None:
@@ -168,8 +189,9 @@ class _Writer:
                 while len(batch) < 512:
                     batch.append(self._queue.get_nowait())
             stop = any(entry is _STOP for entry in batch)
-            self._process([entry for entry in batch if isinstance(entry, _Request)])
+            self._process([entry for entry in batch if isinstance(entry, _Request | _SealRequest)])
             if stop:
+                self._seal_at_stop()
                 return
             if self.journal.unsynced >= self._options.group_commit_records:
                 self._sync_quietly()
@@ -178,10 +200,13 @@ class _Writer:
             elif not self.journal.unsynced:
                 deadline = None
 
-    def _process(self, batch: list[_Request]) -> None:
+    def _process(self, batch: list[_Request | _SealRequest]) -> None:
         results: list[tuple[asyncio.Future[bool], bool | BaseException]] = []
         durable: list[tuple[asyncio.Future[bool], bool]] = []
         for request in batch:
+            if isinstance(request, _SealRequest):
+                results.append((request.future, self._seal(request.key)))
+                continue
             try:
                 truncated = self.journal.append(request.record)
             except errors.AuditUnavailable as exc:
@@ -205,6 +230,21 @@ class _Writer:
                 results.extend(durable)
         if results:
             self._loop_call(_resolve_all, results)
+
+    def _seal(self, key: seal.EpochKey) -> bool | BaseException:
+        try:
+            return self.journal.seal("epoch", key)
+        except errors.AuditUnavailable as exc:
+            return exc
+        except Exception as exc:  # a bug: fail this seal only
+            return errors.AuditUnavailable(f"audit seal not written: {exc!r}")
+
+    def _seal_at_stop(self) -> None:
+        """The last line of a log that stops cleanly: a `stop` seal (fsynced by the close)."""
+        try:
+            self.journal.seal("stop")
+        except errors.AuditUnavailable as exc:
+            log.warning("audit stop seal not written", context=self.journal.context, error=str(exc))
 
     def _sync_quietly(self) -> None:
         with contextlib.suppress(errors.AuditUnavailable):
@@ -252,7 +292,7 @@ class AuditLog:
         options: segment.JournalOptions | None = None,
         origin: records.Origin | None = None,
         clock: Callable[[], float] = time.time,
-        checkpoint_key: bytes | None = None,
+        keychain: seal.KeyChain | None = None,
         on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
         survivors: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     ) -> None:
@@ -264,7 +304,8 @@ class AuditLog:
         self.metrics = AuditMetrics()
         self._origin = origin or records.Origin()
         self._clock = clock
-        self._checkpoint_key = checkpoint_key
+        self.keychain = keychain
+        self._sealing: asyncio.Task[None] | None = None
         self._on_event = on_event
         self._writers: dict[str, _Writer] = {}
         self._open_lock = asyncio.Lock()
@@ -286,6 +327,13 @@ class AuditLog:
         """Lock the audit dir and open `contexts`; return the reasons of ignored `log_paths`."""
         if self._root_lock_fd is None:
             self._root_lock_fd = await asyncio.to_thread(self._lock_root)
+        if self.keychain is not None:  # never seal with a key older than the current epoch's
+            try:
+                await asyncio.to_thread(self.keychain.advance_to, self.keychain.epoch_at(self._clock()))
+            except OSError as exc:
+                raise errors.AuditUnavailable(
+                    f"cannot move the audit sealing key forward in {self.keychain.directory}: {exc}"
+                ) from exc
         ignored: list[str] = []
         for context in contexts:
             reason = await self.open_context(context, log_path=(log_paths or {}).get(context))
@@ -322,7 +370,7 @@ class AuditLog:
                 options=self.options,
                 origin=self._origin,
                 clock=self._clock,
-                checkpoint_key=self._checkpoint_key,
+                sealer=self._current_seal_key,
                 on_event=self._journal_event,
                 survivors=self._survivors.get(context),
             )
@@ -333,6 +381,76 @@ class AuditLog:
         if ignored:
             log.warning("audit log_path ignored", context=context, reason=ignored)
         return ignored
+
+    def _current_seal_key(self) -> seal.EpochKey | None:
+        return self.keychain.current if self.keychain is not None else None
+
+    def sealing_status(self) -> dict[str, Any]:
+        """For `aofctl status`: whether the logs are sealed, the chain, epoch and epoch length."""
+        chain = self.keychain
+        if chain is None:
+            return {"enabled": False}
+        return {"enabled": True, "chain": chain.chain, "epoch": chain.epoch, "interval": chain.interval}
+
+    async def seal_epoch(self, now: float | None = None) -> SealPass:
+        """Close the current epoch if `now` is past it: seal every open Context's log with the
+        epoch's key, then evolve the key durably to `now`'s epoch (destroying the old one).
+
+        Every open Context is sealed, idle or not: a verifier reads an epoch without a seal as
+        a gap. A Context whose seal cannot be written is reported in `failed` (its journal is
+        failed like after any write failure). Raises OSError when the key cannot be evolved;
+        the next pass tries again (the epochs in between show as gaps).
+        """
+        started = time.perf_counter()
+        chain = self.keychain
+        if chain is None:
+            return SealPass(None, 0, {}, 0.0)
+        target = chain.epoch_at(self._clock() if now is None else now)
+        if target <= chain.epoch:
+            return SealPass(None, 0, {}, 0.0)
+        key = chain.current
+        loop = asyncio.get_running_loop()
+        pending: list[tuple[str, asyncio.Future[bool]]] = []
+        for context, writer in list(self._writers.items()):
+            future: asyncio.Future[bool] = loop.create_future()
+            writer.submit(_SealRequest(key, future))
+            pending.append((context, future))
+        failed: dict[str, str] = {}
+        sealed = 0
+        if pending:
+            await asyncio.wait([f for _, f in pending], timeout=self.options.write_timeout)
+        for context, future in pending:
+            if not future.done():
+                future.cancel()  # the writer skips it; a hung disk is a failure like any other
+                failed[context] = f"seal not written within {self.options.write_timeout}s"
+            elif (exc := future.exception()) is not None:
+                failed[context] = str(exc) or type(exc).__name__
+            else:
+                sealed += 1
+        self.metrics.failures_total += len(failed)
+        await asyncio.to_thread(chain.advance_to, target)
+        for context, why in failed.items():
+            log.error("audit seal not written", context=context, epoch=key.epoch, error=why)
+        return SealPass(key.epoch, sealed, failed, time.perf_counter() - started)
+
+    def start_sealing(self) -> None:
+        """Seal every epoch from now on, in a task (until `aclose`); no-op without a key chain."""
+        if self.keychain is None or self._sealing is not None:
+            return
+        self._sealing = asyncio.get_running_loop().create_task(self._seal_forever(), name="aofd-audit-seal")
+
+    async def _seal_forever(self) -> None:
+        chain = self.keychain
+        assert chain is not None
+        while True:
+            await asyncio.sleep(max(0.0, chain.epoch_end(chain.epoch) - self._clock()))
+            try:
+                await self.seal_epoch()
+            except OSError as exc:
+                log.error(
+                    "audit sealing key not evolved; retrying", error=str(exc), directory=str(chain.directory)
+                )
+                await asyncio.sleep(min(float(chain.interval), 5.0))
 
     def _journal_event(self, message: str, fields: Mapping[str, Any]) -> None:
         self.metrics.count_event(message)
@@ -421,6 +539,11 @@ class AuditLog:
     async def aclose(self) -> None:
         """Flush and fsync every context, stop the writer threads, release the locks."""
         self._closed = True
+        if self._sealing is not None:
+            self._sealing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sealing
+            self._sealing = None
         writers = list(self._writers.values())
         self._writers.clear()
         await asyncio.gather(*(w.stop() for w in writers))

@@ -1,9 +1,12 @@
 """Audit records: the ECS-shaped dictionaries one audit line is made of (RELIABILITY.md §1.5).
 
 This module owns the *shape* of a record and nothing else: the action vocabulary, the
-ECS categorization of each action, the seed's flat fields (`timestamp`, `context`,
-`agent`, `command`, `approved_by`, `cluster`, `namespace`, `status`), secret argv values
-replaced by `hmac-sha256:<hex>`, bodies (output excerpt, prompt text) carried with their
+ECS categorization of each action, where the seed's audit line fields live (every field is
+an ECS field or under `aofd.*`: `timestamp` is `@timestamp`, `context` `aofd.context`, `agent`
+`aofd.agent.name`, `user` `user.id`, `command` `process.command_line`, `approved_by`
+`aofd.approval.approver.id`, `cluster` `orchestrator.cluster.name`, `namespace`
+`orchestrator.namespace`, `status` `aofd.status`), secret argv values replaced by
+`hmac-sha256:<hex>`, bodies (output excerpt, prompt text) carried with their
 digest and length, and `encode_line`, which turns a record into at most `MAX_LINE_BYTES`
 bytes by dropping bodies first and never dropping the record.
 
@@ -11,8 +14,9 @@ It is pure: no file I/O, no clock except the `now` a caller passes (or `time.tim
 default), no asyncio. The journal (`aofd.audit.segment`) fills `aofd.audit.{file_id, seq,
 prev}`; callers pass everything else.
 
-The seed's `user` field was a bare id string; here `user` is the ECS object and the
-seed's value is `user.id` (one key cannot be both).
+The seed's line had them flat at the top level; there `agent` would collide with ECS's
+`agent.*` object (the shipper) and the others are not ECS fields, so a SIEM's ECS mapping
+would reject or mis-type them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
+from aofd import __version__
 from aofd.audit import redact
 
 ECS_VERSION: Final = "8.11.0"
@@ -47,33 +52,36 @@ DEFAULT_EXCERPT_BYTES: Final = 4 * 1024
 
 Outcome = Literal["success", "failure", "unknown"]
 
-# action -> (event.category, event.type), ECS allowed values only.
+# action -> (event.category, event.type): ECS allowed values only, and every type one that ECS
+# expects with one of the categories (`expected_event_types`). Verdicts (`allowed`, `denied`) are
+# expected with `api` only, so a decision on a command or an approval also carries `api`: the
+# guard decides on a tool call the agent made through aofd's tool interface.
 ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "daemon.started": (("process",), ("start",)),
     "daemon.stopping": (("process",), ("end",)),
     "config.applied": (("configuration",), ("change",)),
     "config.loaded": (("configuration",), ("change",)),
-    "config.rejected": (("configuration",), ("change", "denied")),
+    "config.rejected": (("configuration",), ("change",)),
     "trigger.received": (("api",), ("access",)),
     "trigger.rejected": (("api",), ("access", "denied")),
     "agent.run.started": (("process",), ("start",)),
     "agent.run.finished": (("process",), ("end",)),
     "command.requested": (("process",), ("info",)),
-    "command.denied": (("process",), ("denied",)),
-    "command.started": (("process",), ("start", "allowed")),
+    "command.denied": (("process", "api"), ("info", "denied")),
+    "command.started": (("process", "api"), ("start", "allowed")),
     "command.finished": (("process",), ("end",)),
     "command.abandoned": (("process",), ("end",)),
     "approval.requested": (("iam",), ("info",)),
-    "approval.granted": (("iam",), ("info", "allowed")),
-    "approval.denied": (("iam",), ("info", "denied")),
-    "approval.expired": (("iam",), ("info", "denied")),
-    "approval.cancelled": (("iam",), ("info", "denied")),
-    "approval.refused": (("iam",), ("info", "denied")),
+    "approval.granted": (("iam", "api"), ("info", "allowed")),
+    "approval.denied": (("iam", "api"), ("info", "denied")),
+    "approval.expired": (("iam", "api"), ("info", "denied")),
+    "approval.cancelled": (("iam", "api"), ("info", "denied")),
+    "approval.refused": (("iam", "api"), ("info", "denied")),
     "ratelimit.exceeded": (("api",), ("denied",)),
     "audit.file.opened": (("file",), ("creation",)),
     "audit.file.rotated": (("file",), ("change",)),
     "audit.recovered": (("file",), ("change",)),
-    "audit.checkpoint": (("file",), ("info",)),
+    "audit.sealed": (("file",), ("info",)),
 }
 
 BODY_PATHS: Final[tuple[tuple[str, ...], ...]] = (
@@ -145,7 +153,7 @@ class Actor:
 class Origin:
     """Who writes the records: `service.*` and `host.hostname` of every line."""
 
-    service_version: str = ""
+    service_version: str = __version__
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
     service_name: str = "aofd"
 
@@ -285,6 +293,8 @@ def build(
     ts = time.time() if now is None else now
     stamp = rfc3339(ts)
     categories, types = ACTIONS[action]
+    if "denied" in types and outcome == "success":
+        outcome = "failure"  # a refusal is never a success (ECS: the verdict is event.type)
     event: dict[str, Any] = {
         "kind": "event",
         "category": list(categories),
@@ -306,10 +316,8 @@ def build(
         aofd["trigger"] = dict(trigger)
     if decision is not None:
         aofd["decision"] = dict(decision)
-    if approval is not None or approver is not None:
-        aofd["approval"] = dict(approval or {})
-        if approver is not None:
-            aofd["approval"]["approver"] = _actor(approver)
+    if approval is not None:
+        aofd["approval"] = dict(approval)
     if agent is not None or run_id is not None:
         aofd["agent"] = _compact({"name": agent, "run_id": run_id})
     if revision is not None:
@@ -320,6 +328,9 @@ def build(
         aofd["prompt"] = body(prompt)
     if extra:
         aofd.update(extra)
+    if approver is not None:  # the seed's `approved_by`, also when `extra` brings its own `approval`
+        aofd["approval"] = {**(aofd.get("approval") or {}), "approver": _actor(approver)}
+    aofd["status"] = "denied" if "denied" in types else outcome
 
     record: dict[str, Any] = {
         "@timestamp": stamp,
@@ -362,20 +373,6 @@ def build(
         record["trace"] = {"id": trace_id or run_id}
     record["log"] = {"level": "warning" if outcome == "failure" or "denied" in types else "info"}
 
-    # The seed's flat audit line (composable-design "Audit Trail") is a subset of this one.
-    record["timestamp"] = stamp
-    record["context"] = context
-    if agent is not None:
-        record["agent"] = agent
-    if process is not None:
-        record["command"] = shlex.join(process.args)
-    if approver is not None:
-        record["approved_by"] = approver.id
-    if cluster is not None:
-        record["cluster"] = cluster
-    if namespace is not None:
-        record["namespace"] = namespace
-    record["status"] = "denied" if "denied" in types else outcome
     return record
 
 
@@ -383,9 +380,9 @@ def scrub_command_lines(record: Mapping[str, Any]) -> dict[str, Any]:
     """Keep argv secrets out of the fields derived from argv; the journal runs this on every line.
 
     `process.args` is the redacted argv (`ArgvRedactor`), but a writer may also pass
-    `process.command_line` or the flat `command` rendered from the *unredacted* argv. When
-    `process.args` is present both are rebuilt from it (`shlex.join`, as `build` does);
-    without it, they and `event.reason` go through `aofd.audit.redact.redact_text`.
+    `process.command_line` (or, hand-built, the seed's flat `command`) rendered from the
+    *unredacted* argv. When `process.args` is present both are rebuilt from it (`shlex.join`, as
+    `build` does); without it, they and `event.reason` go through `aofd.audit.redact.redact_text`.
     """
     out = dict(record)
     process = out.get("process")
@@ -397,7 +394,7 @@ def scrub_command_lines(record: Mapping[str, Any]) -> dict[str, Any]:
         proc = dict(process)
         proc["command_line"] = joined if joined is not None else redact.redact_text(proc["command_line"])
         out["process"] = proc
-    if isinstance(out.get("command"), str):
+    if isinstance(out.get("command"), str):  # a hand-built record with the seed's flat `command`
         out["command"] = joined if joined is not None else redact.redact_text(out["command"])
     event = out.get("event")
     if isinstance(event, Mapping) and isinstance(event.get("reason"), str):
@@ -446,8 +443,8 @@ def encode_line(record: Mapping[str, Any], *, max_bytes: int = MAX_LINE_BYTES) -
     """Encode `record` into at most `max_bytes`; return the line and whether it was truncated.
 
     In order, until it fits: drop bodies (keeping their sha256 and length), shorten long
-    strings and lists to a digest marker, and finally keep only the skeleton (timestamps,
-    `event`, `aofd.{schema, context, audit}`) plus the digest and length of the full line.
+    strings and lists to a digest marker, and finally keep only the skeleton (`@timestamp`,
+    `ecs`, `event`, `aofd.{schema, context, audit}`) plus the digest and length of the full line.
     The record itself is never dropped.
     """
     line = dumps(record)
@@ -466,9 +463,7 @@ def encode_line(record: Mapping[str, Any], *, max_bytes: int = MAX_LINE_BYTES) -
     if len(line) <= max_bytes:
         return line, True
     aofd = slim.get("aofd", {})
-    skeleton: dict[str, Any] = {
-        key: slim[key] for key in ("@timestamp", "ecs", "event", "timestamp", "context") if key in slim
-    }
+    skeleton: dict[str, Any] = {key: slim[key] for key in ("@timestamp", "ecs", "event") if key in slim}
     skeleton["aofd"] = {key: aofd[key] for key in ("schema", "context", "audit") if key in aofd}
     skeleton["aofd"]["truncated"] = True
     skeleton["aofd"]["original"] = {"sha256": original[0], "bytes": original[1]}

@@ -14,6 +14,9 @@ is confined to one thread (the context's writer thread in `aofd.audit.journal`) 
 - `sync()` = `os.fsync`; a failed fsync is fatal for the segment (never retried);
 - rotation to a new segment by size or age (never truncation), retention of whole closed
   segments only;
+- seals (`aofd.audit.seal`): with a sealer, `seal()` appends an `audit.sealed` record that
+  MACs the chain head with the epoch's key, and every rotation seals the old segment first,
+  naming the next one;
 - at open: torn-tail repair (copy to `.broken-<ts>`, truncate to the last good line,
   fsync, append `audit.recovered`), a new segment, `command.abandoned` for commands
   started but never finished (with `killed` when the daemon found and killed what was left
@@ -34,7 +37,6 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -50,6 +52,7 @@ import structlog
 
 from aofd import errors
 from aofd.audit import records
+from aofd.audit.seal import EpochKey
 from aofd.resources import ids
 
 log = structlog.get_logger()
@@ -78,7 +81,6 @@ class JournalOptions:
     group_commit_interval: float = 0.05
     group_commit_records: int = 256
     write_timeout: float = 5.0
-    checkpoint_every: int = 0
     recovery_backoff: float = 1.0
     dir_mode: int = 0o750
     file_mode: int = 0o600
@@ -304,7 +306,7 @@ class ContextJournal:
         options: JournalOptions,
         origin: records.Origin,
         clock: Callable[[], float] = time.time,
-        checkpoint_key: bytes | None = None,
+        sealer: Callable[[], EpochKey | None] | None = None,
         on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
         survivors: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -314,7 +316,8 @@ class ContextJournal:
         self._options = options
         self._origin = origin
         self._clock = clock
-        self._checkpoint_key = checkpoint_key
+        self._sealer = sealer
+        self._sealed: tuple[str, int] | None = None  # chain and epoch of the newest seal written
         self._on_event = on_event
         self._lock_fd: int | None = None
         self._fd: int | None = None
@@ -331,7 +334,6 @@ class ContextJournal:
         self._failure: _Failure | None = None
         self._next_recovery = 0.0
         self._notes: list[dict[str, Any]] = []
-        self._since_checkpoint = 0
         self._settled_runs: list[Path] = []  # open-runs entries closed by recovery (removed once synced)
 
     # -- life cycle --
@@ -396,8 +398,6 @@ class ContextJournal:
                 self._recover()
             truncated = self._append(record)
             written_seq = self.seq
-            if self._options.checkpoint_every and self._since_checkpoint >= self._options.checkpoint_every:
-                self._append(self._checkpoint())
         except OSError as exc:
             if self._failure is None:
                 self._fail("sync", f"audit I/O on {self.path} failed: {exc}")
@@ -493,7 +493,6 @@ class ContextJournal:
             self._rotate()
             line, truncated = self._encode(record)
         self._write_line(line)
-        self._since_checkpoint += 1
         return truncated
 
     def _encode(self, record: Mapping[str, Any]) -> tuple[bytes, bool]:
@@ -501,14 +500,12 @@ class ContextJournal:
         if "@timestamp" not in stamped:
             stamp = records.rfc3339(self._clock())
             stamped = {"@timestamp": stamp, **stamped}
-            stamped.setdefault("timestamp", stamp)
         aofd = dict(stamped.get("aofd") or {})
         aofd.setdefault("schema", records.SCHEMA)
         aofd["context"] = self.context
         aofd.setdefault("truncated", False)
         aofd["audit"] = {"file_id": self.file_id, "seq": self.seq + 1, "prev": self.last_hash}
         stamped["aofd"] = aofd
-        stamped["context"] = self.context
         return records.encode_line(stamped, max_bytes=self._options.max_line_bytes)
 
     def _write_line(self, line: bytes) -> None:
@@ -563,7 +560,10 @@ class ContextJournal:
         return time.monotonic() - self._opened_mono > self._options.max_segment_age
 
     def _rotate(self) -> None:
-        next_name = segment_name(self._clock(), self.seq + 2)
+        key = self._sealer() if self._sealer else None
+        next_name = segment_name(self._clock(), self.seq + (3 if key else 2))
+        if key is not None:  # names the next segment: removing it breaks a seal, not only a chain
+            self._write_seal(key, "rotation", next_file=next_name)
         rotated = records.build(
             "audit.file.rotated",
             context=self.context,
@@ -874,7 +874,7 @@ class ContextJournal:
             reason=reason,
             extra={"abandoned": details},
         )
-        for key in ("user", "related", "process", "orchestrator", "trace", "command", "agent"):
+        for key in ("user", "related", "process", "orchestrator", "trace"):
             if key in started:
                 record[key] = started[key]
         started_aofd = started.get("aofd")
@@ -907,7 +907,7 @@ class ContextJournal:
             run_id=agent.get("run_id"),
             extra=extra,
         )
-        for key in ("user", "related", "trace", "agent"):
+        for key in ("user", "related", "trace", "orchestrator"):
             if key in started:
                 record[key] = started[key]
         return record
@@ -942,19 +942,59 @@ class ContextJournal:
                 record[key] = requested[key]
         return record
 
-    def _checkpoint(self) -> dict[str, Any]:
-        self._since_checkpoint = 0
-        body: dict[str, Any] = {"file_id": self.file_id, "seq": self.seq, "chain_head": self.last_hash}
-        if self._checkpoint_key:
-            msg = f"{self.context}\n{self.file_id}\n{self.seq}\n{self.last_hash}".encode()
-            body["hmac"] = "hmac-sha256:" + hmac.new(self._checkpoint_key, msg, hashlib.sha256).hexdigest()
-        return records.build(
-            "audit.checkpoint",
-            context=self.context,
-            now=self._clock(),
-            origin=self._origin,
-            extra={"checkpoint": body},
+    def _write_seal(self, key: EpochKey, reason: str, *, next_file: str | None = None) -> None:
+        """Append an `audit.sealed` record that MACs the chain head as it stands (no rotation check:
+        the caller has made room). Raises `AuditUnavailable`/OSError like any write."""
+        now = self._clock()
+        fields: dict[str, Any] = {
+            "chain": key.chain,
+            "epoch": key.epoch,
+            "reason": reason,
+            "context": self.context,
+            "segment": self.path.name if self.path else "",
+            "file_id": self.file_id,
+            "seq": self.seq,
+            "head": self.last_hash,
+            "next_file": next_file,
+            "time": records.rfc3339(now),
+        }
+        fields["mac"] = key.sign(fields)
+        record = records.build(
+            "audit.sealed", context=self.context, now=now, origin=self._origin, extra={"seal": fields}
         )
+        line, _ = self._encode(record)
+        self._write_line(line)
+        self._sealed = (key.chain, key.epoch)
+
+    def seal(self, reason: str, key: EpochKey | None = None) -> bool:
+        """Append a seal of the chain head with `key` (default: the sealer's current key).
+
+        Returns False when sealing is off, or when `key` is older than the newest seal here. A
+        seal that cannot be written is a write failure like any other: the journal is marked
+        failed and `AuditUnavailable` is raised.
+        """
+        key = key if key is not None else (self._sealer() if self._sealer else None)
+        if key is None:
+            return False
+        if self._sealed is not None and self._sealed[0] == key.chain and key.epoch < self._sealed[1]:
+            return False  # late (a pass that timed out): a later epoch's key has sealed this log already
+        try:
+            self._check_active()
+            if self._failure is not None:
+                if time.monotonic() < self._next_recovery:
+                    raise errors.AuditUnavailable(self._unavailable())
+                self._next_recovery = time.monotonic() + self._options.recovery_backoff
+                self._recover()
+            if self._fd is None:
+                self._new_segment(reason="start")
+            elif self._should_rotate(2048):
+                self._rotate()  # writes its own seal; this one follows in the new segment
+            self._write_seal(key, reason)
+        except OSError as exc:
+            if self._failure is None:
+                self._fail("sync", f"audit I/O on {self.path} failed: {exc}")
+            raise errors.AuditUnavailable(self._unavailable()) from exc
+        return True
 
     def _prune(self) -> None:
         """Delete whole closed segments older than the retention; never the active one."""

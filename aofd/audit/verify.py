@@ -16,19 +16,27 @@ that is not the newest means its records were removed.
 
 What a chain cannot show: lines cut off the end of the newest segment (or a rewritten last
 line whose `prev` was kept), older segments removed (indistinguishable from retention), or a
-log deleted whole. The chain head printed by `aofctl audit verify`, compared with the SIEM
-copy or shipped checkpoints, is the anchor for those.
+log deleted whole; and anyone can recompute a chain. Seals (`aofd.audit.seal`) are the anchor
+for those: with the verification key(s), every `audit.sealed` record is checked (its MAC with
+the epoch's key, and that it authenticates the very head, seq, segment and file id it follows),
+so a recomputed chain shows up at the first seal after the change, a rotation seal names the
+segment that must follow it, and epochs with no seal are reported as gaps (a gap that does not
+follow a `stop` seal means the log stopped being sealed: aofd died, or sealed records were
+removed). What is after the last good seal is reported as not sealed yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import itertools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from aofd.audit import segment
+from aofd.audit import records, seal, segment
 
 _MAX_PROBLEMS = 100
 
@@ -48,6 +56,25 @@ class Problem:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SealStatus:
+    """How far one Context's log is sealed (with verification keys only)."""
+
+    log: str
+    seals: int  # seals that verify
+    sealed_seq: int | None
+    sealed_at: str | None
+    unsealed: int  # records after the last good seal
+
+    def format(self) -> str:
+        if self.sealed_seq is None:
+            return f"{self.log}: not sealed: none of its {self.unsealed} records is covered by a good seal"
+        return (
+            f"{self.log}: sealed up to seq {self.sealed_seq} at {self.sealed_at}; "
+            f"{self.unsealed} records after it are not sealed yet"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class VerifyReport:
     """The outcome of `verify`: intact when `problems` is empty."""
 
@@ -58,6 +85,8 @@ class VerifyReport:
     head: str | None  # chain value of the last line read
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
+    gaps: tuple[Problem, ...] = ()  # epochs with no seal (with verification keys only)
+    seals: tuple[SealStatus, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -82,10 +111,31 @@ class _Entry:
     valid: bool
     first_in_file: bool
     name_first_seq: int | None
+    seal: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Seal:
+    entry: _Entry
+    chain: str
+    epoch: int
+    reason: str
+    window: tuple[float, float]
+    next_file: str | None
 
 
 class _Checker:
-    def __init__(self) -> None:
+    def __init__(self, keys: Mapping[str, seal.KeyDeriver] | None = None, now: float | None = None) -> None:
+        self.keys = keys
+        self.now = now
+        self.seal_lines = 0
+        self.trusted: list[_Seal] = []
+        self.good: tuple[_Entry, Mapping[str, Any]] | None = None  # last seal that matches the log
+        self.after_good = 0
+        self.foreign: set[str] = set()
+        self._region_start: _Entry | None = None
+        self._want_region_start = True
+        self._problems_at_good = 0
         self.problems: list[Problem] = []
         self.notes: list[str] = []
         self._blamed: set[tuple[str, int]] = set()
@@ -115,6 +165,124 @@ class _Checker:
             before, current = current, after
 
     def check(self, before: _Entry | None, cur: _Entry, after: _Entry | None) -> None:
+        if self._want_region_start:
+            self._region_start, self._want_region_start = cur, False
+        self.after_good += 1
+        self._check_chain(before, cur, after)
+        if cur.valid and cur.action == "audit.sealed":
+            self.seal_lines += 1
+            if self.keys is not None:
+                self._check_seal(before, cur)
+
+    def _check_seal(self, before: _Entry | None, cur: _Entry) -> None:
+        """Check one seal against the keys and the log it sits in (see the module docstring)."""
+        assert self.keys is not None
+        fields = cur.seal
+        if not isinstance(fields, Mapping):
+            self.add(cur, "an audit.sealed record without aofd.seal fields: altered or forged")
+            return
+        chain = str(fields.get("chain"))
+        deriver = self.keys.get(chain)
+        if deriver is None:
+            self.foreign.add(chain)
+            return
+        epoch = fields.get("epoch")
+        mac = fields.get("mac")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 1 << 40:
+            self.add(cur, f"the seal's epoch {epoch!r} is not an epoch number: altered or forged")
+            return
+        if epoch > self._max_epoch(deriver.vk):
+            self.add(cur, f"the seal claims epoch {epoch}, which has not begun yet: forged or altered")
+            return
+        expected = seal.compute_mac(deriver.mac_key(epoch), fields)
+        if not isinstance(mac, str) or not hmac.compare_digest(mac.encode(), expected.encode()):
+            self.add(
+                cur,
+                f"the seal does not verify with the key of chain {chain} for epoch {epoch}: "
+                "the seal was forged (for instance with a later key) or altered",
+            )
+            return
+        last = self.trusted[-1] if self.trusted else None
+        if last is not None and last.chain == chain and epoch < last.epoch:
+            self.add(
+                cur, f"a seal for epoch {epoch} after one for epoch {last.epoch}: seals reordered or replayed"
+            )
+        reason = str(fields.get("reason"))
+        next_file = fields.get("next_file")
+        window = deriver.vk.epoch_window(epoch)
+        self.trusted.append(
+            _Seal(cur, chain, epoch, reason, window, next_file if isinstance(next_file, str) else None)
+        )
+        matches = before is not None and fields.get("seq") == before.seq and fields.get("head") == before.hash
+        if not matches:
+            if len(self.problems) == self._problems_at_good:  # the chain looked intact: it was recomputed
+                start = self._region_start or cur
+                have = f"seq {before.seq} with head {before.hash}" if before is not None else "nothing"
+                self.add(
+                    start,
+                    f"lines from here to the seal at {cur.file}:{cur.line} were changed, inserted, removed "
+                    f"or reordered and the chain recomputed: the seal authenticates seq {fields.get('seq')} "
+                    f"with head {fields.get('head')}, the log has {have}",
+                )
+            return
+        if fields.get("segment") != os.path.basename(cur.file) or fields.get("file_id") != cur.file_id:
+            self.add(
+                cur,
+                f"the seal was made in segment {fields.get('segment')} (file_id {fields.get('file_id')}): "
+                "the segment was renamed or the seal copied here",
+            )
+            return
+        self.good = (cur, fields)
+        self.after_good = 0
+        self._want_region_start = True
+        self._problems_at_good = len(self.problems)
+
+    def _max_epoch(self, vk: seal.VerificationKey) -> int:
+        """The newest epoch a seal can be for (derivation costs one HMAC an epoch: bound it)."""
+        if self.now is None:
+            return 20 * 366 * 86400 // vk.interval  # twenty years
+        return max(0, int((self.now - vk.start) // vk.interval) + 1)
+
+    def gaps(self) -> list[Problem]:
+        now = self.now
+        """Stretches of time with no seal that no `stop` seal explains; the newest one up to `now`."""
+        out: list[Problem] = []
+        for a, b in itertools.pairwise(self.trusted):
+            if b.window[0] > a.window[1] and a.reason != "stop":
+                span = (
+                    f"epochs {a.epoch + 1}..{b.epoch - 1} of chain {a.chain}"
+                    if a.chain == b.chain
+                    else f"between chain {a.chain} epoch {a.epoch} and chain {b.chain} epoch {b.epoch}"
+                )
+                out.append(
+                    Problem(
+                        a.entry.file,
+                        a.entry.line,
+                        a.entry.seq,
+                        f"no seal from {records.rfc3339(a.window[1])} to {records.rfc3339(b.window[0])} "
+                        f"({span}) "
+                        "and this seal is not a stop seal: the log stopped being sealed here "
+                        "(aofd died, or records sealed after this line were removed)",
+                    )
+                )
+        last = self.trusted[-1] if self.trusted else None
+        if last is not None and now is not None and last.reason != "stop":
+            overdue = last.window[1] + (last.window[1] - last.window[0])
+            if now > overdue:
+                out.append(
+                    Problem(
+                        last.entry.file,
+                        last.entry.line,
+                        last.entry.seq,
+                        f"the newest seal is for epoch {last.epoch} "
+                        f"(ended {records.rfc3339(last.window[1])}) "
+                        "and is not a stop seal: nothing was sealed since (aofd died or is stuck, "
+                        "or the records and segments sealed after this line were removed)",
+                    )
+                )
+        return out
+
+    def _check_chain(self, before: _Entry | None, cur: _Entry, after: _Entry | None) -> None:
         self.records += 1
         self.head = cur.hash
         self.last = cur
@@ -201,6 +369,7 @@ def _entries(
                     break
                 record = segment.parse_line(raw)
                 aofd_file = record.get("aofd", {}).get("file", {}) if record else {}
+                aofd_seal = record.get("aofd", {}).get("seal") if record else None
                 event = record.get("event", {}) if record else {}
                 file_id = segment.audit_field(record, "file_id")
                 yield _Entry(
@@ -216,6 +385,7 @@ def _entries(
                     valid=record is not None,
                     first_in_file=lineno == 1,
                     name_first_seq=name_first,
+                    seal=aofd_seal if isinstance(aofd_seal, dict) else None,
                 )
             if lineno == 0 and whole_log and index < len(paths) - 1:
                 checker.problems.append(
@@ -230,10 +400,17 @@ def _entries(
                 checker.notes.append(f"{name} is empty")
 
 
-def _verify_segments(paths: list[Path], *, root: Path, whole_log: bool) -> VerifyReport:
+def _verify_segments(
+    paths: list[Path],
+    *,
+    root: Path,
+    whole_log: bool,
+    keys: Mapping[str, seal.KeyDeriver] | None = None,
+    now: float | None = None,
+) -> VerifyReport:
     """Check `paths` as one chain; `whole_log` when they are all of a context's segments."""
     display = {p: os.path.relpath(p, root) if root != p else p.name for p in paths}
-    checker = _Checker()
+    checker = _Checker(keys, now)
     checker.run(_entries(paths, checker, display, whole_log=whole_log))
     last = checker.last
     if whole_log and last is not None and last.valid and last.action == "audit.file.rotated":
@@ -246,6 +423,57 @@ def _verify_segments(paths: list[Path], *, root: Path, whole_log: bool) -> Verif
                 "the newest segment(s) were removed",
             )
         )
+    gaps: list[Problem] = []
+    statuses: list[SealStatus] = []
+    if keys is not None:
+        names = {p.name for p in paths}
+        for one in checker.trusted:
+            if whole_log and one.next_file is not None and one.next_file not in names:
+                checker.problems.append(
+                    Problem(
+                        one.entry.file,
+                        one.entry.line,
+                        one.entry.seq,
+                        f"this seal names the next segment {one.next_file}, which is missing: "
+                        "the newest segment(s) were removed",
+                    )
+                )
+        gaps = checker.gaps()
+        if checker.records and not checker.trusted and not checker.problems:
+            gaps.append(
+                Problem(
+                    display[paths[0]],
+                    0,
+                    None,
+                    "no seal in this log verifies with the given verification key(s)"
+                    + (
+                        f" (it has seals of other chains: {', '.join(sorted(checker.foreign))})"
+                        if checker.foreign
+                        else ""
+                    ),
+                )
+            )
+        good = checker.good
+        log_name = os.path.relpath(paths[0].parent, root) if whole_log else display[paths[0]]
+        statuses.append(
+            SealStatus(
+                log=log_name,
+                seals=len(checker.trusted),
+                sealed_seq=good[0].seq - 1 if good and good[0].seq else None,
+                sealed_at=str(good[1].get("time")) if good else None,
+                unsealed=checker.after_good if good else checker.records,
+            )
+        )
+        if checker.foreign and checker.trusted:
+            checker.notes.append(
+                f"{log_name}: seals of other key chains were not checked "
+                f"({', '.join(sorted(checker.foreign))}); "
+                "give their verification keys too"
+            )
+    elif checker.seal_lines:
+        checker.notes.append(
+            f"{checker.seal_lines} seal(s) not checked: give --verification-key to check them"
+        )
     order = {display[p]: i for i, p in enumerate(paths)}
     problems = sorted(checker.problems, key=lambda p: (order.get(p.file, -1), p.line))
     return VerifyReport(
@@ -256,21 +484,33 @@ def _verify_segments(paths: list[Path], *, root: Path, whole_log: bool) -> Verif
         head=checker.head,
         problems=tuple(problems),
         notes=tuple(checker.notes),
+        gaps=tuple(gaps),
+        seals=tuple(statuses),
     )
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyReport:
-    """Verify a segment file, a context directory, or an audit dir of context directories."""
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    keys: Iterable[seal.VerificationKey] = (),
+    now: float | None = None,
+) -> VerifyReport:
+    """Verify a segment file, a context directory, or an audit dir of context directories.
+
+    With verification `keys` (one per key chain the logs were sealed with) the seals are
+    checked too, and the newest seal is compared with `now` (None: not compared).
+    """
+    derivers = {vk.chain: seal.KeyDeriver(vk) for vk in keys} or None
     target = Path(path)
     if not target.is_dir():
         if not target.exists() and not target.is_symlink():
             raise FileNotFoundError(f"no such file or directory: {target}")
-        return _verify_segments([target], root=target.parent, whole_log=False)
+        return _verify_segments([target], root=target.parent, whole_log=False, keys=derivers, now=now)
     segments = segment.list_segments(target)
     if segments:
-        return _verify_segments(segments, root=target.parent, whole_log=True)
+        return _verify_segments(segments, root=target.parent, whole_log=True, keys=derivers, now=now)
     reports = [
-        _verify_segments(segment.list_segments(sub), root=target, whole_log=True)
+        _verify_segments(segment.list_segments(sub), root=target, whole_log=True, keys=derivers, now=now)
         for sub in sorted(target.iterdir())
         if sub.is_dir() and not sub.is_symlink() and segment.list_segments(sub)
     ]
@@ -284,4 +524,6 @@ def verify(path: str | os.PathLike[str]) -> VerifyReport:
         head=None,
         problems=tuple(p for r in reports for p in r.problems),
         notes=tuple(n for r in reports for n in r.notes),
+        gaps=tuple(g for r in reports for g in r.gaps),
+        seals=tuple(s for r in reports for s in r.seals),
     )

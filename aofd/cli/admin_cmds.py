@@ -258,12 +258,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"Ready:             {data.get('ready')}  {data.get('readyReason', '')}")
     print(f"Applied revision:  {data.get('appliedRevision') or '-'}")
     print(f"PID:               {data.get('pid')}")
+    sealing = data.get("auditSealing") or {}
+    if sealing.get("enabled"):
+        print(
+            f"Audit sealing:     on (chain {sealing.get('chain')}, epoch {sealing.get('epoch')}, "
+            f"{sealing.get('interval')}s epochs)"
+        )
+    elif "auditSealing" in data:
+        print("Audit sealing:     off (no sealing state: see aofctl audit setup-keys)")
     for src in data.get("sources", []):
         line = f"Source {src['name']}: applied {src.get('lastApplied') or '-'}"
         line += f", attempted {src.get('lastAttempted') or '-'}"
         if src.get("lastError"):
             line += f", error: {src['lastError']}"
         print(line)
+        signature = src.get("signature")
+        if signature:
+            print(
+                f"  signed by {signature.get('signer')} (key {signature.get('fingerprint')}, "
+                f"{signature.get('format')} {signature.get('signed')} {signature.get('commit', '')[:12]})"
+            )
+        refused = src.get("rejectedCommit")
+        if refused:
+            key = f" (key {refused['fingerprint']})" if refused.get("fingerprint") else ""
+            print(f"  rejected commit {refused.get('commit')}: {refused.get('reason')}{key}")
     last = data.get("lastPass") or {}
     if last:
         print(

@@ -1,9 +1,13 @@
 """`aofctl audit ...`: verify and read the per-context audit logs on this host.
 
-- `aofctl audit verify PATH` checks the hash chain, seq continuity and segment links of a
-  segment, a context directory or the whole audit dir. Exit 0 intact, 1 tampered or
-  damaged (the first bad line is printed as `FILE:LINE: seq N: why`), 2 usage (no such
-  path). Meant for a cron job or systemd timer that alerts on exit 1.
+- `aofctl audit verify PATH [--verification-key KEY]...` checks the hash chain, seq
+  continuity and segment links of a segment, a context directory or the whole audit dir;
+  with verification keys also the seals (docs/audit-sealing.md). Exit 0 intact, 1 tampered
+  or damaged (the first bad line is printed as `FILE:LINE: seq N: why`), 2 usage (no such
+  path, a malformed key), 3 intact but with epochs that have no seal. Meant for a cron job
+  or systemd timer that alerts on any exit but 0.
+- `aofctl audit setup-keys [--state-dir DIR] [--interval 60s] [--force]` starts a sealing
+  key chain in the daemon's state dir and prints its verification key, once.
 - `aofctl audit tail CONTEXT [--audit-dir DIR] [-n N] [-f]` prints the last lines of a
   context's log and, with `-f`, follows it across rotations.
 
@@ -14,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from aofd import errors, settings
-from aofd.audit import segment, tail, verify
+from aofd.audit import seal, segment, tail, verify
 
 
 def register(subparsers: Any) -> None:
-    """Add `audit verify` and `audit tail` to aofctl's subcommands."""
+    """Add `audit verify`, `audit setup-keys` and `audit tail` to aofctl's subcommands."""
     audit = subparsers.add_parser("audit", help="verify and read audit logs")
     sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     sub.required = True
@@ -30,7 +35,40 @@ def register(subparsers: Any) -> None:
     check = sub.add_parser("verify", help="check the hash chain of audit logs (exit 1 if tampered)")
     check.add_argument("path", metavar="PATH", help="a segment, a context directory or the audit dir")
     check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    check.add_argument(
+        "--verification-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="check the seals with this verification key (once per key chain; repeatable)",
+    )
+    check.add_argument(
+        "--verification-key-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="read verification keys from FILE, one a line (keeps them out of the process list)",
+    )
     check.set_defaults(func=run_verify)
+
+    keys = sub.add_parser(
+        "setup-keys", help="start a key chain that seals the audit logs; print its verification key"
+    )
+    keys.add_argument(
+        "--state-dir",
+        type=Path,
+        default=settings.DaemonConfig().state_dir,
+        help="the daemon's state dir (default: %(default)s); the state goes to STATE_DIR/"
+        + seal.STATE_DIR_NAME,
+    )
+    keys.add_argument(
+        "--interval",
+        default="60s",
+        help="epoch length, one seal each (default: %(default)s); = the daemon's audit.seal_interval",
+    )
+    keys.add_argument("--force", action="store_true", help="replace existing sealing state (a new key chain)")
+    keys.set_defaults(func=run_setup_keys)
 
     follow = sub.add_parser("tail", help="print (and follow) a context's audit log")
     follow.add_argument("context", metavar="CONTEXT")
@@ -47,11 +85,31 @@ def register(subparsers: Any) -> None:
     follow.set_defaults(func=run_tail)
 
 
+def _verification_keys(args: argparse.Namespace) -> list[seal.VerificationKey]:
+    texts: list[tuple[str, str]] = [
+        (f"--verification-key #{i + 1}", k) for i, k in enumerate(args.verification_key)
+    ]
+    for path in args.verification_key_file:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts.extend((f"{path}:{n}", line) for n, line in enumerate(lines, 1) if line.strip())
+    out: list[seal.VerificationKey] = []
+    for where, text in texts:
+        try:
+            out.append(seal.VerificationKey.parse(text))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return out
+
+
 def run_verify(args: argparse.Namespace) -> int:
     """Verify PATH; print a summary or the problems."""
     try:
-        report = verify.verify(args.path)
-    except FileNotFoundError as exc:
+        keys = _verification_keys(args)
+        report = verify.verify(args.path, keys=keys, now=time.time() if keys else None)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"aofctl audit verify: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
         print(f"aofctl audit verify: {exc}", file=sys.stderr)
         return 2
     if not report.files:
@@ -63,13 +121,59 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"TAMPERED or damaged: first bad line {first.format()}")
         for problem in report.problems[1:]:
             print(f"  also: {problem.format()}")
+        _print_seals(report)
         return 1
+    if report.gaps:
+        print(f"NOT SEALED for a while: {report.gaps[0].format()}")
+        for gap in report.gaps[1:]:
+            print(f"  also: {gap.format()}")
+        _print_seals(report)
+        return 3
     if not args.quiet:
         seqs = f"seq {report.first_seq}..{report.last_seq}, " if report.first_seq is not None else ""
         head = f", head {report.head}" if report.head else ""
-        print(f"OK: {report.records} records in {len(report.files)} segment(s), {seqs}chain intact{head}")
+        sealed = ", seals verified" if report.seals else ""
+        print(
+            f"OK: {report.records} records in {len(report.files)} segment(s), "
+            f"{seqs}chain intact{sealed}{head}"
+        )
+        _print_seals(report)
         for note in report.notes:
             print(f"  note: {note}")
+    return 0
+
+
+def _print_seals(report: verify.VerifyReport) -> None:
+    for status in report.seals:
+        print(f"  {status.format()}")
+
+
+def run_setup_keys(args: argparse.Namespace) -> int:
+    """Create the sealing state under --state-dir and print the verification key once."""
+    try:
+        interval = settings.parse_duration(args.interval)
+    except ValueError as exc:
+        print(f"aofctl audit setup-keys: --interval: {exc}", file=sys.stderr)
+        return 2
+    if interval < 1 or interval != int(interval):
+        print(
+            "aofctl audit setup-keys: --interval must be a whole number of seconds, at least 1s",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        vk = seal.setup_keys(args.state_dir, interval=int(interval), force=args.force)
+    except (seal.SealStateError, OSError) as exc:
+        print(f"aofctl audit setup-keys: {exc}", file=sys.stderr)
+        return 1
+    print(vk.encode())
+    print(
+        f"Sealing state written to {seal.state_path(args.state_dir)} (chain {vk.chain}, "
+        f"{vk.interval}s epochs). The line above is the verification key: it is shown only this "
+        "once; store it away from this host. aofd seals with this state when its state_dir is "
+        f"{args.state_dir} and audit.seal_interval is {vk.interval}s.",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -239,4 +239,10 @@ def _resolve_paths(data: dict[str, Any], *, base: Path) -> dict[str, Any]:
                     d["path"] = fix(d["path"])
             if isinstance(src, dict) and "webhook_secret_file" in src:
                 src["webhook_secret_file"] = fix(src["webhook_secret_file"])
+            git_ = src.get("git") if isinstance(src, dict) else None
+            verify = git_.get("verify") if isinstance(git_, dict) else None
+            if isinstance(verify, dict):
+                for key in ("ssh_allowed_signers_file", "openpgp_keys_file"):
+                    if key in verify:
+                        verify[key] = fix(verify[key])
     return data

@@ -32,14 +32,14 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from aofd import __version__, errors, settings
-from aofd.audit import journal, segment
+from aofd.audit import journal, seal, segment
 from aofd.daemon import admin, digestkey, heap, notify, variables, view, wiring
 from aofd.daemon import config as config_mod
 from aofd.plan import compiler
@@ -110,6 +110,18 @@ class Daemon:
         survivors = wiring.reap_survivors(ledger)
         self.cfg.audit_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         a = self.cfg.audit
+        try:
+            keychain = seal.load_for_daemon(self.cfg.state_dir, interval=int(a.seal_interval))
+        except seal.SealStateError as exc:
+            raise errors.AuditUnavailable(str(exc)) from None
+        if keychain is None:
+            log.warning(
+                "audit sealing is off: no sealing state; run `aofctl audit setup-keys --state-dir "
+                f"{self.cfg.state_dir}` to make the audit logs tamper-evident",
+                state=str(seal.state_path(self.cfg.state_dir)),
+            )
+        else:
+            log.info("audit sealing on", chain=keychain.chain, epoch_seconds=keychain.interval)
         self.audit = journal.AuditLog(
             audit_dir=self.cfg.audit_dir,
             options=segment.JournalOptions(
@@ -118,10 +130,11 @@ class Daemon:
                 retention_seconds=a.retention,
                 group_commit_interval=a.group_commit_interval,
                 write_timeout=a.write_timeout,
-                checkpoint_every=a.checkpoint_every,
             ),
+            keychain=keychain,
         )
         await self.audit.open()
+        self.audit.start_sealing()
         # Their closing records, now (a revision may never be applied, the Context may be gone);
         # a command is forgotten once its record is durable.
         await wiring.close_survivors(self.audit, ledger, survivors)
@@ -191,7 +204,9 @@ class Daemon:
                 # (a fetch in flight may be a minute from its timeout; its thread is abandoned).
                 idle = [
                     tg.create_task(
-                        source.run(on_snapshot=self._on_snapshot, stop=self.stop),
+                        source.run(
+                            on_snapshot=self._on_snapshot, stop=self.stop, on_rejected=self._on_rejected
+                        ),
                         name=f"source:{source.name}",
                     )
                     for source in self.sources
@@ -293,6 +308,11 @@ class Daemon:
     async def _on_snapshot(self, snap: Any) -> None:
         assert self.reconciler is not None
         self.reconciler.offer(snap)
+
+    async def _on_rejected(self, source: str, details: Mapping[str, str]) -> None:
+        """A source refused a fetched revision (signature verification): audit it."""
+        assert self.reconciler is not None
+        await self.reconciler.source_rejected(source, details)
 
     def _variables(self) -> dict[str, str]:
         return variables.collect(self.cfg.substitution.allow)

@@ -67,6 +67,10 @@ class AdminView:
                     "lastError": (record.last_error if record else "") or (st.last_error or ""),
                     "consecutiveFailures": st.consecutive_failures,
                     "stale": st.stale,
+                    # Sources that verify signatures: who signed the snapshot in force, and the
+                    # latest fetched commit refused (commit, reason, key fingerprint).
+                    "signature": dict(st.provenance) if st.provenance is not None else None,
+                    "rejectedCommit": dict(st.rejected) if st.rejected is not None else None,
                 }
             )
         runtime = self._d.runtime
@@ -92,6 +96,9 @@ class AdminView:
                 else {}
             ),
             "endpoints": dict(self._d.endpoints),  # a copy: encoded in a worker thread
+            "auditSealing": (
+                self._d.audit.sealing_status() if self._d.audit is not None else {"enabled": False}
+            ),
         }
 
     def resources(self, kind: ids.Kind | None, name: str | None) -> Iterator[dict[str, Any]]:

@@ -281,7 +281,7 @@ class Reconciler:
         self._unsaved = desired
         await self._save()
         phases.mark("persist")
-        await self._audit_applied(desired, worked.touched)
+        await self._audit_applied(desired, worked.touched, snaps)
         phases.mark("audit")
         return status_mod.PassSummary(
             revision=desired.revision,
@@ -451,20 +451,44 @@ class Reconciler:
         self._store.save_sources(records)
 
     async def _audit_applied(
-        self, desired: desired_mod.DesiredState, touched: Mapping[str, list[str]]
+        self,
+        desired: desired_mod.DesiredState,
+        touched: Mapping[str, list[str]],
+        snaps: Mapping[str, snapshot.Snapshot],
     ) -> None:
-        """One `config.applied` record per touched Context, written concurrently (one log each)."""
+        """One `config.applied` record per touched Context, written concurrently (one log each).
+
+        Sources that verify signatures add who signed their revision (`signatures`: source,
+        commit, signer, fingerprint, format)."""
+        signed = [
+            {"source": name, **snap.provenance}
+            for name, snap in sorted(snaps.items())
+            if snap.provenance is not None
+        ]
+        base: dict[str, object] = {"revision": desired.revision}
+        if signed:
+            base["signatures"] = signed
         await asyncio.gather(
             *(
                 self._safe_audit(
-                    context,
-                    ports.AuditEvent(
-                        "config.applied", details={"revision": desired.revision, "changes": changes}
-                    ),
+                    context, ports.AuditEvent("config.applied", details={**base, "changes": changes})
                 )
                 for context, changes in sorted(touched.items())
             )
         )
+
+    async def source_rejected(self, source: str, details: Mapping[str, str]) -> None:
+        """A source refused a fetched revision before it reached a pass (a signature check
+        failed): audit `config.rejected` to every running Context. Nothing else changes; the
+        source's status names the commit, the reason and the key."""
+        contexts = sorted(self.compiled.context_keys) if self.compiled is not None else []
+        event = ports.AuditEvent(
+            "config.rejected",
+            outcome="failure",
+            details={"source": source, "revision": details.get("commit", ""), "signature": dict(details)},
+        )
+        log.warning("revision rejected by its source", source=source, **dict(details))
+        await asyncio.gather(*(self._safe_audit(context, event) for context in contexts))
 
     async def _audit_rejected(self, compiled: compiler.Compiled, errs: Sequence[errors.Issue]) -> None:
         desired = compiled.desired

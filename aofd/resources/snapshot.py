@@ -64,6 +64,8 @@ class Snapshot:
     `issues` are problems the source found while reading (a symlink, a file over the cap);
     the planner reports them like any other error in the revision.
     `display_root` is how paths are shown to users (a directory path, or `git:<name>`).
+    `provenance` is set by a git source that verifies signatures: who signed the revision, with
+    which key (`signer`, `fingerprint`, ...); the `config.applied` audit record carries it.
     """
 
     source: str
@@ -71,6 +73,7 @@ class Snapshot:
     files: Mapping[str, SourceFile]
     issues: tuple[Issue, ...] = ()
     display_root: str = ""
+    provenance: Mapping[str, str] | None = None
 
     @classmethod
     def build(

@@ -212,7 +212,7 @@ class Engine:
         lease: limits.Lease | None = None
         if self._admission is not None:
             admitted = await self._admission.admit(
-                plan.context.name, user=message.user, run_id=record.run_id, agent=plan.flow.name
+                plan.context.name, user=message.user, run_id=record.run_id, agent=plan_agent(plan) or ""
             )
             if isinstance(admitted, guard.Denial):
                 record.finish(runs.RunStatus.FAILED, error=f"not started: {admitted.reason}")
@@ -457,18 +457,31 @@ class Engine:
                 "output_tokens": record.output_tokens,
                 "model_calls": record.model_calls,
             }
+        context = run.plan.context
         event = ports.AuditEvent(
             action,
             outcome=outcome,
             user=run.message.user,
             run_id=record.run_id,
-            agent=record.flow,
+            agent=plan_agent(run.plan),
+            target=(
+                ports.AuditTarget(namespace=context.namespace, cluster=context.cluster)
+                if context.namespace or context.cluster
+                else None
+            ),
             details=details,
         )
         try:
             await self._audit.write(record.context, event)
         except Exception:
             log.exception("run.audit_failed", run_id=record.run_id, action=action)
+
+
+def plan_agent(plan: flows.RunPlan) -> str | None:
+    """The Agent a run's audit records name (`aofd.agent.name`): the one agent its flow runs, or
+    None for a flow of several agents or of none (the flow's name is `aofd.flow`)."""
+    names = {node.config.agent for node in plan.flow.nodes if node.type == "agent" and node.config.agent}
+    return names.pop() if len(names) == 1 else None
 
 
 def failure_text(record: runs.RunRecord) -> str:

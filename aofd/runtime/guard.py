@@ -240,6 +240,7 @@ class CommandGuard:
             "command.denied",
             req,
             cid,
+            outcome="failure",
             reason=reason,
             pol=pol,
             verdict=verdict,
@@ -514,7 +515,7 @@ class CommandGuard:
                 reason=got.limit,
                 user=user,
                 run_id=run_id,
-                agent=agent,
+                agent=agent or None,
                 details={
                     "ratelimit": {
                         "limit": got.limit,

@@ -28,7 +28,10 @@ its errors into `SourceError` with redacted messages. One `Mirror` per source:
 - force-pushes are followed (refspecs are forced; the new commit is the truth, an old
   commit that vanished is never looked up);
 - a corrupt mirror (truncated pack, missing object, stale lock) is deleted and re-cloned
-  once within the same call; if that fails too, the error is reported.
+  once within the same call; if that fails too, the error is reported;
+- with `verify:`, the key files are read before anything else (missing: fail closed) and a
+  new commit (and the tracked tag object) is checked by `aofd.source.verify` before its tree
+  is read; a revision that fails raises `verify.SignatureRejected` and is never returned.
 
 Auth: credentials are read from files on every fetch (rotation works) through
 `RemoteCallbacks.credentials`: HTTPS token (`UserPass(username or "x-access-token", token)`),
@@ -67,7 +70,7 @@ from aofd.errors import Issue, SourceError
 from aofd.resources import snapshot
 from aofd.resources.ids import Revision
 from aofd.settings import GitAuth, GitSourceSpec
-from aofd.source import known_hosts, redact, rules
+from aofd.source import known_hosts, redact, rules, verify
 
 _MODE_TREE = 0o040000
 _MODE_BLOB = 0o100644
@@ -338,6 +341,8 @@ class Mirror:
     # -- internals (called with the lock held) -------------------------------------------------
 
     def _sync_once(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+        # Key files first: one that is missing or unreadable fails closed, before any fetch.
+        keys = verify.load_keys(self.spec.verify) if self.spec.verify is not None else None
         repo = self._open()
         callbacks = _Callbacks(auth=self.spec.auth, url=self.spec.url)
         try:
@@ -346,10 +351,35 @@ class Mirror:
             raise self._translate(exc, callbacks) from exc
         if previous is not None and previous.revision == str(commit.id):
             return previous
+        provenance = self._verify(repo, commit, keys) if keys is not None else None
         try:
-            return self._read(repo, commit, previous)
+            snap = self._read(repo, commit, previous)
         except (pygit2.GitError, KeyError, ValueError) as exc:
             raise _Corrupt(self._scrub(str(exc), callbacks)) from exc
+        if provenance is not None:
+            snap = dataclasses.replace(snap, provenance=provenance.as_details())
+        return snap
+
+    def _verify(self, repo: pygit2.Repository, commit: pygit2.Commit, keys: verify.Keys) -> verify.Provenance:
+        """Check the signatures `verify.mode` asks for (raises `verify.SignatureRejected`)."""
+        assert self.spec.verify is not None
+        try:
+            commit_raw = repo.odb.read(commit.id)[1]
+            tag_raw: bytes | None = None
+            if self.spec.ref.tag and self._remote_id is not None:
+                target = repo.get(self._remote_id)
+                if isinstance(target, pygit2.Tag):
+                    tag_raw = repo.odb.read(target.id)[1]
+        except (pygit2.GitError, KeyError, ValueError) as exc:
+            raise _Corrupt(str(exc)) from exc
+        return verify.check(
+            self.spec.verify,
+            keys,
+            commit=str(commit.id),
+            commit_raw=commit_raw,
+            tag=self.spec.ref.tag,
+            tag_raw=tag_raw,
+        )
 
     def _open(self) -> pygit2.Repository:
         if self.path.exists():

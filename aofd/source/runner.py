@@ -17,7 +17,10 @@ Contract of `run(on_snapshot=..., stop=...)`:
 - after a failed fetch sleeps `SourceError.retry_after` (exponential backoff with jitter,
   1 s ... 5 min); a wake-up cuts any sleep short; the last good snapshot stays in force;
 - returns when `stop` is set (promptly, also during a sleep; a fetch in flight is awaited
-  up to its own timeout).
+  up to its own timeout);
+- a fetched revision that fails signature verification (`verify.SignatureRejected`) is a
+  failed fetch whose details (commit, reason, key fingerprint) `status()` shows; `on_rejected`
+  is awaited once per refused commit (the owner audits it).
 
 `wake()` must be called from the event loop thread (signal handlers registered with
 `loop.add_signal_handler` and aiohttp handlers are). Which kinds a source may define
@@ -38,7 +41,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -48,11 +51,13 @@ from aofd.errors import SourceError
 from aofd.resources import snapshot
 from aofd.resources.ids import Revision
 from aofd.settings import DirectorySourceSpec, GitSourceSpec, SourceSpec
-from aofd.source import backoff, directory, git, redact, threads, watch
+from aofd.source import backoff, directory, git, redact, threads, verify, watch
 
 log = structlog.get_logger("aofd.source")
 
 OnSnapshot = Callable[[snapshot.Snapshot], Awaitable[None]]
+OnRejected = Callable[[str, Mapping[str, str]], Awaitable[None]]
+"""Called with (source name, `verify.Rejection.as_details()`) once per rejected commit."""
 Clock = Callable[[], float]
 
 DIRECTORY_READ_TIMEOUT = 60.0
@@ -65,7 +70,9 @@ class SourceStatus:
     """What `/api/v1/status` and `aofctl get sources` show for one source (already redacted).
 
     `stale` is true when the snapshot in force is older than the last attempt: the most
-    recent fetch failed and the last good snapshot is still being served.
+    recent fetch failed and the last good snapshot is still being served. `provenance` is who
+    signed the snapshot in force (sources that verify signatures); `rejected` names the commit,
+    reason and key fingerprint of the latest fetched revision that failed verification.
     """
 
     name: str
@@ -78,6 +85,8 @@ class SourceStatus:
     consecutive_failures: int
     next_retry_at: float | None
     stale: bool
+    provenance: Mapping[str, str] | None = None
+    rejected: Mapping[str, str] | None = None
 
 
 class Source(Protocol):
@@ -98,7 +107,9 @@ class Source(Protocol):
 
     def wake(self) -> None: ...
 
-    async def run(self, *, on_snapshot: OnSnapshot, stop: asyncio.Event) -> None: ...
+    async def run(
+        self, *, on_snapshot: OnSnapshot, stop: asyncio.Event, on_rejected: OnRejected | None = None
+    ) -> None: ...
 
 
 class _BaseSource(abc.ABC):
@@ -130,6 +141,7 @@ class _BaseSource(abc.ABC):
         self._last_error: str | None = None
         self._failures = 0
         self._next_retry_at: float | None = None
+        self._rejection: Mapping[str, str] | None = None  # the latest failed signature check
         self.fetch_count = 0  # fetch attempts started (tests and metrics)
 
     @property
@@ -181,6 +193,9 @@ class _BaseSource(abc.ABC):
                     f"fetch of {self.location} timed out after {self._time_limit():g}s", retry_after=5.0
                 )
                 raise self._failed(failure) from exc
+            except verify.SignatureRejected as exc:
+                self._rejection = exc.rejection.as_details()
+                raise self._failed(exc) from exc
             except SourceError as exc:
                 raise self._failed(exc) from exc
             except Exception as exc:  # a bug or an untranslated library error: retry, never crash
@@ -197,6 +212,7 @@ class _BaseSource(abc.ABC):
                 )
             self._failures = 0
             self._last_error = None
+            self._rejection = None
             self._next_retry_at = None
             self._last_success_at = self._last_fetch_at
             self._last_good = snap
@@ -232,17 +248,25 @@ class _BaseSource(abc.ABC):
             consecutive_failures=self._failures,
             next_retry_at=self._next_retry_at,
             stale=self._last_error is not None and good is not None,
+            provenance=good.provenance if good is not None else None,
+            rejected=self._rejection if self._last_error is not None else None,
         )
 
     def _next_interval(self) -> float:
         return backoff.jittered(self._interval, fraction=0.1)
 
-    async def run(self, *, on_snapshot: OnSnapshot, stop: asyncio.Event) -> None:
-        """Fetch now and then on interval, wake-up or change, until `stop` is set."""
+    async def run(
+        self, *, on_snapshot: OnSnapshot, stop: asyncio.Event, on_rejected: OnRejected | None = None
+    ) -> None:
+        """Fetch now and then on interval, wake-up or change, until `stop` is set.
+
+        `on_rejected` is awaited once per fetched revision that fails signature verification
+        (again only if a different commit, or the same one for a different reason, fails).
+        """
         async with asyncio.TaskGroup() as group:
             feeder = self._start_feeder(group, stop)
             try:
-                await self._loop(on_snapshot=on_snapshot, stop=stop)
+                await self._loop(on_snapshot=on_snapshot, stop=stop, on_rejected=on_rejected)
             finally:
                 if feeder is not None:
                     feeder.cancel()
@@ -251,8 +275,11 @@ class _BaseSource(abc.ABC):
         """Directory sources start their watcher here; it calls `wake()` per burst."""
         return None
 
-    async def _loop(self, *, on_snapshot: OnSnapshot, stop: asyncio.Event) -> None:
+    async def _loop(
+        self, *, on_snapshot: OnSnapshot, stop: asyncio.Event, on_rejected: OnRejected | None
+    ) -> None:
         delivered: Revision | None = None
+        reported: Mapping[str, str] | None = None
         while not stop.is_set():
             # Cleared before the fetch: a wake-up that arrives during it sets the flag again,
             # and the wait below returns at once -> exactly one more fetch, however many came.
@@ -261,7 +288,13 @@ class _BaseSource(abc.ABC):
                 snap = await self.fetch()
             except SourceError as exc:
                 delay = exc.retry_after
+                rejection = self._rejection
+                if rejection is not None and rejection != reported:
+                    reported = rejection
+                    if on_rejected is not None:
+                        await on_rejected(self.name, rejection)
             else:
+                reported = None
                 delay = self._next_interval()
                 if snap.revision != delivered:
                     delivered = snap.revision

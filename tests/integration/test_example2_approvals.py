@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.audit import ecs_check
 from tests.integration import fakes, harness
 from tests.runtime.fakes import platforms, signing
 from tests.runtime.test_command_lifetime import install_fake
@@ -829,16 +830,37 @@ def test_telegram_prompt_refusal_and_approval(rig: Rig) -> None:
 
 
 def test_the_seed_audit_line_of_an_approved_command_names_the_approver(rig: Rig) -> None:
-    """The seed's "Audit Trail" line of a command run after approval has `approved_by`."""
+    """The seed's "Audit Trail" `approved_by` of a command run after approval:
+    `aofd.approval.approver.id` on `command.started` and `command.finished`."""
     lines = rig.audit("prod-strict")
     granted = {
         r["trace"]["id"]: r["aofd"]["approval"]["approvers"][0]["id"]
         for r in lines
         if r["event"]["action"] == "approval.granted" and r["aofd"]["approval"].get("final")
     }
-    ran = [r for r in lines if r["event"]["action"] == "command.finished" and r["trace"]["id"] in granted]
+    ran = [
+        r
+        for r in lines
+        if r["event"]["action"] in ("command.started", "command.finished") and r["trace"]["id"] in granted
+    ]
     assert ran  # the approval tests above ran commands after a grant
-    assert [r.get("approved_by") for r in ran] == [granted[r["trace"]["id"]] for r in ran]
+    approved_by = [r["aofd"].get("approval", {}).get("approver", {}).get("id") for r in ran]
+    assert approved_by == [granted[r["trace"]["id"]] for r in ran]
+
+
+def test_every_audit_line_is_ecs(rig: Rig) -> None:
+    """Every line the daemon wrote so far (runs, commands, approvals, config, start) uses ECS fields
+    with ECS types and allowed values, aofd's own under `aofd.*` with one type each; run records
+    carry `event.type` and `trace.id` = the run id, like the run's command records."""
+    lines = rig.audit("prod-strict") + rig.audit("staging-permissive")
+    assert [(r["event"]["action"], ecs_check.problems(r)) for r in lines if ecs_check.problems(r)] == []
+    assert ecs_check.type_conflicts(lines) == []
+    kinds = {r["event"]["action"] for r in lines}
+    assert {"daemon.started", "config.applied", "agent.run.started", "agent.run.finished"} <= kinds
+    for run in (r for r in lines if r["event"]["action"].startswith("agent.run.")):
+        assert run["event"]["type"] in (["start"], ["end"])
+        assert run["trace"]["id"] == run["aofd"]["agent"]["run_id"]
+        assert (run["aofd"]["agent"]["name"], run["aofd"]["flow"]) == ("k8s-ops", "k8s-ops")
 
 
 def test_the_audit_logs_verify_and_hold_no_secrets(rig: Rig) -> None:

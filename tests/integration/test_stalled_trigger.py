@@ -1,7 +1,8 @@
 """A real `aofd serve` whose only binding of a GitHub Trigger is Stalled (its Context's kubeconfig is
 missing on this host): the ping is answered, an event gets 503 with `Retry-After` and is audited in the
-Context's own log as not run, a bad signature is refused and audited, and `aofctl get triggers` shows
-that none of the Trigger's bindings is Ready."""
+Context's own log as not run, a bad signature is refused and audited, `aofctl get triggers` shows
+that none of the Trigger's bindings is Ready, and every audit line (the daemon's start and stop, the
+applied config, the trigger records) is ECS (`tests/audit/ecs_check.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.audit import ecs_check
 from tests.integration import harness
 from tests.integration.test_daemon_gitops import AGENT, FLOW
 from tests.runtime.fakes import signing
@@ -107,3 +109,13 @@ def test_a_trigger_whose_binding_is_stalled_is_served(tmp_path: Path) -> None:
         as_json = json.loads(aofctl("get", "triggers", "gh", "-o", "json", admin=admin).stdout)
         assert {"ready": 0, "total": 1} == as_json["bindings"]
         assert 0 == daemon.stop()
+    # Every line of the daemon's own records (start, config, triggers, stop) is ECS.
+    lines = audit_lines(audit_dir)
+    kinds = {"daemon.started", "config.applied", "trigger.received", "trigger.rejected", "daemon.stopping"}
+    assert kinds <= {r["event"]["action"] for r in lines}
+    assert [(r["event"]["action"], ecs_check.problems(r)) for r in lines if ecs_check.problems(r)] == []
+    assert ecs_check.type_conflicts(lines) == []
+    for record in lines:
+        assert (record["event"]["dataset"], record["service"]["name"]) == ("aofd.audit", "aofd")
+        assert record["host"]["hostname"]
+        assert record["service"]["version"]

@@ -76,7 +76,8 @@ async def test_a_grant_closes_once_and_the_prompt_shows_who(tmp_path: Path) -> N
     (granted,) = h.audit.find("approval.granted")
     assert granted["aofd"]["approval"]["final"] is True
     started, finished = h.audit.find("command.started")[0], h.audit.find("command.finished")[0]
-    assert started["approved_by"] == finished["approved_by"] == LEAD.id  # the seed's audit line
+    approved_by = [r["aofd"]["approval"]["approver"]["id"] for r in (started, finished)]
+    assert approved_by == [LEAD.id, LEAD.id]  # the seed's `approved_by`
     assert [a["id"] for a in granted["aofd"]["approval"]["approvers"]] == [LEAD.id]
     ((rid, state, ref, text),) = prompter.settled
     assert (rid, state, ref) == (prompt.id, approvals.State.GRANTED, "C1/prompt-1")
