@@ -105,12 +105,15 @@ class GitVerify(_Strict):
     Keys are read from the files on every fetch that verifies (so SIGHUP re-reads them); a
     missing or unreadable file fails closed. `signers`, when given, are the identities (an
     allowed_signers principal, an OpenPGP user ID's email or the whole user ID) allowed to sign.
+    A new revision must descend from the applied one (no force-push back to an older signed
+    commit, no tag moved back) unless `allow_rollback` is true.
     """
 
     mode: Literal["head", "tag", "tag_and_head"] = "head"
     ssh_allowed_signers_file: Path | None = None
     openpgp_keys_file: Path | None = None
     signers: tuple[str, ...] = ()
+    allow_rollback: bool = False
 
     @model_validator(mode="after")
     def _keys(self) -> GitVerify:

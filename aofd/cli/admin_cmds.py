@@ -273,10 +273,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += f", error: {src['lastError']}"
         print(line)
         signature = src.get("signature")
-        if signature:
+        if signature and signature.get("verified"):
+            # Restored from the state dir at start: no fetch has verified it in this process yet.
+            print(f"  signature: {signature['verified']} (commit {signature.get('commit', '')[:12]})")
+        elif signature:
+            tag = f", tag {signature['tag']}" if signature.get("tag") else ""
+            commit = signature.get("commit", "")[:12]
             print(
                 f"  signed by {signature.get('signer')} (key {signature.get('fingerprint')}, "
-                f"{signature.get('format')} {signature.get('signed')} {signature.get('commit', '')[:12]})"
+                f"{signature.get('format')} {signature.get('signed')} {commit}{tag})"
             )
         refused = src.get("rejectedCommit")
         if refused:

@@ -198,6 +198,7 @@ class Daemon:
             self.store.save_endpoints(self.endpoints)
             self.load_pause.begin()
             restored = self.reconciler.restore()
+            self._mark_applied()
             async with asyncio.TaskGroup() as tg:
                 reconciling = tg.create_task(self.reconciler.run(stop=self.stop), name="reconciler")
                 # Tasks that hold nothing to finish: cancelled as soon as a stop signal arrives
@@ -317,8 +318,18 @@ class Daemon:
     def _variables(self) -> dict[str, str]:
         return variables.collect(self.cfg.substitution.allow)
 
+    def _mark_applied(self) -> None:
+        """Tell each source which of its revisions is in force, as the state dir records it (at
+        start: the restored one): a git source that verifies signatures refuses a new commit
+        that does not descend from it (`verify.allow_rollback`)."""
+        assert self.reconciler is not None
+        for source in self.sources:
+            record = self.reconciler.records.get(source.name)
+            source.mark_applied(ids.Revision(record.last_applied) if record and record.last_applied else None)
+
     async def _on_pass(self, summary: Any) -> None:
         assert self.reconciler is not None
+        self._mark_applied()
         # The first pass that is not waiting for another source ends the cold load (the loaded
         # heap frozen), once the SDKs it needs are imported too; later ones freeze what they keep.
         self.load_pause.pass_ended(

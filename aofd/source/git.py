@@ -32,6 +32,12 @@ its errors into `SourceError` with redacted messages. One `Mirror` per source:
 - with `verify:`, the key files are read before anything else (missing: fail closed) and a
   new commit (and the tracked tag object) is checked by `aofd.source.verify` before its tree
   is read; a revision that fails raises `verify.SignatureRejected` and is never returned.
+  Unless `verify.allow_rollback`, a new commit must also descend from the one applied (`sync`'s
+  `applied`, which the owner takes from the state dir): a force-push back to an older signed
+  commit, or a tag moved back, is refused as "not a fast-forward of <applied>". A commit pin is
+  exempt (the daemon config, not the remote, chose it), and so is the first revision when
+  nothing was ever applied. Such sources fetch full history (never shallow), so that an
+  ancestor is never missing; a shallow mirror left from before is re-cloned once.
 
 Auth: credentials are read from files on every fetch (rotation works) through
 `RemoteCallbacks.credentials`: HTTPS token (`UserPass(username or "x-access-token", token)`),
@@ -307,11 +313,12 @@ class Mirror:
     def display_root(self) -> str:
         return f"git:{self.name}"
 
-    def sync(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+    def sync(self, previous: snapshot.Snapshot | None, *, applied: str | None = None) -> snapshot.Snapshot:
         """Bring the mirror up to the remote's tracked ref and return its snapshot.
 
         Returns `previous` itself when the remote ref has not moved and `previous` was read
-        at that commit (no fetch, no tree walk).
+        at that commit (no fetch, no tree walk). `applied` is the commit in force, which a
+        verified source's new commit must descend from (see the module docstring).
 
         Raises:
             SourceError: unreachable remote, rejected credentials, untrusted host key,
@@ -325,11 +332,11 @@ class Mirror:
             )
         try:
             try:
-                return self._sync_once(previous)
+                return self._sync_once(previous, applied)
             except _Corrupt as exc:
                 self._rebuild()
                 try:
-                    return self._sync_once(previous)
+                    return self._sync_once(previous, applied)
                 except _Corrupt as again:
                     raise SourceError(
                         f"mirror of {self.display_url} is corrupt even after a rebuild: {again}",
@@ -340,10 +347,13 @@ class Mirror:
 
     # -- internals (called with the lock held) -------------------------------------------------
 
-    def _sync_once(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+    def _sync_once(self, previous: snapshot.Snapshot | None, applied: str | None) -> snapshot.Snapshot:
         # Key files first: one that is missing or unreadable fails closed, before any fetch.
         keys = verify.load_keys(self.spec.verify) if self.spec.verify is not None else None
         repo = self._open()
+        if self._needs_history() and repo.is_shallow:
+            self._rebuild()
+            repo = self._open()
         callbacks = _Callbacks(auth=self.spec.auth, url=self.spec.url)
         try:
             commit = self._update(repo, callbacks)
@@ -352,6 +362,8 @@ class Mirror:
         if previous is not None and previous.revision == str(commit.id):
             return previous
         provenance = self._verify(repo, commit, keys) if keys is not None else None
+        if provenance is not None and applied and self._needs_history():
+            self._fast_forward(repo, commit, applied, provenance)
         try:
             snap = self._read(repo, commit, previous)
         except (pygit2.GitError, KeyError, ValueError) as exc:
@@ -380,6 +392,29 @@ class Mirror:
             tag=self.spec.ref.tag,
             tag_raw=tag_raw,
         )
+
+    def _needs_history(self) -> bool:
+        """A verified source that refuses rollbacks (a pin excepted) needs its ancestry."""
+        checked = self.spec.verify
+        return checked is not None and not checked.allow_rollback and self.tracked.commit is None
+
+    def _fast_forward(
+        self, repo: pygit2.Repository, commit: pygit2.Commit, applied: str, provenance: verify.Provenance
+    ) -> None:
+        """Refuse `commit` unless it is `applied` or descends from it (raises `SignatureRejected`)."""
+        if str(commit.id) == applied:
+            return
+        try:
+            descends = repo.descendant_of(commit.id, pygit2.Oid(hex=applied))
+        except (pygit2.GitError, KeyError, ValueError):
+            descends = False  # the applied commit is not in its history (or not a commit id)
+        if not descends:
+            first = provenance.signatures[0]
+            raise verify.SignatureRejected(
+                verify.Rejection(
+                    str(commit.id), f"not a fast-forward of {applied}", first.fingerprint, first.signer
+                )
+            )
 
     def _open(self) -> pygit2.Repository:
         if self.path.exists():
@@ -468,9 +503,10 @@ class Mirror:
         return found
 
     def _depth(self) -> int:
-        """Shallow over the network, except for commit pins (the pin may be below the tip);
-        libgit2's local (`file://`) transport cannot do shallow fetches."""
-        if self.tracked.commit is not None or self.spec.url.startswith("file://"):
+        """Shallow over the network, except for commit pins (the pin may be below the tip) and
+        sources that refuse rollbacks (`_needs_history`); libgit2's local (`file://`) transport
+        cannot do shallow fetches."""
+        if self.tracked.commit is not None or self.spec.url.startswith("file://") or self._needs_history():
             return 0
         return 1
 

@@ -20,7 +20,12 @@ Contract of `run(on_snapshot=..., stop=...)`:
   up to its own timeout);
 - a fetched revision that fails signature verification (`verify.SignatureRejected`) is a
   failed fetch whose details (commit, reason, key fingerprint) `status()` shows; `on_rejected`
-  is awaited once per refused commit (the owner audits it).
+  is awaited once per refused commit (the owner audits it);
+- `mark_applied(revision)`: the owner says which revision of this source is in force (at
+  start, the one restored from the state dir; then after each applied pass). A git source
+  that verifies signatures refuses a new commit that does not descend from it (unless
+  `verify.allow_rollback`), and until its first fetch verifies a revision, its status says the
+  restored revision was "not re-verified since restart".
 
 `wake()` must be called from the event loop thread (signal handlers registered with
 `loop.add_signal_handler` and aiohttp handlers are). Which kinds a source may define
@@ -107,6 +112,8 @@ class Source(Protocol):
 
     def wake(self) -> None: ...
 
+    def mark_applied(self, revision: Revision | None) -> None: ...
+
     async def run(
         self, *, on_snapshot: OnSnapshot, stop: asyncio.Event, on_rejected: OnRejected | None = None
     ) -> None: ...
@@ -142,6 +149,7 @@ class _BaseSource(abc.ABC):
         self._failures = 0
         self._next_retry_at: float | None = None
         self._rejection: Mapping[str, str] | None = None  # the latest failed signature check
+        self._applied: Revision | None = None  # the owner's word: this source's revision in force
         self.fetch_count = 0  # fetch attempts started (tests and metrics)
 
     @property
@@ -175,6 +183,10 @@ class _BaseSource(abc.ABC):
     def wake(self) -> None:
         """Ask for a fetch now; wake-ups during a fetch coalesce into exactly one more."""
         self._wake.set()
+
+    def mark_applied(self, revision: Revision | None) -> None:
+        """The revision of this source in force (restored at start, or applied by a pass)."""
+        self._applied = revision
 
     async def fetch(self) -> snapshot.Snapshot:
         """Fetch now and return the snapshot in force (the previous object if nothing changed).
@@ -248,9 +260,13 @@ class _BaseSource(abc.ABC):
             consecutive_failures=self._failures,
             next_retry_at=self._next_retry_at,
             stale=self._last_error is not None and good is not None,
-            provenance=good.provenance if good is not None else None,
+            provenance=good.provenance if good is not None else self._unverified(),
             rejected=self._rejection if self._last_error is not None else None,
         )
+
+    def _unverified(self) -> Mapping[str, str] | None:
+        """The provenance shown before any fetch succeeded (none for sources that do not verify)."""
+        return None
 
     def _next_interval(self) -> float:
         return backoff.jittered(self._interval, fraction=0.1)
@@ -344,9 +360,19 @@ class GitSource(_BaseSource):
     def _time_limit(self) -> float:
         return self._git.timeout
 
+    def _unverified(self) -> Mapping[str, str] | None:
+        # A revision restored from the state dir was verified by an earlier process, and the
+        # provenance is not kept there: say so until a fetch verifies it (or a newer one) again.
+        if self._git.verify is None or self._applied is None:
+            return None
+        return {"commit": self._applied, "verified": "not re-verified since restart"}
+
     async def _produce(self, previous: snapshot.Snapshot | None) -> snapshot.Snapshot:
+        applied = self._applied
         return await threads.run_blocking(
-            lambda: self.mirror.sync(previous), time_limit=self._git.timeout, name=f"aofd-git-{self.name}"
+            lambda: self.mirror.sync(previous, applied=applied),
+            time_limit=self._git.timeout,
+            name=f"aofd-git-{self.name}",
         )
 
 

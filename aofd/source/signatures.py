@@ -9,10 +9,14 @@ Pure functions over bytes and text (no I/O); `aofd.source.verify` runs the verif
 - `tag_signature`: an annotated tag's signature is appended to its message; as git's
   `parse_signed_buffer`, it starts at the last line that opens a signature armor, and the
   payload is everything before it;
-- `sshsig`: the public key (and its SHA256 fingerprint, as `ssh-keygen -l` prints it) and the
-  namespace of an armored SSHSIG blob (PROTOCOL.sshsig);
+- `header`: a header of a raw object (the `tag <name>` of an annotated tag);
+- `sshsig`: the public key (and its SHA256 fingerprint, as `ssh-keygen -l` and git print it:
+  for a certificate, the fingerprint of the key inside it, and the CA key's separately) and the
+  namespace of an armored SSHSIG blob (PROTOCOL.sshsig, PROTOCOL.certkeys);
 - `gpg_status` and `gpg_keys`: GnuPG's machine-readable `--status-fd` and `--with-colons`
-  output (doc/DETAILS of GnuPG).
+  output (doc/DETAILS of GnuPG);
+- `clean`: text parsed from a signature or an object before it is verified (a namespace, a tag
+  name, a principal) made safe to quote in a message: printable ASCII, at most 64 characters.
 """
 
 from __future__ import annotations
@@ -113,14 +117,46 @@ def header(raw: bytes, name: str) -> str | None:
     return None
 
 
+CLEAN_LIMIT = 64
+
+
+def clean(text: str, limit: int = CLEAN_LIMIT) -> str:
+    """`text` as it may be quoted in a message, a status field or an audit record: anything but
+    printable ASCII becomes `?`, and it is cut to `limit` characters (`...` marks the cut)."""
+    head = text[: limit + 1]
+    safe = "".join(c if " " <= c <= "~" else "?" for c in head)
+    return safe if len(safe) <= limit else safe[: max(0, limit - 3)] + "..."
+
+
 # -- SSHSIG ------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SshSig:
-    key_type: str
-    fingerprint: str  # "SHA256:<base64, no padding>" of the public key blob
-    namespace: str
+    key_type: str  # clean()ed: the signer chose it
+    fingerprint: str  # "SHA256:<base64, no padding>" of the public key (inside a certificate)
+    namespace: str  # raw: compare, then clean() to quote
+    ca_fingerprint: str = ""  # a certificate's: the certifying CA key's fingerprint
+
+
+_CERT_SUFFIX = "-cert-v01@openssh.com"
+# The key fields of each certificate type, after its nonce (PROTOCOL.certkeys): the plain
+# public key is its type followed by the same fields.
+_CERT_KEY_FIELDS = {
+    "ssh-ed25519": 1,
+    "ssh-rsa": 2,
+    "ssh-dss": 4,
+    "ecdsa-sha2-nistp256": 2,
+    "ecdsa-sha2-nistp384": 2,
+    "ecdsa-sha2-nistp521": 2,
+    "sk-ssh-ed25519@openssh.com": 2,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 3,
+}
+
+
+def fingerprint_of(key_blob: bytes) -> str:
+    """`SHA256:...` of a public key blob, as `ssh-keygen -l` prints it."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
 
 
 def sshsig(armored: bytes) -> SshSig:
@@ -145,8 +181,33 @@ def sshsig(armored: bytes) -> SshSig:
     public_key = reader.string()
     namespace = reader.string().decode("utf-8", "replace")
     key_type = _Reader(public_key).string().decode("ascii", "replace")
-    digest = base64.b64encode(hashlib.sha256(public_key).digest()).decode().rstrip("=")
-    return SshSig(key_type=key_type, fingerprint=f"SHA256:{digest}", namespace=namespace)
+    fingerprint, ca = fingerprint_of(public_key), ""
+    if key_type.endswith(_CERT_SUFFIX):
+        fingerprint, ca = _certificate_fingerprints(public_key, key_type[: -len(_CERT_SUFFIX)], fingerprint)
+    return SshSig(key_type=clean(key_type), fingerprint=fingerprint, namespace=namespace, ca_fingerprint=ca)
+
+
+def _certificate_fingerprints(blob: bytes, base: str, whole: str) -> tuple[str, str]:
+    """(the certified key's fingerprint, the CA key's) of an OpenSSH certificate blob; a type
+    this does not know keeps the whole blob's fingerprint and no CA."""
+    fields = _CERT_KEY_FIELDS.get(base)
+    if fields is None:
+        return whole, ""
+    reader = _Reader(blob)
+    reader.string()  # the certificate type
+    reader.string()  # nonce
+    inner = _string(base.encode()) + b"".join(_string(reader.string()) for _ in range(fields))
+    reader.skip(8 + 4)  # serial, type
+    for _ in range(2):  # key id, principals
+        reader.string()
+    reader.skip(8 + 8)  # valid after, valid before
+    for _ in range(3):  # critical options, extensions, reserved
+        reader.string()
+    return fingerprint_of(inner), fingerprint_of(reader.string())
+
+
+def _string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
 
 
 class _Reader:
@@ -160,6 +221,11 @@ class _Reader:
         value = int.from_bytes(self._data[self._pos : self._pos + 4], "big")
         self._pos += 4
         return value
+
+    def skip(self, size: int) -> None:
+        if self._pos + size > len(self._data):
+            raise ValueError("SSH signature is truncated")
+        self._pos += size
 
     def string(self) -> bytes:
         size = self.uint32()

@@ -13,11 +13,25 @@ fails here. Blocking (subprocesses): called from the fetch thread.
 - OpenPGP signatures are verified by GnuPG (`gpg --verify --status-fd`), the implementation
   git itself uses for `gpgsig`, maintained and packaged everywhere; each verification imports
   the trusted keys into a fresh, private GNUPGHOME (deleted afterwards, no agent started), so
-  nothing outside `openpgp_keys_file` is ever trusted. GnuPG's verdict (GOODSIG/VALIDSIG, no
-  EXPKEYSIG/REVKEYSIG/BADSIG/ERRSIG) is cross-checked against the key listing: the signing key
-  or subkey must be neither expired, revoked nor invalid, and must be signing-capable.
+  nothing outside `openpgp_keys_file` is ever trusted. Each armored block of the file is
+  imported as a file of its own (in one packet stream, gpg reads a revocation certificate
+  that follows another key as a signature on that key, and drops it), and all of them twice
+  (a revocation read before its key cannot be applied on the first pass); a revocation that
+  still cannot be applied (its key is not in the file) fails closed. GnuPG's verdict
+  (GOODSIG/VALIDSIG, no EXPKEYSIG/REVKEYSIG/BADSIG/ERRSIG) is cross-checked against the key
+  listing: the signing key or subkey must be neither expired, revoked nor invalid, and must be
+  signing-capable.
   (Python OpenPGP libraries were considered: PGPy is unmaintained since 2022; GnuPG is what
   produced and what git checks these signatures with.)
+
+Tag modes also check that the tag object names the tracked tag (`tag <name>`): a signed tag
+re-pushed under another name is refused, and the provenance records the name.
+
+Text the signer chose (an SSHSIG namespace, a tag name, a certificate principal) is quoted only
+through `signatures.clean` (printable ASCII, at most 64 characters). A verifier that cannot
+give a verdict (killed, crashed, a usage error: an `ssh-keygen` without `-Y`) is a
+`SourceError` "verifier failed: ...", never blamed on the signature; nothing is applied
+either way.
 
 The key files are read on every verifying fetch (SIGHUP wakes every source, so it re-reads
 them); a missing or unreadable file is a `SourceError`: nothing is applied (fail closed).
@@ -32,7 +46,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -66,6 +82,7 @@ class Signature:
     format: signatures.Format
     signer: str
     fingerprint: str
+    ca_fingerprint: str = ""  # an SSH certificate's CA key
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +91,7 @@ class Provenance:
 
     commit: str
     signatures: tuple[Signature, ...]
+    tag: str = ""  # the tag modes: the verified tag object's name
 
     def as_details(self) -> dict[str, str]:
         first = self.signatures[0]
@@ -84,21 +102,31 @@ class Provenance:
             "format": first.format,
             "signed": first.object,
         }
+        if first.ca_fingerprint:
+            details["ca_fingerprint"] = first.ca_fingerprint
         for sig in self.signatures[1:]:
             details[f"{sig.object}_signer"] = sig.signer
             details[f"{sig.object}_fingerprint"] = sig.fingerprint
+            if sig.ca_fingerprint:
+                details[f"{sig.object}_ca_fingerprint"] = sig.ca_fingerprint
+        if self.tag:
+            details["tag"] = self.tag
         return details
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a fetched revision was refused."""
+    """Why a fetched revision was refused (every field printable ASCII, cut to a bounded length)."""
 
     commit: str
     reason: str
     fingerprint: str = ""
     signer: str = ""
     object: Literal["commit", "tag"] = "commit"
+
+    def __post_init__(self) -> None:
+        for name, limit in (("commit", 80), ("reason", 240), ("fingerprint", 80), ("signer", 80)):
+            object.__setattr__(self, name, signatures.clean(getattr(self, name), limit))
 
     def message(self) -> str:
         key = f" (key {self.fingerprint})" if self.fingerprint else ""
@@ -172,6 +200,7 @@ def check(
         SourceError: a verifier could not run (fail closed).
     """
     found: list[Signature] = []
+    name = ""
     try:
         if spec.mode in ("head", "tag_and_head"):
             signed = signatures.commit_signature(commit_raw)
@@ -184,11 +213,20 @@ def check(
             signed = signatures.tag_signature(tag_raw)
             if signed is None:
                 raise _Bad(f"tag {tag} is not signed")
-            found.append(_verify("tag", signed, spec, keys))
+            sig = _verify("tag", signed, spec, keys)
+            found.append(sig)
+            # The name is inside what was signed: a signed tag re-pushed under another ref name
+            # (refs/tags/prod -> the `staging` tag object) is not the tag this source tracks.
+            name = signatures.header(signed.payload, "tag") or ""
+            if name != tag:
+                named = f"named '{signatures.clean(name)}'" if name else "without a name"
+                raise _Bad(f"the tag object is {named}, not '{tag}'", sig.fingerprint, sig.signer)
     except _Bad as bad:
         obj: Literal["commit", "tag"] = "tag" if len(found) == 1 or spec.mode == "tag" else "commit"
+        if spec.mode == "tag_and_head" and len(found) == 2:
+            obj = "tag"
         raise SignatureRejected(Rejection(commit, bad.reason, bad.fingerprint, bad.signer, obj)) from None
-    return Provenance(commit, tuple(found))
+    return Provenance(commit, tuple(found), tag=name)
 
 
 def _verify(
@@ -198,27 +236,33 @@ def _verify(
     if signed.format == "ssh":
         if keys.allowed_signers is None:
             raise _Bad(f"{what} has an SSH signature but no ssh_allowed_signers_file is configured")
-        signer, fingerprint = _verify_ssh(signed, keys.allowed_signers, spec.signers)
-    elif signed.format == "openpgp":
+        signer, fingerprint, ca = _verify_ssh(signed, keys.allowed_signers, spec.signers)
+        return Signature(obj, signed.format, signer, fingerprint, ca)
+    if signed.format == "openpgp":
         if keys.openpgp is None:
             raise _Bad(f"{what} has an OpenPGP signature but no openpgp_keys_file is configured")
         signer, fingerprint = _verify_openpgp(signed, keys.openpgp, spec.signers)
-    else:
-        raise _Bad(f"{what} has an unsupported signature format (only OpenPGP and SSH are verified)")
-    return Signature(obj, signed.format, signer, fingerprint)
+        return Signature(obj, signed.format, signer, fingerprint)
+    raise _Bad(f"{what} has an unsupported signature format (only OpenPGP and SSH are verified)")
 
 
 # -- SSH ----------------------------------------------------------------------------------------
 
 
-def _verify_ssh(signed: signatures.Signed, allowed: bytes, signers: tuple[str, ...]) -> tuple[str, str]:
+def _verify_ssh(signed: signatures.Signed, allowed: bytes, signers: tuple[str, ...]) -> tuple[str, str, str]:
+    """(the allowed_signers principals that matched, the key's fingerprint, a certificate's CA's).
+
+    The signer recorded is what `find-principals` matched (the principals field of the
+    allowed_signers line, or a certificate's principal): with a wildcard line, `signers` only
+    narrows which identities the pattern may stand for, and is not recorded as the signer.
+    """
     try:
         info = signatures.sshsig(signed.signature)
     except ValueError as exc:
         raise _Bad(f"malformed SSH signature: {exc}") from None
     fpr = info.fingerprint
     if info.namespace != "git":
-        raise _Bad(f"SSH signature is for namespace {info.namespace!r}, not 'git'", fpr)
+        raise _Bad(f"SSH signature is for namespace '{signatures.clean(info.namespace)}', not 'git'", fpr)
     with _workdir() as work:
         sig = work / "signature"
         sig.write_bytes(signed.signature)
@@ -226,8 +270,11 @@ def _verify_ssh(signed: signatures.Signed, allowed: bytes, signers: tuple[str, .
         allowed_file.write_bytes(allowed)
         done = _run(["ssh-keygen", "-Y", "check-novalidate", "-n", "git", "-s", str(sig)], signed.payload)
         if done.returncode != 0:
+            _ssh_verdict(done, "check-novalidate")
             raise _Bad("bad signature (the signed content does not match: tampered or corrupt)", fpr)
         found = _run(["ssh-keygen", "-Y", "find-principals", "-f", str(allowed_file), "-s", str(sig)], b"")
+        if found.returncode != 0:
+            _ssh_verdict(found, "find-principals")
         principals = [p for p in found.stdout.decode("utf-8", "replace").splitlines() if p.strip()]
         if found.returncode != 0 or not principals:
             raise _Bad(
@@ -235,28 +282,58 @@ def _verify_ssh(signed: signatures.Signed, allowed: bytes, signers: tuple[str, .
                 "valid-after/valid-before window)",
                 fpr,
             )
-        for identity in signers or tuple(principals):
-            done = _run(
-                [
-                    "ssh-keygen",
-                    "-Y",
-                    "verify",
-                    "-f",
-                    str(allowed_file),
-                    "-I",
-                    identity,
-                    "-n",
-                    "git",
-                    "-s",
-                    str(sig),
-                ],
-                signed.payload,
-            )
-            if done.returncode == 0:
-                return identity, fpr
+        for principal in principals:
+            listed = [p for p in principal.split(",") if p and not p.startswith("!")]
+            for identity in signers or tuple(listed) or (principal,):
+                done = _run(
+                    [
+                        "ssh-keygen",
+                        "-Y",
+                        "verify",
+                        "-f",
+                        str(allowed_file),
+                        "-I",
+                        identity,
+                        "-n",
+                        "git",
+                        "-s",
+                        str(sig),
+                    ],
+                    signed.payload,
+                )
+                if done.returncode == 0:
+                    return signatures.clean(principal), fpr, info.ca_fingerprint
+                _ssh_verdict(done, "verify")
+    named = ", ".join(signatures.clean(p) for p in principals[:3])
     if signers:
-        raise _Bad(f"signed by {', '.join(principals)}, which is not in signers", fpr, principals[0])
-    raise _Bad("the signature does not verify for its allowed_signers principals", fpr, principals[0])
+        raise _Bad(f"signed by {named}, which is not in signers", fpr, signatures.clean(principals[0]))
+    raise _Bad("the signature does not verify for its allowed_signers principals", fpr, named)
+
+
+def _ssh_verdict(done: subprocess.CompletedProcess[bytes], operation: str) -> None:
+    """Return if a failed `ssh-keygen -Y` gave a verdict on the signature (exit 255 saying so);
+    raise `SourceError` if it could not give one (killed, a usage error, an unknown `-Y`)."""
+    text = (done.stderr + done.stdout).decode("utf-8", "replace").lower()
+    if done.returncode == 255 and any(
+        word in text for word in ("verif", "signature", "principal", "certificate")
+    ):
+        return
+    if done.returncode == 255 and operation == "find-principals" and not text.strip():
+        return
+    raise _tool_failed("ssh-keygen", done)
+
+
+def _tool_failed(tool: str, done: subprocess.CompletedProcess[bytes]) -> SourceError:
+    if done.returncode < 0:
+        try:
+            name = f" ({signal.Signals(-done.returncode).name})"
+        except ValueError:
+            name = ""
+        how = f"killed by signal {-done.returncode}{name}"
+    else:
+        lines = [ln.strip() for ln in done.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        how = f"exited with {done.returncode}" + (f": {signatures.clean(lines[0], 120)}" if lines else "")
+    return SourceError(f"verifier failed: {tool} {how}; nothing is applied", retry_after=30.0)
 
 
 # -- OpenPGP ------------------------------------------------------------------------------------
@@ -266,13 +343,30 @@ def _verify_openpgp(signed: signatures.Signed, keyring: bytes, signers: tuple[st
     with _workdir() as work:
         home = work / "gnupg"
         home.mkdir(mode=0o700)
-        keys_file = work / "keys.asc"
-        keys_file.write_bytes(keyring)
+        blocks = _ARMOR_BLOCK.findall(keyring) or [keyring]  # not armored: one binary stream
+        key_files = [work / f"key-{i}.asc" for i in range(len(blocks))]
+        for path, block in zip(key_files, blocks, strict=True):
+            path.write_bytes(block + b"\n")
         sig = work / "signature.asc"
         sig.write_bytes(signed.signature)
         gpg = ["gpg", "--homedir", str(home), "--batch", "--no-autostart", "--no-tty", "--no-options"]
-        imported = _run([*gpg, "--import", str(keys_file)], b"")
+        # Each block a file (a packet stream) of its own, all imported twice: on the first pass
+        # a revocation read before its key is dropped ("no public key - can't apply revocation
+        # certificate"); on the second its key is there.
+        for _ in range(2):
+            imported = _run([*gpg, "--import", *map(str, key_files)], b"")
+            if imported.returncode < 0:
+                raise _tool_failed("gpg", imported)
+        unapplied = _UNAPPLIED.search(imported.stderr.decode("utf-8", "replace"))
+        if unapplied:
+            raise SourceError(
+                f"verify.openpgp_keys_file holds a revocation certificate for key {unapplied.group(1)} "
+                "that could not be applied (that key is not in the file); nothing is applied",
+                retry_after=30.0,
+            )
         listing = _run([*gpg, "--with-colons", "--fixed-list-mode", "--list-keys"], b"")
+        if listing.returncode != 0:
+            raise _tool_failed("gpg", listing)
         keys = signatures.gpg_keys(listing.stdout.decode("utf-8", "replace"))
         if not keys:
             detail = imported.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no key"]
@@ -282,7 +376,10 @@ def _verify_openpgp(signed: signatures.Signed, keyring: bytes, signers: tuple[st
                 retry_after=30.0,
             )
         done = _run([*gpg, "--status-fd", "1", "--verify", str(sig), "-"], signed.payload)
-    status = signatures.gpg_status(done.stdout.decode("utf-8", "replace"))
+    text = done.stdout.decode("utf-8", "replace")
+    if done.returncode < 0 or "[GNUPG:] " not in text:
+        raise _tool_failed("gpg", done)  # no verdict at all: not the signature's fault
+    status = signatures.gpg_status(text)
     fpr = status.primary_fingerprint or status.key_id
     if status.signatures != 1:
         raise _Bad(f"expected one OpenPGP signature, found {status.signatures}", fpr)
@@ -308,13 +405,15 @@ def _verify_openpgp(signed: signatures.Signed, keyring: bytes, signers: tuple[st
     if signers:
         for email, uid in identities:
             if email in signers or uid in signers:
-                return (email if email in signers else uid), fpr
-        named = identities[0][0] if identities else ""
+                return signatures.clean(email if email in signers else uid), fpr
+        named = signatures.clean(identities[0][0]) if identities else ""
         raise _Bad(f"signed by {named or 'a key without a user ID'}, which is not in signers", fpr, named)
-    return (identities[0][0] if identities else key.fingerprint), fpr
+    return (signatures.clean(identities[0][0]) if identities else key.fingerprint), fpr
 
 
 _VALIDITY_REASON: Mapping[str, str] = {"e": "key expired", "r": "key revoked", "i": "key invalid"}
+_ARMOR_BLOCK = re.compile(rb"^-----BEGIN PGP [A-Z ]+-----\r?$.*?^-----END PGP [A-Z ]+-----\r?$", re.S | re.M)
+_UNAPPLIED = re.compile(r"key ([0-9A-Fa-f]+): no public key - can't apply revocation certificate")
 
 
 # -- running the tools --------------------------------------------------------------------------
@@ -338,7 +437,7 @@ def _run(argv: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
             argv, input=stdin, capture_output=True, env=env, timeout=TOOL_TIMEOUT, check=False
         )
     except FileNotFoundError as exc:
-        package = "OpenSSH's ssh-keygen (8.2 or later)" if argv[0] == "ssh-keygen" else "GnuPG's gpg"
+        package = "OpenSSH's ssh-keygen (8.8 or later)" if argv[0] == "ssh-keygen" else "GnuPG's gpg"
         raise SourceError(
             f"cannot verify signatures: {argv[0]} not found; install {package}", retry_after=60.0
         ) from exc

@@ -198,3 +198,70 @@ def test_only_commits_by_listed_signers_run(signed_setup: dict[str, Any]) -> Non
         ) in shown.splitlines()
         assert "rejected commit" not in shown
         assert 0 == daemon.stop()
+
+
+def test_rollback_to_an_older_signed_commit_is_refused_also_after_a_restart(
+    signed_setup: dict[str, Any],
+) -> None:
+    """A force-push back to an older commit signed by alice never runs; after a restart the
+    applied revision comes from the state dir, and status says it is not re-verified yet."""
+    remote: gitkit.Remote = signed_setup["remote"]
+    tmp = signed_setup["tmp"]
+    audit_dir = tmp / "audit"
+    first = signed_setup["first"]
+
+    def serve() -> Any:
+        return harness.run_daemon(
+            "--config",
+            str(signed_setup["config"]),
+            cwd=tmp,
+            state_dir=tmp / "state",
+            env={"ANTHROPIC_API_KEY": "test-key"},
+        )
+
+    with serve() as daemon:
+        daemon.wait_ready()
+        remote.write("bindings/b2.yaml", binding("b2"))
+        second = remote.commit("second, signed by alice")
+        assert 202 == daemon.post("/api/v1/reconcile?source=main")[0]
+        daemon.wait_for(lambda: main_source(daemon)["lastApplied"] == second, what="second applied")
+        remote.git("reset", "-q", "--hard", first)
+        remote.push(force=True)
+        assert 202 == daemon.post("/api/v1/reconcile?source=main")[0]
+        src = daemon.wait_for(
+            lambda: (s := main_source(daemon))["rejectedCommit"] and s, what="the rollback refused"
+        )
+        assert (first, f"not a fast-forward of {second}") == (
+            src["rejectedCommit"]["commit"],
+            src["rejectedCommit"]["reason"],
+        )
+        assert second == src["lastApplied"]
+        assert 200 == daemon.get("/api/v1/resources/FlowBinding/b2")[0]
+        record = daemon.wait_for(
+            lambda: [
+                r for r in audit_records(audit_dir, "config.rejected") if r["aofd"]["revision"] == first
+            ],
+            what="the rollback audited",
+        )[0]
+        assert f"not a fast-forward of {second}" == record["aofd"]["signature"]["reason"]
+        assert 0 == daemon.stop()
+
+    hidden = remote.bare.with_name("away.git")
+    remote.bare.rename(hidden)  # unreachable: the restored revision is not fetched again
+    with serve() as daemon:
+        daemon.wait_ready()
+        src = main_source(daemon)
+        assert second == src["lastApplied"]
+        assert {"commit": second, "verified": "not re-verified since restart"} == src["signature"]
+        assert (
+            "  signature: not re-verified since restart (commit " + second[:12] + ")"
+            in aofctl_status(daemon).splitlines()
+        )
+        hidden.rename(remote.bare)  # back, still at the older commit: refused against the state dir's
+        assert 202 == daemon.post("/api/v1/reconcile?source=main")[0]
+        src = daemon.wait_for(
+            lambda: (s := main_source(daemon))["rejectedCommit"] and s, what="the rollback refused again"
+        )
+        assert f"not a fast-forward of {second}" == src["rejectedCommit"]["reason"]
+        assert 200 == daemon.get("/api/v1/resources/FlowBinding/b2")[0]
+        assert 0 == daemon.stop()

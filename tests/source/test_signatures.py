@@ -6,6 +6,10 @@ made by `ssh-keygen` and GnuPG keys made in the test; allowed_signers handling c
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -506,3 +510,300 @@ def test_each_rejected_commit_is_reported_once() -> None:
         "main:b:bad signature",
         "main:b:bad signature",
     ] == asyncio.run(scenario())
+
+
+# -- review fixes: revocations, tag names, rollback, untrusted text, signers, certs, tool failures --
+
+
+@pytest.mark.parametrize("order", ["revocation, key", "key, other key, revocation"])
+def test_openpgp_revocation_anywhere_in_the_file_revokes(
+    order: str, remote: Remote, state_dir: Path, tmp_path: Path, pgp: dict[str, Any]
+) -> None:
+    """`cat rev.asc key.asc`: in one import, gpg cannot apply a revocation read before its key;
+    after another key, it reads it as a signature on that key (and drops it)."""
+    home, fprs = pgp["home"], pgp["fprs"]
+    signkit.sign_with_gpg(remote, home, "rex@example.com")
+    remote.commit("signed by rex")
+    trusted = tmp_path / "trusted.asc"
+    rex, rev, alice = home.export(fprs["rex"]), home.revocation(fprs["rex"]), home.export(fprs["alice"])
+    trusted.write_bytes(rev + rex if order == "revocation, key" else rex + alice + rev)
+    why = rejected(mirror(spec_of(remote, openpgp_keys_file=trusted), state_dir))
+    assert "key revoked" == why.reason
+
+
+def test_openpgp_revocation_of_a_key_not_in_the_file_fails_closed(
+    remote: Remote, state_dir: Path, tmp_path: Path, pgp: dict[str, Any]
+) -> None:
+    home, fprs = pgp["home"], pgp["fprs"]
+    signkit.sign_with_gpg(remote, home, ALICE)
+    remote.commit("signed by alice")
+    trusted = tmp_path / "trusted.asc"
+    trusted.write_bytes(home.export(fprs["alice"]) + home.revocation(fprs["mallory"]))
+    m = mirror(spec_of(remote, openpgp_keys_file=trusted), state_dir)
+    with pytest.raises(SourceError, match=r"revocation certificate .* could not be applied") as caught:
+        m.sync(None)
+    assert not isinstance(caught.value, verify.SignatureRejected)
+
+
+def test_tag_object_named_otherwise_is_refused(
+    remote: Remote, state_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Force-pushing refs/tags/prod to the signed `staging` tag object does not deploy it."""
+    path = allowed(tmp_path / "allowed", f"{ALICE} {signkit.public(keys['alice'])}")
+    signkit.sign_with_ssh(remote, keys["alice"])
+    remote.commit("release")
+    remote.git("tag", "-s", "-m", "prod", "prod")
+    remote.push(ref="prod")
+    spec = spec_of(remote, GitRef(tag="prod"), mode="tag", ssh_allowed_signers_file=path)
+    snap = mirror(spec, state_dir).sync(None)
+    assert snap.provenance is not None
+    assert "prod" == snap.provenance["tag"]
+    remote.commit("staging work")
+    remote.git("tag", "-s", "-m", "staging", "staging")
+    remote.push(ref="staging")
+    remote.git("push", "-q", "--force", "origin", "refs/tags/staging:refs/tags/prod")
+    why = rejected(mirror(spec, state_dir), snap)
+    assert ("tag", "the tag object is named 'staging', not 'prod'") == (why.object, why.reason)
+    assert signkit.fingerprint(keys["alice"]) == why.fingerprint
+
+
+def _signed_history(remote: Remote, keys: dict[str, Path], tmp_path: Path) -> tuple[str, str, Path]:
+    signkit.sign_with_ssh(remote, keys["alice"])
+    remote.write("agent.yaml", "kind: Agent\nmetadata: {name: old}\n")
+    old = remote.commit("old, signed")
+    remote.write("agent.yaml", "kind: Agent\nmetadata: {name: new}\n")
+    new = remote.commit("new, signed")
+    return old, new, allowed(tmp_path / "allowed", f"{ALICE} {signkit.public(keys['alice'])}")
+
+
+def test_rollback_to_an_older_signed_commit_is_refused(
+    remote: Remote, state_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    old, new, path = _signed_history(remote, keys, tmp_path)
+    m = mirror(spec_of(remote, ssh_allowed_signers_file=path), state_dir)
+    assert new == m.sync(None, applied=new).revision
+    remote.git("reset", "-q", "--hard", old)
+    remote.push(force=True)
+    why = rejected_applied(m, new)
+    assert (old, f"not a fast-forward of {new}") == (why.commit, why.reason)
+    assert signkit.fingerprint(keys["alice"]) == why.fingerprint
+    # Opted out: the older signed commit applies.
+    lax = mirror(spec_of(remote, ssh_allowed_signers_file=path, allow_rollback=True), state_dir)
+    assert old == lax.sync(None, applied=new).revision
+
+
+def rejected_applied(m: git_mod.Mirror, applied: str) -> verify.Rejection:
+    with pytest.raises(verify.SignatureRejected) as caught:
+        m.sync(None, applied=applied)
+    return caught.value.rejection
+
+
+def test_fast_forward_and_merge_of_the_applied_head_apply(
+    remote: Remote, state_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    old, new, path = _signed_history(remote, keys, tmp_path)
+    m = mirror(spec_of(remote, ssh_allowed_signers_file=path), state_dir)
+    assert new == m.sync(None, applied=old).revision  # a fast-forward
+    remote.git("checkout", "-q", "-b", "feature", old)
+    remote.write("feature.yaml", "kind: Agent\nmetadata: {name: feature}\n")
+    remote.commit("feature work", push=False)
+    remote.git("checkout", "-q", "main")
+    git("merge", "-q", "--no-ff", "-S", "-m", "merge feature", "feature", cwd=remote.work)
+    remote.push()
+    merged = remote.head()
+    assert merged == m.sync(None, applied=new).revision
+
+
+def test_rollback_refused_through_the_source_and_shown_in_status(
+    remote: Remote, state_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """The owner tells the source what was applied (also the revision restored at start)."""
+    old, new, path = _signed_history(remote, keys, tmp_path)
+    source = runner.GitSource(
+        SourceSpec(name="main", git=spec_of(remote, ssh_allowed_signers_file=path)), state_dir
+    )
+    source.mark_applied(Revision(new))  # as restored from the state dir: not verified by this process
+    status = source.status()
+    assert {"commit": new, "verified": "not re-verified since restart"} == status.provenance
+    remote.git("reset", "-q", "--hard", old)
+    remote.push(force=True)
+
+    async def scenario() -> None:
+        with pytest.raises(SourceError, match=f"commit {old} rejected: not a fast-forward of {new}"):
+            await source.fetch()
+
+    asyncio.run(scenario())
+    assert source.status().rejected is not None
+    assert f"not a fast-forward of {new}" == source.status().rejected["reason"]  # type: ignore[index]
+
+
+def test_untrusted_signature_text_is_cut_and_printable() -> None:
+    """The SSHSIG namespace and the tag name are the signer's text: never quoted whole or raw."""
+
+    def string(b: bytes) -> bytes:
+        return struct.pack(">I", len(b)) + b
+
+    key = string(b"ssh-ed25519") + string(b"\x01" * 32)
+    namespace = ("\x1b[31mevil\n" + "A" * 200_000).encode()
+    blob = (
+        b"SSHSIG" + struct.pack(">I", 1) + string(key) + string(namespace) + string(b"") + string(b"sha512")
+    )
+    armored = base64.b64encode(blob).decode()
+    sig = (
+        "-----BEGIN SSH SIGNATURE-----\n"
+        + "\n".join(armored[i : i + 70] for i in range(0, len(armored), 70))
+        + "\n-----END SSH SIGNATURE-----"
+    )
+    raw = (
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@x> 1 +0000\ncommitter A <a@x> 1 +0000\n"
+        + b"gpgsig "
+        + sig.replace("\n", "\n ").encode()
+        + b"\n\nm\n"
+    )
+    spec = GitVerify(ssh_allowed_signers_file=Path("/nonexistent"))
+    keys = verify.Keys(allowed_signers=b"x ssh-ed25519 AAAA\n", openpgp=None)
+    with pytest.raises(verify.SignatureRejected) as caught:
+        verify.check(spec, keys, commit="c" * 40, commit_raw=raw)
+    for text in (caught.value.rejection.message(), *caught.value.rejection.as_details().values()):
+        assert len(text) < 250, text[:300]
+        assert text.isascii(), text[:300]
+        assert text.isprintable(), text[:300]
+    assert "namespace '?[31mevil?AAAA" in caught.value.rejection.reason
+
+
+def test_untrusted_tag_name_is_cut_and_printable(keys: dict[str, Path], tmp_path: Path) -> None:
+    """A validly signed tag object whose name is terminal escapes and 5000 characters."""
+    payload = (
+        b"object "
+        + b"c" * 40
+        + b"\ntype commit\ntag \x1b]0;x\x07"
+        + b"B" * 5000
+        + b"\ntagger A <a@x> 1 +0000\n\nm\n"
+    )
+    (tmp_path / "tag").write_bytes(payload)
+    signkit.run(
+        "ssh-keygen", "-q", "-Y", "sign", "-f", str(keys["alice"]), "-n", "git", str(tmp_path / "tag")
+    )
+    tag_raw = payload + (tmp_path / "tag.sig").read_bytes()
+    path = allowed(tmp_path / "allowed", f"{ALICE} {signkit.public(keys['alice'])}")
+    spec = GitVerify(mode="tag", ssh_allowed_signers_file=path)
+    with pytest.raises(verify.SignatureRejected) as caught:
+        verify.check(
+            spec, verify.load_keys(spec), commit="c" * 40, commit_raw=b"", tag="prod", tag_raw=tag_raw
+        )
+    why = caught.value.rejection
+    assert why.reason.startswith("the tag object is named '?]0;x?BBB")
+    assert why.reason.endswith("...', not 'prod'")
+    for text in (why.message(), *why.as_details().values()):
+        assert len(text) < 250, text[:300]
+        assert text.isascii(), text[:300]
+        assert text.isprintable(), text[:300]
+
+
+def test_wildcard_principal_is_recorded_as_what_matched(
+    remote: Remote, state_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """`*@example.com <alice's key>` with `signers: [bob]`: the record says the pattern, not bob."""
+    signkit.sign_with_ssh(remote, keys["alice"])
+    remote.commit("signed by alice")
+    path = allowed(tmp_path / "allowed", f"*@example.com {signkit.public(keys['alice'])}")
+    snap = mirror(spec_of(remote, ssh_allowed_signers_file=path, signers=[BOB]), state_dir).sync(None)
+    assert snap.provenance is not None
+    assert "*@example.com" == snap.provenance["signer"]
+
+
+def test_certificate_fingerprint_is_the_inner_keys_as_git_shows_it(
+    remote: Remote, state_dir: Path, tmp_path: Path
+) -> None:
+    ca = signkit.ssh_key(tmp_path / "ca", "ca")
+    user = signkit.ssh_key(tmp_path / "user", "carol")
+    signkit.run("ssh-keygen", "-q", "-s", str(ca), "-I", "carol", "-n", "carol@example.com", f"{user}.pub")
+    signkit.sign_with_ssh(remote, Path(f"{user}-cert.pub"))
+    remote.commit("signed with a certificate")
+    path = allowed(tmp_path / "allowed", f"*@example.com cert-authority {signkit.public(ca)}")
+    shown = subprocess.run(
+        ["git", "-c", f"gpg.ssh.allowedSignersFile={path}", "verify-commit", "HEAD"],
+        cwd=remote.work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    inner = signkit.run("ssh-keygen", "-l", "-f", f"{user}-cert.pub").split()[1]
+    assert inner == signkit.fingerprint(user)
+    assert f"key {inner}" in shown
+    snap = mirror(spec_of(remote, ssh_allowed_signers_file=path), state_dir).sync(None)
+    assert snap.provenance is not None
+    assert inner == snap.provenance["fingerprint"]
+    assert signkit.fingerprint(ca) == snap.provenance["ca_fingerprint"]
+
+
+def _fake_tool(bindir: Path, name: str, script: str) -> None:
+    bindir.mkdir(parents=True, exist_ok=True)
+    (bindir / name).write_text("#!/bin/sh\n" + script)
+    (bindir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        ("kill -SEGV $$\n", "killed by signal"),
+        ('echo "unknown option -- Y" >&2\nexit 1\n', "exited with 1: unknown option -- Y"),
+    ],
+)
+def test_ssh_keygen_failure_is_a_source_error_not_a_bad_signature(
+    script: str,
+    said: str,
+    remote: Remote,
+    state_dir: Path,
+    keys: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signkit.sign_with_ssh(remote, keys["alice"])
+    remote.commit("signed")
+    path = allowed(tmp_path / "allowed", f"{ALICE} {signkit.public(keys['alice'])}")
+    _fake_tool(tmp_path / "bin", "ssh-keygen", script)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(SourceError, match=f"verifier failed: ssh-keygen {said}") as caught:
+        mirror(spec_of(remote, ssh_allowed_signers_file=path), state_dir).sync(None)
+    assert not isinstance(caught.value, verify.SignatureRejected)
+
+
+def test_gpg_crash_while_verifying_is_a_source_error(
+    remote: Remote, state_dir: Path, tmp_path: Path, pgp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signkit.sign_with_gpg(remote, pgp["home"], ALICE)
+    remote.commit("signed by alice")
+    trusted = tmp_path / "trusted.asc"
+    trusted.write_bytes(pgp["trusted"])
+    real = shutil.which("gpg")
+    _fake_tool(
+        tmp_path / "bin",
+        "gpg",
+        f'for a in "$@"; do [ "$a" = --verify ] && kill -KILL $$; done\nexec {real} "$@"\n',
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(SourceError, match="verifier failed: gpg killed by signal") as caught:
+        mirror(spec_of(remote, openpgp_keys_file=trusted), state_dir).sync(None)
+    assert not isinstance(caught.value, verify.SignatureRejected)
+
+
+def test_unsigned_merge_carrying_a_mergetag_is_unsigned(
+    remote: Remote, state_dir: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Merging a signed tag copies its signature into a `mergetag` header: not the commit's."""
+    signkit.sign_with_ssh(remote, keys["alice"])
+    remote.git("checkout", "-q", "-b", "feature")
+    remote.commit("feature, signed", push=False)
+    remote.git("tag", "-s", "-m", "signed feature", "feature-v1")
+    remote.git("checkout", "-q", "main")
+    signkit.unsign(remote)
+    git("merge", "-q", "--no-ff", "--no-gpg-sign", "-m", "unsigned merge", "feature-v1", cwd=remote.work)
+    remote.push()
+    raw = subprocess.run(
+        ["git", "cat-file", "commit", "HEAD"], cwd=remote.work, capture_output=True, check=True
+    ).stdout
+    assert b"\nmergetag object " in raw
+    path = allowed(tmp_path / "allowed", f"{ALICE} {signkit.public(keys['alice'])}")
+    why = rejected(mirror(spec_of(remote, ssh_allowed_signers_file=path), state_dir))
+    assert (remote.head(), "the commit is not signed") == (why.commit, why.reason)
