@@ -18,8 +18,10 @@ disk becomes a refusal, not a hang). Counters and latency histograms live on
 
 With a key chain (`aofd.audit.seal.KeyChain`) `AuditLog` also seals: `seal_epoch` (run each
 epoch by the task `start_sealing` starts) puts one `audit.sealed` record in every open
-Context's log through its writer thread, then evolves the key durably; each writer seals at
-rotation and as the last line when it stops.
+Context's log through its writer thread, fsyncs those seals, and only then evolves the key
+durably; each writer seals at rotation and as the last line when it stops, and once every stop
+seal is durable `aclose` moves the key on one more epoch, so the key left on disk while aofd is
+down cannot seal the stop epoch.
 
 The files, the chain and recovery are `aofd.audit.segment`'s business.
 """
@@ -121,6 +123,8 @@ class SealPass:
 
 
 _STOP: Final = object()
+SEAL_SLICE: Final = 32
+"""How many Contexts a seal pass seals at once (see `AuditLog.seal_epoch`)."""
 
 
 class _Writer:
@@ -232,8 +236,12 @@ class _Writer:
             self._loop_call(_resolve_all, results)
 
     def _seal(self, key: seal.EpochKey) -> bool | BaseException:
+        """Seal and fsync: the pass moves the key on only after every seal is durable (a seal lost
+        in a crash after its key was destroyed could never be written again)."""
         try:
-            return self.journal.seal("epoch", key)
+            written = self.journal.seal("epoch", key)
+            self.journal.sync()
+            return written
         except errors.AuditUnavailable as exc:
             return exc
         except Exception as exc:  # a bug: fail this seal only
@@ -410,15 +418,21 @@ class AuditLog:
             return SealPass(None, 0, {}, 0.0)
         key = chain.current
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.write_timeout
         pending: list[tuple[str, asyncio.Future[bool]]] = []
-        for context, writer in list(self._writers.items()):
-            future: asyncio.Future[bool] = loop.create_future()
-            writer.submit(_SealRequest(key, future))
-            pending.append((context, future))
+        writers = list(self._writers.items())
+        for begin in range(0, len(writers), SEAL_SLICE):
+            # A slice at a time: a thousand writer threads encoding and fsyncing at once starve the
+            # event loop of the GIL (a 100-200 ms stall); a slice keeps it responsive.
+            batch: list[asyncio.Future[bool]] = []
+            for context, writer in writers[begin : begin + SEAL_SLICE]:
+                future: asyncio.Future[bool] = loop.create_future()
+                writer.submit(_SealRequest(key, future))
+                pending.append((context, future))
+                batch.append(future)
+            await asyncio.wait(batch, timeout=max(0.0, deadline - loop.time()))
         failed: dict[str, str] = {}
         sealed = 0
-        if pending:
-            await asyncio.wait([f for _, f in pending], timeout=self.options.write_timeout)
         for context, future in pending:
             if not future.done():
                 future.cancel()  # the writer skips it; a hung disk is a failure like any other
@@ -428,6 +442,8 @@ class AuditLog:
             else:
                 sealed += 1
         self.metrics.failures_total += len(failed)
+        if not failed:
+            chain.published(key.epoch)
         await asyncio.to_thread(chain.advance_to, target)
         for context, why in failed.items():
             log.error("audit seal not written", context=context, epoch=key.epoch, error=why)
@@ -547,6 +563,17 @@ class AuditLog:
         writers = list(self._writers.values())
         self._writers.clear()
         await asyncio.gather(*(w.stop() for w in writers))
+        chain = self.keychain
+        if chain is not None:  # the stop seals are durable (fsynced by close): retire their key too
+            try:
+                await asyncio.to_thread(chain.advance_to, chain.epoch + 1)
+            except OSError as exc:
+                log.error(
+                    "audit sealing key not moved on after the stop seals; it stays on disk until the "
+                    "next start",
+                    error=str(exc),
+                    directory=str(chain.directory),
+                )
         if self._root_lock_fd is not None:
             os.close(self._root_lock_fd)
             self._root_lock_fd = None

@@ -82,6 +82,7 @@ ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "audit.file.rotated": (("file",), ("change",)),
     "audit.recovered": (("file",), ("change",)),
     "audit.sealed": (("file",), ("info",)),
+    "audit.pruned": (("file",), ("deletion",)),
 }
 
 BODY_PATHS: Final[tuple[tuple[str, ...], ...]] = (

@@ -1,53 +1,59 @@
-"""Forward-secure sealing of the audit logs: the key chain, its state file, the seal MAC.
+"""Forward-secure sealing of the audit logs: the key chain, its state and certificates, the seal signature.
 
 This module owns the cryptography and the on-disk sealing state; the journal
 (`aofd.audit.segment`) writes the `audit.sealed` records and `aofd.audit.verify` checks them.
 
-- A key chain is `k_0, k_1, ...` with `k_{i+1} = HMAC-SHA256(k_i, "aofd-seal/evolve" || chain)`:
-  one way, so whoever holds `k_i` can derive every later key and no earlier one.
-- Time is cut into epochs of `interval` seconds from `start`; epoch `i` is sealed with
-  `k_i` (the MAC key is `HMAC-SHA256(k_i, "aofd-seal/mac")`, never `k_i` itself).
-- The verification key (`aofd-seal-v1:<chain>:<start>:<interval>:<k_0 hex>`) is printed once
-  by `aofctl audit setup-keys` and kept away from the host; a verifier derives every epoch
-  key from it.
-- The daemon keeps only the current epoch's key, in `<state_dir>/audit-seal/state.json`
-  (0600, directory 0700). Moving to a later epoch writes the new key to a temporary file,
-  fsyncs it, renames it over the state file and fsyncs the directory, and only then uses the
-  new key: the old key is gone from disk before anything is sealed with the new one.
+- Each epoch has its own Ed25519 key pair. Time is cut into epochs of `interval` seconds from
+  `start`; a seal of epoch `i` is an Ed25519 signature by epoch `i`'s private key.
+- The **verification key** (`aofd-seal-v2:<chain>:<start>:<interval>:<epoch 0's public key>`)
+  is printed by `aofctl audit setup-keys`. It is public: it checks seals and cannot make one.
+- Moving from epoch `i` to a later epoch `j`, the daemon makes `j`'s key pair and a
+  **certificate**: `j`'s public key signed with `i`'s private key. Certificates chain every
+  epoch's public key back to the verification key; each seal carries its epoch's certificate,
+  and `<state_dir>/audit-seal/certs.jsonl` keeps them all (public, like the key).
+- The daemon keeps only the current epoch's private key, in `<state_dir>/audit-seal/state.json`
+  (0600, directory 0700). Moving on appends the certificate (fsynced), writes the new key to a
+  temporary file, fsyncs it, renames it over the state file and fsyncs the directory, and only
+  then uses the new key: the old private key is gone from disk before anything is sealed with
+  the new one, and nothing on disk gives it back.
 
-What it cannot do: wipe a key from the process's memory (Python bytes are immutable), or
-erase blocks the file system keeps after a rename. Someone who takes the host at time T
-holds the key of T's epoch and can seal anything from then on; every seal of an earlier
-epoch stays unforgeable.
+What it cannot do: wipe a key from the process's memory (Python cannot), or erase blocks the
+file system keeps after a rename. Someone who takes the host at time T holds the key of T's
+epoch and can seal anything from then on; every seal of an earlier epoch stays unforgeable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 STATE_DIR_NAME: Final = "audit-seal"
 """The sealing state's directory under the daemon's `state_dir` (never under the audit dir)."""
 STATE_FILE_NAME: Final = "state.json"
-KEY_PREFIX: Final = "aofd-seal-v1"
-MAC_PREFIX: Final = "hmac-sha256:"
+CERTS_FILE_NAME: Final = "certs.jsonl"
+"""Every certificate of the chain, one JSON object a line (public; give it to verify when the
+logs no longer hold the whole chain, after retention)."""
+KEY_PREFIX: Final = "aofd-seal-v2"
+SIG_PREFIX: Final = "ed25519:"
 DEFAULT_INTERVAL: Final = 60
 REASONS: Final = frozenset({"epoch", "rotation", "stop"})
 """Why a seal was written: the end of an epoch, a segment rotation, the log closing."""
 
-_EVOLVE: Final = b"aofd-seal/evolve\x00"
-_MAC: Final = b"aofd-seal/mac"
 _CHAIN_RE = re.compile(r"^[0-9a-f]{16}$")
-_KEY_RE = re.compile(r"^aofd-seal-v1:([0-9a-f]{16}):(\d{1,12}):(\d{1,9}):([0-9a-f]{64})$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_KEY_RE = re.compile(r"^aofd-seal-v2:([0-9a-f]{16}):(\d{1,12}):(\d{1,9}):([0-9a-f]{64})$")
 
 
 class SealStateError(Exception):
@@ -64,14 +70,17 @@ def state_path(state_dir: Path) -> Path:
     return state_dir_of(state_dir) / STATE_FILE_NAME
 
 
-def evolve(key: bytes, chain: str) -> bytes:
-    """The next epoch's key (one way)."""
-    return hmac.digest(key, _EVOLVE + chain.encode("ascii"), "sha256")
+def certs_path(state_dir: Path) -> Path:
+    """`<state_dir>/audit-seal/certs.jsonl`."""
+    return state_dir_of(state_dir) / CERTS_FILE_NAME
 
 
-def mac_key(key: bytes) -> bytes:
-    """The key that MACs seals of an epoch, derived from (never equal to) the epoch key."""
-    return hmac.digest(key, _MAC, "sha256")
+def public_bytes(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def private_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
 SEALED_FIELDS: Final = (
@@ -85,53 +94,91 @@ SEALED_FIELDS: Final = (
     "head",
     "next_file",
     "time",
+    "certs",
 )
-"""The `aofd.seal.*` fields a seal's MAC covers, in this order."""
+"""The `aofd.seal.*` fields a seal's signature covers, in this order."""
 
 
 def seal_message(fields: Mapping[str, Any]) -> bytes:
-    """The bytes a seal's MAC is computed over: each of `SEALED_FIELDS`, JSON-encoded, one a line."""
-    parts = [b"aofd-seal/v1"]
+    """The bytes a seal's signature is over: each of `SEALED_FIELDS`, JSON-encoded, one a line."""
+    parts = [b"aofd-seal/v2"]
     parts.extend(json.dumps(fields.get(name), sort_keys=True).encode() for name in SEALED_FIELDS)
     return b"\n".join(parts)
 
 
-def compute_mac(epoch_mac_key: bytes, fields: Mapping[str, Any]) -> str:
-    return MAC_PREFIX + hmac.digest(epoch_mac_key, seal_message(fields), "sha256").hex()
+def cert_message(chain: str, prev: int, epoch: int, public: str) -> bytes:
+    """The bytes a certificate's signature is over."""
+    return b"aofd-seal/cert/v2\n" + json.dumps([chain, prev, epoch, public]).encode()
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> str:
+    return SIG_PREFIX + key.sign(message).hex()
+
+
+def signature_ok(public: Ed25519PublicKey, signature: object, message: bytes) -> bool:
+    """Whether `signature` (`ed25519:<128 hex>`) is `public`'s over `message`."""
+    if not isinstance(signature, str) or not signature.startswith(SIG_PREFIX):
+        return False
+    try:
+        raw = bytes.fromhex(signature[len(SIG_PREFIX) :])
+        public.verify(raw, message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def make_cert(
+    key: Ed25519PrivateKey, chain: str, prev: int, epoch: int, public: Ed25519PublicKey
+) -> dict[str, Any]:
+    """Certify `public` as epoch `epoch`'s key with `key`, epoch `prev`'s private key."""
+    hex_public = public_bytes(public).hex()
+    return {
+        "chain": chain,
+        "prev": prev,
+        "epoch": epoch,
+        "public": hex_public,
+        "sig": sign(key, cert_message(chain, prev, epoch, hex_public)),
+    }
+
+
+MAX_BRIDGE: Final = 16
+"""At most this many certificates ride along in a seal (see `KeyChain.published`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EpochKey:
-    """What a writer needs to seal during one epoch (the MAC key only, not the chain key)."""
+    """What a writer needs to seal during one epoch: the private key and the certificates each
+    seal carries (this epoch's, and those of earlier key moves not yet in every open log)."""
 
     chain: str
     epoch: int
-    key: bytes = dataclasses.field(repr=False)
+    key: Ed25519PrivateKey = dataclasses.field(repr=False)
+    certs: tuple[Mapping[str, Any], ...] = ()
 
     def sign(self, fields: Mapping[str, Any]) -> str:
-        return compute_mac(self.key, fields)
+        return sign(self.key, seal_message(fields))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class VerificationKey:
-    """The first key of a chain, its start and epoch length: enough to check every seal of it."""
+    """Epoch 0's public key, the chain's start and epoch length: enough (with the certificates)
+    to check every seal of the chain, and nothing to make one with."""
 
     chain: str
     start: int
     interval: int
-    key0: bytes = dataclasses.field(repr=False)
+    public0: bytes
 
     def encode(self) -> str:
-        return f"{KEY_PREFIX}:{self.chain}:{self.start}:{self.interval}:{self.key0.hex()}"
+        return f"{KEY_PREFIX}:{self.chain}:{self.start}:{self.interval}:{self.public0.hex()}"
 
     @classmethod
     def parse(cls, text: str) -> VerificationKey:
-        """Parse `aofd-seal-v1:<chain>:<start>:<interval>:<64 hex>`; ValueError says what is wrong
-        (never repeating the key)."""
+        """Parse `aofd-seal-v2:<chain>:<start>:<interval>:<64 hex>`; ValueError says what is wrong."""
         m = _KEY_RE.match(text.strip())
         if m is None:
             raise ValueError(
-                "a verification key looks like aofd-seal-v1:<16 hex>:<start>:<interval>:<64 hex> "
+                "a verification key looks like aofd-seal-v2:<16 hex>:<start>:<interval>:<64 hex> "
                 "(as printed by `aofctl audit setup-keys`)"
             )
         interval = int(m.group(3))
@@ -145,31 +192,84 @@ class VerificationKey:
         return float(begin), float(begin + self.interval)
 
 
-class KeyDeriver:
-    """Derives epoch MAC keys of one chain from its verification key, caching the way forward."""
+class CertStore:
+    """The public keys of one chain's epochs, certified back to its verification key.
+
+    `add` collects certificates (from seals and certs files, in any order and with repeats);
+    `public(epoch)` is the key that a seal of `epoch` must verify with, or None when no
+    certificate chain from the verification key reaches that epoch.
+    """
 
     def __init__(self, vk: VerificationKey) -> None:
         self.vk = vk
-        self._epoch = 0
-        self._key = vk.key0
-        self._macs: dict[int, bytes] = {}
+        self._certs: dict[int, list[Mapping[str, Any]]] = {}
+        self._seen: set[tuple[int, int, str, str]] = set()
+        self._keys: dict[int, Ed25519PublicKey] | None = None
+        self.conflicts: list[int] = []  # epochs with two different certified keys
 
-    def mac_key(self, epoch: int) -> bytes:
-        found = self._macs.get(epoch)
-        if found is not None:
-            return found
-        if epoch < self._epoch:  # rare (a replayed older seal): start again from k_0
-            self._epoch, self._key = 0, self.vk.key0
-        while self._epoch < epoch:
-            self._key = evolve(self._key, self.vk.chain)
-            self._epoch += 1
-        found = mac_key(self._key)
-        if len(self._macs) < 4096:
-            self._macs[epoch] = found
-        return found
+    def add(self, cert: object) -> None:
+        if not isinstance(cert, Mapping) or cert.get("chain") != self.vk.chain:
+            return
+        prev, epoch, public, sig = cert.get("prev"), cert.get("epoch"), cert.get("public"), cert.get("sig")
+        if not (
+            isinstance(prev, int)
+            and isinstance(epoch, int)
+            and not isinstance(prev, bool)
+            and not isinstance(epoch, bool)
+            and 0 <= prev < epoch
+            and isinstance(public, str)
+            and _HEX64_RE.match(public)
+            and isinstance(sig, str)
+        ):
+            return
+        marker = (prev, epoch, public, sig)
+        if marker in self._seen:
+            return
+        self._seen.add(marker)
+        self._certs.setdefault(epoch, []).append(cert)
+        self._keys = None
+
+    def public(self, epoch: int) -> Ed25519PublicKey | None:
+        if self._keys is None:
+            self._keys = self._resolve()
+        return self._keys.get(epoch)
+
+    def _resolve(self) -> dict[int, Ed25519PublicKey]:
+        keys = {0: Ed25519PublicKey.from_public_bytes(self.vk.public0)}
+        self.conflicts = []
+        for epoch in sorted(self._certs):  # a certificate's signer is always of an earlier epoch
+            for cert in self._certs[epoch]:
+                signer = keys.get(int(cert["prev"]))
+                message = cert_message(self.vk.chain, int(cert["prev"]), epoch, str(cert["public"]))
+                if signer is None or not signature_ok(signer, cert["sig"], message):
+                    continue
+                public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(cert["public"])))
+                known = keys.get(epoch)
+                if known is not None and public_bytes(known) != public_bytes(public):
+                    self.conflicts.append(epoch)
+                    continue
+                keys[epoch] = public
+        return keys
+
+
+def read_certs(path: Path) -> Iterable[Mapping[str, Any]]:
+    """The certificates in a certs file (malformed lines are skipped: each is checked on use)."""
+    for line in path.read_bytes().splitlines():
+        with contextlib.suppress(ValueError):
+            cert = json.loads(line)
+            if isinstance(cert, dict):
+                yield cert
 
 
 # -- the daemon's state ---------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _write_state(directory: Path, state: Mapping[str, Any]) -> None:
@@ -188,11 +288,40 @@ def _write_state(directory: Path, state: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _fsync_dir(directory)
+
+
+def _append_cert(directory: Path, cert: Mapping[str, Any] | None, *, truncate: bool = False) -> None:
+    """Append `cert` to the certs file (created empty when `cert` is None), fsynced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(directory / CERTS_FILE_NAME, flags | (os.O_TRUNC if truncate else 0), 0o644)
     try:
-        os.fsync(dfd)
+        if cert is not None:
+            data = json.dumps(cert, sort_keys=True).encode() + b"\n"
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {directory / CERTS_FILE_NAME}")
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
+
+
+def _state(
+    chain: str,
+    start: int,
+    interval: int,
+    epoch: int,
+    key: Ed25519PrivateKey,
+    certs: Iterable[Mapping[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "version": 2,
+        "chain": chain,
+        "start": start,
+        "interval": interval,
+        "epoch": epoch,
+        "key": private_bytes(key).hex(),
+        "certs": list(certs),
+    }
 
 
 def setup_keys(
@@ -218,18 +347,10 @@ def setup_keys(
         raise SealStateError(f"refusing sealing state directory {directory}: not a directory")
     os.chmod(directory, 0o700)
     start = int(time.time() if now is None else now)
-    vk = VerificationKey(secrets.token_hex(8), start, int(interval), secrets.token_bytes(32))
-    _write_state(
-        directory,
-        {
-            "version": 1,
-            "chain": vk.chain,
-            "start": vk.start,
-            "interval": vk.interval,
-            "epoch": 0,
-            "key": vk.key0.hex(),
-        },
-    )
+    key = Ed25519PrivateKey.generate()
+    vk = VerificationKey(secrets.token_hex(8), start, int(interval), public_bytes(key.public_key()))
+    _append_cert(directory, None, truncate=True)
+    _write_state(directory, _state(vk.chain, vk.start, vk.interval, 0, key, ()))
     return vk
 
 
@@ -241,15 +362,22 @@ class KeyChain:
     """
 
     def __init__(
-        self, directory: Path, *, chain: str, start: int, interval: int, epoch: int, key: bytes
+        self,
+        directory: Path,
+        *,
+        chain: str,
+        start: int,
+        interval: int,
+        epoch: int,
+        key: Ed25519PrivateKey,
+        certs: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         self.directory = directory
         self.chain = chain
         self.start = start
         self.interval = interval
         self._epoch = epoch
-        self._key = key
-        self.current = EpochKey(chain, epoch, mac_key(key))
+        self.current = EpochKey(chain, epoch, key, tuple(certs)[-MAX_BRIDGE:])
 
     @classmethod
     def load(cls, state_dir: Path) -> KeyChain | None:
@@ -262,35 +390,44 @@ class KeyChain:
             return None
         except OSError as exc:
             raise SealStateError(f"cannot read the sealing state {path}: {exc}") from exc
+        damaged = (
+            f"the sealing state {path} is damaged or of an older aofd; "
+            "run `aofctl audit setup-keys --force` to start a new key chain"
+        )
         try:
             data = json.loads(raw)
-            chain, start, interval = data["chain"], data["start"], data["interval"]
-            epoch, key = data["epoch"], bytes.fromhex(data["key"])
+            version, chain, start, interval = data["version"], data["chain"], data["start"], data["interval"]
+            epoch, key, certs = data["epoch"], bytes.fromhex(data["key"]), data["certs"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise SealStateError(
-                f"the sealing state {path} is damaged ({type(exc).__name__}); "
-                "run `aofctl audit setup-keys --force` to start a new key chain"
-            ) from None
+            raise SealStateError(f"{damaged} ({type(exc).__name__})") from None
         ok = (
-            isinstance(chain, str)
+            version == 2
+            and isinstance(chain, str)
             and _CHAIN_RE.match(chain)
             and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (start, interval, epoch)
             )
             and interval > 0
             and len(key) == 32
+            and isinstance(certs, list)
+            and all(isinstance(c, dict) for c in certs)
         )
         if not ok:
-            raise SealStateError(
-                f"the sealing state {path} is damaged (bad field values); "
-                "run `aofctl audit setup-keys --force` to start a new key chain"
-            )
+            raise SealStateError(f"{damaged} (bad field values)")
         mode = os.stat(path).st_mode & 0o777
         if mode & 0o077:
             raise SealStateError(
                 f"the sealing state {path} is readable by others (mode {mode:o}); chmod 600 it"
             )
-        return cls(directory, chain=chain, start=start, interval=interval, epoch=epoch, key=key)
+        return cls(
+            directory,
+            chain=chain,
+            start=start,
+            interval=interval,
+            epoch=epoch,
+            key=Ed25519PrivateKey.from_private_bytes(key),
+            certs=certs,
+        )
 
     @property
     def epoch(self) -> int:
@@ -304,31 +441,34 @@ class KeyChain:
         return float(self.start + (epoch + 1) * self.interval)
 
     def advance_to(self, epoch: int) -> bool:
-        """Evolve the key to `epoch` (never backwards), durably, then use it; True if it moved.
+        """Make `epoch`'s key pair (never backwards), certify it with the current key, make it
+        durable, then use it; True if it moved.
 
-        The new state is on disk (fsynced file and directory) before `current` changes, so a
-        crash leaves either the old key unused-after or the new key in place: never a seal made
-        with a key that is still recoverable from disk for a later epoch. Raises OSError.
+        The certificate is appended to the certs file and the new state is on disk (fsynced file
+        and directory) before `current` changes: after a crash either the old key is still the
+        current one (nothing was sealed with the new) or the new key is in place and the old one
+        is gone. Epochs skipped over never get a key. Raises OSError.
         """
         if epoch <= self._epoch:
             return False
-        key = self._key
-        for _ in range(epoch - self._epoch):
-            key = evolve(key, self.chain)
-        _write_state(
-            self.directory,
-            {
-                "version": 1,
-                "chain": self.chain,
-                "start": self.start,
-                "interval": self.interval,
-                "epoch": epoch,
-                "key": key.hex(),
-            },
-        )
-        self._epoch, self._key = epoch, key
-        self.current = EpochKey(self.chain, epoch, mac_key(key))
+        old = self.current
+        key = Ed25519PrivateKey.generate()
+        cert = make_cert(old.key, self.chain, old.epoch, epoch, key.public_key())
+        certs = (*old.certs, cert)[-MAX_BRIDGE:]
+        _append_cert(self.directory, cert)
+        _write_state(self.directory, _state(self.chain, self.start, self.interval, epoch, key, certs))
+        self._epoch = epoch
+        self.current = EpochKey(self.chain, epoch, key, certs)
         return True
+
+    def published(self, epoch: int) -> None:
+        """Every open log holds a seal of `epoch` now (with the certificates up to it): later seals
+        need not carry those certificates again. In memory; the next key move writes it down."""
+        cur = self.current
+        if cur.epoch == epoch:
+            self.current = EpochKey(
+                cur.chain, cur.epoch, cur.key, tuple(c for c in cur.certs if c["epoch"] > epoch)
+            )
 
 
 def load_for_daemon(state_dir: Path, *, interval: int) -> KeyChain | None:

@@ -15,7 +15,7 @@ is confined to one thread (the context's writer thread in `aofd.audit.journal`) 
 - rotation to a new segment by size or age (never truncation), retention of whole closed
   segments only;
 - seals (`aofd.audit.seal`): with a sealer, `seal()` appends an `audit.sealed` record that
-  MACs the chain head with the epoch's key, and every rotation seals the old segment first,
+  signs the chain head with the epoch's key, and every rotation seals the old segment first,
   naming the next one;
 - at open: torn-tail repair (copy to `.broken-<ts>`, truncate to the last good line,
   fsync, append `audit.recovered`), a new segment, `command.abandoned` for commands
@@ -943,7 +943,7 @@ class ContextJournal:
         return record
 
     def _write_seal(self, key: EpochKey, reason: str, *, next_file: str | None = None) -> None:
-        """Append an `audit.sealed` record that MACs the chain head as it stands (no rotation check:
+        """Append an `audit.sealed` record that signs the chain head as it stands (no rotation check:
         the caller has made room). Raises `AuditUnavailable`/OSError like any write."""
         now = self._clock()
         fields: dict[str, Any] = {
@@ -957,8 +957,9 @@ class ContextJournal:
             "head": self.last_hash,
             "next_file": next_file,
             "time": records.rfc3339(now),
+            "certs": [dict(cert) for cert in key.certs],
         }
-        fields["mac"] = key.sign(fields)
+        fields["sig"] = key.sign(fields)
         record = records.build(
             "audit.sealed", context=self.context, now=now, origin=self._origin, extra={"seal": fields}
         )
@@ -1002,19 +1003,35 @@ class ContextJournal:
         if keep is None:
             return
         cutoff = self._clock() - keep
-        removed = False
+        removed: list[str] = []
         for seg in list_segments(self.directory):
             if seg == self.path:
                 continue
             try:
                 if os.lstat(seg).st_mtime < cutoff:
                     os.unlink(seg)
-                    removed = True
+                    removed.append(seg.name)
                     self._emit("audit segment deleted by retention", level="info", file=str(seg))
             except OSError as exc:
                 self._emit("audit retention failed", file=str(seg), error=str(exc))
         if removed:
             _fsync_dir(self.directory)
+            self._note_pruned(removed)
+
+    def _note_pruned(self, removed: list[str]) -> None:
+        """Say in the log (chained, and sealed by the next seal) which segments retention removed
+        and the first seq still kept: a verifier tells retention from deleted segments by it."""
+        kept = list_segments(self.directory)
+        first = segment_first_seq(kept[0].name) if kept else None
+        record = records.build(
+            "audit.pruned",
+            context=self.context,
+            now=self._clock(),
+            origin=self._origin,
+            extra={"pruned": {"files": sorted(removed), "first_seq": first}},
+        )
+        line, _ = self._encode(record)
+        self._write_line(line)
 
     # -- directory and lock --
 

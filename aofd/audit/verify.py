@@ -17,18 +17,24 @@ that is not the newest means its records were removed.
 What a chain cannot show: lines cut off the end of the newest segment (or a rewritten last
 line whose `prev` was kept), older segments removed (indistinguishable from retention), or a
 log deleted whole; and anyone can recompute a chain. Seals (`aofd.audit.seal`) are the anchor
-for those: with the verification key(s), every `audit.sealed` record is checked (its MAC with
-the epoch's key, and that it authenticates the very head, seq, segment and file id it follows),
-so a recomputed chain shows up at the first seal after the change, a rotation seal names the
-segment that must follow it, and epochs with no seal are reported as gaps (a gap that does not
-follow a `stop` seal means the log stopped being sealed: aofd died, or sealed records were
-removed). What is after the last good seal is reported as not sealed yet.
+for those. With the verification key(s) (public keys), a first pass collects the certificates
+that link each epoch's key to them, and every `audit.sealed` record is checked: its Ed25519
+signature by its epoch's key, that it authenticates the very head, seq, segment, file id and
+Context it follows, that its time lies in its epoch, and that the records it covers were
+written in that epoch give or take one (a seal made with a key stolen at T cannot vouch for
+records from before T: that is unsealed history). A recomputed chain shows up at the first
+seal after the change, a rotation seal names the segment that must follow it, a log that does
+not start at seq 1 needs an `audit.pruned` record, and epochs with no seal are gaps (the log
+stopped being sealed: aofd died, or sealed records were removed) unless a `stop` seal explains
+them (downtime, listed). A gap is never intact (`VerifyReport.ok`). `expect` (the newest seq
+and head a copy off the host holds) catches a log cut back to an earlier stop seal. What is
+after the last good seal is reported as not sealed yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
+import datetime
 import itertools
 import os
 import stat
@@ -39,6 +45,45 @@ from typing import Any
 from aofd.audit import records, seal, segment
 
 _MAX_PROBLEMS = 100
+PRE_CHAIN_LIMIT = 3600
+"""Records dated before a key chain's start are accepted (hash chain only) when the log's first seal
+of that chain is for an epoch that began within this many seconds of the start: aofd was restarted
+with the new sealing state right away. Later than that, an intruder with a later key could re-date
+history to before the start, so such records are unsealed history."""
+
+
+def _timestamp(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
+def _context_of(record: Mapping[str, Any] | None) -> str | None:
+    aofd = record.get("aofd") if record else None
+    context = aofd.get("context") if isinstance(aofd, Mapping) else None
+    return context if isinstance(context, str) else None
+
+
+def _pruned_first_seq(record: Mapping[str, Any] | None) -> int | None:
+    aofd = record.get("aofd") if record else None
+    pruned = aofd.get("pruned") if isinstance(aofd, Mapping) else None
+    first = pruned.get("first_seq") if isinstance(pruned, Mapping) else None
+    return first if isinstance(first, int) and not isinstance(first, bool) else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Expectation:
+    """What a copy kept off the host (the SIEM) says a log reached: a seq and, optionally, the hash
+    of its line (`aofd.seal.seq` / `aofd.seal.head` of the newest seal it received)."""
+
+    seq: int
+    head: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -87,10 +132,12 @@ class VerifyReport:
     notes: tuple[str, ...] = ()
     gaps: tuple[Problem, ...] = ()  # epochs with no seal (with verification keys only)
     seals: tuple[SealStatus, ...] = ()
+    downtime: tuple[str, ...] = ()  # stretches with no seal that a stop seal explains
 
     @property
     def ok(self) -> bool:
-        return not self.problems and bool(self.files)
+        """Intact: no problem and no gap (a gap may be a truncation: never read it as intact)."""
+        return not self.problems and not self.gaps and bool(self.files)
 
     @property
     def first_problem(self) -> Problem | None:
@@ -112,6 +159,9 @@ class _Entry:
     first_in_file: bool
     name_first_seq: int | None
     seal: Mapping[str, Any] | None = None
+    ts: float | None = None  # the record's @timestamp (seconds), None when missing or malformed
+    context: str | None = None  # the record's aofd.context
+    pruned_first_seq: int | None = None  # of an audit.pruned record: the first seq still kept
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,9 +175,24 @@ class _Seal:
 
 
 class _Checker:
-    def __init__(self, keys: Mapping[str, seal.KeyDeriver] | None = None, now: float | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, seal.CertStore] | None = None,
+        now: float | None = None,
+        *,
+        context: str | None = None,
+        expect: Expectation | None = None,
+    ) -> None:
         self.keys = keys
         self.now = now
+        self.context = context  # the Context the log belongs to (its directory's name)
+        self.expect = expect
+        self.expect_found: str | None = None  # the hash of the line with seq == expect.seq
+        self.pending: list[_Entry] = []  # records since the last good seal (with keys only)
+        self.coverage_gaps: list[Problem] = []
+        self.pre_chain = 0
+        self.pruned_ok = False
+        self.log_context: str | None = None
         self.seal_lines = 0
         self.trusted: list[_Seal] = []
         self.good: tuple[_Entry, Mapping[str, Any]] | None = None  # last seal that matches the log
@@ -169,10 +234,39 @@ class _Checker:
             self._region_start, self._want_region_start = cur, False
         self.after_good += 1
         self._check_chain(before, cur, after)
+        if self.expect is not None and cur.seq == self.expect.seq:
+            self.expect_found = cur.hash
         if cur.valid and cur.action == "audit.sealed":
             self.seal_lines += 1
             if self.keys is not None:
+                self._check_context(cur)
                 self._check_seal(before, cur)
+        elif cur.valid and self.keys is not None:
+            self._check_context(cur)
+            self.pending.append(cur)
+            stopped = self.trusted[-1] if self.trusted and self.trusted[-1].reason == "stop" else None
+            if stopped is not None and stopped.entry.file == cur.file:
+                self.add(
+                    cur,
+                    f"a record after the stop seal at {stopped.entry.file}:{stopped.entry.line} in the "
+                    "same segment (aofd starts a new segment when it opens a log again): inserted",
+                )
+            if cur.pruned_first_seq is not None and cur.pruned_first_seq == self.first_seq:
+                self.pruned_ok = True
+
+    def _check_context(self, cur: _Entry) -> None:
+        """Every record names the Context whose directory holds it (a log copied over another
+        Context's, or lines moved between logs, show here)."""
+        want = self.context if self.context is not None else self.log_context
+        if want is None:
+            self.log_context = cur.context
+            return
+        if cur.context != want:
+            self.add(
+                cur,
+                f"the record belongs to context {cur.context!r} but this is the log of {want!r}: "
+                "copied or moved from another Context's log",
+            )
 
     def _check_seal(self, before: _Entry | None, cur: _Entry) -> None:
         """Check one seal against the keys and the log it sits in (see the module docstring)."""
@@ -187,15 +281,22 @@ class _Checker:
             self.foreign.add(chain)
             return
         epoch = fields.get("epoch")
-        mac = fields.get("mac")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 1 << 40:
             self.add(cur, f"the seal's epoch {epoch!r} is not an epoch number: altered or forged")
             return
         if epoch > self._max_epoch(deriver.vk):
             self.add(cur, f"the seal claims epoch {epoch}, which has not begun yet: forged or altered")
             return
-        expected = seal.compute_mac(deriver.mac_key(epoch), fields)
-        if not isinstance(mac, str) or not hmac.compare_digest(mac.encode(), expected.encode()):
+        public = deriver.public(epoch)
+        if public is None:
+            self.add(
+                cur,
+                f"no key of chain {chain} is certified for epoch {epoch}: the seal's certificate does not "
+                "chain back to the verification key (forged), or the certificates in between are no longer "
+                "in the logs (retention): give --certificates STATE_DIR/audit-seal/certs.jsonl",
+            )
+            return
+        if not seal.signature_ok(public, fields.get("sig"), seal.seal_message(fields)):
             self.add(
                 cur,
                 f"the seal does not verify with the key of chain {chain} for epoch {epoch}: "
@@ -210,6 +311,23 @@ class _Checker:
         reason = str(fields.get("reason"))
         next_file = fields.get("next_file")
         window = deriver.vk.epoch_window(epoch)
+        grace = float(deriver.vk.interval)
+        sealed_at = _timestamp(fields.get("time"))
+        if sealed_at is None or not window[0] - grace <= sealed_at <= window[1] + grace:
+            self.add(
+                cur,
+                f"the seal says it was written at {fields.get('time')}, outside epoch {epoch} "
+                f"({records.rfc3339(window[0])} to {records.rfc3339(window[1])}): forged or altered",
+            )
+            return
+        want = self.context if self.context is not None else self.log_context
+        if fields.get("context") != (want if want is not None else cur.context):
+            self.add(
+                cur,
+                f"the seal was made for context {fields.get('context')!r}, not {want!r}: "
+                "copied from another Context's log",
+            )
+            return
         self.trusted.append(
             _Seal(cur, chain, epoch, reason, window, next_file if isinstance(next_file, str) else None)
         )
@@ -232,39 +350,126 @@ class _Checker:
                 "the segment was renamed or the seal copied here",
             )
             return
+        previous = self.trusted[-2] if len(self.trusted) > 1 else None
+        after_gap = previous if previous is not None and window[0] > previous.window[1] else None
+        self._check_coverage(cur, deriver.vk, epoch, window, first=self._first_of(chain), after_gap=after_gap)
         self.good = (cur, fields)
         self.after_good = 0
         self._want_region_start = True
         self._problems_at_good = len(self.problems)
 
+    def _first_of(self, chain: str) -> bool:
+        return sum(1 for one in self.trusted if one.chain == chain) == 1
+
+    def _check_coverage(
+        self,
+        cur: _Entry,
+        vk: seal.VerificationKey,
+        epoch: int,
+        window: tuple[float, float],
+        *,
+        first: bool,
+        after_gap: _Seal | None,
+    ) -> None:
+        """The records this seal covers (since the last good seal) were written in its epoch, give or
+        take one epoch: a seal made with a later key cannot vouch for older records. This is what
+        anchors the log: whoever takes the host at T can seal only epochs from T on, so records dated
+        before T must carry the seals of their own epochs."""
+        grace = float(vk.interval)
+        low, high = window[0] - grace, window[1] + grace
+        pre_chain_ok = first and window[0] <= vk.start + PRE_CHAIN_LIMIT
+        late_reported = False
+        for entry in self.pending:
+            if entry.ts is None:
+                self.add(entry, "the record has no valid @timestamp: altered or forged")
+                break
+            if entry.ts < vk.start and pre_chain_ok:
+                self.pre_chain += 1
+                continue
+            if (  # written after a seal that was followed by no seal for a while
+                entry.ts < low
+                and after_gap is not None
+                and after_gap.reason != "stop"
+                and entry.ts >= after_gap.window[0] - grace
+            ):
+                if not late_reported:
+                    late = sum(1 for e in self.pending if e.ts is not None and e.ts < low)
+                    self.coverage_gaps.append(
+                        Problem(
+                            entry.file,
+                            entry.line,
+                            entry.seq,
+                            f"{late} record(s) from {records.rfc3339(entry.ts)} on were not sealed in "
+                            f"their epoch but only by the seal at {cur.file}:{cur.line} (epoch {epoch}): "
+                            "aofd died before sealing them, or they were rewritten with a later key",
+                        )
+                    )
+                    late_reported = True
+                continue
+            if entry.ts < low:
+                foreign = (
+                    f" (or it is covered by seals of chain(s) {', '.join(sorted(self.foreign))}, "
+                    "whose verification key was not given)"
+                    if self.foreign
+                    else ""
+                )
+                self.add(
+                    entry,
+                    f"the record is dated {records.rfc3339(entry.ts)} but the first seal after it "
+                    f"({cur.file}:{cur.line}) is for epoch {epoch} of chain {vk.chain}, which began "
+                    f"{records.rfc3339(window[0])}: records are sealed in the epoch they are written, so "
+                    "this is unsealed history: seals removed and the log re-sealed with a later key, "
+                    f"or records inserted{foreign}",
+                )
+                break
+            if entry.ts > high:
+                self.add(
+                    entry,
+                    f"the record is dated {records.rfc3339(entry.ts)}, after epoch {epoch} ended "
+                    f"({records.rfc3339(window[1])}) yet it is covered by that epoch's seal: altered",
+                )
+                break
+        self.pending = []
+
     def _max_epoch(self, vk: seal.VerificationKey) -> int:
-        """The newest epoch a seal can be for (derivation costs one HMAC an epoch: bound it)."""
+        """The newest epoch a seal can be for (one that has begun by `now`)."""
         if self.now is None:
             return 20 * 366 * 86400 // vk.interval  # twenty years
         return max(0, int((self.now - vk.start) // vk.interval) + 1)
 
-    def gaps(self) -> list[Problem]:
+    def gaps(self) -> tuple[list[Problem], list[str]]:
+        """Stretches of time with no seal: those no `stop` seal explains (gaps: the log stopped being
+        sealed, or what was sealed after was removed) and those it does (downtime, listed so that a
+        run deleted whole after a stop seal cannot hide among them); the newest one up to `now`."""
         now = self.now
-        """Stretches of time with no seal that no `stop` seal explains; the newest one up to `now`."""
         out: list[Problem] = []
+        downtime: list[str] = []
         for a, b in itertools.pairwise(self.trusted):
-            if b.window[0] > a.window[1] and a.reason != "stop":
-                span = (
-                    f"epochs {a.epoch + 1}..{b.epoch - 1} of chain {a.chain}"
-                    if a.chain == b.chain
-                    else f"between chain {a.chain} epoch {a.epoch} and chain {b.chain} epoch {b.epoch}"
+            if b.window[0] <= a.window[1]:
+                continue
+            span = (
+                f"epochs {a.epoch + 1}..{b.epoch - 1} of chain {a.chain}"
+                if a.chain == b.chain
+                else f"between chain {a.chain} epoch {a.epoch} and chain {b.chain} epoch {b.epoch}"
+            )
+            if a.reason == "stop":
+                downtime.append(
+                    f"{a.entry.file}:{a.entry.line}: aofd stopped (stop seal, epoch {a.epoch}) and sealed "
+                    f"again from {records.rfc3339(b.window[0])} ({span} not sealed): downtime, or a "
+                    "whole run deleted; compare with the host's records of restarts"
                 )
-                out.append(
-                    Problem(
-                        a.entry.file,
-                        a.entry.line,
-                        a.entry.seq,
-                        f"no seal from {records.rfc3339(a.window[1])} to {records.rfc3339(b.window[0])} "
-                        f"({span}) "
-                        "and this seal is not a stop seal: the log stopped being sealed here "
-                        "(aofd died, or records sealed after this line were removed)",
-                    )
+                continue
+            out.append(
+                Problem(
+                    a.entry.file,
+                    a.entry.line,
+                    a.entry.seq,
+                    f"no seal from {records.rfc3339(a.window[1])} to {records.rfc3339(b.window[0])} "
+                    f"({span}) "
+                    "and this seal is not a stop seal: the log stopped being sealed here "
+                    "(aofd died, or records sealed after this line were removed: possible truncation)",
                 )
+            )
         last = self.trusted[-1] if self.trusted else None
         if last is not None and now is not None and last.reason != "stop":
             overdue = last.window[1] + (last.window[1] - last.window[0])
@@ -277,10 +482,43 @@ class _Checker:
                         f"the newest seal is for epoch {last.epoch} "
                         f"(ended {records.rfc3339(last.window[1])}) "
                         "and is not a stop seal: nothing was sealed since (aofd died or is stuck, "
-                        "or the records and segments sealed after this line were removed)",
+                        "or the records and segments sealed after this line were removed: "
+                        "possible truncation)",
                     )
                 )
-        return out
+                return out + self.coverage_gaps, downtime
+        if last is not None and last.reason == "stop" and now is not None:
+            downtime.append(
+                f"{last.entry.file}:{last.entry.line}: aofd stopped (stop seal, epoch {last.epoch}) "
+                "and has not sealed this log since"
+            )
+        tail = [e for e in self.pending if e.ts is not None]
+        if last is not None:
+            low = last.window[0] - (last.window[1] - last.window[0])
+            early = next((e for e in tail if e.ts is not None and e.ts < low), None)
+            if early is not None:
+                self.add(
+                    early,
+                    f"the record is dated {records.rfc3339(early.ts or 0.0)}, before the newest seal's epoch "
+                    f"({last.entry.file}:{last.entry.line}, epoch {last.epoch}), yet comes after it "
+                    "unsealed: inserted",
+                )
+        if now is not None and tail and self.keys is not None:
+            longest = max(d.vk.interval for d in self.keys.values())
+            stale = [e for e in tail if e.ts is not None and e.ts < now - 2 * longest - longest]
+            if stale:
+                first = stale[0]
+                out.append(
+                    Problem(
+                        first.file,
+                        first.line,
+                        first.seq,
+                        f"{len(stale)} record(s) from {records.rfc3339(first.ts or 0.0)} on are older than "
+                        "two epochs and not sealed: the log stopped being sealed (aofd died) or the seal "
+                        "after them was removed: possible truncation",
+                    )
+                )
+        return out + self.coverage_gaps, downtime
 
     def _check_chain(self, before: _Entry | None, cur: _Entry, after: _Entry | None) -> None:
         self.records += 1
@@ -386,6 +624,9 @@ def _entries(
                     first_in_file=lineno == 1,
                     name_first_seq=name_first,
                     seal=aofd_seal if isinstance(aofd_seal, dict) else None,
+                    ts=_timestamp(record.get("@timestamp")) if record else None,
+                    context=_context_of(record),
+                    pruned_first_seq=_pruned_first_seq(record),
                 )
             if lineno == 0 and whole_log and index < len(paths) - 1:
                 checker.problems.append(
@@ -405,12 +646,16 @@ def _verify_segments(
     *,
     root: Path,
     whole_log: bool,
-    keys: Mapping[str, seal.KeyDeriver] | None = None,
+    keys: Mapping[str, seal.CertStore] | None = None,
     now: float | None = None,
+    expect: Mapping[str, Expectation] | None = None,
 ) -> VerifyReport:
     """Check `paths` as one chain; `whole_log` when they are all of a context's segments."""
     display = {p: os.path.relpath(p, root) if root != p else p.name for p in paths}
-    checker = _Checker(keys, now)
+    log_name = os.path.relpath(paths[0].parent, root) if whole_log else display[paths[0]]
+    expected = (expect or {}).get(log_name) if whole_log else None
+    context = paths[0].parent.name if whole_log else None
+    checker = _Checker(keys, now, context=context, expect=expected)
     checker.run(_entries(paths, checker, display, whole_log=whole_log))
     last = checker.last
     if whole_log and last is not None and last.valid and last.action == "audit.file.rotated":
@@ -423,9 +668,22 @@ def _verify_segments(
                 "the newest segment(s) were removed",
             )
         )
+    if expected is not None:
+        _check_expectation(checker, expected, log_name, display[paths[-1]])
     gaps: list[Problem] = []
+    downtime: list[str] = []
     statuses: list[SealStatus] = []
     if keys is not None:
+        if whole_log and checker.first_seq not in (None, 1) and not checker.pruned_ok:
+            checker.problems.append(
+                Problem(
+                    display[paths[0]],
+                    1,
+                    checker.first_seq,
+                    f"the log starts at seq {checker.first_seq} and no audit.pruned record says "
+                    "retention removed the segments before it: the oldest segment(s) were deleted",
+                )
+            )
         names = {p.name for p in paths}
         for one in checker.trusted:
             if whole_log and one.next_file is not None and one.next_file not in names:
@@ -438,23 +696,30 @@ def _verify_segments(
                         "the newest segment(s) were removed",
                     )
                 )
-        gaps = checker.gaps()
-        if checker.records and not checker.trusted and not checker.problems:
-            gaps.append(
+        gaps, downtime = checker.gaps()
+        if checker.seal_lines and not checker.trusted and not checker.problems:
+            checker.problems.append(
                 Problem(
                     display[paths[0]],
                     0,
                     None,
-                    "no seal in this log verifies with the given verification key(s)"
+                    f"none of the {checker.seal_lines} seal(s) in this log verifies with the given "
+                    "verification key(s)"
                     + (
-                        f" (it has seals of other chains: {', '.join(sorted(checker.foreign))})"
+                        f" (they are of other chains: {', '.join(sorted(checker.foreign))}; give their keys)"
                         if checker.foreign
                         else ""
                     ),
                 )
             )
+        elif checker.records and not checker.trusted and not checker.problems and now is None:
+            gaps.append(Problem(display[paths[0]], 0, None, "no seal in this log: it is not sealed (yet)"))
+        if checker.pre_chain:
+            checker.notes.append(
+                f"{log_name}: {checker.pre_chain} record(s) predate the key chain (written before "
+                "sealing was set up): checked by the hash chain only"
+            )
         good = checker.good
-        log_name = os.path.relpath(paths[0].parent, root) if whole_log else display[paths[0]]
         statuses.append(
             SealStatus(
                 log=log_name,
@@ -486,7 +751,32 @@ def _verify_segments(
         notes=tuple(checker.notes),
         gaps=tuple(gaps),
         seals=tuple(statuses),
+        downtime=tuple(f"{log_name}: {d}" for d in downtime),
     )
+
+
+def _check_expectation(checker: _Checker, expected: Expectation, log_name: str, last_file: str) -> None:
+    """The log still reaches what the off-host copy holds (a cut-back log does not)."""
+    if checker.expect_found is None:
+        checker.problems.append(
+            Problem(
+                last_file,
+                0,
+                checker.last_seq,
+                f"{log_name} ends at seq {checker.last_seq} but seq {expected.seq} was sealed and "
+                "shipped (--expect): records at the end of the log were removed",
+            )
+        )
+    elif expected.head is not None and checker.expect_found != expected.head:
+        checker.problems.append(
+            Problem(
+                last_file,
+                0,
+                expected.seq,
+                f"the line with seq {expected.seq} does not hash to {expected.head} as shipped "
+                "(--expect): the log was rewritten",
+            )
+        )
 
 
 def verify(
@@ -494,36 +784,110 @@ def verify(
     *,
     keys: Iterable[seal.VerificationKey] = (),
     now: float | None = None,
+    expect: Mapping[str, Expectation] | None = None,
+    certificates: Iterable[str | os.PathLike[str]] = (),
 ) -> VerifyReport:
     """Verify a segment file, a context directory, or an audit dir of context directories.
 
     With verification `keys` (one per key chain the logs were sealed with) the seals are
-    checked too, and the newest seal is compared with `now` (None: not compared).
+    checked too, and the newest seal is compared with `now` (None: not compared). `expect`
+    maps a Context (its directory's name) to the newest seq (and head) a copy kept off the
+    host holds: a log that no longer reaches it was cut back. A Context named in `expect`
+    whose log is not found is a problem too. The certificates that link each epoch's key to
+    the verification key are read from the seals under `path` and from the `certificates`
+    files (the daemon's `certs.jsonl`, needed once retention removed the oldest seals).
     """
-    derivers = {vk.chain: seal.KeyDeriver(vk) for vk in keys} or None
+    derivers = {vk.chain: seal.CertStore(vk) for vk in keys} or None
     target = Path(path)
+    if derivers is not None:
+        for certs in certificates:
+            for cert in seal.read_certs(Path(certs)):
+                store = derivers.get(str(cert.get("chain")))
+                if store is not None:
+                    store.add(cert)
+        _collect_certs(target, derivers)
     if not target.is_dir():
         if not target.exists() and not target.is_symlink():
             raise FileNotFoundError(f"no such file or directory: {target}")
         return _verify_segments([target], root=target.parent, whole_log=False, keys=derivers, now=now)
     segments = segment.list_segments(target)
     if segments:
-        return _verify_segments(segments, root=target.parent, whole_log=True, keys=derivers, now=now)
-    reports = [
-        _verify_segments(segment.list_segments(sub), root=target, whole_log=True, keys=derivers, now=now)
+        one = _verify_segments(
+            segments, root=target.parent, whole_log=True, keys=derivers, now=now, expect=expect
+        )
+        missing = sorted(set(expect or {}) - {target.name})
+        return _with_missing(one, missing, target.parent)
+    subs = [
+        sub
         for sub in sorted(target.iterdir())
         if sub.is_dir() and not sub.is_symlink() and segment.list_segments(sub)
     ]
+    reports = [
+        _verify_segments(
+            segment.list_segments(sub), root=target, whole_log=True, keys=derivers, now=now, expect=expect
+        )
+        for sub in subs
+    ]
     if not reports:
         return VerifyReport((), 0, None, None, None, (), (f"no audit segments under {target}",))
-    return VerifyReport(
-        files=tuple(f for r in reports for f in r.files),
-        records=sum(r.records for r in reports),
-        first_seq=None,
-        last_seq=None,
-        head=None,
-        problems=tuple(p for r in reports for p in r.problems),
-        notes=tuple(n for r in reports for n in r.notes),
-        gaps=tuple(g for r in reports for g in r.gaps),
-        seals=tuple(s for r in reports for s in r.seals),
+    missing = sorted(set(expect or {}) - {sub.name for sub in subs})
+    return _with_missing(
+        VerifyReport(
+            files=tuple(f for r in reports for f in r.files),
+            records=sum(r.records for r in reports),
+            first_seq=None,
+            last_seq=None,
+            head=None,
+            problems=tuple(p for r in reports for p in r.problems),
+            notes=tuple(n for r in reports for n in r.notes),
+            gaps=tuple(g for r in reports for g in r.gaps),
+            seals=tuple(s for r in reports for s in r.seals),
+            downtime=tuple(d for r in reports for d in r.downtime),
+        ),
+        missing,
+        target,
     )
+
+
+def _collect_certs(target: Path, stores: Mapping[str, seal.CertStore]) -> None:
+    """Read the certificate of every seal under `target` (a first pass: a seal's certificate chain
+    may run through other Contexts' logs). Unreadable files are reported by the second pass."""
+    if target.is_dir():
+        direct = segment.list_segments(target)
+        paths = direct or [
+            p
+            for sub in sorted(target.iterdir())
+            if sub.is_dir() and not sub.is_symlink()
+            for p in segment.list_segments(sub)
+        ]
+    else:
+        paths = [target]
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            for raw in handle:
+                if b'"audit.sealed"' not in raw:
+                    continue
+                record = segment.parse_line(raw)
+                aofd = record.get("aofd") if record else None
+                fields = aofd.get("seal") if isinstance(aofd, dict) else None
+                if isinstance(fields, dict):
+                    store = stores.get(str(fields.get("chain")))
+                    certs = fields.get("certs")
+                    if store is not None and isinstance(certs, list):
+                        for cert in certs:
+                            store.add(cert)
+
+
+def _with_missing(report: VerifyReport, missing: list[str], root: Path) -> VerifyReport:
+    """Add a problem for each Context named in `expect` that has no log under `root`."""
+    if not missing:
+        return report
+    extra = tuple(
+        Problem(name, 0, None, f"no audit log for context {name!r} under {root}, but --expect names it")
+        for name in missing
+    )
+    return dataclasses.replace(report, problems=report.problems + extra)

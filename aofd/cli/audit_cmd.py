@@ -1,13 +1,15 @@
 """`aofctl audit ...`: verify and read the per-context audit logs on this host.
 
-- `aofctl audit verify PATH [--verification-key KEY]...` checks the hash chain, seq
-  continuity and segment links of a segment, a context directory or the whole audit dir;
-  with verification keys also the seals (docs/audit-sealing.md). Exit 0 intact, 1 tampered
+- `aofctl audit verify PATH [--verification-key KEY]... [--expect CONTEXT=SEQ[:HEAD]]...`
+  checks the hash chain, seq continuity and segment links of a segment, a context directory
+  or the whole audit dir; with verification keys also the seals (docs/audit-sealing.md), and
+  with `--expect` that each log still reaches what the SIEM holds. Exit 0 intact, 1 tampered
   or damaged (the first bad line is printed as `FILE:LINE: seq N: why`), 2 usage (no such
-  path, a malformed key), 3 intact but with epochs that have no seal. Meant for a cron job
-  or systemd timer that alerts on any exit but 0.
+  path, a malformed key), 3 epochs or records that were never sealed (a crash, or a possible
+  truncation: not intact). Meant for a cron job or systemd timer that alerts on any exit but 0.
 - `aofctl audit setup-keys [--state-dir DIR] [--interval 60s] [--force]` starts a sealing
-  key chain in the daemon's state dir and prints its verification key, once.
+  key chain in the daemon's state dir and prints its (public) verification key; refused while
+  an aofd runs with that state dir.
 - `aofctl audit tail CONTEXT [--audit-dir DIR] [-n N] [-f]` prints the last lines of a
   context's log and, with `-f`, follows it across rotations.
 
@@ -17,6 +19,8 @@ Offline: reads files only, never talks to the daemon.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,9 @@ from typing import Any
 
 from aofd import errors, settings
 from aofd.audit import seal, segment, tail, verify
+from aofd.reconcile import state
+
+_EXPECT_RE = re.compile(r"^([^=\s]+)=(\d{1,18})(?::(sha256:[0-9a-f]{64}))?$")
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +39,16 @@ def register(subparsers: Any) -> None:
     sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    check = sub.add_parser("verify", help="check the hash chain of audit logs (exit 1 if tampered)")
+    check = sub.add_parser(
+        "verify",
+        help="check the hash chain (and, with a verification key, the seals) of audit logs",
+        description="Check the hash chain of audit logs; with --verification-key also the seals "
+        "(docs/audit-sealing.md). Exit 0: intact and, with a key, every record sealed in its epoch; "
+        "1: tampered or damaged (the first bad line is named); 2: usage; 3: epochs or records "
+        "never sealed (aofd died, or a possible truncation: not intact). Stretches after a stop "
+        "seal are listed as downtime: a whole run deleted looks the same, so give --expect with the "
+        "newest seq/head your SIEM received.",
+    )
     check.add_argument("path", metavar="PATH", help="a segment, a context directory or the audit dir")
     check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     check.add_argument(
@@ -40,7 +56,8 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="KEY",
-        help="check the seals with this verification key (once per key chain; repeatable)",
+        help="check the seals with this verification key (public: printed by setup-keys; once per "
+        "key chain; repeatable)",
     )
     check.add_argument(
         "--verification-key-file",
@@ -48,7 +65,30 @@ def register(subparsers: Any) -> None:
         default=[],
         type=Path,
         metavar="FILE",
-        help="read verification keys from FILE, one a line (keeps them out of the process list)",
+        help="read verification keys from FILE, one a line",
+    )
+    check.add_argument(
+        "--certificates",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="the key chain's certificates (STATE_DIR/audit-seal/certs.jsonl, public): needed when "
+        "retention removed the oldest seals; repeatable",
+    )
+    check.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="CONTEXT=SEQ[:HEAD]",
+        help="the newest sealed seq (and its aofd.seal.head) the SIEM holds for CONTEXT: fail if the "
+        "log no longer reaches it (a log cut back to an older seal); repeatable",
+    )
+    check.add_argument(
+        "--expect-file",
+        type=Path,
+        metavar="FILE",
+        help='the same for many Contexts: JSON {"CONTEXT": {"seq": N, "head": "sha256:..."}, ...}',
     )
     check.set_defaults(func=run_verify)
 
@@ -101,11 +141,48 @@ def _verification_keys(args: argparse.Namespace) -> list[seal.VerificationKey]:
     return out
 
 
+def _expectations(args: argparse.Namespace) -> dict[str, verify.Expectation]:
+    out: dict[str, verify.Expectation] = {}
+    if args.expect_file is not None:
+        try:
+            data = json.loads(args.expect_file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"--expect-file {args.expect_file}: not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--expect-file {args.expect_file}: want an object of Contexts")
+        for context, one in data.items():
+            seq = one.get("seq") if isinstance(one, dict) else None
+            head = one.get("head") if isinstance(one, dict) else None
+            if (
+                not isinstance(seq, int)
+                or isinstance(seq, bool)
+                or seq < 1
+                or not isinstance(head, str | None)
+            ):
+                raise ValueError(
+                    f'--expect-file {args.expect_file}: {context!r} wants {{"seq": N, "head": "sha256:..."}}'
+                )
+            out[str(context)] = verify.Expectation(seq, head)
+    for text in args.expect:
+        m = _EXPECT_RE.match(text)
+        if m is None:
+            raise ValueError(f"--expect {text!r}: want CONTEXT=SEQ or CONTEXT=SEQ:sha256:<64 hex>")
+        out[m.group(1)] = verify.Expectation(int(m.group(2)), m.group(3))
+    return out
+
+
 def run_verify(args: argparse.Namespace) -> int:
     """Verify PATH; print a summary or the problems."""
     try:
         keys = _verification_keys(args)
-        report = verify.verify(args.path, keys=keys, now=time.time() if keys else None)
+        expect = _expectations(args)
+        report = verify.verify(
+            args.path,
+            keys=keys,
+            now=time.time() if keys else None,
+            expect=expect,
+            certificates=args.certificates,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"aofctl audit verify: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +201,7 @@ def run_verify(args: argparse.Namespace) -> int:
         _print_seals(report)
         return 1
     if report.gaps:
-        print(f"NOT SEALED for a while: {report.gaps[0].format()}")
+        print(f"NOT SEALED for a while (possible truncation): {report.gaps[0].format()}")
         for gap in report.gaps[1:]:
             print(f"  also: {gap.format()}")
         _print_seals(report)
@@ -146,6 +223,8 @@ def run_verify(args: argparse.Namespace) -> int:
 def _print_seals(report: verify.VerifyReport) -> None:
     for status in report.seals:
         print(f"  {status.format()}")
+    for stretch in report.downtime:
+        print(f"  downtime: {stretch}")
 
 
 def run_setup_keys(args: argparse.Namespace) -> int:
@@ -161,17 +240,29 @@ def run_setup_keys(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    lock = state.StateLock(args.state_dir)
+    try:  # the daemon holds this lock while it runs: its next key move would undo a new chain
+        lock.acquire()
+    except errors.Stalled as exc:
+        print(f"aofctl audit setup-keys: refused: {exc}; stop it first", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"aofctl audit setup-keys: {exc}", file=sys.stderr)
+        return 1
     try:
         vk = seal.setup_keys(args.state_dir, interval=int(interval), force=args.force)
     except (seal.SealStateError, OSError) as exc:
         print(f"aofctl audit setup-keys: {exc}", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
     print(vk.encode())
     print(
         f"Sealing state written to {seal.state_path(args.state_dir)} (chain {vk.chain}, "
-        f"{vk.interval}s epochs). The line above is the verification key: it is shown only this "
-        "once; store it away from this host. aofd seals with this state when its state_dir is "
-        f"{args.state_dir} and audit.seal_interval is {vk.interval}s.",
+        f"{vk.interval}s epochs). The line above is the verification key: a public key that "
+        "checks seals and cannot make them. Keep a copy off this host (where verify runs, in the "
+        "SIEM): one on this host could be swapped by whoever takes it. aofd seals with this state "
+        f"when its state_dir is {args.state_dir} and audit.seal_interval is {vk.interval}s.",
         file=sys.stderr,
     )
     return 0

@@ -42,7 +42,9 @@ from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harn
 
 NOT_WRITTEN = frozenset({"config.loaded", "audit.checkpoint"})
 """In the vocabulary for readers of older logs; no writer of this daemon writes them."""
-CHECKED_ELSEWHERE = frozenset({"daemon.started", "daemon.stopping", "agent.run.started", "audit.sealed"})
+CHECKED_ELSEWHERE = frozenset(
+    {"daemon.started", "daemon.stopping", "agent.run.started", "audit.sealed", "audit.pruned"}
+)
 """Checked on a real daemon, in the engine's tests, or by the sealing tests."""
 
 BASE_FIELDS = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import stat
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aofd import settings
 from aofd.audit import journal, records, seal, segment, verify
@@ -45,8 +45,9 @@ def run_cli(argv: list[str]) -> int:
     return result
 
 
-def event(context: str, i: int) -> dict[str, Any]:
-    return records.build("trigger.received", context=context, event_id=f"E{i:04d}", reason=f"r{i}")
+def event(context: str, i: int, now: float | None = None) -> dict[str, Any]:
+    """A record as the daemon writes it; `now` is its @timestamp (the fake clock's time)."""
+    return records.build("trigger.received", context=context, event_id=f"E{i:04d}", reason=f"r{i}", now=now)
 
 
 @dataclasses.dataclass
@@ -81,7 +82,7 @@ async def sealed_log(
         for e in range(epochs):
             for _ in range(per_epoch):
                 for context in contexts:
-                    await audit.write(context, event(context, n))
+                    await audit.write(context, event(context, n, clock.now))
                 n += 1
             clock.now = T0 + (e + 1) * EPOCH + 1
             done = await audit.seal_epoch()
@@ -128,6 +129,13 @@ def rewrite(
     path.write_bytes(b"".join(out))
 
 
+def stolen_epoch_key(state: Path) -> seal.EpochKey:
+    """What an intruder takes from the state dir: the current epoch's private key and certificate."""
+    data = json.loads(seal.state_path(state).read_text())
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["key"]))
+    return seal.EpochKey(data["chain"], data["epoch"], private, tuple(data["certs"]))
+
+
 def check(s: Sealed, target: Path | None = None, *, now: float | None = None) -> verify.VerifyReport:
     return verify.verify(target or s.audit_dir / "prod", keys=[s.vk], now=s.clock.now if now is None else now)
 
@@ -138,21 +146,24 @@ def check(s: Sealed, target: Path | None = None, *, now: float | None = None) ->
 def test_setup_keys_prints_the_key_once_and_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The verification key is printed on stdout; the state is 0600 in a 0700 dir; no overwrite
-    without --force; --force starts a new chain."""
+    """The (public) verification key is printed on stdout; the state is 0600 in a 0700 dir and
+    holds the private key that goes with it; no overwrite without --force; --force starts a new
+    chain."""
     state = tmp_path / "state"
     assert run_cli(["audit", "setup-keys", "--state-dir", str(state)]) == 0
     out = capsys.readouterr()
     vk = seal.VerificationKey.parse(out.out.strip())
     assert vk.interval == 60
-    assert "shown only this once" in out.err
-    assert vk.key0.hex() not in out.err
+    assert "cannot make them" in out.err
     path = seal.state_path(state)
     assert path == state / "audit-seal" / "state.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     data = json.loads(path.read_text())
-    assert (data["chain"], data["epoch"], data["key"]) == (vk.chain, 0, vk.key0.hex())
+    assert (data["chain"], data["epoch"], data["certs"]) == (vk.chain, 0, [])
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["key"]))
+    assert seal.public_bytes(private.public_key()) == vk.public0
+    assert data["key"] not in out.out + out.err
 
     assert run_cli(["audit", "setup-keys", "--state-dir", str(state)]) == 1
     assert "--force" in capsys.readouterr().err
@@ -242,28 +253,42 @@ async def test_an_idle_context_is_sealed_every_epoch(tmp_path: Path) -> None:
 
 
 async def test_key_evolution_destroys_the_old_key(tmp_path: Path) -> None:
-    """After a pass the state holds only the new epoch's key (k_{i+1} = one-way(k_i)); nothing in
-    it gives back an earlier key."""
+    """After a pass the state holds only the new epoch's private key, certified by the old one;
+    no earlier private key is left in the state dir, and the certificates chain every epoch's
+    public key back to the verification key."""
     state = tmp_path / "state"
     vk = seal.setup_keys(state, interval=EPOCH, now=T0)
     chain = seal.KeyChain.load(state)
     assert chain is not None
     clock = Clock(T0 + 1)
     async with journal.AuditLog(audit_dir=tmp_path / "audit", clock=clock, keychain=chain) as audit:
-        await audit.write("prod", event("prod", 0))
+        await audit.write("prod", event("prod", 0, clock.now))
+        private = [json.loads(seal.state_path(state).read_text())["key"]]
         clock.now = T0 + EPOCH + 1
         assert (await audit.seal_epoch()).epoch == 0
+        private.append(json.loads(seal.state_path(state).read_text())["key"])
         clock.now = T0 + 3 * EPOCH + 1
         assert (await audit.seal_epoch()).epoch == 1
+        private.append(json.loads(seal.state_path(state).read_text())["key"])
         assert audit.sealing_status() == {"enabled": True, "chain": vk.chain, "epoch": 3, "interval": EPOCH}
-    raw = seal.state_path(state).read_bytes()
-    keys = [vk.key0]
-    for _ in range(3):
-        keys.append(seal.evolve(keys[-1], vk.chain))
-    assert json.loads(raw)["key"] == keys[3].hex()
-    for old in keys[:3]:
-        assert old.hex().encode() not in raw
+    data = json.loads(seal.state_path(state).read_text())
+    # epoch 3 sealed the stop; once those seals were durable the key moved on to epoch 4
+    assert data["epoch"] == 4
+    assert len({*private, data["key"]}) == 4
+    on_disk = b"".join(p.read_bytes() for p in seal.state_dir_of(state).iterdir())
+    for old in private:
+        assert old.encode() not in on_disk
     assert not list(seal.state_dir_of(state).glob("*.tmp"))
+    certs = list(seal.read_certs(seal.certs_path(state)))
+    assert [(c["prev"], c["epoch"]) for c in certs] == [(0, 1), (1, 3), (3, 4)]
+    store = seal.CertStore(vk)
+    for cert in certs:
+        store.add(cert)
+    mine = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(data["key"]))
+    certified = store.public(4)
+    assert certified is not None
+    assert seal.public_bytes(certified) == seal.public_bytes(mine.public_key())
+    assert store.public(2) is None  # skipped over: that epoch never had a key
 
 
 async def test_a_seal_that_cannot_be_written_fails_closed(tmp_path: Path) -> None:
@@ -337,11 +362,11 @@ async def test_a_crash_between_evolving_and_sealing_shows_as_a_gap(tmp_path: Pat
     )
     first.open()
     for i in range(3):
-        first.append(event("prod", i))
+        first.append(event("prod", i, clock.now))
     clock.now = T0 + EPOCH + 1
     assert first.seal("epoch", chain.current)
     chain.advance_to(1)
-    first.append(event("prod", 3))
+    first.append(event("prod", 3, clock.now))
     clock.now = T0 + 2 * EPOCH + 1
     chain.advance_to(2)  # evolved; the crash comes before the seals of epoch 1
     first.sync()
@@ -354,13 +379,17 @@ async def test_a_crash_between_evolving_and_sealing_shows_as_a_gap(tmp_path: Pat
     async with journal.AuditLog(audit_dir=tmp_path / "audit", clock=clock, keychain=reloaded) as audit:
         await audit.open(["prod"])
         assert reloaded.epoch == 5
-        await audit.write("prod", event("prod", 4))
+        await audit.write("prod", event("prod", 4, clock.now))
     ids = [rec["event"]["id"] for _, _, rec in lines_of(directory) if action(rec) == "trigger.received"]
     assert ids == [f"E{i:04d}" for i in range(5)]
     report = verify.verify(directory, keys=[vk], now=clock.now)
-    assert report.ok, report.problems
-    assert len(report.gaps) == 1
+    assert report.problems == (), report.problems
+    assert not report.ok  # a gap is never read as intact: it may be a truncation
+    assert len(report.gaps) == 2
     assert "epochs 1..4" in report.gaps[0].reason
+    assert "possible truncation" in report.gaps[0].reason
+    assert "1 record(s)" in report.gaps[1].reason
+    assert "aofd died" in report.gaps[1].reason
     assert run_cli(["audit", "verify", str(directory), "--verification-key", vk.encode()]) == 3
 
 
@@ -436,35 +465,67 @@ async def test_a_truncated_tail_is_reported(tmp_path: Path, capsys: pytest.Captu
     seg.write_bytes(b"".join(seg.read_bytes().splitlines(keepends=True)[:keep]))
     assert verify.verify(s.audit_dir / "prod").ok  # the chain alone cannot tell
     report = check(s)
-    assert report.ok
+    assert not report.ok
+    assert report.problems == ()
     assert [(g.line, "not a stop seal" in g.reason) for g in report.gaps] == [(keep, True)]
+    assert "possible truncation" in report.gaps[0].reason
     assert run_cli(["audit", "verify", str(s.audit_dir / "prod"), "--verification-key", s.vk.encode()]) == 3
     out = capsys.readouterr().out
-    assert f"NOT SEALED for a while: prod/{seg.name}:{keep}:" in out
+    assert f"NOT SEALED for a while (possible truncation): prod/{seg.name}:{keep}:" in out
     assert "sealed up to seq" in out
 
 
-async def test_unsealed_records_after_the_last_seal_are_reported(tmp_path: Path) -> None:
-    """Lines appended after the stop seal (a forgery nobody sealed) are counted as not sealed yet."""
-    s, seg, recs = await single_segment(tmp_path)
-    extra = [json.loads(json.dumps(recs[2])) for _ in range(2)]
-    last = seg.read_bytes().splitlines(keepends=True)[-1]
-    rewrite_tail = []
-    prev, seq = segment.line_hash(last), recs[-1]["aofd"]["audit"]["seq"]
-    for rec in extra:
+def append_records(seg: Path, recs: list[dict[str, Any]]) -> None:
+    """Append `recs` to `seg`, chained on from its last line (what an intruder can do)."""
+    lines = seg.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    prev, seq = segment.line_hash(lines[-1]), last["aofd"]["audit"]["seq"]
+    out = []
+    for rec in recs:
         seq += 1
         rec["aofd"]["audit"].update(seq=seq, prev=prev)
         raw = json.dumps(rec).encode() + b"\n"
         prev = segment.line_hash(raw)
-        rewrite_tail.append(raw)
+        out.append(raw)
     with seg.open("ab") as handle:
-        handle.write(b"".join(rewrite_tail))
+        handle.write(b"".join(out))
+
+
+async def test_unsealed_records_after_the_last_seal_are_reported(tmp_path: Path) -> None:
+    """Records after the newest epoch seal are counted as not sealed yet; records dated before
+    that seal's epoch, or anything after a stop seal in the same segment, are insertions."""
+    s, seg, recs = await single_segment(tmp_path)
+    assert recs[-1]["aofd"]["seal"]["reason"] == "stop"
+    seg.write_bytes(b"".join(seg.read_bytes().splitlines(keepends=True)[:-1]))  # as if still running
+    fresh = [event("prod", 90 + i, s.clock.now) for i in range(2)]
+    for rec in fresh:
+        rec["aofd"]["audit"] = dict(recs[2]["aofd"]["audit"])
+    append_records(seg, fresh)
     report = check(s)
-    assert report.ok
+    assert report.ok, (report.problems, report.gaps)
     status = report.seals[0]
     assert status.unsealed == 2
-    assert status.sealed_seq == recs[-2]["aofd"]["audit"]["seq"]
+    assert status.sealed_seq == recs[-3]["aofd"]["audit"]["seq"]
     assert "2 records after it are not sealed yet" in status.format()
+
+    old = json.loads(json.dumps(recs[2]))  # dated in epoch 0, appended after epoch 2's seal
+    append_records(seg, [old])
+    report = check(s)
+    assert report.first_problem is not None
+    assert report.first_problem.line == len(recs) + 2
+    assert "inserted" in report.first_problem.reason
+
+
+async def test_records_after_a_stop_seal_in_its_segment_are_insertions(tmp_path: Path) -> None:
+    """aofd never writes after a stop seal in the same segment (a restart opens a new one)."""
+    s, seg, recs = await single_segment(tmp_path)
+    extra = event("prod", 90, s.clock.now)
+    extra["aofd"]["audit"] = dict(recs[2]["aofd"]["audit"])
+    append_records(seg, [extra])
+    report = check(s)
+    assert report.first_problem is not None
+    assert report.first_problem.line == len(recs) + 1
+    assert "after the stop seal" in report.first_problem.reason
 
 
 async def test_a_deleted_newest_segment_is_caught(tmp_path: Path) -> None:
@@ -490,23 +551,22 @@ async def test_a_deleted_newest_segment_is_caught(tmp_path: Path) -> None:
     keep = before[-1] + 1
     previous.write_bytes(b"".join(previous.read_bytes().splitlines(keepends=True)[:keep]))
     report = check(s)
-    assert report.ok, report.problems
+    assert report.problems == ()
     assert report.gaps, "a log cut back to an older seal must show as not sealed since"
+    assert not report.ok
 
 
 async def test_forged_seals_with_a_later_key_are_caught(tmp_path: Path) -> None:
     """An attacker with the state file (epoch j's key) recomputes the chain and forges seals: one
     claiming an earlier epoch does not verify; one for epoch j leaves the epochs before it unsealed."""
     s, seg, recs = await single_segment(tmp_path)
-    stolen = json.loads(seal.state_path(s.state).read_text())
-    key_j, epoch_j = bytes.fromhex(stolen["key"]), stolen["epoch"]
-    assert epoch_j == 3
+    key_j = stolen_epoch_key(s.state)
+    epoch_j = key_j.epoch
+    assert epoch_j == 4  # the stop seals were made with epoch 3's key, destroyed at stop
     keep = seal_indexes(recs)[0] + 1
     forged_recs = recs[:keep] + [json.loads(json.dumps(recs[keep])) for _ in range(2)]
     for rec in forged_recs[keep:]:
         rec["reason"] = "forged"
-    # Old key recovery is impossible: the state holds k_3; k_1 is not derivable from it.
-    assert key_j != seal.evolve(s.vk.key0, s.vk.chain)
 
     def forge(claimed_epoch: int, reason: str) -> None:
         chain_recs = [json.loads(json.dumps(r)) for r in forged_recs]
@@ -523,8 +583,9 @@ async def test_forged_seals_with_a_later_key_are_caught(tmp_path: Path) -> None:
             "head": segment.line_hash(last_raw),
             "next_file": None,
             "time": records.rfc3339(s.clock.now),
+            "certs": list(seal.read_certs(seal.certs_path(s.state))),  # public, on the host
         }
-        fields["mac"] = seal.compute_mac(seal.mac_key(key_j), fields)
+        fields["sig"] = key_j.sign(fields)
         rec = json.loads(json.dumps(recs[seal_indexes(recs)[1]]))
         rec["aofd"]["seal"] = fields
         rewrite(seg, [*chain_recs, rec])
@@ -537,9 +598,10 @@ async def test_forged_seals_with_a_later_key_are_caught(tmp_path: Path) -> None:
 
     forge(epoch_j, "stop")
     report = check(s)
-    assert report.ok
-    assert [g.line for g in report.gaps] == [keep]
-    assert "epochs 1..2" in report.gaps[0].reason
+    assert not report.ok
+    assert [g.line for g in report.gaps] == [keep, keep + 1]
+    assert "epochs 1..3" in report.gaps[0].reason
+    assert "not sealed in their epoch" in report.gaps[1].reason
 
 
 async def test_a_new_key_chain_after_a_clean_stop_verifies_with_both_keys(tmp_path: Path) -> None:
@@ -551,7 +613,7 @@ async def test_a_new_key_chain_after_a_clean_stop_verifies_with_both_keys(tmp_pa
     assert chain2 is not None
     clock = Clock(s.clock.now + 10)
     async with journal.AuditLog(audit_dir=s.audit_dir, clock=clock, keychain=chain2) as audit:
-        await audit.write("prod", event("prod", 99))
+        await audit.write("prod", event("prod", 99, clock.now))
         clock.now += EPOCH
         assert (await audit.seal_epoch()).sealed == 1
     both = verify.verify(s.audit_dir / "prod", keys=[s.vk, vk2], now=clock.now)
@@ -565,19 +627,21 @@ async def test_a_new_key_chain_after_a_clean_stop_verifies_with_both_keys(tmp_pa
 
 
 def test_seal_message_covers_every_field() -> None:
-    """Changing any sealed field changes the MAC."""
-    key = seal.EpochKey("0123456789abcdef", 3, hashlib.sha256(b"k").digest())
+    """Changing any sealed field breaks the signature."""
+    key = seal.EpochKey("0123456789abcdef", 3, Ed25519PrivateKey.generate())
     fields: dict[str, Any] = {name: f"v-{name}" for name in seal.SEALED_FIELDS}
-    mac = key.sign(fields)
+    sig = key.sign(fields)
+    public = key.key.public_key()
+    assert seal.signature_ok(public, sig, seal.seal_message(fields))
     for name in seal.SEALED_FIELDS:
-        assert key.sign({**fields, name: "other"}) != mac, name
+        assert not seal.signature_ok(public, sig, seal.seal_message({**fields, name: "other"})), name
     assert os.path.basename(str(seal.state_path(Path("/x")))) == seal.STATE_FILE_NAME
 
 
 def test_a_late_seal_with_an_older_key_is_skipped(tmp_path: Path) -> None:
     """A seal request that arrives after a later epoch's key sealed the log (a pass that timed
     out on a slow disk) is dropped, so seals never go backwards in epochs."""
-    key = hashlib.sha256(b"k").digest()
+    key = Ed25519PrivateKey.generate()
     journal_ = segment.ContextJournal(
         context="prod",
         directory=tmp_path / "prod",

@@ -44,7 +44,7 @@ def test_serve_seals_and_verify_catches_a_rewritten_log(tmp_path: Path) -> None:
     made = aofctl("audit", "setup-keys", "--state-dir", str(state_dir))
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
-    assert key.startswith("aofd-seal-v1:")
+    assert key.startswith("aofd-seal-v2:")
 
     with harness.serve_directory(repo, tmp_path) as (daemon, admin):
         daemon.wait_for(
