@@ -95,6 +95,7 @@ class LoadPause:
         self._timer: asyncio.TimerHandle | None = None
         self._since = 0.0
         self.refreezes = 0
+        self._froze_early = False  # the load's heap frozen while the pause goes on (SDK imports)
 
     @property
     def paused(self) -> bool:
@@ -140,15 +141,26 @@ class LoadPause:
         then `loaded` or a later pass will); a later one that applied a revision freezes what
         it left (`refreeze`)."""
         if self._paused:
-            if not still_loading:
+            if still_loading:
+                gc.freeze()  # what the load made so far; the collector stays off until `loaded`
+                self._froze_early = True
+            else:
                 self.end()
         elif applied:
             self.refreeze()
 
     def loaded(self) -> None:
         """Something long-lived was loaded in the background (an SDK): end the load's pause if it
-        still runs, else freeze what was loaded."""
+        still runs, else freeze what was loaded.
+
+        An SDK's import makes much cyclic garbage (its classes and models are built through
+        cycles): about 20 MB at 10,000 resources, kept for good if frozen with the rest. When the
+        loaded heap was frozen already (`pass_ended(still_loading=True)`), one collection scans
+        only what came after, the import, before it is frozen too: a one-time stall of about
+        50 ms after start, instead of several automatic full collections during the import."""
         if self._paused:
+            if self._froze_early:
+                gc.collect()
             self.end()
         else:
             self.refreeze()

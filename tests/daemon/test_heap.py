@@ -210,3 +210,28 @@ async def test_a_waiting_pass_does_not_end_the_load(tmp_path: Path) -> None:
     assert daemon.load_pause.paused
     await daemon._on_pass(status.PassSummary(revision="r1", outcome="applied", duration_s=0.02))
     assert (True, False) == (gc.isenabled(), daemon.load_pause.paused)
+
+
+async def test_an_sdk_import_after_the_load_is_collected_then_frozen() -> None:
+    """The load's heap is frozen when the first pass ends with an SDK still importing; the
+    collector stays off; when the import is done its garbage is collected (scanning only what
+    came after the freeze) and what it keeps is frozen."""
+    import weakref
+
+    pause = heap.LoadPause()
+    try:
+        pause.begin()
+        loaded = Node()
+        pause.pass_ended(applied=True, still_loading=True)
+        assert (False, True) == (gc.isenabled(), pause.paused)
+        assert not collected(loaded)  # frozen with the load
+        module_state = Node()  # what the import keeps
+        garbage = Node()  # what building it left behind
+        gone = weakref.ref(garbage)
+        del garbage
+        pause.loaded()
+        assert gone() is None
+        assert (True, False) == (gc.isenabled(), pause.paused)
+        assert not collected(module_state)
+    finally:
+        pause.close()
