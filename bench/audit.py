@@ -5,6 +5,8 @@ Run: `.venv/bin/python bench/audit.py [--dir DIR] [--quick] [--seal-contexts N]`
 (RELIABILITY.md §5.1 and the journal's brief): >= 5,000 grouped records/s; gated p99 <= 10 ms.
 It also times one epoch's seal pass over N open Context logs (docs/audit-sealing.md): a seal
 line per Context, then the key evolved durably; and `verify` of those logs with the key.
+`--month-epochs N` (default 43,200: a month of 60 s epochs) times `verify` of one Context's log
+holding N seals (each with its own key and certificate): linear in the seals.
 """
 
 from __future__ import annotations
@@ -159,6 +161,48 @@ async def seal_passes(base: Path, n_contexts: int, passes: int = 5) -> dict[str,
     }
 
 
+def verify_month(base: Path, epochs: int) -> dict[str, Any]:
+    """One Context sealed every 60 s for `epochs` epochs (a record, a seal, a key move each), then
+    `verify` of the audit dir with the key; the time to build is reported too."""
+    start = 1_700_000_000
+    vk = seal.setup_keys(base / "state", interval=60, now=start)
+    chain = seal.KeyChain.load(base / "state")
+    assert chain is not None
+    now = [start + 1.0]
+    log = segment.ContextJournal(
+        context="prod",
+        directory=base / "audit" / "prod",
+        options=segment.JournalOptions(),
+        origin=records.Origin(),
+        clock=lambda: now[0],
+        sealer=lambda: chain.current,
+        ledger=chain,
+    )
+    t0 = time.perf_counter()
+    log.open()
+    for epoch in range(epochs):
+        rec = record("prod", epoch)
+        rec["@timestamp"] = records.rfc3339(now[0])  # written in its epoch (fake time)
+        log.append(rec)
+        now[0] = start + (epoch + 1) * 60 + 1
+        log.seal("epoch", chain.current)
+        log.sync()
+        chain.advance_to(epoch + 1)
+    log.close()
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = verify.verify(base / "audit", keys=[vk], now=now[0])
+    verify_s = time.perf_counter() - t0
+    return {
+        "kind": "verify-month",
+        "seals": epochs,
+        "build_s": built,
+        "verify_s": verify_s,
+        "verified": not report.problems,
+        "cross_checked": report.cross_checked,
+    }
+
+
 def raw_baseline(base: Path, n_threads: int, per_thread: int) -> dict[str, Any]:
     """The disk without aofd: threads doing write + fsync of a ~1 KB line on their own file."""
     import os
@@ -218,10 +262,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a fifth of the records")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("audit.json"))
     parser.add_argument("--seal-contexts", type=int, default=1000, help="open logs per seal pass")
-    parser.add_argument("--seal-only", action="store_true", help="only the seal pass")
+    parser.add_argument("--seal-only", action="store_true", help="only the seal pass (and verify-month)")
+    parser.add_argument("--month-epochs", type=int, default=43_200, help="seals in the verify-month log")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="aofd-audit-bench-", dir=args.dir))
     try:
+        month = verify_month(base / "month", args.month_epochs)
+        print(
+            f"verify of one Context with {month['seals']} seals (a month of 60 s epochs): "
+            f"{month['verify_s']:.1f} s (built in {month['build_s']:.1f} s); verified {month['verified']}"
+        )
         sealing = asyncio.run(seal_passes(base / "seal", args.seal_contexts))
         rows = [] if args.seal_only else asyncio.run(run(base, args.quick))
         scale = 0.2 if args.quick else 1.0
@@ -279,6 +329,7 @@ def main() -> int:
                 "quick": args.quick,
                 "rows": rows,
                 "seal": sealing,
+                "verify_month": month,
                 "disk": disk,
                 "targets": targets,
             },

@@ -313,6 +313,8 @@ class AuditLog:
         self._origin = origin or records.Origin()
         self._clock = clock
         self.keychain = keychain
+        if keychain is not None:  # signed into each certificate: what a verifier may find pruned
+            keychain.retention = int(self.options.retention_seconds or 0)
         self._sealing: asyncio.Task[None] | None = None
         self._on_event = on_event
         self._writers: dict[str, _Writer] = {}
@@ -338,6 +340,7 @@ class AuditLog:
         if self.keychain is not None:  # never seal with a key older than the current epoch's
             try:
                 await asyncio.to_thread(self.keychain.advance_to, self.keychain.epoch_at(self._clock()))
+                await asyncio.to_thread(self.keychain.claim)
             except OSError as exc:
                 raise errors.AuditUnavailable(
                     f"cannot move the audit sealing key forward in {self.keychain.directory}: {exc}"
@@ -379,6 +382,7 @@ class AuditLog:
                 origin=self._origin,
                 clock=self._clock,
                 sealer=self._current_seal_key,
+                ledger=self.keychain,
                 on_event=self._journal_event,
                 survivors=self._survivors.get(context),
             )
@@ -413,10 +417,21 @@ class AuditLog:
         chain = self.keychain
         if chain is None:
             return SealPass(None, 0, {}, 0.0)
-        target = chain.epoch_at(self._clock() if now is None else now)
+        at = self._clock() if now is None else now
+        target = chain.epoch_at(at)
         if target <= chain.epoch:
             return SealPass(None, 0, {}, 0.0)
         key = chain.current
+        if at >= chain.epoch_end(key.epoch) + chain.interval:
+            # Late (the host was suspended, the clock stepped, the loop stalled): a seal now would
+            # be dated outside its epoch. Retire the key unused; the epochs show as a gap.
+            await asyncio.to_thread(chain.advance_to, target)
+            log.warning(
+                "audit seal pass late: key moved on without sealing (a gap)",
+                epoch=key.epoch,
+                late_seconds=round(at - chain.epoch_end(key.epoch), 1),
+            )
+            return SealPass(key.epoch, 0, {}, time.perf_counter() - started)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.write_timeout
         pending: list[tuple[str, asyncio.Future[bool]]] = []
@@ -566,7 +581,7 @@ class AuditLog:
         chain = self.keychain
         if chain is not None:  # the stop seals are durable (fsynced by close): retire their key too
             try:
-                await asyncio.to_thread(chain.advance_to, chain.epoch + 1)
+                await asyncio.to_thread(chain.advance_to, chain.epoch + 1, final=True)
             except OSError as exc:
                 log.error(
                     "audit sealing key not moved on after the stop seals; it stays on disk until the "

@@ -17,6 +17,11 @@ This module owns the cryptography and the on-disk sealing state; the journal
   then uses the new key: the old private key is gone from disk before anything is sealed with
   the new one, and nothing on disk gives it back.
 
+A certificate also carries `sealed`: the count and digest of every seal made with the key that
+signs it (across all Contexts; `KeyChain.record_seal`), and the retention then in force; None when
+the daemon cannot know (it restarted after a crash with a key it may have sealed with, or a seal's
+fsync failed). `aofd.audit.verify` compares it with the seals it finds in the audit dir.
+
 What it cannot do: wipe a key from the process's memory (Python cannot), or erase blocks the
 file system keeps after a rename. Someone who takes the host at time T holds the key of T's
 epoch and can seal anything from then on; every seal of an earlier epoch stays unforgeable.
@@ -26,10 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import secrets
+import stat
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -106,9 +114,36 @@ def seal_message(fields: Mapping[str, Any]) -> bytes:
     return b"\n".join(parts)
 
 
-def cert_message(chain: str, prev: int, epoch: int, public: str) -> bytes:
-    """The bytes a certificate's signature is over."""
-    return b"aofd-seal/cert/v2\n" + json.dumps([chain, prev, epoch, public]).encode()
+def cert_message(
+    chain: str, prev: int, epoch: int, public: str, sealed: object = None, *, v3: bool = False
+) -> bytes:
+    """The bytes a certificate's signature is over (v3: with the `sealed` summary of epoch `prev`'s
+    seals; v2 certificates of older aofd have none and are not cross-checked)."""
+    if not v3:
+        return b"aofd-seal/cert/v2\n" + json.dumps([chain, prev, epoch, public]).encode()
+    return b"aofd-seal/cert/v3\n" + json.dumps([chain, prev, epoch, public, sealed], sort_keys=True).encode()
+
+
+def seal_line(context: str, seq: object, head: object) -> str:
+    """One seal as the epoch digest counts it: its signed Context, seq and head."""
+    return json.dumps([context, seq, head])
+
+
+def seals_digest(lines: Iterable[str]) -> str:
+    """sha256 over the sorted `seal_line`s of one epoch's seals (across every Context)."""
+    digest = hashlib.sha256(b"aofd-seal-digest/v1\n")
+    for line in sorted(lines):
+        digest.update(line.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def sealed_summary(lines: list[str] | None, retention: int) -> dict[str, Any] | None:
+    """What a certificate records of the seals its signer's key made: how many, their digest, and
+    the audit retention (seconds, 0 = off) then in force; None when aofd does not know (it
+    restarted with a key it may have sealed with before a crash)."""
+    if lines is None:
+        return None
+    return {"count": len(lines), "digest": seals_digest(lines), "retention": int(retention)}
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> str:
@@ -128,17 +163,36 @@ def signature_ok(public: Ed25519PublicKey, signature: object, message: bytes) ->
 
 
 def make_cert(
-    key: Ed25519PrivateKey, chain: str, prev: int, epoch: int, public: Ed25519PublicKey
+    key: Ed25519PrivateKey,
+    chain: str,
+    prev: int,
+    epoch: int,
+    public: Ed25519PublicKey,
+    sealed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Certify `public` as epoch `epoch`'s key with `key`, epoch `prev`'s private key."""
+    """Certify `public` as epoch `epoch`'s key with `key`, epoch `prev`'s private key, and sign
+    `sealed` (`sealed_summary` of every seal made with `key`) with it."""
     hex_public = public_bytes(public).hex()
+    summary = dict(sealed) if sealed is not None else None
     return {
         "chain": chain,
         "prev": prev,
         "epoch": epoch,
         "public": hex_public,
-        "sig": sign(key, cert_message(chain, prev, epoch, hex_public)),
+        "sealed": summary,
+        "sig": sign(key, cert_message(chain, prev, epoch, hex_public, summary, v3=True)),
     }
+
+
+def _cert_message_of(chain: str, cert: Mapping[str, Any]) -> bytes:
+    return cert_message(
+        chain,
+        int(cert["prev"]),
+        int(cert["epoch"]),
+        str(cert["public"]),
+        cert.get("sealed"),
+        v3="sealed" in cert,
+    )
 
 
 MAX_BRIDGE: Final = 16
@@ -206,6 +260,7 @@ class CertStore:
         self._seen: set[tuple[int, int, str, str]] = set()
         self._keys: dict[int, Ed25519PublicKey] | None = None
         self.conflicts: list[int] = []  # epochs with two different certified keys
+        self.moves: dict[int, Mapping[str, Any]] = {}  # prev epoch -> its verified certificate
 
     def add(self, cert: object) -> None:
         if not isinstance(cert, Mapping) or cert.get("chain") != self.vk.chain:
@@ -223,6 +278,8 @@ class CertStore:
         ):
             return
         marker = (prev, epoch, public, sig)
+        if "sealed" in cert and not (cert["sealed"] is None or _summary_ok(cert["sealed"])):
+            return
         if marker in self._seen:
             return
         self._seen.add(marker)
@@ -236,29 +293,74 @@ class CertStore:
 
     def _resolve(self) -> dict[int, Ed25519PublicKey]:
         keys = {0: Ed25519PublicKey.from_public_bytes(self.vk.public0)}
-        self.conflicts = []
+        conflicts: set[int] = set()
+        self.moves = {}
         for epoch in sorted(self._certs):  # a certificate's signer is always of an earlier epoch
             for cert in self._certs[epoch]:
-                signer = keys.get(int(cert["prev"]))
-                message = cert_message(self.vk.chain, int(cert["prev"]), epoch, str(cert["public"]))
-                if signer is None or not signature_ok(signer, cert["sig"], message):
+                prev = int(cert["prev"])
+                signer = keys.get(prev)
+                if signer is None or not signature_ok(
+                    signer, cert["sig"], _cert_message_of(self.vk.chain, cert)
+                ):
                     continue
                 public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(cert["public"])))
                 known = keys.get(epoch)
                 if known is not None and public_bytes(known) != public_bytes(public):
-                    self.conflicts.append(epoch)
+                    conflicts.add(epoch)  # two keys certified for one epoch: one was forged
+                    continue
+                moved = self.moves.get(prev)
+                if moved is not None and (
+                    moved["epoch"] != epoch or moved.get("sealed") != cert.get("sealed")
+                ):
+                    conflicts.add(epoch)  # one key signed two different moves: one was forged
                     continue
                 keys[epoch] = public
+                self.moves[prev] = cert
+        self.conflicts = sorted(conflicts)
         return keys
+
+    def resolve(self) -> None:
+        """Check every certificate collected so far (fills `conflicts` and `moves`)."""
+        if self._keys is None:
+            self._keys = self._resolve()
+
+
+def _summary_ok(summary: object) -> bool:
+    return (
+        isinstance(summary, Mapping)
+        and isinstance(summary.get("count"), int)
+        and not isinstance(summary.get("count"), bool)
+        and isinstance(summary.get("digest"), str)
+        and _HEX64_RE.match(str(summary.get("digest"))) is not None
+        and isinstance(summary.get("retention"), int)
+        and not isinstance(summary.get("retention"), bool)
+    )
+
+
+MAX_CERT_LINE: Final = 64 * 1024
+"""The longest line `read_certs` accepts (a certificate is about 400 bytes)."""
+MAX_CERTS_FILE: Final = 1 << 30
+"""The most `read_certs` reads of one file (a year of 60 s epochs is about 300 MB)."""
 
 
 def read_certs(path: Path) -> Iterable[Mapping[str, Any]]:
-    """The certificates in a certs file (malformed lines are skipped: each is checked on use)."""
-    for line in path.read_bytes().splitlines():
-        with contextlib.suppress(ValueError):
-            cert = json.loads(line)
-            if isinstance(cert, dict):
-                yield cert
+    """The certificates in a certs file (malformed lines are skipped: each is checked on use).
+
+    Never follows a symlink and reads only a regular file, a line at a time, up to
+    `MAX_CERT_LINE` bytes a line and `MAX_CERTS_FILE` in all; OSError/ValueError say where."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        total = 0
+        for number, line in enumerate(iter(lambda: handle.readline(MAX_CERT_LINE + 1), b""), 1):
+            total += len(line)
+            if len(line) > MAX_CERT_LINE or total > MAX_CERTS_FILE:
+                raise ValueError(f"{path}:{number}: longer than {MAX_CERT_LINE} bytes or the file too big")
+            with contextlib.suppress(ValueError):
+                cert = json.loads(line)
+                if isinstance(cert, dict):
+                    yield cert
 
 
 # -- the daemon's state ---------------------------------------------------------------
@@ -312,6 +414,8 @@ def _state(
     epoch: int,
     key: Ed25519PrivateKey,
     certs: Iterable[Mapping[str, Any]],
+    *,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     return {
         "version": 2,
@@ -321,6 +425,7 @@ def _state(
         "epoch": epoch,
         "key": private_bytes(key).hex(),
         "certs": list(certs),
+        "fresh": fresh,  # nothing was sealed with this key yet (the next start may sum its seals)
     }
 
 
@@ -350,8 +455,35 @@ def setup_keys(
     key = Ed25519PrivateKey.generate()
     vk = VerificationKey(secrets.token_hex(8), start, int(interval), public_bytes(key.public_key()))
     _append_cert(directory, None, truncate=True)
-    _write_state(directory, _state(vk.chain, vk.start, vk.interval, 0, key, ()))
+    _write_state(directory, _state(vk.chain, vk.start, vk.interval, 0, key, (), fresh=True))
     return vk
+
+
+def _drop_orphan_certs(directory: Path, epoch: int) -> None:
+    """Cut a certificate signed by the current key (`epoch`) off the end of the certs file: a crash
+    after a key move appended its certificate and before the new key was in place leaves one whose
+    key was never kept nor used (the next move certifies another key for that epoch). Only the
+    last line can be one: each start drops it before the next move."""
+    path = directory / CERTS_FILE_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        begin = max(0, size - MAX_CERT_LINE)
+        tail = os.pread(fd, size - begin, begin)
+        cut = tail.rstrip(b"\n").rfind(b"\n") + 1
+        if cut == 0 and begin > 0:
+            return
+        with contextlib.suppress(ValueError):
+            last = json.loads(tail[cut:])
+            prev = last.get("prev") if isinstance(last, dict) else None
+            if isinstance(prev, int) and prev >= epoch:
+                os.ftruncate(fd, begin + cut)
+                os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class KeyChain:
@@ -359,6 +491,11 @@ class KeyChain:
 
     Thread-safe for readers: `current` is one immutable `EpochKey` swapped in after the state
     file holding the new key is durable. `advance_to` is called from one task at a time.
+
+    It also keeps the ledger of the seals made with the current key (`record_seal`, under
+    `lock`, which writers hold while they write a seal): the next key move signs their count and
+    digest (`sealed_summary`) into the certificate, so a verifier of the whole audit dir can tell
+    that a seal made before the move is gone. `retention` (seconds, 0 = off) goes with it.
     """
 
     def __init__(
@@ -371,13 +508,20 @@ class KeyChain:
         epoch: int,
         key: Ed25519PrivateKey,
         certs: Iterable[Mapping[str, Any]] = (),
+        fresh: bool = False,
     ) -> None:
         self.directory = directory
         self.chain = chain
         self.start = start
         self.interval = interval
+        self.retention = 0
+        self.lock = threading.RLock()
         self._epoch = epoch
         self.current = EpochKey(chain, epoch, key, tuple(certs)[-MAX_BRIDGE:])
+        # The seals made with the current key; None: unknown (the key may have sealed before a
+        # crash, or a seal's fsync failed): the next certificate says so.
+        self._sealed: list[str] | None = [] if fresh else None
+        self._fresh_on_disk = fresh
 
     @classmethod
     def load(cls, state_dir: Path) -> KeyChain | None:
@@ -419,6 +563,7 @@ class KeyChain:
             raise SealStateError(
                 f"the sealing state {path} is readable by others (mode {mode:o}); chmod 600 it"
             )
+        _drop_orphan_certs(directory, epoch)
         return cls(
             directory,
             chain=chain,
@@ -427,6 +572,7 @@ class KeyChain:
             epoch=epoch,
             key=Ed25519PrivateKey.from_private_bytes(key),
             certs=certs,
+            fresh=data.get("fresh") is True,
         )
 
     @property
@@ -440,26 +586,65 @@ class KeyChain:
     def epoch_end(self, epoch: int) -> float:
         return float(self.start + (epoch + 1) * self.interval)
 
-    def advance_to(self, epoch: int) -> bool:
+    def advance_to(self, epoch: int, *, final: bool = False) -> bool:
         """Make `epoch`'s key pair (never backwards), certify it with the current key, make it
-        durable, then use it; True if it moved.
+        durable, then use it; True if it moved. `final`: this process seals nothing more (the
+        stop), so the new key is recorded as fresh.
 
-        The certificate is appended to the certs file and the new state is on disk (fsynced file
-        and directory) before `current` changes: after a crash either the old key is still the
-        current one (nothing was sealed with the new) or the new key is in place and the old one
-        is gone. Epochs skipped over never get a key. Raises OSError.
+        The certificate (with the count and digest of every seal made with the current key) is
+        appended to the certs file and the new state is on disk (fsynced file and directory)
+        before `current` changes: after a crash either the old key is still the current one
+        (nothing was sealed with the new) or the new key is in place and the old one is gone.
+        Epochs skipped over never get a key. Raises OSError.
         """
-        if epoch <= self._epoch:
-            return False
-        old = self.current
-        key = Ed25519PrivateKey.generate()
-        cert = make_cert(old.key, self.chain, old.epoch, epoch, key.public_key())
-        certs = (*old.certs, cert)[-MAX_BRIDGE:]
-        _append_cert(self.directory, cert)
-        _write_state(self.directory, _state(self.chain, self.start, self.interval, epoch, key, certs))
-        self._epoch = epoch
-        self.current = EpochKey(self.chain, epoch, key, certs)
-        return True
+        with self.lock:  # no seal is written with the old key while (or after) it is certified
+            if epoch <= self._epoch:
+                return False
+            old = self.current
+            key = Ed25519PrivateKey.generate()
+            summary = sealed_summary(self._sealed, self.retention)
+            cert = make_cert(old.key, self.chain, old.epoch, epoch, key.public_key(), summary)
+            certs = (*old.certs, cert)[-MAX_BRIDGE:]
+            _append_cert(self.directory, cert)
+            state = _state(self.chain, self.start, self.interval, epoch, key, certs, fresh=final)
+            try:
+                _write_state(self.directory, state)
+            except OSError:
+                with contextlib.suppress(OSError):  # the new key is gone: so must its certificate be
+                    _drop_orphan_certs(self.directory, old.epoch)
+                raise
+            self._epoch = epoch
+            self.current = EpochKey(self.chain, epoch, key, certs)
+            self._sealed = []
+            self._fresh_on_disk = final
+            return True
+
+    def claim(self) -> None:
+        """Before this process seals with a key loaded as fresh, record durably that it is no
+        longer: after a crash the next start must not claim that it sealed nothing."""
+        with self.lock:
+            if not self._fresh_on_disk:
+                return
+            cur = self.current
+            state = _state(self.chain, self.start, self.interval, cur.epoch, cur.key, cur.certs)
+            _write_state(self.directory, state)
+            self._fresh_on_disk = False
+
+    def is_current(self, key: EpochKey) -> bool:
+        """Whether `key` may still seal (call with `lock` held)."""
+        return key.chain == self.chain and key.epoch == self._epoch
+
+    def record_seal(self, key: EpochKey, context: str, seq: object, head: object) -> None:
+        """Count a seal written with `key` (call with `lock` held, right after writing it)."""
+        if self.is_current(key) and self._sealed is not None:
+            self._sealed.append(seal_line(context, seq, head))
+
+    def seal_uncertain(self, epoch: int) -> None:
+        """A seal of `epoch` was written but may not be durable (its fsync failed): the next
+        certificate must not claim to know the epoch's seals."""
+        with self.lock:
+            if epoch == self._epoch:
+                self._sealed = None
 
     def published(self, epoch: int) -> None:
         """Every open log holds a seal of `epoch` now (with the certificates up to it): later seals

@@ -52,7 +52,7 @@ import structlog
 
 from aofd import errors
 from aofd.audit import records
-from aofd.audit.seal import EpochKey
+from aofd.audit.seal import EpochKey, KeyChain
 from aofd.resources import ids
 
 log = structlog.get_logger()
@@ -309,6 +309,7 @@ class ContextJournal:
         sealer: Callable[[], EpochKey | None] | None = None,
         on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
         survivors: Mapping[str, Mapping[str, Any]] | None = None,
+        ledger: KeyChain | None = None,
     ) -> None:
         self.context = context
         self._survivors = dict(survivors or {})
@@ -317,7 +318,12 @@ class ContextJournal:
         self._origin = origin
         self._clock = clock
         self._sealer = sealer
+        # The key chain that counts every seal written (for its next certificate); seals are
+        # written under its lock so that none is made with a key after it was certified.
+        self._ledger = ledger
         self._sealed: tuple[str, int] | None = None  # chain and epoch of the newest seal written
+        self._unsynced_seals: set[int] = set()  # epochs of seals written and not yet fsynced
+        self._sealed_fields: tuple[int, str] = (0, GENESIS)  # seq and head of the newest seal
         self._on_event = on_event
         self._lock_fd: int | None = None
         self._fd: int | None = None
@@ -373,8 +379,10 @@ class ContextJournal:
                 try:
                     os.fsync(self._fd)
                     self.unsynced = 0
+                    self._unsynced_seals.clear()
                 except OSError as exc:
                     self._emit("audit fsync failed at close", error=str(exc))
+                    self._seals_uncertain()
             _close_quietly(self._fd)
             self._fd = None
         if self._lock_fd is not None:
@@ -483,6 +491,7 @@ class ContextJournal:
             self._fail("sync", reason)
             raise errors.AuditUnavailable(reason) from exc
         self.unsynced = 0
+        self._unsynced_seals.clear()
 
     def _append(self, record: Mapping[str, Any]) -> bool:
         line, truncated = self._encode(record)
@@ -496,7 +505,7 @@ class ContextJournal:
         return truncated
 
     def _encode(self, record: Mapping[str, Any]) -> tuple[bytes, bool]:
-        stamped = records.scrub_command_lines(record)
+        stamped = records.scrub_secrets(record)
         if "@timestamp" not in stamped:
             stamp = records.rfc3339(self._clock())
             stamped = {"@timestamp": stamp, **stamped}
@@ -529,7 +538,15 @@ class ContextJournal:
         self._lines_in_segment += 1
         self.unsynced += 1
 
+    def _seals_uncertain(self) -> None:
+        """Seals written since the last fsync may be lost: their epochs' seals are not known."""
+        if self._ledger is not None:
+            for epoch in sorted(self._unsynced_seals):
+                self._ledger.seal_uncertain(epoch)
+        self._unsynced_seals.clear()
+
     def _fail(self, kind: str, reason: str, *, good_size: int = 0) -> None:
+        self._seals_uncertain()
         self._failure = _Failure(kind, reason, self.path, good_size)
         self._emit("audit segment failed", reason=reason, kind=kind)
         if self._fd is not None:
@@ -562,8 +579,9 @@ class ContextJournal:
     def _rotate(self) -> None:
         key = self._sealer() if self._sealer else None
         next_name = segment_name(self._clock(), self.seq + (3 if key else 2))
-        if key is not None:  # names the next segment: removing it breaks a seal, not only a chain
-            self._write_seal(key, "rotation", next_file=next_name)
+        # The seal names the next segment: removing it breaks a seal, not only a chain.
+        if key is not None and not self._write_seal(None, "rotation", next_file=next_name):
+            next_name = segment_name(self._clock(), self.seq + 2)
         rotated = records.build(
             "audit.file.rotated",
             context=self.context,
@@ -687,7 +705,7 @@ class ContextJournal:
             now=self._clock(),
             origin=self._origin,
             reason=str(details.get("reason", "")),
-            extra={"recovery": {k: v for k, v in details.items() if k != "reason"}},
+            extra={"recovery": {"kind": "torn", **{k: v for k, v in details.items() if k != "reason"}}},
         )
 
     def _repair(self, path: Path, good_size: int, reason: str) -> Path | None:
@@ -942,9 +960,26 @@ class ContextJournal:
                 record[key] = requested[key]
         return record
 
-    def _write_seal(self, key: EpochKey, reason: str, *, next_file: str | None = None) -> None:
+    def _write_seal(self, key: EpochKey | None, reason: str, *, next_file: str | None = None) -> bool:
         """Append an `audit.sealed` record that signs the chain head as it stands (no rotation check:
-        the caller has made room). Raises `AuditUnavailable`/OSError like any write."""
+        the caller has made room) with `key` (None: the current one); False when `key` was
+        certified away meanwhile. Raises `AuditUnavailable`/OSError like any write."""
+        if self._ledger is None:
+            key = key if key is not None else (self._sealer() if self._sealer else None)
+            if key is None:
+                return False
+            self._write_seal_line(key, reason, next_file)
+            return True
+        with self._ledger.lock:
+            key = key if key is not None else self._ledger.current
+            if not self._ledger.is_current(key):
+                return False  # late: the key moved on (its certificate counts no more seals)
+            self._write_seal_line(key, reason, next_file)
+            self._ledger.record_seal(key, self.context, self._sealed_fields[0], self._sealed_fields[1])
+            self._unsynced_seals.add(key.epoch)
+            return True
+
+    def _write_seal_line(self, key: EpochKey, reason: str, next_file: str | None) -> None:
         now = self._clock()
         fields: dict[str, Any] = {
             "chain": key.chain,
@@ -966,6 +1001,7 @@ class ContextJournal:
         line, _ = self._encode(record)
         self._write_line(line)
         self._sealed = (key.chain, key.epoch)
+        self._sealed_fields = (fields["seq"], fields["head"])
 
     def seal(self, reason: str, key: EpochKey | None = None) -> bool:
         """Append a seal of the chain head with `key` (default: the sealer's current key).
@@ -990,12 +1026,11 @@ class ContextJournal:
                 self._new_segment(reason="start")
             elif self._should_rotate(2048):
                 self._rotate()  # writes its own seal; this one follows in the new segment
-            self._write_seal(key, reason)
+            return self._write_seal(key, reason)
         except OSError as exc:
             if self._failure is None:
                 self._fail("sync", f"audit I/O on {self.path} failed: {exc}")
             raise errors.AuditUnavailable(self._unavailable()) from exc
-        return True
 
     def _prune(self) -> None:
         """Delete whole closed segments older than the retention; never the active one."""

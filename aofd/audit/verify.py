@@ -29,22 +29,36 @@ stopped being sealed: aofd died, or sealed records were removed) unless a `stop`
 them (downtime, listed). A gap is never intact (`VerifyReport.ok`). `expect` (the newest seq
 and head a copy off the host holds) catches a log cut back to an earlier stop seal. What is
 after the last good seal is reported as not sealed yet.
+
+Given the audit dir, verify also sums the good seals of each epoch across every Context's log and
+compares their count and digest with what the next key move's certificate signed (see
+`aofd.audit.seal`): a log rewritten, re-dated, cut or deleted loses seals counted before the theft,
+which no one can certify again; only epochs old enough for the retention then recorded may miss
+seals. One Context's directory or one segment cannot be summed: the report says so. A seal written
+after its epoch ended is a late seal (a gap), one dated before its epoch a forgery; conflicting
+certificates are tampering. Lines longer than `MAX_LINE` are streamed and reported, never held.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import itertools
+import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from aofd.audit import records, seal, segment
 
 _MAX_PROBLEMS = 100
+MAX_LINE = 4 * records.MAX_LINE_BYTES
+"""The longest line read whole (aofd writes at most `records.MAX_LINE_BYTES`); a longer one is
+hashed as it streams by and reported, never held in memory."""
+CROSS_SKIPPED = "cross-Context check skipped: give the audit dir"
 PRE_CHAIN_LIMIT = 3600
 """Records dated before a key chain's start are accepted (hash chain only) when the log's first seal
 of that chain is for an epoch that began within this many seconds of the start: aofd was restarted
@@ -133,6 +147,8 @@ class VerifyReport:
     gaps: tuple[Problem, ...] = ()  # epochs with no seal (with verification keys only)
     seals: tuple[SealStatus, ...] = ()
     downtime: tuple[str, ...] = ()  # stretches with no seal that a stop seal explains
+    sealed: tuple[tuple[str, int, str, float], ...] = ()  # (chain, epoch, seal line, time) of each good seal
+    cross_checked: bool | None = None  # with keys: whether the seals were summed across Contexts
 
     @property
     def ok(self) -> bool:
@@ -195,6 +211,8 @@ class _Checker:
         self.log_context: str | None = None
         self.seal_lines = 0
         self.trusted: list[_Seal] = []
+        self._trusted_per_chain: dict[str, int] = {}
+        self.sealed: list[tuple[str, int, str, float]] = []
         self.good: tuple[_Entry, Mapping[str, Any]] | None = None  # last seal that matches the log
         self.after_good = 0
         self.foreign: set[str] = set()
@@ -313,11 +331,11 @@ class _Checker:
         window = deriver.vk.epoch_window(epoch)
         grace = float(deriver.vk.interval)
         sealed_at = _timestamp(fields.get("time"))
-        if sealed_at is None or not window[0] - grace <= sealed_at <= window[1] + grace:
+        if sealed_at is None or sealed_at < window[0] - grace:
             self.add(
                 cur,
-                f"the seal says it was written at {fields.get('time')}, outside epoch {epoch} "
-                f"({records.rfc3339(window[0])} to {records.rfc3339(window[1])}): forged or altered",
+                f"the seal says it was written at {fields.get('time')}, before epoch {epoch} "
+                f"({records.rfc3339(window[0])} to {records.rfc3339(window[1])}) began: forged or altered",
             )
             return
         want = self.context if self.context is not None else self.log_context
@@ -328,8 +346,29 @@ class _Checker:
                 "copied from another Context's log",
             )
             return
+        late = sealed_at > window[1] + grace
+        if late:  # the key outlived its epoch: aofd stalled, or whoever held the key then sealed
+            self.coverage_gaps.append(
+                Problem(
+                    cur.file,
+                    cur.line,
+                    cur.seq,
+                    f"the seal of epoch {epoch} was written at {fields.get('time')}, after its epoch ended "
+                    f"({records.rfc3339(window[1])}): a late seal (aofd stalled, the host was suspended or "
+                    "the clock stepped), or one made with a key kept past its epoch: not sealed in time",
+                )
+            )
         self.trusted.append(
             _Seal(cur, chain, epoch, reason, window, next_file if isinstance(next_file, str) else None)
+        )
+        self._trusted_per_chain[chain] = self._trusted_per_chain.get(chain, 0) + 1
+        self.sealed.append(
+            (
+                chain,
+                epoch,
+                seal.seal_line(str(fields.get("context")), fields.get("seq"), fields.get("head")),
+                min(sealed_at, window[1] + grace),
+            )
         )
         matches = before is not None and fields.get("seq") == before.seq and fields.get("head") == before.hash
         if not matches:
@@ -352,14 +391,13 @@ class _Checker:
             return
         previous = self.trusted[-2] if len(self.trusted) > 1 else None
         after_gap = previous if previous is not None and window[0] > previous.window[1] else None
-        self._check_coverage(cur, deriver.vk, epoch, window, first=self._first_of(chain), after_gap=after_gap)
+        first = self._trusted_per_chain[chain] == 1
+        until = sealed_at if late else None
+        self._check_coverage(cur, deriver.vk, epoch, window, first=first, after_gap=after_gap, until=until)
         self.good = (cur, fields)
         self.after_good = 0
         self._want_region_start = True
         self._problems_at_good = len(self.problems)
-
-    def _first_of(self, chain: str) -> bool:
-        return sum(1 for one in self.trusted if one.chain == chain) == 1
 
     def _check_coverage(
         self,
@@ -370,13 +408,14 @@ class _Checker:
         *,
         first: bool,
         after_gap: _Seal | None,
+        until: float | None = None,
     ) -> None:
         """The records this seal covers (since the last good seal) were written in its epoch, give or
         take one epoch: a seal made with a later key cannot vouch for older records. This is what
         anchors the log: whoever takes the host at T can seal only epochs from T on, so records dated
         before T must carry the seals of their own epochs."""
         grace = float(vk.interval)
-        low, high = window[0] - grace, window[1] + grace
+        low, high = window[0] - grace, max(window[1] + grace, until or 0.0)
         pre_chain_ok = first and window[0] <= vk.start + PRE_CHAIN_LIMIT
         late_reported = False
         for entry in self.pending:
@@ -579,6 +618,21 @@ class _Checker:
             self.add(cur, "file_id differs from the segment's audit.file.opened record")
 
 
+def _lines(handle: BinaryIO) -> Iterator[tuple[bytes, str | None]]:
+    """Each line of `handle` with None, or, for a line longer than `MAX_LINE`, its first bytes and
+    the chain hash of the whole line (streamed: a huge line or /dev/zero never fills memory)."""
+    while raw := handle.readline(MAX_LINE + 1):
+        if len(raw) <= MAX_LINE or raw.endswith(b"\n"):
+            yield raw, None
+            continue
+        digest = hashlib.sha256(raw)
+        while chunk := handle.readline(1 << 16):
+            digest.update(chunk)
+            if chunk.endswith(b"\n"):
+                break
+        yield raw[:MAX_LINE] + b"\n", "sha256:" + digest.hexdigest()
+
+
 def _entries(
     paths: list[Path], checker: _Checker, display: dict[Path, str], *, whole_log: bool
 ) -> Iterator[_Entry]:
@@ -589,23 +643,35 @@ def _entries(
             if stat.S_ISLNK(st.st_mode):
                 checker.problems.append(Problem(name, 0, None, "the segment is a symlink; not read"))
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            if not stat.S_ISREG(st.st_mode):
+                checker.problems.append(Problem(name, 0, None, "the segment is not a regular file; not read"))
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
             checker.problems.append(Problem(name, 0, None, f"cannot read: {exc}"))
             continue
         with os.fdopen(fd, "rb") as handle:
             lineno = 0
             name_first = segment.segment_first_seq(path.name)
-            for raw in handle:
+            for raw, long_hash in _lines(handle):
                 lineno += 1
-                if not raw.endswith(b"\n"):
+                if long_hash is not None:
+                    checker.problems.append(
+                        Problem(
+                            name,
+                            lineno,
+                            None,
+                            f"the line is longer than {MAX_LINE} bytes: not an audit record",
+                        )
+                    )
+                elif not raw.endswith(b"\n"):
                     checker.problems.append(
                         Problem(
                             name, lineno, None, "unterminated last line (torn write); aofd repairs it on open"
                         )
                     )
                     break
-                record = segment.parse_line(raw)
+                record = segment.parse_line(raw) if long_hash is None else None
                 aofd_file = record.get("aofd", {}).get("file", {}) if record else {}
                 aofd_seal = record.get("aofd", {}).get("seal") if record else None
                 event = record.get("event", {}) if record else {}
@@ -614,7 +680,7 @@ def _entries(
                     file_index=index,
                     file=name,
                     line=lineno,
-                    hash=segment.line_hash(raw),
+                    hash=long_hash or segment.line_hash(raw),
                     seq=segment.audit_field(record, "seq"),
                     prev=segment.audit_field(record, "prev"),
                     action=str(event.get("action", "")) if isinstance(event, dict) else "",
@@ -752,6 +818,7 @@ def _verify_segments(
         gaps=tuple(gaps),
         seals=tuple(statuses),
         downtime=tuple(f"{log_name}: {d}" for d in downtime),
+        sealed=tuple(checker.sealed),
     )
 
 
@@ -809,14 +876,19 @@ def verify(
     if not target.is_dir():
         if not target.exists() and not target.is_symlink():
             raise FileNotFoundError(f"no such file or directory: {target}")
-        return _verify_segments([target], root=target.parent, whole_log=False, keys=derivers, now=now)
+        if expect:
+            raise ValueError(
+                f"{target} is one segment: --expect needs a Context's directory or the audit dir"
+            )
+        one = _verify_segments([target], root=target.parent, whole_log=False, keys=derivers, now=now)
+        return _cross_skipped(_with_conflicts(one, derivers))
     segments = segment.list_segments(target)
     if segments:
         one = _verify_segments(
             segments, root=target.parent, whole_log=True, keys=derivers, now=now, expect=expect
         )
         missing = sorted(set(expect or {}) - {target.name})
-        return _with_missing(one, missing, target.parent)
+        return _cross_skipped(_with_conflicts(_with_missing(one, missing, target.parent), derivers))
     subs = [
         sub
         for sub in sorted(target.iterdir())
@@ -831,7 +903,7 @@ def verify(
     if not reports:
         return VerifyReport((), 0, None, None, None, (), (f"no audit segments under {target}",))
     missing = sorted(set(expect or {}) - {sub.name for sub in subs})
-    return _with_missing(
+    whole = _with_missing(
         VerifyReport(
             files=tuple(f for r in reports for f in r.files),
             records=sum(r.records for r in reports),
@@ -843,9 +915,114 @@ def verify(
             gaps=tuple(g for r in reports for g in r.gaps),
             seals=tuple(s for r in reports for s in r.seals),
             downtime=tuple(d for r in reports for d in r.downtime),
+            sealed=tuple(s for r in reports for s in r.sealed),
         ),
         missing,
         target,
+    )
+    whole = _with_conflicts(whole, derivers)
+    if derivers is None:
+        return whole
+    problems, notes = _cross_check(derivers, whole.sealed, target)
+    return dataclasses.replace(
+        whole, problems=whole.problems + problems, notes=whole.notes + notes, cross_checked=True
+    )
+
+
+def _cross_skipped(report: VerifyReport) -> VerifyReport:
+    """One Context's log or one segment: the epoch digests need every Context's seals."""
+    if not report.seals:
+        return report
+    return dataclasses.replace(report, notes=(*report.notes, CROSS_SKIPPED), cross_checked=False)
+
+
+def _with_conflicts(report: VerifyReport, stores: Mapping[str, seal.CertStore] | None) -> VerifyReport:
+    """Two certificates for one epoch, or two key moves signed by one key: one of them was forged."""
+    extra: list[Problem] = []
+    for chain, store in sorted((stores or {}).items()):
+        store.resolve()
+        extra.extend(
+            Problem(
+                f"certificates of chain {chain}",
+                0,
+                None,
+                f"conflicting certificates for epoch {epoch}: two different keys (or key moves) are "
+                "certified for it, so one certificate was forged (with a stolen key)",
+            )
+            for epoch in store.conflicts
+        )
+    return dataclasses.replace(report, problems=report.problems + tuple(extra)) if extra else report
+
+
+def _cross_check(
+    stores: Mapping[str, seal.CertStore], sealed: Iterable[tuple[str, int, str, float]], target: Path
+) -> tuple[tuple[Problem, ...], tuple[str, ...]]:
+    """Sum the good seals of each epoch across every Context's log and compare with what the next
+    key move's certificate signed (`seal.sealed_summary`): a log rewritten, re-dated, cut or
+    deleted loses seals made before the theft, which nobody can certify again. Seals an epoch old
+    enough for the retention then in force to have pruned them (at the newest seal's time) may be
+    missing; with retention off, none may."""
+    by_epoch: dict[tuple[str, int], list[str]] = {}
+    newest: dict[str, float] = {}
+    for chain, epoch, line, at in sealed:
+        by_epoch.setdefault((chain, epoch), []).append(line)
+        newest[chain] = max(newest.get(chain, at), at)
+    problems: list[Problem] = []
+    unknown: list[str] = []
+    pruned = 0
+    for chain, store in sorted(stores.items()):
+        store.resolve()
+        for prev, cert in sorted(store.moves.items()):
+            if "sealed" not in cert:
+                continue  # a certificate of an older aofd: nothing to compare with
+            summary = cert["sealed"]
+            if summary is None:
+                unknown.append(f"{chain}:{prev}")
+                continue
+            found = by_epoch.get((chain, prev), [])
+            if len(found) == summary["count"] and seal.seals_digest(found) == summary["digest"]:
+                continue
+            retention = int(summary["retention"])
+            ended = store.vk.epoch_window(prev)[1] + store.vk.interval
+            if retention > 0 and chain in newest and ended <= newest[chain] - retention:
+                pruned += 1
+                continue
+            everyone = {c for (ch, _), lines in by_epoch.items() if ch == chain for c in _contexts(lines)}
+            problems.append(_lost_seals(chain, prev, int(cert["epoch"]), summary, found, everyone, target))
+    notes: list[str] = []
+    if unknown:
+        notes.append(
+            f"{len(unknown)} epoch(s) not cross-checked (aofd restarted after a crash with a key it may "
+            f"have sealed with, or a seal's fsync failed): {', '.join(unknown[:10])}"
+        )
+    if pruned:
+        notes.append(f"{pruned} epoch(s) have seals removed by retention (older than the retention allows)")
+    return tuple(problems), tuple(notes)
+
+
+def _contexts(lines: Iterable[str]) -> set[str]:
+    return {str(json.loads(line)[0]) for line in lines}
+
+
+def _lost_seals(
+    chain: str,
+    prev: int,
+    epoch: int,
+    summary: Mapping[str, Any],
+    found: list[str],
+    everyone: set[str],
+    target: Path,
+) -> Problem:
+    gone = sorted(everyone - _contexts(found))
+    which = f"; none of context(s) {', '.join(gone)} (sealed in other epochs)" if gone else ""
+    return Problem(
+        f"chain {chain} epoch {prev}",
+        0,
+        None,
+        f"the certificate of epoch {epoch}, signed with epoch {prev}'s key before it was destroyed, "
+        f"records {summary['count']} seal(s) made with that key across all Contexts; the logs under "
+        f"{target} hold {len(found)} that do not match them{which}: a log was rewritten, re-dated, cut "
+        "or deleted (or a Context's log is kept outside this dir)",
     )
 
 
@@ -864,12 +1041,14 @@ def _collect_certs(target: Path, stores: Mapping[str, seal.CertStore]) -> None:
         paths = [target]
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         with os.fdopen(fd, "rb") as handle:
-            for raw in handle:
-                if b'"audit.sealed"' not in raw:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue  # reported by the second pass
+            for raw, long_hash in _lines(handle):
+                if long_hash is not None or b'"audit.sealed"' not in raw:
                     continue
                 record = segment.parse_line(raw)
                 aofd = record.get("aofd") if record else None

@@ -47,7 +47,9 @@ def register(subparsers: Any) -> None:
         "1: tampered or damaged (the first bad line is named); 2: usage; 3: epochs or records "
         "never sealed (aofd died, or a possible truncation: not intact). Stretches after a stop "
         "seal are listed as downtime: a whole run deleted looks the same, so give --expect with the "
-        "newest seq/head your SIEM received.",
+        "newest seq/head your SIEM received. Give the audit dir (not one Context's directory or a "
+        "segment) to also sum each epoch's seals across all Contexts against the certificates: that "
+        "catches a log rewritten, cut or deleted whole and re-sealed with a stolen key.",
     )
     check.add_argument("path", metavar="PATH", help="a segment, a context directory or the audit dir")
     check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
@@ -82,7 +84,7 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="CONTEXT=SEQ[:HEAD]",
         help="the newest sealed seq (and its aofd.seal.head) the SIEM holds for CONTEXT: fail if the "
-        "log no longer reaches it (a log cut back to an older seal); repeatable",
+        "log no longer reaches it (a log cut back to an older seal); PATH must be a directory; repeatable",
     )
     check.add_argument(
         "--expect-file",
@@ -210,17 +212,24 @@ def run_verify(args: argparse.Namespace) -> int:
         seqs = f"seq {report.first_seq}..{report.last_seq}, " if report.first_seq is not None else ""
         head = f", head {report.head}" if report.head else ""
         sealed = ", seals verified" if report.seals else ""
+        if report.seals and report.cross_checked is False:
+            sealed += f" ({verify.CROSS_SKIPPED})"
+        elif report.cross_checked:
+            sealed += " and summed across Contexts against the certificates"
         print(
             f"OK: {report.records} records in {len(report.files)} segment(s), "
             f"{seqs}chain intact{sealed}{head}"
         )
         _print_seals(report)
         for note in report.notes:
-            print(f"  note: {note}")
+            if note != verify.CROSS_SKIPPED:
+                print(f"  note: {note}")
     return 0
 
 
 def _print_seals(report: verify.VerifyReport) -> None:
+    if (report.problems or report.gaps) and report.cross_checked is False:
+        print(f"  note: {verify.CROSS_SKIPPED}")
     for status in report.seals:
         print(f"  {status.format()}")
     for stretch in report.downtime:

@@ -341,6 +341,9 @@ async def test_a_seal_that_cannot_be_written_fails_closed(tmp_path: Path) -> Non
     assert "short write" in result["failed"]["prod"]
     assert "short write" in result["unavailable"]["prod"]
     assert result["gated"].startswith("refused: ")
+    # the seal that was not written is not counted in its epoch's certificate: none is "missing"
+    certs = list(seal.read_certs(seal.certs_path(state)))
+    assert (certs[0]["prev"], certs[0]["sealed"]["count"]) == (0, 0)
 
 
 async def test_a_crash_between_evolving_and_sealing_shows_as_a_gap(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ async def test_history_resealed_with_the_stolen_key_is_caught(
         assert "unsealed history" in first.reason
     else:
         assert first.line == len(body) + 1
-        assert "outside epoch" in first.reason
+        assert "before epoch" in first.reason
     capsys.readouterr()
     assert run_cli(["audit", "verify", str(s.audit_dir), "--verification-key", s.vk.encode()]) == 1
     assert "TAMPERED" in capsys.readouterr().out
@@ -139,6 +139,9 @@ async def test_a_run_deleted_after_a_stop_seal_shows_as_downtime_and_fails_again
         seg.unlink()
     cut = verify.verify(directory, keys=[s.vk], now=now)
     assert any("has not sealed this log since" in d for d in cut.downtime)
+    # the audit dir sums the seals of each epoch: run 2's seals, counted by the certificates, are gone
+    whole = verify.verify(s.audit_dir, keys=[s.vk], now=now, certificates=[seal.certs_path(s.state)])
+    assert [p.file for p in whole.problems][:2] == [f"chain {s.vk.chain} epoch {e}" for e in (5, 6)]
     against = verify.verify(directory, keys=[s.vk], now=now, expect={"prod": shipped})
     assert not against.ok
     assert against.first_problem is not None
@@ -191,8 +194,10 @@ async def test_a_log_copied_over_another_contexts_is_caught(tmp_path: Path) -> N
 async def test_a_gap_is_not_intact_and_foreign_seals_alone_fail(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Truncate to epoch 0's seal and seal on with the current key: a gap, reported as a possible
-    truncation and not ok. A log whose seals are all of another chain is not verified: it fails."""
+    """Truncate to epoch 0's seal and seal on with the current key: in the Context's directory a
+    gap, reported as a possible truncation and not ok; in the audit dir the seals of epochs 1-3 the
+    certificates counted are missing: tampered. A log whose seals are all of another chain is not
+    verified: it fails."""
     s = await sealed_log(tmp_path, epochs=4, per_epoch=3)
     seg = segment.list_segments(s.audit_dir / "prod")[0]
     recs = load(seg)
@@ -206,8 +211,15 @@ async def test_a_gap_is_not_intact_and_foreign_seals_alone_fail(
     assert "possible truncation" in report.gaps[0].reason
     assert not report.ok
     capsys.readouterr()
-    assert run_cli(["audit", "verify", str(s.audit_dir), "--verification-key", s.vk.encode()]) == 3
-    assert "possible truncation" in capsys.readouterr().out
+    assert run_cli(["audit", "verify", str(s.audit_dir / "prod"), "--verification-key", s.vk.encode()]) == 3
+    out = capsys.readouterr().out
+    assert "possible truncation" in out
+    assert verify.CROSS_SKIPPED in out
+    assert run_cli(["audit", "verify", str(s.audit_dir), "--verification-key", s.vk.encode()]) == 1
+    out = capsys.readouterr().out
+    assert "TAMPERED" in out
+    assert "epoch 1" in out
+    assert "none of context(s) prod" in out
 
     other = seal.setup_keys(tmp_path / "other", interval=EPOCH, now=T0)
     fresh = await sealed_log(tmp_path / "fresh", epochs=2)
@@ -265,10 +277,10 @@ async def test_seals_are_fsynced_before_the_key_moves_on(tmp_path: Path) -> None
     audit_ref: list[journal.AuditLog] = []
 
     class Watching(seal.KeyChain):
-        def advance_to(self, epoch: int) -> bool:
+        def advance_to(self, epoch: int, *, final: bool = False) -> bool:
             if audit_ref:  # not the move at open, before any Context is open
                 seen.append([w.journal.unsynced for w in audit_ref[0]._writers.values()])
-            return super().advance_to(epoch)
+            return super().advance_to(epoch, final=final)
 
     state = tmp_path / "state"
     seal.setup_keys(state, interval=EPOCH, now=T0)
