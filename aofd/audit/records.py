@@ -113,6 +113,8 @@ SECRET_FLAGS: Final[frozenset[str]] = frozenset(
         "--docker-password",
         "--webhook-secret",
         "--signing-secret",
+        "--client-key-data",
+        "--client-certificate-data",
     }
 )
 """Flags whose value is a secret; the value (next argv element or `=value`) is HMAC'd."""
@@ -133,9 +135,22 @@ TOOL_SECRET_FLAGS: Final[Mapping[str, frozenset[str]]] = {
 `mysql -pSECRET` (a short flag's value may be attached), `redis-cli -a PASS`. Elsewhere `-u` or `-p`
 mean something else (`sort -u`, `mkdir -p`), so they are not in `SECRET_FLAGS`."""
 
+LOGIN_SECRET_FLAGS: Final[Mapping[str, frozenset[str]]] = {
+    tool: frozenset({"-p", "--password"})
+    for tool in ("docker", "podman", "nerdctl", "buildah", "skopeo", "helm", "oras", "crane")
+}
+"""Flags whose value is a secret when the argv has a `login` subcommand: `docker login -p X`,
+`helm registry login -p X` (elsewhere `docker run -p 8080:80` publishes a port)."""
+
 _SECRET_ENV_NAME = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(?:TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY)[A-Za-z0-9_]*=", re.I
 )
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?:^|[^A-Za-z0-9_])[A-Za-z0-9_]*(?:TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY)[A-Za-z0-9_]*=[^\s;&|]", re.I
+)
+"""`NAME_TOKEN=value` anywhere in an element (`sh -c "export API_TOKEN=...; ..."`)."""
+_SECRET_NAME = re.compile(r"(?:TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY)", re.I)
+"""A bare setting name that names a secret: the value after `set <name>` is hidden."""
 _TOKEN_LIKE = re.compile(
     r"(?:xox[abposr]-|xapp-|sk-ant-|sk-proj-|gh[pousr]_|github_pat_|glpat-|AKIA[0-9A-Z]{16}|eyJ[A-Za-z0-9_-]{8,}\.)"
 )
@@ -175,7 +190,11 @@ class ArgvRedactor:
     With no configured key the values are hashed with a random per-daemon key and written
     as `sha256:<hex>`: still not reversible, but not comparable across restarts either.
     `process.args_count` stays truthful because elements are replaced, never removed.
-    Besides the values of `SECRET_FLAGS` and `NAME_TOKEN=value` pairs, any element that
+    Besides the values of `SECRET_FLAGS` (and of `TOOL_SECRET_FLAGS`/`LOGIN_SECRET_FLAGS` for their
+    tools), `NAME_TOKEN=value` pairs (an element holding one elsewhere than at its start, as in
+    `sh -c "export API_TOKEN=...; ..."`, is replaced whole), the value after `set <secret-named
+    setting>` (`aws configure set aws_secret_access_key V`), the token of `vault login TOKEN` and
+    openssl's `pass:VALUE`, any element that
     `aofd.audit.redact.redact_text` would change (`password=...`, `Authorization: Bearer ...`,
     URL userinfo, `?token=...`, vendor token formats) is replaced whole.
     """
@@ -193,15 +212,29 @@ class ArgvRedactor:
         """Return argv with every secret value replaced; the length never changes."""
         out: list[str] = []
         hide_next = False
-        tool_flags = TOOL_SECRET_FLAGS.get(posixpath.basename(argv[0]), frozenset()) if argv else frozenset()
+        tool = posixpath.basename(argv[0]) if argv else ""
+        tool_flags = TOOL_SECRET_FLAGS.get(tool, frozenset())
+        if "login" in argv[1:]:
+            tool_flags = tool_flags | LOGIN_SECRET_FLAGS.get(tool, frozenset())
         secret_flags = SECRET_FLAGS | tool_flags if tool_flags else SECRET_FLAGS
-        for arg in argv:
+        vault_login = tool == "vault" and "login" in argv[1:]
+        for index, arg in enumerate(argv):
+            previous = argv[index - 1] if index else ""
             if hide_next:
                 out.append(self.digest(arg))
                 hide_next = False
                 continue
             flag, eq, value = arg.partition("=")
-            if flag in secret_flags:
+            if index >= 2 and previous == "set" and _SECRET_NAME.search(arg) and not arg.startswith("-"):
+                out.append(
+                    arg
+                )  # `aws configure set aws_secret_access_key VALUE`, `npm config set _authToken V`
+                hide_next = True
+            elif vault_login and index >= 2 and not eq and arg not in ("login", "-") and arg[:1] != "-":
+                out.append(self.digest(arg))  # `vault login TOKEN`: the positional argument is the token
+            elif arg.startswith("pass:"):  # openssl's `-pass pass:SECRET` / `-passin pass:SECRET`
+                out.append("pass:" + self.digest(arg[5:]))
+            elif flag in secret_flags:
                 if eq:
                     out.append(f"{flag}={self.digest(value)}")
                 else:
@@ -211,7 +244,7 @@ class ArgvRedactor:
                 out.append(arg[:2] + self.digest(arg[2:]))
             elif _SECRET_ENV_NAME.match(arg):
                 out.append(f"{flag}={self.digest(value)}")
-            elif _TOKEN_LIKE.search(arg) or redact.redact_text(arg) != arg:
+            elif _TOKEN_LIKE.search(arg) or _SECRET_ASSIGNMENT.search(arg) or redact.redact_text(arg) != arg:
                 out.append(self.digest(arg))
             else:
                 out.append(arg)
@@ -377,13 +410,27 @@ def build(
     return record
 
 
-def scrub_command_lines(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep argv secrets out of the fields derived from argv; the journal runs this on every line.
+NOT_FREE_TEXT: Final[frozenset[str]] = frozenset({"@timestamp", "ecs", "process", "command"})
+"""Top-level fields `scrub_secrets` leaves to other rules: the clock, the schema version,
+`process` (its `args` went through `ArgvRedactor`, its `command_line` is rebuilt from them) and a
+hand-built record's flat `command` (rebuilt the same way)."""
+
+
+def scrub_secrets(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep secrets out of every line; the journal runs this on every record before encoding it.
 
     `process.args` is the redacted argv (`ArgvRedactor`), but a writer may also pass
     `process.command_line` (or, hand-built, the seed's flat `command`) rendered from the
     *unredacted* argv. When `process.args` is present both are rebuilt from it (`shlex.join`, as
-    `build` does); without it, they and `event.reason` go through `aofd.audit.redact.redact_text`.
+    `build` does); without it, they go through `aofd.audit.redact.redact_text`.
+
+    Every other field is treated as free text by default (so a new field is covered without
+    being listed): each string under any top-level key but `NOT_FREE_TEXT` goes through
+    `redact_text` (`message`, `event.reason`, `aofd.run.error`, `aofd.output.excerpt`,
+    `aofd.errors`, `aofd.ratelimit.message` ...), and a value under a secret-sounding key
+    (`password`, `token`, `api_key` ...) is replaced whole (`aofd.audit.redact.redact_value`).
+    Identifiers, hashes and names do not look like secrets and pass unchanged. A body's
+    `sha256` and `bytes` describe the output as it was, before redaction.
     """
     out = dict(record)
     process = out.get("process")
@@ -397,9 +444,9 @@ def scrub_command_lines(record: Mapping[str, Any]) -> dict[str, Any]:
         out["process"] = proc
     if isinstance(out.get("command"), str):  # a hand-built record with the seed's flat `command`
         out["command"] = joined if joined is not None else redact.redact_text(out["command"])
-    event = out.get("event")
-    if isinstance(event, Mapping) and isinstance(event.get("reason"), str):
-        out["event"] = {**event, "reason": redact.redact_text(event["reason"])}
+    for key, value in out.items():
+        if key not in NOT_FREE_TEXT:
+            out[key] = redact.redact_value(value)
     return out
 
 

@@ -295,22 +295,25 @@ class ApprovalDesk:
         ):
             return decision
         counted = decision is approvals.Decision.PENDING_MORE
+        # `user` is the requester, as on every approval record; the clicker is the `voter`, and the
+        # `approver` (the seed's approved_by) only when the vote counted.
         info: dict[str, Any] = {
             "id": request_id,
             "final": False,
             "approve": approve,
             "decision": decision.value,
-            "approver": _user(user),
+            "voter": _user(user),
             "action_id": action_id,
         }
         if counted:
+            info["approver"] = _user(user)
             info["missing"] = self.store.missing(request_id)
         event = ports.AuditEvent(
             "approval.granted" if counted else "approval.refused",
             outcome="success" if counted else "failure",
             reason=decision.value,
-            user=user,
-            related=(pending.requester.id,),
+            user=pending.requester,
+            related=(pending.requester.id, user.id),
             run_id=pending.run_id,
             agent=pending.agent or None,
             process=ports.AuditProcess(args=tuple(pending.argv)),

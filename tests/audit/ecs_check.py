@@ -4,8 +4,14 @@
 not under `aofd.*`), whose value does not have the type ECS gives the field, that ECS wants as an
 array and is not one, or (for `event.kind`, `event.category`, `event.type`, `event.outcome`) whose
 value is not one ECS allows, and `event.type` values that none of the record's categories expects.
+Below an ECS field of type `object` or `nested`, the fields ECS defines there are checked like any
+other (also in each object of a list of them), and a name ECS does not define there is a problem;
+only objects ECS leaves free-form (`labels`, `*.labels`, ...) take anything.
 `type_conflicts(records)` finds `aofd.*` fields that hold values of different JSON types in
-different records (a SIEM's index mapping would reject one of them).
+different records, integers and floats apart (an index maps `1` as long, `1.5` as float), also
+inside lists of objects (a SIEM's index mapping would reject one of them).
+`BASE_FIELDS` are the fields every line carries. The reference is ECS's release `reference_version()`
+(tests/data/ecs/PROVENANCE), the one the records declare in `ecs.version`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import datetime
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 ECS_FLAT = Path(__file__).resolve().parent.parent / "data" / "ecs" / "ecs_flat.yml"
+PROVENANCE = ECS_FLAT.with_name("PROVENANCE")
 OWN = "aofd"
 """The one top-level object that is aofd's own (not ECS)."""
 
@@ -27,6 +35,45 @@ _TEXT = frozenset({"keyword", "constant_keyword", "wildcard", "match_only_text",
 _INTEGER = frozenset({"long", "integer", "short", "byte", "unsigned_long"})
 _NUMBER = frozenset({"float", "double", "scaled_float", "half_float"})
 _OBJECT = frozenset({"object", "flattened", "nested"})
+
+
+BASE_FIELDS = (
+    "@timestamp",
+    "ecs.version",
+    "event.kind",
+    "event.category",
+    "event.type",
+    "event.action",
+    "event.outcome",
+    "event.id",
+    "event.dataset",
+    "event.provider",
+    "event.created",
+    "service.name",
+    "service.version",
+    "host.hostname",
+    "log.level",
+    "aofd.schema",
+    "aofd.context",
+    "aofd.status",
+    "aofd.audit.seq",
+    "aofd.audit.prev",
+    "aofd.audit.file_id",
+)
+"""On every line the journal wrote (docs/siem.md)."""
+
+
+def missing_base_fields(record: Mapping[str, Any]) -> list[str]:
+    """The `BASE_FIELDS` a written line lacks."""
+    present = {name for name, value in leaves(record) if value is not None}
+    return [name for name in BASE_FIELDS if name not in present]
+
+
+def reference_version() -> str:
+    """The ECS release of the vendored reference, as PROVENANCE names it (`tag v8.11.0`)."""
+    match = re.search(r"\btag v(\d+\.\d+\.\d+)\b", PROVENANCE.read_text(encoding="utf-8"))
+    assert match is not None, f"{PROVENANCE} names no tag"
+    return match.group(1)
 
 
 @functools.cache
@@ -59,6 +106,13 @@ def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             yield from leaves(inner, f"{path}.{key}" if path else str(key))
     else:
         yield path, value
+
+
+@functools.cache
+def _defines_children(name: str) -> bool:
+    """Whether ECS defines fields below `name` (an object that is not free-form)."""
+    prefix = name + "."
+    return any(f.startswith(prefix) for f in fields())
 
 
 def _object_parent(name: str) -> str | None:
@@ -104,29 +158,10 @@ def _type_ok(ecs_type: str, value: Any) -> bool:
 def problems(record: Mapping[str, Any]) -> list[str]:
     """What is not ECS in one parsed record (empty when it conforms)."""
     found: list[str] = []
-    ecs = fields()
     for name, value in leaves(record):
         if name == OWN or name.startswith(OWN + "."):
             continue
-        spec = ecs.get(name)
-        if spec is None:
-            if _object_parent(name) is not None:
-                continue
-            below = [f for f in ecs if f.startswith(name + ".")]
-            what = f"an ECS object (ECS has {below[0]}, ...), not a value" if below else "not an ECS field"
-            found.append(f"{name}: {what}; aofd's own fields belong under aofd.*")
-            continue
-        ecs_type = str(spec["type"])
-        items = value if isinstance(value, list) and ecs_type not in _OBJECT else [value]
-        if "array" in (spec.get("normalize") or ()) and not isinstance(value, list):
-            found.append(f"{name}: ECS wants an array, got {value!r}")
-        for item in items:
-            if not _type_ok(ecs_type, item):
-                found.append(f"{name}: {item!r} is not of ECS type {ecs_type}")
-        if "allowed_values" in spec:
-            bad = [item for item in items if str(item) not in allowed(name)]
-            if bad:
-                found.append(f"{name}: {bad} not among ECS's allowed values {sorted(allowed(name))}")
+        _field_problems(name, value, found)
     event = record.get("event")
     if isinstance(event, Mapping):
         categories = event.get("category") or []
@@ -140,11 +175,48 @@ def problems(record: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def _field_problems(name: str, value: Any, found: list[str]) -> None:
+    ecs = fields()
+    spec = ecs.get(name)
+    if spec is None:
+        parent = _object_parent(name)
+        if parent is not None:
+            if _defines_children(parent):
+                found.append(f"{name}: not an ECS field (ECS defines the fields of {parent})")
+            return
+        below = [f for f in ecs if f.startswith(name + ".")]
+        what = f"an ECS object (ECS has {below[0]}, ...), not a value" if below else "not an ECS field"
+        found.append(f"{name}: {what}; aofd's own fields belong under aofd.*")
+        return
+    ecs_type = str(spec["type"])
+    if ecs_type in _OBJECT and isinstance(value, list):
+        for item in value:  # a list of objects: each object's fields are ECS fields below `name`
+            if not isinstance(item, Mapping):
+                found.append(f"{name}: {item!r} is not of ECS type {ecs_type}")
+                continue
+            for inner, inner_value in leaves(item, name):
+                if inner != name:
+                    _field_problems(inner, inner_value, found)
+        return
+    items = value if isinstance(value, list) and ecs_type not in _OBJECT else [value]
+    if "array" in (spec.get("normalize") or ()) and not isinstance(value, list):
+        found.append(f"{name}: ECS wants an array, got {value!r}")
+    for item in items:
+        if not _type_ok(ecs_type, item):
+            found.append(f"{name}: {item!r} is not of ECS type {ecs_type}")
+    if "allowed_values" in spec:
+        bad = [item for item in items if str(item) not in allowed(name)]
+        if bad:
+            found.append(f"{name}: {bad} not among ECS's allowed values {sorted(allowed(name))}")
+
+
 def _json_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
-        return "number"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):
@@ -155,15 +227,29 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
+def _kinds(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(dotted path, JSON kind) of every value below `path`, looking inside lists of objects."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _kinds(inner, f"{path}.{key}")
+    elif isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+        for item in value:
+            if isinstance(item, Mapping):
+                yield from _kinds(item, path)
+            elif item is not None:
+                yield path, _json_kind(item)  # a value among objects: "both a value and an object"
+    elif value is not None and value != []:
+        yield path, _json_kind(value)
+
+
 def type_conflicts(records: Iterable[Mapping[str, Any]]) -> list[str]:
     """`aofd.*` paths that are an object in one record and a value in another, or hold values of
-    different JSON types (null and empty lists agree with anything)."""
+    different JSON types (integers and floats apart; null and empty lists agree with anything),
+    looking inside lists of objects."""
     kinds: dict[str, set[str]] = {}
     for record in records:
-        for name, value in leaves(record.get(OWN, {}), OWN):
-            if value is None or value == []:
-                continue
-            kinds.setdefault(name, set()).add(_json_kind(value))
+        for name, kind in _kinds(record.get(OWN, {}), OWN):
+            kinds.setdefault(name, set()).add(kind)
     conflicts = [f"{name}: {sorted(seen)}" for name, seen in kinds.items() if len(seen) > 1]
     parents = {name.rsplit(".", 1)[0] for name in kinds if "." in name}
     conflicts += [f"{name}: both a value and an object" for name in kinds if name in parents]

@@ -40,37 +40,12 @@ from tests.runtime.fakes import harness, platforms, signing
 from tests.runtime.test_approval_desk import RecordingPrompter
 from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harness
 
-NOT_WRITTEN = frozenset({"config.loaded", "audit.checkpoint"})
+NOT_WRITTEN = frozenset({"config.loaded"})
 """In the vocabulary for readers of older logs; no writer of this daemon writes them."""
 CHECKED_ELSEWHERE = frozenset(
     {"daemon.started", "daemon.stopping", "agent.run.started", "audit.sealed", "audit.pruned"}
 )
 """Checked on a real daemon, in the engine's tests, or by the sealing tests."""
-
-BASE_FIELDS = (
-    "@timestamp",
-    "ecs.version",
-    "event.kind",
-    "event.category",
-    "event.type",
-    "event.action",
-    "event.outcome",
-    "event.id",
-    "event.dataset",
-    "event.provider",
-    "event.created",
-    "service.name",
-    "service.version",
-    "host.hostname",
-    "log.level",
-    "aofd.schema",
-    "aofd.context",
-    "aofd.status",
-    "aofd.audit.seq",
-    "aofd.audit.prev",
-    "aofd.audit.file_id",
-)
-"""On every line."""
 
 
 def flat(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,10 +76,15 @@ def test_the_reference_is_ecs_own() -> None:
         (lambda r: r["event"].update(duration="5"), "event.duration: '5' is not of ECS type long"),
         (lambda r: r.update(source={"ip": "not-an-ip"}), "source.ip: 'not-an-ip' is not of ECS type ip"),
         (lambda r: r.update({"@timestamp": "yesterday"}), "@timestamp: 'yesterday' is not of ECS type date"),
+        (lambda r: r["process"].update(tty={"bogus": 1}), "process.tty.bogus: not an ECS field"),
+        (lambda r: r["process"].update(tty={"rows": "24"}), "process.tty.rows: '24' is not of ECS type long"),
+        (lambda r: r.update(dns={"answers": [{"ttl": "x"}]}), "dns.answers.ttl: 'x' is not of ECS type long"),
+        (lambda r: r.update(dns={"answers": [{"nope": 1}]}), "dns.answers.nope: not an ECS field"),
+        (lambda r: r.update(dns={"answers": ["x"]}), "dns.answers: 'x' is not of ECS type object"),
     ],
 )
 def test_the_checker_names_what_is_not_ecs(change: Any, problem: str) -> None:
-    record = records.build("command.finished", context="prod", run_id="r1")
+    record = records.build("command.finished", context="prod", run_id="r1", process=records.Process(("ls",)))
     assert ecs_check.problems(record) == []
     change(record)
     assert any(p.startswith(problem) for p in ecs_check.problems(record)), ecs_check.problems(record)
@@ -113,9 +93,24 @@ def test_the_checker_names_what_is_not_ecs(change: Any, problem: str) -> None:
 def test_the_checker_finds_aofd_fields_of_two_types() -> None:
     one = {"aofd": {"run": {"status": "completed"}}}
     assert ecs_check.type_conflicts([one, {"aofd": {"run": {"status": 3}}}]) == [
-        "aofd.run.status: ['number', 'string']"
+        "aofd.run.status: ['integer', 'string']"
     ]
     assert ecs_check.type_conflicts([one, {"aofd": {"run": "x"}}]) == ["aofd.run: both a value and an object"]
+    # an index maps 1 as long and 1.5 as float: the two do not agree
+    assert ecs_check.type_conflicts([{"aofd": {"n": 1}}, {"aofd": {"n": 1.5}}]) == [
+        "aofd.n: ['float', 'integer']"
+    ]
+    # inside lists of objects too (an index maps each object's fields)
+    voters = [{"aofd": {"v": [{"id": "U1"}]}}, {"aofd": {"v": [{"id": 7}, {"id": "U2"}]}}]
+    assert ecs_check.type_conflicts(voters) == ["aofd.v.id: ['integer', 'string']"]
+    assert ecs_check.type_conflicts([{"aofd": {"v": ["a"]}}, {"aofd": {"v": [{"id": "U1"}]}}]) == [
+        "aofd.v: both a value and an object"
+    ]
+
+
+def test_the_reference_is_the_version_the_records_declare() -> None:
+    """`ecs.version` on every line names the ECS release whose reference the check uses."""
+    assert ecs_check.reference_version() == records.ECS_VERSION
 
 
 # -- the vocabulary -----------------------------------------------------------------------------
@@ -293,6 +288,7 @@ async def test_every_record_the_real_writers_write_is_ecs(
     for directory in audit_dir.iterdir():
         assert not directory.is_dir() or verify.verify(directory).ok, directory
     written = lines + [json.loads(json.dumps(r)) for r in rendered]
+    assert {"config.applied", "config.rejected"} <= {r["event"]["action"] for r in lines}  # written lines
     seen = {r["event"]["action"] for r in written}
     expected = set(records.ACTIONS) - NOT_WRITTEN - CHECKED_ELSEWHERE
     assert expected <= seen, f"not written by any writer here: {sorted(expected - seen)}"
@@ -302,7 +298,7 @@ async def test_every_record_the_real_writers_write_is_ecs(
         assert ecs_check.problems(record) == [], where
     assert ecs_check.type_conflicts(written) == []
     for record in lines:  # (the rendered ones have no `aofd.audit`: the journal adds it)
-        assert set(BASE_FIELDS) <= set(flat(record)), record["event"]["action"]
+        assert ecs_check.missing_base_fields(record) == [], record["event"]["action"]
         assert record["event"]["dataset"] == "aofd.audit"
         assert record["ecs"]["version"] == records.ECS_VERSION
 

@@ -4,7 +4,8 @@ pid file; nothing of the system's) follows `<audit_dir>/*/audit-*.jsonl` while t
 writes and rotates small segments, and forwards each line over TCP to a loopback receiver here.
 Every line arrives once, as the JSON line the journal wrote, in order within its segment (across a
 rotation imfile may interleave the old segment's last lines with the new one's first:
-`aofd.audit.seq` orders them); after a restart of rsyslog it sends only what it had not sent.
+`aofd.audit.seq` orders them); after a restart of rsyslog it sends only what it had not sent, after
+a SIGKILL too, and a SIGKILL while the collector is down loses nothing.
 
 rsyslog is a Debian package (`.ci/run` installs it where it is missing); without `rsyslogd` the test
 skips and says so.
@@ -56,8 +57,8 @@ def docs_config(*, work: Path, port: int, audit_dir: Path) -> str:
 class Receiver:
     """A loopback TCP server that keeps every byte it is sent, on any number of connections."""
 
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self.server = socket.create_server(("127.0.0.1", port))
         self.port = int(self.server.getsockname()[1])
         self.data = bytearray()
         self.lock = threading.Lock()
@@ -221,3 +222,106 @@ async def test_rsyslog_ships_every_line_once_in_order_across_rotations(
         segments
     ) - 2
     assert state_files  # imfile keeps its position per file in its work directory
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: rsyslogd gets no chance to write its state or flush a queue."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+@pytest.mark.skipif(
+    RSYSLOGD is None, reason="rsyslogd is not installed (apt-get install rsyslog; .ci/run does)"
+)
+async def test_rsyslog_killed_resends_nothing_it_had_sent_and_loses_nothing(
+    tmp_path: Path, options: segment.JournalOptions
+) -> None:
+    """After a SIGKILL of an idle rsyslogd (everything sent), a restart sends only the new lines:
+    `persistStateAfterSubmission` kept each file's position as it went. Killed in the middle of a
+    burst, nothing is lost and what is sent twice is a few lines (at-least-once: the SIEM
+    deduplicates on `aofd.context` + `aofd.audit.seq`).
+    """
+    audit_dir = tmp_path / "audit"
+    work = tmp_path / "rsyslog"
+    work.mkdir()
+    receiver = Receiver()
+    config = tmp_path / "rsyslog.conf"
+    config.write_text(docs_config(work=work, port=receiver.port, audit_dir=audit_dir))
+    small = dataclasses.replace(options, max_segment_bytes=4 * 1024)
+    try:
+        async with journal.AuditLog(audit_dir=audit_dir, options=small) as log:
+            await log.open(["prod"])
+            with rsyslogd(config, work) as proc:
+                for n in range(30):
+                    await log.write("prod", command(n), durable=n == 29)
+                expected = written(audit_dir / "prod")
+                wait_until(lambda: len(receiver.lines()) >= len(expected), "every line", proc, work)
+                kill(proc)
+            before_kill = len(expected)
+            idle_kill = len(receiver.lines())
+            for n in range(30, 40):
+                await log.write("prod", command(n), durable=n == 39)
+            expected = written(audit_dir / "prod")
+            with rsyslogd(config, work) as proc:
+                wait_until(lambda: len(receiver.lines()) >= len(expected), "the new lines", proc, work)
+                after_restart = receiver.lines()
+                for n in range(40, 100):  # a burst, killed once part of it has arrived (perhaps all)
+                    await log.write("prod", command(n), durable=n == 99)
+                wait_until(lambda: len(receiver.lines()) > len(expected) + 5, "part of the burst", proc, work)
+                kill(proc)
+            expected = written(audit_dir / "prod")
+            with rsyslogd(config, work) as proc:
+                wait_until(
+                    lambda: set(receiver.lines()) >= set(expected), "the rest of the burst", proc, work
+                )
+            # stopped with SIGTERM: anything it would still send has been sent
+    finally:
+        receiver.close()
+
+    got = receiver.lines()
+    assert idle_kill == before_kill  # every line once
+    assert sorted(set(got), key=seq) == expected  # nothing lost, nothing that was not written
+    assert sorted(after_restart, key=seq) == expected[: len(after_restart)]  # the idle kill re-sent nothing
+    duplicates = len(got) - len(set(got))
+    assert duplicates <= 60, duplicates  # at most what was in flight, never the whole log again
+
+
+@pytest.mark.skipif(
+    RSYSLOGD is None, reason="rsyslogd is not installed (apt-get install rsyslog; .ci/run does)"
+)
+async def test_rsyslog_killed_while_the_collector_is_down_loses_nothing(
+    tmp_path: Path, options: segment.JournalOptions
+) -> None:
+    """While the collector is unreachable the documented configuration holds no line in a memory queue
+    (a SIGKILL would lose it once imfile had recorded its position): imfile waits for the action, and
+    the restarted rsyslogd sends every line when the collector is back.
+    """
+    audit_dir = tmp_path / "audit"
+    work = tmp_path / "rsyslog"
+    work.mkdir()
+    receiver = Receiver()
+    port = receiver.port
+    config = tmp_path / "rsyslog.conf"
+    config.write_text(docs_config(work=work, port=port, audit_dir=audit_dir))
+    try:
+        async with journal.AuditLog(audit_dir=audit_dir, options=options) as log:
+            await log.open(["prod"])
+            with rsyslogd(config, work) as proc:
+                wait_until(lambda: len(receiver.lines()) == 1, "the first line", proc, work)
+                receiver.close()  # the collector goes away
+                for n in range(20):
+                    await log.write("prod", command(n), durable=n == 19)
+                out = work / "rsyslogd.out"
+                wait_until(lambda: b"cannot connect" in out.read_bytes(), "a refused connection", proc, work)
+                kill(proc)
+        expected = written(audit_dir / "prod")
+        got_before = receiver.lines()
+        receiver = Receiver(port)
+        with rsyslogd(config, work) as proc:
+            wait_until(
+                lambda: set(got_before + receiver.lines()) >= set(expected), "the queued lines", proc, work
+            )
+    finally:
+        receiver.close()
+    got = got_before + receiver.lines()
+    assert sorted(set(got), key=seq) == expected

@@ -176,7 +176,8 @@ async def test_min_approvers_counts_operators_once_each(fake: ApprovalsFakeView)
         status, body = await decide(bound, req.id, "approve", BOB)
         assert (status, body["decision"]) == (200, "granted")
     partial = [r for _, r in fake.audit.records if r["event"]["action"] == "approval.granted"]
-    assert [r["user"]["id"] for r in partial] == ["admin:alice"]
+    assert [r["aofd"]["approval"]["voter"]["id"] for r in partial] == ["admin:alice"]
+    assert [r["aofd"]["approval"]["voter"]["domain"] for r in partial] == ["admin"]
 
 
 async def test_an_operator_not_named_admin_name_in_the_context_is_refused(fake: ApprovalsFakeView) -> None:
@@ -193,7 +194,7 @@ async def test_an_operator_not_named_admin_name_in_the_context_is_refused(fake: 
     assert outcome is not None
     assert outcome.state is approvals.State.PENDING
     refused = [r for _, r in fake.audit.records if r["event"]["outcome"] == "failure"]
-    assert {r["user"]["id"] for r in refused} == {"admin:alice", "admin:carol"}
+    assert {r["aofd"]["approval"]["voter"]["id"] for r in refused} == {"admin:alice", "admin:carol"}
 
 
 async def test_an_operator_cannot_approve_their_own_request(fake: ApprovalsFakeView) -> None:

@@ -166,9 +166,10 @@ def test_an_operator_approves_and_denies_with_aofctl(tmp_path: Path) -> None:
 
     assert mentions("approval.granted", '"admin:alice"')  # the approver of the grant
     assert mentions("approval.denied", '"admin:alice"')  # the denier
-    refused = [r for r in lines if r.get("user", {}).get("id") == "admin:bob"]
+    refused = [r for r in lines if r["aofd"].get("approval", {}).get("voter", {}).get("id") == "admin:bob"]
     assert refused
     assert all(r["event"]["outcome"] == "failure" for r in refused)
+    assert all(r["event"]["action"] == "approval.refused" for r in refused)
     verify = subprocess.run(
         [sys.executable, "-m", "aofd.cli.aofctl_main", "audit", "verify", str(audit_dir)],
         capture_output=True,

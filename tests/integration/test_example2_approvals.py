@@ -523,7 +523,7 @@ def test_an_approver_approves_after_an_outsider_and_the_requester_are_refused(ri
         "agent.run.finished",
     ]
     refused = [r for r in run if r["event"]["action"] == "approval.refused"]
-    assert [(r["user"]["id"], r["event"]["reason"]) for r in refused] == [
+    assert [(r["aofd"]["approval"]["voter"]["id"], r["event"]["reason"]) for r in refused] == [
         (OUTSIDER, "not_allowed"),
         (DEV, "not_allowed"),
     ]
@@ -545,8 +545,8 @@ def test_an_approver_approves_after_an_outsider_and_the_requester_are_refused(ri
             r
             for r in rig.audit("prod-strict")
             if approval_id(r) == request_id
-            and r["user"]["id"] == LEAD
             and r["event"]["action"] == "approval.refused"
+            and r["aofd"]["approval"]["voter"]["id"] == LEAD
         ],
         what="the late click audited",
     )
@@ -618,7 +618,8 @@ def test_self_approval_is_refused_and_the_request_expires(rig: Rig) -> None:
     ]
     by_action = {r["event"]["action"]: r for r in run}
     assert by_action["approval.refused"]["event"]["reason"] == "self_not_allowed"
-    assert by_action["approval.refused"]["user"]["id"] == LEAD
+    assert by_action["approval.refused"]["aofd"]["approval"]["voter"]["id"] == LEAD
+    assert by_action["approval.refused"]["user"]["id"] == LEAD  # the requester: LEAD clicked their own
     waited = stamp(by_action["approval.expired"]) - stamp(by_action["approval.requested"])
     assert APPROVAL_TIMEOUT - 0.5 <= waited < APPROVAL_TIMEOUT + 5
     assert by_action["command.denied"]["aofd"]["decision"]["stage"] == "approval"
@@ -806,7 +807,7 @@ def test_telegram_prompt_refusal_and_approval(rig: Rig) -> None:
         "agent.run.finished",
     ]
     by_action = {r["event"]["action"]: r for r in run}
-    assert by_action["approval.refused"]["user"]["id"] == str(TG_OUTSIDER)
+    assert by_action["approval.refused"]["aofd"]["approval"]["voter"]["id"] == str(TG_OUTSIDER)
     assert by_action["approval.refused"]["event"]["reason"] == "not_allowed"
     assert [a["id"] for a in by_action["approval.granted"]["aofd"]["approval"]["approvers"]] == [
         str(TG_APPROVER)
@@ -857,6 +858,14 @@ def test_every_audit_line_is_ecs(rig: Rig) -> None:
     assert ecs_check.type_conflicts(lines) == []
     kinds = {r["event"]["action"] for r in lines}
     assert {"daemon.started", "config.applied", "agent.run.started", "agent.run.finished"} <= kinds
+    # the ECS base fields on every line the daemon wrote, its own start and config changes included
+    assert [
+        (r["event"]["action"], ecs_check.missing_base_fields(r))
+        for r in lines
+        if ecs_check.missing_base_fields(r)
+    ] == []
+    started = [r for r in lines if r["event"]["action"] == "daemon.started"]
+    assert all(isinstance(r["aofd"]["version"], str) and r["aofd"]["pid"] > 0 for r in started)
     for run in (r for r in lines if r["event"]["action"].startswith("agent.run.")):
         assert run["event"]["type"] in (["start"], ["end"])
         assert run["trace"]["id"] == run["aofd"]["agent"]["run_id"]

@@ -128,7 +128,8 @@ async def test_a_run_that_ends_while_waiting_cancels_the_approval(tmp_path: Path
         approvals.Decision.EXPIRED, approvals.CLICK_TEXT[approvals.Decision.EXPIRED]
     )
     (refused,) = h.audit.find("approval.refused")
-    assert (refused["event"]["reason"], refused["user"]["id"]) == ("expired", LEAD.id)
+    assert (refused["event"]["reason"], refused["aofd"]["approval"]["voter"]["id"]) == ("expired", LEAD.id)
+    assert refused["user"]["id"] == REQUESTER.id  # as on every approval record: whose request it is
     assert h.runs("prod") == []
 
 
@@ -171,11 +172,14 @@ async def test_clicks_that_change_nothing_are_audited_and_answered(tmp_path: Pat
     assert "already decided" in late.text
     assert isinstance(await task, commands.CommandResult)
     refused = h.audit.find("approval.refused")
-    assert [(r["event"]["reason"], r["user"]["id"]) for r in refused] == [
+    assert [(r["event"]["reason"], r["aofd"]["approval"]["voter"]["id"]) for r in refused] == [
         ("self_not_allowed", REQUESTER.id),
         ("not_allowed", "U0STRANGER"),
         ("already_decided", OTHER_LEAD.id),
     ]
+    assert {r["user"]["id"] for r in refused} == {REQUESTER.id}
+    assert all("approver" not in r["aofd"]["approval"] for r in refused)  # the seed's approved_by place
+    assert [r["related"]["user"] for r in refused][1] == [REQUESTER.id, "U0STRANGER"]
     assert all(r["event"]["outcome"] == "failure" for r in refused)
     assert len(h.audit.find("approval.granted")) == 1  # the redelivered click wrote nothing
 
@@ -195,6 +199,13 @@ async def test_a_vote_short_of_min_approvers_says_how_many_more(tmp_path: Path) 
     partial, final = h.audit.find("approval.granted")
     assert (partial["aofd"]["approval"]["final"], partial["aofd"]["approval"]["missing"]) == (False, 1)
     assert final["aofd"]["approval"]["final"] is True
+    vote = partial["aofd"]["approval"]
+    assert (vote["voter"]["id"], vote["approver"]["id"], partial["user"]["id"]) == (
+        LEAD.id,
+        LEAD.id,
+        REQUESTER.id,
+    )
+    assert final["user"]["id"] == REQUESTER.id
 
 
 CTX = tools.CallContext(run_id="run-1", context_name="prod", agent="k8s-ops", user=REQUESTER, origin=ORIGIN)
