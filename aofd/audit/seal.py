@@ -47,6 +47,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from aofd import durable
+
 STATE_DIR_NAME: Final = "audit-seal"
 """The sealing state's directory under the daemon's `state_dir` (never under the audit dir)."""
 STATE_FILE_NAME: Final = "state.json"
@@ -366,14 +368,6 @@ def read_certs(path: Path) -> Iterable[Mapping[str, Any]]:
 # -- the daemon's state ---------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _write_state(directory: Path, state: Mapping[str, Any]) -> None:
     """Write `state` to `directory/state.json` atomically and durably (tmp, fsync, rename, fsync dir)."""
     path = directory / STATE_FILE_NAME
@@ -390,7 +384,7 @@ def _write_state(directory: Path, state: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(directory)
+    durable.fsync_dir(directory)
 
 
 def _append_cert(directory: Path, cert: Mapping[str, Any] | None, *, truncate: bool = False) -> None:

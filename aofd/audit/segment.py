@@ -50,7 +50,7 @@ from typing import Any, Final
 
 import structlog
 
-from aofd import errors
+from aofd import durable, errors
 from aofd.audit import records
 from aofd.audit.seal import EpochKey, KeyChain
 from aofd.resources import ids
@@ -398,12 +398,7 @@ class ContextJournal:
         later call manages to recover (a new segment with an `audit.recovered` record).
         """
         try:
-            self._check_active()
-            if self._failure is not None:
-                if time.monotonic() < self._next_recovery:
-                    raise errors.AuditUnavailable(self._unavailable())
-                self._next_recovery = time.monotonic() + self._options.recovery_backoff
-                self._recover()
+            self._writable()
             truncated = self._append(record)
             written_seq = self.seq
         except OSError as exc:
@@ -553,6 +548,19 @@ class ContextJournal:
             _close_quietly(self._fd)
             self._fd = None
 
+    def _writable(self) -> None:
+        """Before a write: the journal is open, and a failed one tries to recover (a new segment
+        with an `audit.recovered` record) at most once per `recovery_backoff`.
+
+        Raises `AuditUnavailable` while it stays failed, OSError when recovery fails.
+        """
+        self._check_active()
+        if self._failure is not None:
+            if time.monotonic() < self._next_recovery:
+                raise errors.AuditUnavailable(self._unavailable())
+            self._next_recovery = time.monotonic() + self._options.recovery_backoff
+            self._recover()
+
     def _check_active(self) -> None:
         """Notice an active segment that was deleted, renamed or replaced under us."""
         if self._fd is None or self.path is None or self._failure is not None:
@@ -641,7 +649,7 @@ class ContextJournal:
         line, _ = self._encode(opened)
         self._write_line(line)
         self.sync()
-        _fsync_dir(self.directory)
+        durable.fsync_dir(self.directory)
 
     def _reuse_empty(self, path: Path) -> int:
         """A segment name already taken: reuse it only if it is an empty leftover of ours."""
@@ -728,7 +736,7 @@ class ContextJournal:
         dropped = max(0, size - good_size)
         if good_size == 0:
             os.unlink(path)
-            _fsync_dir(self.directory)
+            durable.fsync_dir(self.directory)
             return None
         details = {
             "reason": reason,
@@ -1016,12 +1024,7 @@ class ContextJournal:
         if self._sealed is not None and self._sealed[0] == key.chain and key.epoch < self._sealed[1]:
             return False  # late (a pass that timed out): a later epoch's key has sealed this log already
         try:
-            self._check_active()
-            if self._failure is not None:
-                if time.monotonic() < self._next_recovery:
-                    raise errors.AuditUnavailable(self._unavailable())
-                self._next_recovery = time.monotonic() + self._options.recovery_backoff
-                self._recover()
+            self._writable()
             if self._fd is None:
                 self._new_segment(reason="start")
             elif self._should_rotate(2048):
@@ -1050,7 +1053,7 @@ class ContextJournal:
             except OSError as exc:
                 self._emit("audit retention failed", file=str(seg), error=str(exc))
         if removed:
-            _fsync_dir(self.directory)
+            durable.fsync_dir(self.directory)
             self._note_pruned(removed)
 
     def _note_pruned(self, removed: list[str]) -> None:
@@ -1136,14 +1139,6 @@ def _copy_aside(fd: int, path: Path, now: float) -> Path:
             os.close(out)
         return target
     raise errors.AuditUnavailable(f"cannot find a free name for a broken copy of {path}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _close_quietly(fd: int) -> None:

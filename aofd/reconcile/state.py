@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from aofd import errors
+from aofd import durable, errors
 from aofd.plan import desired, diff
 from aofd.resources import ids, snapshot
 
@@ -57,7 +57,7 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o600
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _write_synced(tmp, (data,) if isinstance(data, bytes) else data, os.O_TRUNC, mode)
     os.replace(tmp, path)
-    _sync_dir(path.parent)
+    durable.fsync_dir(path.parent)
 
 
 def _write_synced(path: Path, pieces: Iterable[bytes], flag: int, mode: int = 0o600) -> None:
@@ -71,14 +71,6 @@ def _write_synced(path: Path, pieces: Iterable[bytes], flag: int, mode: int = 0o
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read_json(path: Path) -> Any:
@@ -381,4 +373,4 @@ def _append(path: Path, line: bytes) -> None:
     created = not path.exists()
     _write_synced(path, (line,), os.O_APPEND)
     if created:
-        _sync_dir(path.parent)
+        durable.fsync_dir(path.parent)

@@ -27,6 +27,17 @@ def write_tree(root: Path, files: Mapping[str, str]) -> Path:
     return root
 
 
+def aofctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `aofctl` with `args` (text output, 60 s cap, never raises on its exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "aofd.cli.aofctl_main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,7 @@ from tests.integration.test_daemon_gitops import AGENT, CONTEXT, FLOW, TRIGGER, 
 pytestmark = pytest.mark.slow
 
 
-def aofctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aofd.cli.aofctl_main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+aofctl = harness.aofctl
 
 
 def test_serve_seals_and_verify_catches_a_rewritten_log(tmp_path: Path) -> None:

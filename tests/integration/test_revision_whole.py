@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +45,7 @@ BROKEN_CONTEXT = (
 BROKEN_SCHEDULE = SCHEDULE.replace('"0 3 * * *"', '"61 25 * * *"').replace("Europe/Paris", "Mars/Olympus")
 
 
-def aofctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aofd.cli.aofctl_main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+aofctl = harness.aofctl
 
 
 def write(root: Path, files: dict[str, str]) -> None:
