@@ -130,11 +130,6 @@ class LoadPause:
         if self._was_enabled:
             gc.enable()
 
-    @property
-    def frozen(self) -> bool:
-        """Whether the load is over and its heap frozen."""
-        return self._froze
-
     def pass_ended(self, *, applied: bool, still_loading: bool = False) -> None:
         """At every pass's end: the first ends the load (`end`) unless the load goes on
         (`still_loading`: an SDK import it started, or a pass still waiting for another source;
@@ -153,11 +148,11 @@ class LoadPause:
         """Something long-lived was loaded in the background (an SDK): end the load's pause if it
         still runs, else freeze what was loaded.
 
-        An SDK's import makes much cyclic garbage (its classes and models are built through
-        cycles): about 20 MB at 10,000 resources, kept for good if frozen with the rest. When the
-        loaded heap was frozen already (`pass_ended(still_loading=True)`), one collection scans
-        only what came after, the import, before it is frozen too: a one-time stall of about
-        50 ms after start, instead of several automatic full collections during the import."""
+        An SDK's import leaves cyclic garbage (its classes and models are built through cycles),
+        which, frozen with the rest, would stay until the next full collection. When the loaded
+        heap was frozen already (`pass_ended(still_loading=True)`), one collection scans only what
+        came after, the import, before it is frozen too: a one-time stall of about 50 ms at
+        10,000 resources, after start, instead of automatic full collections during the import."""
         if self._paused:
             if self._froze_early:
                 gc.collect()
