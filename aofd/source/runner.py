@@ -52,11 +52,12 @@ from typing import Literal, Protocol
 
 import structlog
 
+from aofd import threads
 from aofd.errors import SourceError
 from aofd.resources import snapshot
 from aofd.resources.ids import Revision
 from aofd.settings import DirectorySourceSpec, GitSourceSpec, SourceSpec
-from aofd.source import backoff, directory, git, redact, threads, verify, watch
+from aofd.source import backoff, directory, git, redact, verify, watch
 
 log = structlog.get_logger("aofd.source")
 

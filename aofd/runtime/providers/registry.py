@@ -18,7 +18,7 @@ It must not import a provider SDK at module level.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from aofd import settings
+from aofd import settings, threads
 from aofd.runtime.providers import base
 from aofd.specs import models as model_refs
 
@@ -243,7 +243,13 @@ class Providers:
         try:
             for provider, module in wanted:
                 try:
-                    await asyncio.to_thread(importlib.import_module, module)
+                    # A daemon thread, not the default executor: a stop right after start does
+                    # not wait for an import that can take seconds (asyncio.run joins the executor).
+                    await threads.run_blocking(
+                        functools.partial(importlib.import_module, module),
+                        time_limit=None,
+                        name=f"aofd-warm-{provider}",
+                    )
                     self.get(provider)
                 except Exception as exc:  # the run that needs it reports the problem
                     log.info("provider.warm_failed", provider=provider, error=type(exc).__name__)

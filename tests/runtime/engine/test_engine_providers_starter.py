@@ -204,3 +204,31 @@ async def test_warm_builds_a_providers_client_off_the_loop() -> None:
         assert warmed == [False]
     finally:
         await providers.aclose()
+
+
+async def test_a_slow_sdk_import_does_not_hold_up_the_daemons_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`asyncio.run` joins the default executor's threads before it returns: an import running
+    there (seconds on a busy host) kept a daemon stopped right after start from exiting."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_import(name: str) -> object:
+        entered.set()
+        release.wait(30)
+        return object()
+
+    monkeypatch.setattr(registry.importlib, "import_module", slow_import)
+    providers = registry.Providers(
+        models=settings.ModelsSpec(anthropic_base_url="http://127.0.0.1:9"),
+        environ={"ANTHROPIC_API_KEY": "k"},
+    )
+    warming = asyncio.create_task(providers.warm(["anthropic"]))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), 5)
+        assert providers.warming  # the import is still running, outside the default executor
+    finally:
+        release.set()
+        await warming
+        await providers.aclose()

@@ -1,6 +1,7 @@
 """Run one blocking call in its own daemon thread, awaited with a timeout.
 
-Owns the bridge between asyncio and blocking libraries (libgit2, filesystem walks). Unlike
+Owns the bridge between asyncio and blocking libraries (libgit2, filesystem walks, an SDK's
+import). Unlike
 `asyncio.to_thread`, the thread is a daemon thread outside the default executor: a call
 that never returns (a libgit2 read blocked on a dead TCP peer) is *abandoned* after the
 timeout; it cannot be interrupted, keeps running until the library gives up, and does not
