@@ -721,9 +721,14 @@ def test_staging_runs_the_same_delete_at_once(rig: Rig) -> None:
         lambda: rig.calls("chat.postMessage", thread_ts=thread, text="done"), what="the answer"
     )
     assert not [c for c in rig.calls("chat.postMessage", thread_ts=thread) if buttons(c)]
-    lines = rig.audit("staging-permissive")
-    assert not [r for r in lines if r["event"]["action"].startswith("approval.")]
-    run = [r for r in lines if r.get("trace", {}).get("id") == trace_of(lines, "web-1")]
+
+    def finished_run() -> list[dict[str, Any]]:  # the run's last record follows its answer
+        lines = rig.audit("staging-permissive")
+        run = [r for r in lines if r.get("trace", {}).get("id") == trace_of(lines, "web-1")]
+        return run if run and run[-1]["event"]["action"] == "agent.run.finished" else []
+
+    run = rig.daemon.wait_for(finished_run, what="the run's closing record")
+    assert not [r for r in rig.audit("staging-permissive") if r["event"]["action"].startswith("approval.")]
     assert actions(run) == [
         "agent.run.started",
         "command.requested",
