@@ -4,6 +4,7 @@ backoff, prompt stop, and watch mode coalescing bursts of writes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,14 @@ async def _settle(seconds: float = 0.1) -> None:
     await asyncio.sleep(seconds)
 
 
+async def _until(check: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait until `check()` holds (backoffs and intervals here are 50-100 ms; a loaded CI host is
+    slower than that, so a fixed sleep is not enough)."""
+    async with asyncio.timeout(limit):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
 async def test_wakes_during_fetch_coalesce_into_one_more() -> None:
     """Three wake-ups during a slow fetch cause exactly one more fetch, not three."""
     source = ScriptedSource()
@@ -66,15 +75,16 @@ async def test_wakes_during_fetch_coalesce_into_one_more() -> None:
     stop = asyncio.Event()
     source.revisions = ["r1", "r2", "r3"]
     task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
-    await _settle()
-    assert (1, ["r1"]) == (source.produced, delivered)
+    await _until(lambda: delivered == ["r1"])
+    assert 1 == source.produced
     source.gate.clear()
     source.wake()
     await asyncio.wait_for(source.in_fetch.wait(), 2)
     for _ in range(3):
         source.wake()
     source.gate.set()
-    await _settle(0.3)
+    await _until(lambda: len(delivered) == 3)
+    await _settle(0.1)  # room for a fourth fetch, which must not come
     stop.set()
     await asyncio.wait_for(task, 2)
     assert 3 == source.produced
@@ -92,10 +102,10 @@ async def test_on_snapshot_only_for_new_revisions() -> None:
     stop = asyncio.Event()
     source.revisions = ["r1", "r1", "r1", "r2"]
     task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
-    for _ in range(3):
-        await _settle(0.05)
+    for produced in (1, 2, 3):
+        await _until(lambda produced=produced: source.produced >= produced)
         source.wake()
-    await _settle(0.1)
+    await _until(lambda: source.produced >= 4)
     stop.set()
     await asyncio.wait_for(task, 2)
     assert 4 == source.produced
@@ -113,10 +123,10 @@ async def test_errors_back_off_and_keep_last_good() -> None:
     stop = asyncio.Event()
     source.revisions = ["r1"]
     task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
-    await _settle(0.05)
+    await _until(lambda: delivered == ["r1"])
     source.revisions = [SourceError("down"), SourceError("down"), "r2"]
     source.wake()
-    await _settle(0.4)  # 0.05 s + 0.1 s of backoff, then success
+    await _until(lambda: len(delivered) == 2)  # 0.05 s + 0.1 s of backoff, then success
     stop.set()
     await asyncio.wait_for(task, 2)
     assert ["r1", "r2"] == delivered
@@ -133,7 +143,7 @@ async def test_stop_is_prompt_during_sleep() -> None:
         return None
 
     task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
-    await _settle(0.05)
+    await _until(lambda: source.fetch_count >= 1)
     stop.set()
     await asyncio.wait_for(task, 0.5)
     assert (1, None) == (source.fetch_count, task.exception())
@@ -148,7 +158,7 @@ async def test_interval_polls() -> None:
         return None
 
     task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
-    await _settle(0.3)
+    await _until(lambda: source.produced >= 4)
     stop.set()
     await asyncio.wait_for(task, 1)
     assert source.produced >= 4
@@ -221,7 +231,7 @@ async def test_an_unexpected_fetch_exception_is_a_failed_fetch_not_a_dead_loop()
     stop = asyncio.Event()
     source.revisions = [RuntimeError("libgit2 said something odd"), "r1"]
     task = asyncio.create_task(source.run(on_snapshot=on_snapshot, stop=stop))
-    await _settle(0.3)
+    await _until(lambda: bool(delivered) or task.done())  # the retry follows a 50 ms backoff
     assert not task.done()
     stop.set()
     await asyncio.wait_for(task, 2)
