@@ -370,21 +370,7 @@ def read_certs(path: Path) -> Iterable[Mapping[str, Any]]:
 
 def _write_state(directory: Path, state: Mapping[str, Any]) -> None:
     """Write `state` to `directory/state.json` atomically and durably (tmp, fsync, rename, fsync dir)."""
-    path = directory / STATE_FILE_NAME
-    tmp = directory / (STATE_FILE_NAME + ".tmp")
-    data = json.dumps(state, sort_keys=True).encode() + b"\n"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    durable.fsync_dir(directory)
+    durable.atomic_write(directory / STATE_FILE_NAME, json.dumps(state, sort_keys=True).encode() + b"\n")
 
 
 def _append_cert(directory: Path, cert: Mapping[str, Any] | None, *, truncate: bool = False) -> None:

@@ -50,29 +50,6 @@ LOCK_FILE = "aofd.lock"
 FORMAT = 1
 
 
-def atomic_write(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o600) -> None:
-    """Write `data` (bytes, or pieces of it) to `path` so a crash leaves either the old or the new
-    file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_synced(tmp, (data,) if isinstance(data, bytes) else data, os.O_TRUNC, mode)
-    os.replace(tmp, path)
-    durable.fsync_dir(path.parent)
-
-
-def _write_synced(path: Path, pieces: Iterable[bytes], flag: int, mode: int = 0o600) -> None:
-    """Write every byte of `pieces` to `path` (opened with `flag`: truncate or append), then fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_json(path: Path) -> Any:
     try:
         raw = path.read_bytes()
@@ -230,7 +207,7 @@ class StateStore:
                 yield b"}"
             yield b"}}"
 
-        atomic_write(self.dir / SNAPSHOT_FILE, pieces())
+        durable.atomic_write(self.dir / SNAPSHOT_FILE, pieces())
 
     def load_snapshots(self) -> tuple[str, dict[str, snapshot.Snapshot]]:
         """Return `(revision, {source: snapshot})` of the last good revision, or `("", {})`."""
@@ -275,7 +252,7 @@ class StateStore:
     # -- inventory and status -------------------------------------------------------------
 
     def save_inventory(self, inventory: Mapping[str, str]) -> None:
-        atomic_write(self.dir / INVENTORY_FILE, _json_pieces(inventory.items()))
+        durable.atomic_write(self.dir / INVENTORY_FILE, _json_pieces(inventory.items()))
 
     def load_inventory(self) -> dict[str, str]:
         doc = _read_json(self.dir / INVENTORY_FILE)
@@ -295,7 +272,7 @@ class StateStore:
 
     def save_sources(self, records: Mapping[str, SourceRecord]) -> None:
         doc = {name: dataclasses.asdict(rec) for name, rec in records.items()}
-        atomic_write(self.dir / STATUS_FILE, json.dumps(doc, sort_keys=True).encode())
+        durable.atomic_write(self.dir / STATUS_FILE, json.dumps(doc, sort_keys=True).encode())
 
     def load_sources(self) -> dict[str, SourceRecord]:
         doc = _read_json(self.dir / STATUS_FILE)
@@ -311,7 +288,7 @@ class StateStore:
     # -- where the daemon listens (for aofctl and tests; ports may be 0 in config) -----------
 
     def save_endpoints(self, endpoints: Mapping[str, str]) -> None:
-        atomic_write(self.dir / ENDPOINTS_FILE, json.dumps(dict(endpoints)).encode(), mode=0o644)
+        durable.atomic_write(self.dir / ENDPOINTS_FILE, json.dumps(dict(endpoints)).encode(), mode=0o644)
 
     def load_endpoints(self) -> dict[str, str]:
         doc = _read_json(self.dir / ENDPOINTS_FILE)
@@ -371,6 +348,6 @@ def _journal_line(
 def _append(path: Path, line: bytes) -> None:
     """Append `line` and fsync it (and the directory, when the file is new)."""
     created = not path.exists()
-    _write_synced(path, (line,), os.O_APPEND)
+    durable.write_synced(path, (line,), os.O_APPEND)
     if created:
         durable.fsync_dir(path.parent)

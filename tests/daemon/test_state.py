@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aofd import errors
+from aofd import durable, errors
 from aofd.reconcile import state
 from aofd.resources import ids, snapshot
 
@@ -44,8 +44,8 @@ def test_corrupt_state_file_is_moved_aside(tmp_path: Path) -> None:
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
     """After a write only the final file exists, with the new content."""
     target = tmp_path / "x.json"
-    state.atomic_write(target, b"one")
-    state.atomic_write(target, b"two")
+    durable.atomic_write(target, b"one")
+    durable.atomic_write(target, b"two")
 
     assert b"two" == target.read_bytes()
     assert ["x.json"] == sorted(p.name for p in tmp_path.iterdir())
