@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 
 SECRET = "slowloris-secret"
 NOFILE = 200
-HEADER_TIMEOUT = 1.0
+# Above the kernel's first SYN retry (1 s): on a slow host, clients that overflowed the listen queue
+# come back while the first ones are still held, so the cap (not only the timeouts) is reached.
+HEADER_TIMEOUT = 2.0
 SLOW_CONNECTIONS = 250
 
 RESOURCES = {
@@ -212,12 +214,15 @@ def test_webhooks_are_answered_while_slow_connections_exhaust_the_listener(tmp_p
     }
     # Some slow clients overflow the listen queue and get in only on the kernel's retry, later.
     assert sum(closed.values()) >= SLOW_CONNECTIONS // 2, closed
-    assert min(closed.values()) > 0, closed  # each timeout, and the cap below the fd limit, engaged
-    assert 0 == metric(metrics, "aofd_http_accept_errors_total", listener="webhook", error="EMFILE")
-    assert not [line for line in log if "out of system resource" in line]
-    assert len(log) < 100, (lines_at_ready, log[-40:])
     closed["over_capacity"] = metric(
         metrics, "aofd_http_connections_closed_total", listener="webhook", reason="over_capacity"
     )
+    assert closed["header_timeout"] > 0, closed  # each timeout engaged
+    assert closed["body_timeout"] > 0, closed
+    # The cap below the descriptor limit engaged: connections evicted, or shed when none could give way.
+    assert closed["evicted"] + closed["over_capacity"] > 0, closed
+    assert 0 == metric(metrics, "aofd_http_accept_errors_total", listener="webhook", error="EMFILE")
+    assert not [line for line in log if "out of system resource" in line]
+    assert len(log) < 100, (lines_at_ready, log[-40:])
     answers = [round(took, 3) for _, took in first + later]
     print(f"answers {answers}s, /healthz {health[1]:.3f}s, {closed}, {len(log)} log lines")
