@@ -716,6 +716,7 @@ def assemble(
         trigger=resolved.trigger.name if resolved.trigger is not None else None,
         plan=plan,
         models=flow_specs.model_refs(plan),
+        mcp=flow_specs.mcp_servers(plan),
         digest=str(resolved.digest),
         inactive=_inactive(resolved),
     )

@@ -427,7 +427,13 @@ def _hidden_characters(resource: LoadedResource) -> Iterator[errors.Issue]:
     if security is not None:
         groups.extend(
             (("spec", "security", attr), getattr(security, attr))
-            for attr in ("allowed_commands", "blocked_commands", "allowed_namespaces")
+            for attr in (
+                "allowed_commands",
+                "blocked_commands",
+                "allowed_namespaces",
+                "allowed_tools",
+                "blocked_tools",
+            )
         )
     for loc, patterns in groups:
         for i, pattern in enumerate(patterns):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from aofd.specs import flows, models
+from aofd.specs import mcp as mcp_specs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class BindingSpec:
     trigger: str | None
     plan: flows.RunPlan
     models: tuple[models.ModelRef, ...] = ()
+    mcp: tuple[mcp_specs.McpServerSpec, ...] = ()
+    """Every MCP server the plan's agents use (started per Context at apply)."""
     digest: str = ""
     inactive: Inactive | None = None
 

@@ -32,6 +32,8 @@ from aofd.resources.kinds import context as context_kind
 from aofd.resources.kinds import fleet as fleet_kind
 from aofd.resources.kinds import flow as flow_kind
 from aofd.specs import http_policy, models, policy
+from aofd.specs import mcp as mcp_specs
+from aofd.specs import memory as memory_specs
 from aofd.specs.problems import Problem
 
 Loc = tuple[str | int, ...]
@@ -74,6 +76,10 @@ class AgentSpec:
     max_iterations: int = 10
     temperature: float | None = 0.7
     max_tokens: int | None = None
+    mcp: tuple[mcp_specs.McpServerSpec, ...] = ()
+    memory: memory_specs.MemoryPolicy = memory_specs.DEFAULT
+    notes: tuple[Problem, ...] = ()
+    """Problems found while compiling its MCP servers and memory, at locations under the agent's spec."""
 
     @property
     def model_ref(self) -> models.ModelRef:
@@ -89,6 +95,12 @@ def agent_spec(name: str, spec: AgentModel) -> AgentSpec:
     provider = spec.provider if isinstance(spec, agent_kind.AgentSpec) else None
     max_iterations = spec.max_iterations if not isinstance(spec, flow_kind.InlineAgent) else 10
     max_tokens = spec.max_tokens if not isinstance(spec, fleet_kind.FleetAgentSpec) else None
+    servers, notes = mcp_specs.servers_of(spec.tools, spec.mcp_servers, ())
+    if isinstance(spec, agent_kind.AgentSpec):
+        memory, memory_notes = memory_specs.memory_policy(spec.memory, spec.max_context_messages, ())
+        notes.extend(memory_notes)
+    else:
+        memory = memory_specs.DEFAULT
     return AgentSpec(
         name=name,
         model=spec.model,
@@ -99,23 +111,31 @@ def agent_spec(name: str, spec: AgentModel) -> AgentSpec:
         max_iterations=max_iterations,
         temperature=spec.temperature,
         max_tokens=max_tokens,
+        mcp=servers,
+        memory=memory,
+        notes=tuple(notes),
     )
 
 
 def _tools(specs: Sequence[agent_kind.ToolSpec]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The built-in tools an agent's `tools` name (in order, once each), and the names aofd lacks."""
+    """The built-in tools an agent's `tools` name (in order, once each), and the names aofd lacks.
+
+    MCP tools (`source: mcp`, `type: MCP`) are not built-in tools: `mcp.servers_of` takes them.
+    """
     offered: dict[str, None] = {}
     unknown: list[str] = []
     for spec in specs:
         if isinstance(spec, str):
             name = spec
         elif isinstance(spec, agent_kind.QualifiedTool):
-            if not spec.enabled:
+            if not spec.enabled or spec.source is agent_kind.ToolSource.MCP:
                 continue
-            name = spec.name if spec.source is agent_kind.ToolSource.BUILTIN else f"mcp:{spec.name}"
+            name = spec.name
         else:
             kind = spec.type.value.lower()
-            name = kind if kind in ("shell", "http") else f"{kind}:{spec.config.name or 'server'}"
+            if spec.type is agent_kind.ToolType.MCP:
+                continue
+            name = kind
         tool = canonical_tool(name)
         if tool is None:
             unknown.append(name)
@@ -131,7 +151,10 @@ def agent_problems(spec: AgentSpec, loc: Loc, *, member: bool = True) -> list[Pr
     named by the issue's own prefix.
     """
     who = f"agent {spec.name}: " if member else ""
-    problems: list[Problem] = []
+    problems: list[Problem] = [
+        dataclasses.replace(note, loc=(*loc, *note.loc), message=f"{who}{note.message}")
+        for note in spec.notes
+    ]
     problem = models.static_problem(spec.model_ref, spec.model)
     if problem is not None:
         problems.append(Problem((*loc, "model"), f"{who}{problem}", code="model"))
@@ -473,6 +496,20 @@ def agent_plan(agent: AgentSpec, context: ContextView, *, binding: str = "") -> 
         {},
         context,
     )
+
+
+def plan_agents(plan: RunPlan) -> tuple[AgentSpec, ...]:
+    """Every agent the plan may run: named agents, fleet members and inline agents."""
+    found: list[AgentSpec] = list(plan.agents.values())
+    for fleet in plan.fleets.values():
+        found.extend(m.agent for m in fleet.members)
+    found.extend(node.agent for node in plan.flow.nodes if node.agent is not None)
+    return tuple(found)
+
+
+def mcp_servers(plan: RunPlan) -> tuple[mcp_specs.McpServerSpec, ...]:
+    """Every MCP server config the plan's agents use, once each (by digest)."""
+    return mcp_specs.all_servers(agent.mcp for agent in plan_agents(plan))
 
 
 def model_refs(plan: RunPlan) -> tuple[models.ModelRef, ...]:

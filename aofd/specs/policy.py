@@ -30,6 +30,14 @@ approval?" (RELIABILITY.md section 3.2):
 - **Approval** follows upstream's `requires_approval`: none unless `approval.required`; with an
   empty `require_for` every command needs one, else any matching pattern does.
 
+**MCP tools** have a policy of their own (`evaluate_tool`), decided over `<server>/<tool>` with
+the server's own tool name: `security.blocked_tools` globs first, then `security.allowed_tools`
+globs (`*` allows every tool); with no `allowed_tools` only tools whose annotations say
+`readOnlyHint: true` are allowed. `approval.require_for` entries that start with `mcp:` are
+globs over `<server>/<tool>` (`mcp:git/git_commit`) or the classes `mcp:write` (any tool not
+read-only) and `mcp:destructive` (not read-only and `destructiveHint` true or absent); command
+patterns never match a tool call and `mcp:` entries never match an argv.
+
 `GuardPolicy` is the guard's compiled view of a Context, built once per Context version by
 `compile_context` in the compile stage (`aofd.plan.compile`): every pattern is parsed there,
 and a pattern that does not compile is a `Problem` that keeps the revision from applying, so
@@ -40,6 +48,7 @@ there too (`env_problems`).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import re
 import shlex
@@ -78,11 +87,12 @@ WRAPPERS: frozenset[str] = frozenset(
         "command", "builtin", "awk", "gawk", "mawk", "nawk", "sed", "perl", "ruby", "node",
         "nodejs", "deno", "bun", "php", "lua", "luajit", "tclsh", "wish", "java", "jshell",
         "julia", "guile", "pwsh", "powershell", "osascript", "vim", "vi", "emacs", "less", "more",
+        "npm", "pnpm", "yarn", "bunx", "corepack",
     }
 )  # fmt: skip
 """Programs whose job is to run another program (or a script): never argv[0], pinned or not."""
 
-_INTERPRETER = re.compile(r"^(python|pypy|perl|ruby|php|lua|node|tclsh|pip|uv|npx|ipython)[0-9.]*$")
+_INTERPRETER = re.compile(r"^(python|pypy|perl|ruby|php|lua|node|tclsh|pip|pipx|uv|uvx|npx|ipython)[0-9.]*$")
 
 HELM_VERBS: frozenset[str] = frozenset(
     {
@@ -147,6 +157,13 @@ class ApprovalPolicy:
     timeout_seconds: float = 300
     allow_self_approval: bool = False
     min_approvers: int = 1
+    require_for_tools: tuple[str, ...] = ()
+    """The `mcp:` entries of `require_for`, prefix removed: globs, `write` and `destructive`."""
+
+    @property
+    def require_for_any(self) -> bool:
+        """Whether `require_for` names anything (empty: every command and tool call needs approval)."""
+        return bool(self.require_for or self.require_for_tools)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -182,6 +199,8 @@ class GuardPolicy:
     approval: ApprovalPolicy | None = None
     limits: LimitsPolicy = LimitsPolicy()
     log_responses: bool = False
+    allowed_tools: tuple[str, ...] = ()
+    blocked_tools: tuple[str, ...] = ()
 
     @property
     def env_map(self) -> dict[str, str]:
@@ -232,14 +251,28 @@ def compile_context(
         cluster_resources.append(kubectl.resolve(kind).type_key)
     for name, message in env_problems(spec.env):
         problems.append(Problem(("spec", "env", name), message))
+    allowed_tools = _tool_globs(security.allowed_tools, ("spec", "security", "allowed_tools"), problems)
+    blocked_tools = _tool_globs(security.blocked_tools, ("spec", "security", "blocked_tools"), problems)
     approval: ApprovalPolicy | None = None
     if spec.approval is not None:
         rules = spec.approval
+        command_rules = [text for text in rules.require_for if not _is_tool_rule(text)]
+        tool_rules = [
+            (index, text.strip()[len(TOOL_RULE_PREFIX) :].strip())
+            for index, text in enumerate(rules.require_for)
+            if _is_tool_rule(text)
+        ]
         approval = ApprovalPolicy(
             required=rules.required,
             allowed_users=rules.allowed_users,
             require_for=_compile_list(
-                rules.require_for, ("spec", "approval", "require_for"), tools, problems, allow=False
+                command_rules, ("spec", "approval", "require_for"), tools, problems, allow=False
+            ),
+            require_for_tools=tuple(
+                rule
+                for index, rule in tool_rules
+                if rule in TOOL_CLASSES
+                or _tool_glob_ok(rule, ("spec", "approval", "require_for", index), problems)
             ),
             timeout_seconds=rules.timeout_seconds,
             allow_self_approval=rules.allow_self_approval,
@@ -268,8 +301,42 @@ def compile_context(
             max_execution_time_seconds=limits.max_execution_time_seconds,
         ),
         log_responses=audit.log_responses or audit.include_payload,
+        allowed_tools=allowed_tools,
+        blocked_tools=blocked_tools,
     )
     return policy, tuple(problems)
+
+
+TOOL_RULE_PREFIX = "mcp:"
+TOOL_CLASSES = frozenset({"write", "destructive"})
+"""`require_for` classes of MCP tools: `mcp:write` (not read-only), `mcp:destructive`."""
+
+
+def _is_tool_rule(text: str) -> bool:
+    return text.strip().lower().startswith(TOOL_RULE_PREFIX)
+
+
+def _tool_globs(texts: Sequence[str], loc: tuple[str, ...], problems: list[Problem]) -> tuple[str, ...]:
+    return tuple(text for index, text in enumerate(texts) if _tool_glob_ok(text, (*loc, index), problems))
+
+
+def _tool_glob_ok(text: str, loc: tuple[str | int, ...], problems: list[Problem]) -> bool:
+    """Whether `text` is a `<server>/<tool>` glob (or `*`); a problem at `loc` says why not."""
+    field = str(loc[-2]) if isinstance(loc[-1], int) else str(loc[-1])
+    bad = bad_character(text)
+    if bad is not None:
+        problems.append(Problem(loc, f"{field}: {json.dumps(text, ensure_ascii=True)} {bad}"))
+        return False
+    if text != "*" and ("/" not in text or text.startswith("/") or text.endswith("/") or " " in text):
+        problems.append(
+            Problem(
+                loc,
+                f"{field}: {json.dumps(text, ensure_ascii=True)} must be '<server>/<tool>' "
+                "(globs allowed, e.g. 'git/git_status', 'time/*') or '*'",
+            )
+        )
+        return False
+    return True
 
 
 def _compile_list(
@@ -1005,7 +1072,7 @@ def evaluate(
     needs, approval_rule = False, None
     approval = policy.approval
     if approval is not None and approval.required:
-        if not approval.require_for:
+        if not approval.require_for_any:
             needs, approval_rule = True, "*"
         else:
             for pattern in approval.require_for:
@@ -1025,3 +1092,79 @@ def evaluate(
         needs_approval=needs,
         approval_rule=approval_rule,
     )
+
+
+# --------------------------------------------------------------------------- MCP tools
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolHints:
+    """What an MCP server says of a tool (its annotations); None when it says nothing."""
+
+    read_only: bool | None = None
+    destructive: bool | None = None
+
+    @property
+    def label(self) -> str:
+        """`read-only`, `write` or `destructive` (an absent destructiveHint counts as destructive)."""
+        if self.read_only is True:
+            return "read-only"
+        return "write" if self.destructive is False else "destructive"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolVerdict:
+    """The policy decision for one MCP tool call under one Context; `rule` names what decided."""
+
+    allowed: bool
+    reason: str
+    rule: str | None
+    needs_approval: bool = False
+    approval_rule: str | None = None
+
+
+def _tool_match(globs: Sequence[str], subject: str) -> str | None:
+    return next((glob for glob in globs if fnmatch.fnmatchcase(subject, glob)), None)
+
+
+def evaluate_tool(server: str, tool: str, hints: ToolHints, policy: GuardPolicy) -> ToolVerdict:
+    """Decide whether `<server>/<tool>` may be called under `policy`, and with approval or not.
+
+    Never raises. The order: `blocked_tools`, then `allowed_tools` (or, without them, the
+    tool's own `readOnlyHint`), then `approval.require_for` (see the module docstring).
+    """
+    subject = f"{server}/{tool}"
+    blocked = _tool_match(policy.blocked_tools, subject)
+    if blocked is not None:
+        return ToolVerdict(False, f"blocked by blocked_tools rule {blocked!r}", f"blocked_tools:{blocked}")
+    if policy.allowed_tools:
+        allowed = _tool_match(policy.allowed_tools, subject)
+        if allowed is None:
+            return ToolVerdict(False, f"{subject!r} is not in the Context's allowed_tools", "allowed_tools")
+        reason, rule = f"allowed by allowed_tools rule {allowed!r}", allowed
+    elif hints.read_only is True:
+        reason, rule = "allowed: the server marks it read-only (no allowed_tools)", "read_only"
+    else:
+        return ToolVerdict(
+            False,
+            f"{subject!r} is not marked read-only by its server and the Context has no allowed_tools "
+            "(only read-only tools run without one)",
+            "allowed_tools",
+        )
+    needs, approval_rule = False, None
+    approval = policy.approval
+    if approval is not None and approval.required:
+        if not approval.require_for_any:
+            needs, approval_rule = True, "*"
+        else:
+            for rule_text in approval.require_for_tools:
+                if rule_text == "write":
+                    hit = hints.read_only is not True
+                elif rule_text == "destructive":
+                    hit = hints.read_only is not True and hints.destructive is not False
+                else:
+                    hit = fnmatch.fnmatchcase(subject, rule_text)
+                if hit:
+                    needs, approval_rule = True, TOOL_RULE_PREFIX + rule_text
+                    break
+    return ToolVerdict(True, reason, rule, needs_approval=needs, approval_rule=approval_rule)

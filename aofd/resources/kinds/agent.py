@@ -120,6 +120,10 @@ class MemoryConfig(base.Model):
     path: str | None = None
     max_messages: base.PositiveInt | None = None
     context_key: str | None = None
+    max_age_seconds: base.PositiveInt | None = None
+    """aofd: turns older than this are forgotten (default 7 days)."""
+    max_tokens: base.PositiveInt | None = None
+    """aofd: the most earlier turns may cost the model's prompt (characters / 4; default 2000)."""
 
 
 class MemorySpec(base.Model):

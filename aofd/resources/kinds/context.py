@@ -114,6 +114,11 @@ class Security(base.Model):
     allowed_cluster_resources: tuple[str, ...] = ()
     """aofd: resource types (kubectl names: `nodes`, `pv`, `certificates.cert-manager.io`) a
     Context with `allowed_namespaces` may still reach: cluster-scoped and custom types."""
+    allowed_tools: tuple[str, ...] = ()
+    """aofd: MCP tools (`<server>/<tool>` globs) agents may call here; empty, only tools that say
+    `readOnlyHint: true`; `["*"]`, every tool of the agents' servers."""
+    blocked_tools: tuple[str, ...] = ()
+    """aofd: MCP tools (`<server>/<tool>` globs) never called here; blocked wins over allowed."""
 
 
 class SecretRef(base.Model):
