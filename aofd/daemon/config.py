@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,24 @@ def is_local_address(address: str) -> bool:
         return False
 
 
-ZERO_CONFIG_TOOLS = ("kubectl", "helm", "curl")
-"""Tools `aofd serve PATH` pins from its own PATH at start-up (a config file names them instead)."""
+ZERO_CONFIG_TOOLS = ("kubectl", "helm", "curl", "mcp-server-time")
+"""Tools `aofd serve PATH` pins from its own PATH (then the directory of its own interpreter, a
+venv's `bin/`) at start-up; a config file names them instead. `mcp-server-time` serves the
+example repo's MCP agent."""
 
 
 def pinned_tools(
     names: tuple[str, ...] = ZERO_CONFIG_TOOLS, *, search_path: str | None = None
 ) -> dict[str, Path]:
-    """Resolve bare tool names once, to real absolute paths; what is not installed is left out."""
+    """Resolve bare tool names once, to real absolute paths; what is not installed is left out.
+
+    Without `search_path`: the daemon's PATH, then the directory of its interpreter (an unactivated
+    venv's `bin/`, where `pip install mcp-server-time` puts the server).
+    """
+    if search_path is None:
+        search_path = os.pathsep.join(
+            part for part in (os.environ.get("PATH", os.defpath), os.path.dirname(sys.executable)) if part
+        )
     found: dict[str, Path] = {}
     for name in names:
         where = shutil.which(name, path=search_path)

@@ -23,18 +23,19 @@ def test_example_validates_with_zero_errors() -> None:
 
 
 def test_example_has_the_seed_layout() -> None:
-    """Five contexts, four agents, three fleets, three flows, four triggers, bindings per environment."""
+    """Five contexts, five agents (one with an MCP server), three fleets, four flows, five triggers,
+    bindings per environment."""
     state = build()
     counts = {kind.value: len(state.of_kind(kind)) for kind in ids.Kind}
     envs = sorted({Path(b.path).parent.name for b in state.of_kind(ids.Kind.BINDING)})
     assert (
         {
             "Context": 5,
-            "Agent": 4,
+            "Agent": 5,
             "AgentFleet": 3,
-            "AgentFlow": 3,
-            "Trigger": 4,
-            "FlowBinding": 11,
+            "AgentFlow": 4,
+            "Trigger": 5,
+            "FlowBinding": 12,
             "Workflow": 0,
         },
         ["dev", "prod", "staging"],
@@ -79,4 +80,14 @@ def test_example_in_the_daemon_with_every_variable_set() -> None:
         "WEBHOOK_SECRET",
     }
     state = desired.build(views, variables={n: f"value-of-{n.lower()}" for n in names}, undefined="error")
-    assert ((), 11) == (state.issues, len(state.bindings))
+    assert ((), 12) == (state.issues, len(state.bindings))
+
+
+def test_the_handover_agent_brings_an_mcp_server_that_dev_runs() -> None:
+    """The MCP example: one stdio server, bound in dev, whose tools dev allows only if read-only."""
+    state = build()
+    bound = [b for b in state.bindings.values() if b.flow is not None and b.flow.name == "handover-flow"]
+    assert ["dev-context"] == [b.context_name for b in bound]
+    agent = next(a for a in state.of_kind(ids.Kind.AGENT) if a.key.name == "oncall-handover")
+    servers = agent.model.spec.mcp_servers  # type: ignore[attr-defined]
+    assert [("time", "mcp-server-time")] == [(s.name, s.command) for s in servers]
