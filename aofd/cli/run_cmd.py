@@ -1,4 +1,5 @@
-"""`aofctl run agent|flow NAME --context CTX -i TEXT [PATH]`: one run, in this process, same engine.
+"""`aofctl run agent|flow NAME --context CTX -i TEXT [PATH]`: one run, in this process, same engine;
+`aofctl run binding NAME -i TEXT`: one run of a Manual trigger's binding, in the daemon.
 
 This module owns the direct-execution path of the seed's CLI: load the resources under PATH
 (the daemon's directory walker and planner), resolve the agent or flow and the Context by
@@ -23,10 +24,12 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aofd import settings
 from aofd.audit import journal, records
-from aofd.cli import validate_cmd
+from aofd.cli import admin_cmds, validate_cmd
+from aofd.cli import client as client_mod
 from aofd.daemon import auditsink
 from aofd.daemon import config as daemon_config
 from aofd.plan import compiler
@@ -38,18 +41,24 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("run", help="run an agent or a flow once, here, under a Context")
-    parser.add_argument("kind", choices=("agent", "flow"), help="what to run")
-    parser.add_argument("name", help="the Agent or AgentFlow name")
+    parser = subparsers.add_parser(
+        "run",
+        help="run an agent or a flow once, here, under a Context; or start a Manual binding in the daemon",
+    )
+    parser.add_argument(
+        "kind", choices=("agent", "flow", "binding"), help="what to run (binding: in the daemon)"
+    )
+    parser.add_argument("name", help="the Agent, AgentFlow or FlowBinding name")
     parser.add_argument(
         "path", nargs="?", default=".", metavar="PATH", help="the resource repo dir (default .)"
     )
-    parser.add_argument("--context", "-C", required=True, help="the Context to run under")
+    parser.add_argument("--context", "-C", help="the Context to run under (agent and flow)")
     parser.add_argument("-i", "--input", required=True, help="the request text")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     parser.add_argument("--audit-dir", type=Path, default=Path(".aofd/audit"), help="audit log dir")
     parser.add_argument("--state-dir", type=Path, default=Path(".aofd"), help="cache and work dirs")
     parser.add_argument("--config", type=Path, help="a daemon config (executables, models)")
+    admin_cmds.add_admin_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -64,6 +73,11 @@ class _Collect:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "binding":
+        return run_binding(args)
+    if not args.context:
+        print("aofctl run: error: --context is required to run an agent or a flow", file=sys.stderr)
+        return EXIT_USAGE
     try:
         cfg = daemon_config.load(args.config) if args.config else settings.DaemonConfig()
     except Exception as exc:
@@ -91,6 +105,43 @@ def run(args: argparse.Namespace) -> int:
         for text in messages:
             sys.stdout.write(text.rstrip("\n") + "\n")
     return EXIT_OK if record.status is runs.RunStatus.COMPLETED else EXIT_FAILED
+
+
+def run_binding(args: argparse.Namespace) -> int:
+    """`aofctl run binding NAME -i TEXT`: the daemon starts one run of a binding of a Manual trigger
+    (`POST /api/v1/runs`, as the named admin token's operator); prints the run id. An empty input is
+    refused here; `--context` and PATH, which only `run agent|flow` use, are ignored with a note
+    (the daemon runs the binding under its own Context, from what it has applied)."""
+    if not args.input.strip():
+        print("aofctl run: error: -i/--input is empty: give the request text", file=sys.stderr)
+        return EXIT_USAGE
+    ignored = [flag for flag, given in (("--context", args.context), ("PATH", args.path != ".")) if given]
+    if ignored:
+        print(
+            f"aofctl run: note: {' and '.join(ignored)} ignored: the daemon runs binding {args.name} "
+            "under the binding's own Context, from the resources it has applied",
+            file=sys.stderr,
+        )
+    try:
+        status, data = admin_cmds.admin_client(args).request(
+            "POST", "/api/v1/runs", {"binding": args.name, "input": args.input}
+        )
+    except client_mod.AdminError as exc:
+        print(f"aofctl run: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    body: dict[str, Any] = data if isinstance(data, dict) else {"error": str(data).strip()}
+    if args.output == "json":
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    elif status < 300:
+        sys.stdout.write(
+            f"started run {body.get('run_id', '')} of binding {body.get('binding', args.name)} "
+            f"in Context {body.get('context', '')} as {body.get('user', '')}\n"
+        )
+    else:
+        print(f"aofctl run: error: {body.get('error') or f'HTTP {status}'} (HTTP {status})", file=sys.stderr)
+    if status < 300:
+        return EXIT_OK
+    return EXIT_USAGE if status == 400 else EXIT_FAILED
 
 
 def build_plan(

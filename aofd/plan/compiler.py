@@ -73,8 +73,18 @@ class Options:
     def of(cls, cfg: settings.DaemonConfig) -> Options:
         return cls(
             tools=policy.known_tools(cfg.executables.paths),
-            trigger_base_urls=frozenset(cfg.platforms.trigger_base_urls),
+            trigger_base_urls=frozenset(cfg.platforms.trigger_base_urls) | _platform_urls(cfg.platforms),
         )
+
+
+def _platform_urls(platforms: settings.PlatformsSpec) -> frozenset[str]:
+    """The API addresses the daemon config itself names (`platforms.*_api_url`): a Trigger may name
+    them too (upstream's GitLab example writes `api_url: https://gitlab.com/api/v4`)."""
+    return frozenset(
+        str(value).rstrip("/")
+        for name, value in platforms.model_dump().items()
+        if name.endswith("_api_url") and isinstance(value, str)
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -579,17 +589,19 @@ class _Run:
             return
         spec, problems = listener_specs.compile_trigger(model, self.state.digests.get(key, ""))
         problems += route_specs.pattern_problems(model.spec.config.patterns, ("spec", "config", "patterns"))
-        base_url = model.spec.config.base_url
-        if base_url is not None and base_url not in self.options.trigger_base_urls:
-            # The listener sends the Trigger's tokens there: whoever can push a Trigger could name
-            # `${SLACK_BOT_TOKEN}` and their own server. The daemon's operator decides instead.
-            problems.append(
-                Problem(
-                    ("spec", "config", "base_url"),
-                    "config.base_url: a Trigger's API address comes from the daemon config "
-                    "(platforms.*_api_url); list it in platforms.trigger_base_urls to allow it here",
+        allowed = self.options.trigger_base_urls
+        for field in ("base_url", "api_url"):
+            url = getattr(model.spec.config, field)
+            if url is not None and url not in allowed and url.rstrip("/") not in allowed:
+                # The listener sends the Trigger's tokens there: whoever can push a Trigger could name
+                # `${SLACK_BOT_TOKEN}` and their own server. The daemon's operator decides instead.
+                problems.append(
+                    Problem(
+                        ("spec", "config", field),
+                        f"config.{field}: a Trigger's API address comes from the daemon config "
+                        "(platforms.*_api_url); list it in platforms.trigger_base_urls to allow it here",
+                    )
                 )
-            )
         self.triggers.set(key.name, spec)
         self._report(key, resource, problems)
 

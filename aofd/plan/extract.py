@@ -7,7 +7,8 @@ file version (its results are cached with the parsed file by `aofd.plan.desired.
   Workflow steps, Trigger commands, Binding flow/context/trigger/agent/fleet), each with the
   position of the field that makes it, as written (snake_case or camelCase keys);
 - `secrets()`: the secret-bearing strings where `${VAR}` substitution applies (Context
-  kubeconfig and env values, Trigger tokens, secrets and `required_headers` values) and nowhere else;
+  kubeconfig and env values, Trigger tokens, secrets and `required_headers` values, and the
+  Trigger identifiers of `trigger.SUBSTITUTED_FIELDS`) and nowhere else;
 - `own_issues()`: checks of one resource alone (DNS-1123 name, bidi and zero-width characters
   in a Context's command patterns);
 - `replace()`: a copy of a frozen model tree with one value replaced (substitution results);
@@ -282,7 +283,9 @@ def secret_values(resource: LoadedResource) -> tuple[tuple[Loc, str], ...]:
     """Every secret-bearing value a resource holds, substituted or literal, by model path.
 
     Trigger tokens, secrets and `required_headers` values and Context env values always; a
-    Context kubeconfig only when it is written with a `${VAR}` (a literal path is no secret).
+    Context kubeconfig and a Trigger identifier (`trigger.SUBSTITUTED_FIELDS`: a guild, a tenant,
+    an app id) only when written with a `${VAR}` (a literal path or identifier is no secret, and
+    `aofctl diff` must see it change).
     Empty values count too: whether a secret is set is itself not shown, and a dry run must
     mask the same fields on both sides whatever the variables hold.
     """
@@ -293,6 +296,10 @@ def secret_values(resource: LoadedResource) -> tuple[tuple[Loc, str], ...]:
         if attr[-1] == "kubeconfig":
             raw = _raw_text(resource, at)
             if isinstance(raw, str) and "$" not in raw:
+                continue
+        elif _identifier(resource, attr):
+            raw = _raw_text(resource, at)
+            if not (isinstance(raw, str) and "$" in raw):  # literal (a string or a YAML number)
                 continue
         if all(attr != seen for seen, _ in out):
             out.append((attr, value))
@@ -360,7 +367,7 @@ def _candidates(resource: LoadedResource) -> list[tuple[Loc, Loc, object]]:
         candidates.extend((("spec", "env", k), ("spec", "env", k), v) for k, v in spec.env.items())
     elif resource.kind is Kind.TRIGGER:
         config = spec.config
-        for name in trigger_kind.SECRET_FIELDS:
+        for name in (*trigger_kind.SECRET_FIELDS, *trigger_kind.SUBSTITUTED_FIELDS):
             value = getattr(config, name, None)
             if isinstance(value, tuple):
                 candidates.extend(
@@ -373,6 +380,16 @@ def _candidates(resource: LoadedResource) -> list[tuple[Loc, Loc, object]]:
             else:
                 candidates.append((("spec", "config", name), ("spec", "config", name), value))
     return candidates
+
+
+def _identifier(resource: LoadedResource, attr: Loc) -> bool:
+    """True for a Trigger identifier field (`trigger.SUBSTITUTED_FIELDS`), or an item of one."""
+    return (
+        resource.kind is Kind.TRIGGER
+        and len(attr) >= 3
+        and attr[:2] == ("spec", "config")
+        and attr[2] in trigger_kind.SUBSTITUTED_FIELDS
+    )
 
 
 def _is_written(resource: LoadedResource, loc: Sequence[str | int]) -> bool:

@@ -763,6 +763,15 @@ def _check_trigger(model: base.ResourceModel, report: _Report) -> None:
         )
     elif spec.type is kind.GITHUB and not config.all_webhook_secrets:
         report.warning(loc, "a GitHub trigger without config.webhook_secret cannot verify deliveries")
+    elif spec.type is kind.DISCORD and not (config.public_key and config.application_id):
+        report.warning(
+            loc,
+            "a Discord trigger needs config.public_key and config.application_id: its listener cannot start",
+        )
+    elif spec.type is kind.TEAMS and not (config.app_id and config.app_password):
+        report.warning(
+            loc, "a Teams trigger needs config.app_id and config.app_password: its listener cannot start"
+        )
     if config.path is not None:
         own = f"/hooks/{spec.type.value.lower()}/{model.metadata.name}"
         _check_trigger_path(config.path, own, spec.type is kind.SCHEDULE, report)

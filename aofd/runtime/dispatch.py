@@ -134,6 +134,47 @@ class Dispatcher:
             self._on_event(message.platform)
         return self._dispatch(message, reply_on_no_match)
 
+    def start_binding(self, binding: str, message: ports.EventMessage) -> ports.RouteOutcome:
+        """Start binding id `binding` of `message.trigger` for `message`, which names it (a run started
+        by hand, `aofd.runtime.listeners.manual`): only the `users` filters (the binding's and the
+        trigger's) are matched, against the operator's id (`admin:<name>`), and a stalled binding is
+        not run, as for any event. `unknown_binding` when the trigger's current routes have no such
+        binding; `filtered` (logged at warning, audited as `trigger.rejected` with reason
+        `user_not_allowed` in the binding's Context) when a `users` filter does not name the operator."""
+        if self._on_event is not None:
+            self._on_event(message.platform)
+        table = self._switchboard.current
+        found = table.routes.get(message.trigger)
+        chosen = next((r for r in found.routes if r.name == binding), None) if found is not None else None
+        if chosen is None:
+            detail = f"trigger {message.trigger} has no enabled binding {binding}"
+            log.info("event.not_routed", outcome="unknown_binding", detail=detail, **_fields(message))
+            return ports.RouteOutcome("unknown_binding", detail=detail)
+        gate = found.gate if found is not None else None
+        for filters in (chosen.filters, gate.filters if gate is not None else None):
+            if filters is not None and not filters.any_user and message.user.id not in filters.users:
+                return self._refused(chosen, message)
+        return self._start(table, chosen, message, reply_on_no_match=False)
+
+    def _refused(self, chosen: routes.Route, message: ports.EventMessage) -> ports.RouteOutcome:
+        """A run by hand whose operator a `users` filter does not name: logged, audited, not run."""
+        detail = f"binding {chosen.name} does not admit {message.user.id} (its users filter)"
+        log.warning("event.not_routed", outcome="filtered", detail=detail, **_fields(message))
+        if self._audit is not None and chosen.context:
+            record = ports.AuditEvent(
+                "trigger.rejected",
+                outcome="failure",
+                reason="user_not_allowed",
+                user=message.user,
+                trigger={"platform": message.platform, "name": message.trigger, "binding": chosen.name},
+                http_status=403,
+                message=detail,
+            )
+            self._tasks.spawn(
+                self._write_audit(self._audit, chosen.context, record), name=f"audit:{chosen.name}"
+            )
+        return ports.RouteOutcome("filtered", chosen.name, chosen.context, detail=detail)
+
     def _dispatch(self, message: ports.EventMessage, reply_on_no_match: bool) -> ports.RouteOutcome:
         table = self._switchboard.current
         chosen = self.route(message)
@@ -146,6 +187,17 @@ class Dispatcher:
             if reply_on_no_match and chosen.outcome in ("no_match", "unknown_trigger"):
                 self._tasks.spawn(self._reply(message.reply_target(), self._no_match_text))
             return chosen
+        return self._start(table, chosen, message, reply_on_no_match=reply_on_no_match)
+
+    def _start(
+        self,
+        table: routing.RoutingTable,
+        chosen: routes.Route,
+        message: ports.EventMessage,
+        *,
+        reply_on_no_match: bool,
+    ) -> ports.RouteOutcome:
+        """Start the chosen binding's flow, or answer why it cannot run now."""
         stall = table.stalled.get(chosen.name)
         if stall is not None:
             self._not_run(message, chosen, stall)

@@ -1,8 +1,11 @@
 """Signature verification for every trigger platform: pure functions over raw bytes.
 
 Owns the per-platform algorithms of RELIABILITY.md section 2 (Slack's timestamp checks,
-GitHub and WhatsApp `sha256=` HMACs, PagerDuty's `v1=` lists, Telegram's static token,
-aofd's own `X-Aofd-Signature`). Every function takes the raw request body exactly as
+GitHub, WhatsApp, Jira and Bitbucket `sha256=` HMACs, PagerDuty's `v1=` lists, the static
+tokens of Telegram, GitLab and aofd's Opsgenie header,
+aofd's own `X-Aofd-Signature`, Discord's Ed25519 over timestamp and body, and the Bot
+Framework's RS256 bearer tokens for Microsoft Teams, checked with PyJWT against a given key).
+Every function takes the raw request body exactly as
 received, never a parsed or re-serialised one, compares in constant time
 (`hmac.compare_digest`), and raises `Rejected` with an HTTP status and an audit reason.
 
@@ -15,7 +18,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aofd import errors
 
@@ -149,6 +157,31 @@ def github(*, secrets: Sequence[str], body: bytes, signature: str | None) -> Non
 def whatsapp(*, secrets: Sequence[str], body: bytes, signature: str | None) -> None:
     """Verify Meta's `X-Hub-Signature-256` with the app secret."""
     sha256_header(secrets=secrets, body=body, signature=signature, header="X-Hub-Signature-256")
+
+
+def jira(*, secrets: Sequence[str], body: bytes, signature: str | None) -> None:
+    """Verify Jira's `X-Hub-Signature` (`sha256=` HMAC of the raw body with the webhook secret)."""
+    sha256_header(secrets=secrets, body=body, signature=signature, header="X-Hub-Signature")
+
+
+def bitbucket(*, secrets: Sequence[str], body: bytes, signature: str | None) -> None:
+    """Verify Bitbucket Cloud's `X-Hub-Signature` (`sha256=` HMAC of the raw body with the secret)."""
+    sha256_header(secrets=secrets, body=body, signature=signature, header="X-Hub-Signature")
+
+
+def shared_token(*, secrets: Sequence[str], given: str | None, name: str) -> None:
+    """Check a static shared token header (GitLab's `X-Gitlab-Token`, aofd's Opsgenie token header)
+    against every configured value (rotation), in constant time.
+
+    Raises:
+        Rejected: 403 when no token is configured, 401 when the header is missing, 403 when it
+            matches none.
+    """
+    usable = _secrets(secrets)
+    if given is None or not given.strip():
+        raise Rejected(401, MALFORMED, f"{name} missing")
+    if not _any_equal(usable, [given.strip()]):
+        raise Rejected(403, SIGNATURE_INVALID, f"{name} does not match")
 
 
 def _versioned(header: str, *, name: str) -> list[tuple[str, str]]:
@@ -299,3 +332,133 @@ def static_header(*, expected: str, given: str | None, name: str) -> None:
         return
     if not hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8")):
         raise Rejected(403, SIGNATURE_INVALID, f"required header {name} does not match")
+
+
+def ed25519_public_key(hex_key: str) -> Ed25519PublicKey:
+    """A Discord application's `public_key` (64 hex characters) as a key.
+
+    Raises:
+        ValueError: it is not 32 bytes of hex (the message does not repeat the value).
+    """
+    text = hex_key.strip()
+    if len(text) != 64 or _HEX.fullmatch(text) is None:
+        raise ValueError("is not 64 hex characters (the application's public key from the developer portal)")
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+
+
+def discord(
+    *,
+    key: Ed25519PublicKey,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    now: float,
+    window: float = DEFAULT_WINDOW,
+) -> None:
+    """Verify Discord's `X-Signature-Ed25519` (Ed25519 over `<X-Signature-Timestamp><raw body>`) and
+    that the timestamp lies within `window` seconds of `now`.
+
+    Raises:
+        Rejected: 401 for a missing, malformed, stale or wrong signature.
+    """
+    given = signature.strip() if signature else ""
+    if not given:
+        raise Rejected(401, MALFORMED, "X-Signature-Ed25519 missing")
+    if len(given) != 128 or _HEX.fullmatch(given) is None:
+        raise Rejected(401, MALFORMED, "X-Signature-Ed25519 is not 64 bytes of hex")
+    check_timestamp(timestamp, now=now, window=window)
+    assert timestamp is not None  # checked above
+    try:
+        key.verify(bytes.fromhex(given), timestamp.strip().encode("ascii") + body)
+    except InvalidSignature:
+        raise Rejected(401, SIGNATURE_INVALID, "X-Signature-Ed25519 does not match") from None
+
+
+BOT_FRAMEWORK_ISSUER = "https://api.botframework.com"
+"""The `iss` of the tokens the Bot Framework connector sends to a bot."""
+
+BOT_FRAMEWORK_LEEWAY = 300.0
+"""Seconds of clock skew allowed on `exp` and `nbf` (the Bot Framework SDKs allow 5 minutes)."""
+
+
+def bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header.
+
+    Raises:
+        Rejected: 401 when the header is missing or is not a bearer token.
+    """
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Rejected(401, MALFORMED, "Authorization is not a bearer token")
+    return token.strip()
+
+
+def jwt_key_id(token: str) -> str:
+    """The `kid` of a JWT's header, read without verifying anything (to find the key).
+
+    Raises:
+        Rejected: 401 when the token is not a JWT, is not RS256, or names no key.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise Rejected(401, MALFORMED, "the bearer token is not a JWT") from None
+    if header.get("alg") != "RS256":
+        raise Rejected(401, SIGNATURE_INVALID, "the bearer token is not signed with RS256")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Rejected(401, MALFORMED, "the bearer token names no key (kid)")
+    return kid
+
+
+def bot_framework(
+    *,
+    token: str,
+    jwk: Mapping[str, Any],
+    app_id: str,
+    now: float,
+    issuer: str = BOT_FRAMEWORK_ISSUER,
+    leeway: float = BOT_FRAMEWORK_LEEWAY,
+) -> dict[str, Any]:
+    """Verify a Bot Framework connector token with the JWK its `kid` names: the RS256 signature,
+    `iss`, `aud` (the bot's `app_id`), and `exp`/`nbf` against `now` within `leeway` seconds.
+
+    Returns:
+        The token's claims (`serviceurl` among them; the caller checks it and the key's
+        `endorsements` against the activity).
+
+    Raises:
+        Rejected: 401 for a bad signature, issuer, audience or time, or a key that is not RSA.
+    """
+    if not app_id:
+        raise Rejected(403, SIGNATURE_INVALID, "no app_id is configured for this trigger")
+    try:
+        key = jwt.PyJWK(dict(jwk), algorithm="RS256").key
+    except jwt.PyJWTError:
+        raise Rejected(401, SIGNATURE_INVALID, "the signing key is not an RSA key") from None
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=["RS256"],
+            audience=app_id,
+            issuer=issuer,
+            # Times are checked below against the caller's clock.
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "require": ["exp"]},
+        )
+    except jwt.InvalidSignatureError:
+        raise Rejected(401, SIGNATURE_INVALID, "the bearer token's signature does not match") from None
+    except jwt.InvalidAudienceError:
+        raise Rejected(401, SIGNATURE_INVALID, "the bearer token is for another audience") from None
+    except jwt.InvalidIssuerError:
+        raise Rejected(401, SIGNATURE_INVALID, "the bearer token has another issuer") from None
+    except jwt.PyJWTError as exc:
+        raise Rejected(401, MALFORMED, f"the bearer token is not valid ({type(exc).__name__})") from None
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise Rejected(401, MALFORMED, "the bearer token's exp is not a number")
+    if now > exp + leeway:
+        raise Rejected(401, STALE_TIMESTAMP, f"the bearer token expired {now - exp:.0f}s ago")
+    if isinstance(nbf, int | float) and not isinstance(nbf, bool) and now < nbf - leeway:
+        raise Rejected(401, STALE_TIMESTAMP, "the bearer token is not valid yet")
+    return claims

@@ -5,8 +5,9 @@ This module owns `ListenerSpec` (the trigger's name and platform, its configurat
 parsed `Schedule`, and the config digest the plan compares) and `compile_trigger`, which
 reports everything the files alone decide about serving a Trigger:
 
-- a type aofd serves no listener for (Discord, Jira, Manual) is a warning, and the bindings
-  that use it take no events (`ListenerUnsupported`);
+- a type aofd serves no listener for is a warning, and the bindings that use it take no events
+  (`ListenerUnsupported`); a Manual trigger has no transport: its bindings are started by hand
+  (`aofctl run binding`, the admin API);
 - a Schedule's `cron` and `timezone` must parse (`aofd.specs.cron`), each error at its field;
 - Telegram long polling needs a `bot_token`.
 
@@ -25,10 +26,12 @@ from aofd.specs.problems import Problem
 
 PLATFORMS: frozenset[str] = frozenset(
     {"slack", "telegram", "whatsapp", "pagerduty", "github", "http", "schedule"}
+    | {"jira", "gitlab", "bitbucket", "opsgenie", "manual"}
+    | {"discord", "teams"}
 )
 """Trigger types (lower-cased) aofd serves a listener for."""
 
-WEBHOOK_PLATFORMS: frozenset[str] = PLATFORMS - {"schedule"}
+WEBHOOK_PLATFORMS: frozenset[str] = PLATFORMS - {"schedule", "manual"}
 """Platforms whose events arrive as requests at `/hooks/<platform>/<trigger>`."""
 
 

@@ -3,9 +3,12 @@
 Owns
 
 - `Filters`: channel/user/pattern/event filters compiled once (a pattern that is not a valid
-  regular expression is matched as case-insensitive text, as upstream does);
+  regular expression is matched as case-insensitive text, as upstream does; a channel entry
+  with `*` is a wildcard, `mygroup/*`, on every platform: upstream's `projects` and
+  `repositories` examples use it);
 - `Gate`: a Trigger's own filters (`channels`, `users`, `patterns`, `events` and the
-  platform-specific `chat_ids`, `service_ids`, `repositories`, `github_events`, `allowed_numbers`),
+  platform-specific `chat_ids`, `service_ids`, `repositories`, `projects`, `allowed_numbers` and
+  `github_events`, `jira_events`, `gitlab_events`, `bitbucket_events`),
   with upstream's trigger score (AOF-UPSTREAM.md section 1.5: 10, +100 channel, +80 user, +60 pattern);
 - `Route`: one enabled binding's filters (the seed's `trigger.config` merged into upstream's
   `match` block by `FlowBindingSpec.filters()`), with upstream's binding score (section 1.7:
@@ -127,6 +130,17 @@ def _user_values(users: frozenset[str], platform: str) -> frozenset[str]:
     return frozenset(values)
 
 
+def _channel_glob(channels: frozenset[str]) -> re.Pattern[str] | None:
+    """One pattern for the channel entries that hold a `*` (a wildcard: any run of characters,
+    `/` included, so `mygroup/*` admits `mygroup/api` and `mygroup/sub/api`); other characters
+    are literal. None when no entry has one. (`*` alone admits every channel: `any_channel`.)"""
+    globs = sorted(c for c in channels if "*" in c and c != "*")
+    if not globs:
+        return None
+    parts = (".*".join(re.escape(piece) for piece in glob.split("*")) for glob in globs)
+    return re.compile("|".join(f"(?:{p})" for p in parts), re.DOTALL)
+
+
 _USER_VALUES_CACHE_MAX = 32
 """Platforms whose user values a `Filters` remembers (platform names are a small fixed set)."""
 
@@ -144,6 +158,8 @@ class Filters:
     any_channel: bool = dataclasses.field(init=False, compare=False, repr=False)
     any_user: bool = dataclasses.field(init=False, compare=False, repr=False)
     any_event: bool = dataclasses.field(init=False, compare=False, repr=False)
+    # The channel entries with a `*` other than `*` itself, as one compiled alternation (or None).
+    channel_glob: re.Pattern[str] | None = dataclasses.field(init=False, compare=False, repr=False)
     # Invariant: platform -> `_user_values(users, platform)`; filled on first use, bounded.
     _user_values: dict[str, frozenset[str]] = dataclasses.field(
         init=False, compare=False, repr=False, default_factory=dict
@@ -155,6 +171,7 @@ class Filters:
         setattr_(self, "any_channel", not self.channels or "*" in self.channels)
         setattr_(self, "any_user", not self.users or "*" in self.users)
         setattr_(self, "any_event", not self.events or "*" in self.events)
+        setattr_(self, "channel_glob", _channel_glob(self.channels))
 
     @classmethod
     def compile(
@@ -178,7 +195,14 @@ class Filters:
         name = message.channel_name
         if name.startswith("#"):
             name = name[1:]
-        return message.channel_id in self.channels or (bool(name) and name in self.channels)
+        channels = self.channels
+        if message.channel_id in channels or (bool(name) and name in channels):
+            return True
+        glob = self.channel_glob
+        return glob is not None and (
+            glob.fullmatch(message.channel_id) is not None
+            or (bool(name) and glob.fullmatch(name) is not None)
+        )
 
     def user_values(self, platform: str) -> frozenset[str]:
         """The values a user id or name must equal on `platform` (computed once per platform)."""
@@ -238,9 +262,21 @@ class Gate:
     @classmethod
     def of(cls, trigger: trigger_kind.Trigger) -> Gate:
         cfg = trigger.spec.config
-        channels: list[object] = [*cfg.channels, *cfg.chat_ids, *cfg.service_ids, *cfg.repositories]
+        channels: list[object] = [
+            *cfg.channels,
+            *cfg.chat_ids,
+            *cfg.service_ids,
+            *cfg.repositories,
+            *cfg.projects,
+        ]
         users: list[object] = [*cfg.users, *cfg.allowed_numbers]
-        events = [*cfg.events, *cfg.github_events]
+        events = [
+            *cfg.events,
+            *cfg.github_events,
+            *cfg.jira_events,
+            *cfg.gitlab_events,
+            *cfg.bitbucket_events,
+        ]
         filters = Filters.compile(channels=channels, users=users, patterns=cfg.patterns, events=events)
         score = TRIGGER_BASE_SCORE
         score += CHANNEL_SCORE if filters.channels else 0

@@ -63,11 +63,6 @@ CASES = [
         ("main/triggers/hook.yaml", 7, 18, "error", "invalid", "cron"),
     ),
     (
-        "unserved trigger type",
-        {"triggers/hook.yaml": doc("Trigger", "hook", "type: Discord\nconfig: {bot_token: x}")},
-        ("main/triggers/hook.yaml", 6, 9, "warning", "listener-unsupported", "type Discord has no listener"),
-    ),
-    (
         "invalid match pattern",
         {
             "triggers/hook.yaml": doc(

@@ -252,7 +252,8 @@ def test_disallowed_variable_in_context_env_is_an_error_without_the_value(write_
         [
             "main/ctx.yaml:7:10: error: Context/prod: spec.env.KEY: variable AWS_SECRET_ACCESS_KEY is not "
             "allowed by the daemon's substitution allow-list (KUBECONFIG*, AOF_*, AOFD_*, SLACK_*, "
-            "TELEGRAM_*, WHATSAPP_*, PAGERDUTY_*, GITHUB_*, WEBHOOK_*)"
+            "TELEGRAM_*, WHATSAPP_*, PAGERDUTY_*, GITHUB_*, WEBHOOK_*, DISCORD_*, TEAMS_*, JIRA_*, GITLAB_*, "
+            "BITBUCKET_*, OPSGENIE_*)"
         ],
         False,
     ) == (messages(state), any("hunter2" in m for m in messages(state)))

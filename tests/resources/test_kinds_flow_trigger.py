@@ -284,9 +284,11 @@ def test_webhook_secrets_rotation_list() -> None:
     assert (1048576, trigger.ListenMode.WEBHOOK) == (spec.config.max_body_bytes, spec.config.mode)
 
 
-def test_teams_trigger_type_is_rejected() -> None:
-    """`Teams` is not a trigger type (upstream rejects it too)."""
-    result = load(SEED_TRIGGER.replace("type: slack", "type: Teams"))
+def test_teams_trigger_type_loads_and_unknown_types_are_rejected() -> None:
+    """`Teams` is a trigger type (upstream's examples use it, though upstream rejects it); a type no
+    platform has is still an error at its position."""
+    assert [] == [i for i in load(SEED_TRIGGER.replace("type: slack", "type: Teams")).issues if i.is_error]
+    result = load(SEED_TRIGGER.replace("type: slack", "type: Myspace"))
     assert [(6, 9, "error")] == [(i.line, i.col, i.severity) for i in result.issues]
 
 

@@ -3,8 +3,12 @@
 This module owns the Trigger model: upstream's `Trigger`/`StandaloneTriggerConfig` (AOF-UPSTREAM.md
 section 1.5) plus what aofd's listeners need to verify and answer requests (`app_token` for
 Slack Socket Mode, `secret_token` for Telegram webhooks, `access_token`/`app_secret` for
-WhatsApp, `webhook_secrets` for rotation, `max_body_bytes`, `mode`). Secret-bearing fields
-are listed in `SECRET_FIELDS` (the only Trigger fields where `${VAR}` is substituted).
+WhatsApp, `webhook_secrets` for rotation, `max_body_bytes`, `mode`; upstream's `api_url`,
+`username`/`app_password` and `webhook_token` of its GitLab, Bitbucket and Opsgenie platforms,
+and `email` beside `user_email` for Jira). Secret-bearing fields
+are listed in `SECRET_FIELDS` (always masked), identifiers taken from the environment in
+`SUBSTITUTED_FIELDS` (masked only when written with `${VAR}`): the only Trigger fields where
+`${VAR}` is substituted.
 `spec.default_agent` is accepted as written by every upstream example (upstream itself only
 reads `defaultAgent`). Type-specific required fields are checked in validation.
 """
@@ -31,6 +35,10 @@ class TriggerType(base.CIEnum):
     GITHUB = "GitHub"
     JIRA = "Jira"
     MANUAL = "Manual"
+    GITLAB = "GitLab"
+    BITBUCKET = "Bitbucket"
+    OPSGENIE = "Opsgenie"
+    TEAMS = "Teams"
 
 
 class ListenMode(base.CIEnum):
@@ -54,12 +62,33 @@ SECRET_FIELDS: tuple[str, ...] = (
     "routing_key",
     "token",
     "api_token",
+    "app_password",
+    "webhook_token",
     "required_headers",
 )
-"""TriggerConfig fields that hold secrets: `${VAR}` substitution applies here and nowhere else.
+"""TriggerConfig fields that hold secrets: `${VAR}` is substituted, and the value is always masked.
 
 A field is a string, a list of strings (each one substituted) or a map of strings
 (`required_headers`: each value substituted, the header names never)."""
+
+SUBSTITUTED_FIELDS: tuple[str, ...] = (
+    # Upstream's Discord and Teams examples take these from the environment
+    # (`${DISCORD_PUBLIC_KEY}`, `${TEAMS_APP_ID}`, ...),
+    "public_key",
+    "application_id",
+    "app_id",
+    "guild_ids",
+    "allowed_roles",
+    "allowed_tenants",
+    # and its Jira and Bitbucket examples (`${JIRA_CLOUD_ID}`, `${BITBUCKET_USERNAME}`).
+    "cloud_id",
+    "user_email",
+    "email",
+    "username",
+)
+"""TriggerConfig identifiers where `${VAR}` is substituted too, but which are no secrets: a value is
+masked only when it is written with a `${VAR}` (like a Context's kubeconfig), so a literal change
+to them (a guild, a tenant) shows in `aofctl diff` and `describe`. Lists of strings, or strings."""
 
 
 class TriggerConfig(base.Model):
@@ -81,6 +110,8 @@ class TriggerConfig(base.Model):
     bot_name: str | None = None
     application_id: base.ScalarStr | None = None
     public_key: str | None = None
+    allowed_roles: tuple[base.ScalarStr, ...] = ()
+    allowed_tenants: tuple[str, ...] = ()
     approval_allowed_users: tuple[str, ...] = ()
     approval_channel: str | None = None
     # HTTP
@@ -107,8 +138,18 @@ class TriggerConfig(base.Model):
     cloud_id: str | None = None
     user_email: str | None = None
     api_token: str | None = None
+    email: str | None = None
     projects: tuple[str, ...] = ()
     jira_events: tuple[str, ...] = ()
+    # GitLab, Bitbucket (and Opsgenie's `api_url`): the API address, checked like `base_url`
+    api_url: str | None = None
+    gitlab_events: tuple[str, ...] = ()
+    bitbucket_events: tuple[str, ...] = ()
+    username: str | None = None
+    app_password: str | None = None
+    # Opsgenie
+    webhook_token: str | None = None
+    allowed_actions: tuple[str, ...] = ()
     # WhatsApp
     access_token: str | None = None
     business_account_id: base.ScalarStr | None = None
