@@ -4,7 +4,8 @@ This module owns the rules for what counts as a secret in free text and in event
 values under secret-sounding keys (`authorization`, `token`, `password`, `api_key` ...),
 URL userinfo (`https://user:pass@host`), query parameters named like token/key/secret/
 password, bearer and basic credentials, Slack (`xoxb-`, `xapp-` ...), Anthropic
-(`sk-ant-`), OpenAI, GitHub, GitLab and AWS access key ids, JWTs, `--token VALUE` style
+(`sk-ant-`), OpenAI, GitHub, GitLab, Telegram bot and Meta (WhatsApp) tokens, AWS access key ids
+and secret keys (`aws_secret_access_key = ...`), JWTs, `--token VALUE` style
 flags and `-u user:pass` credentials. It is pure (no I/O) and recursive over mappings, lists
 and tuples. Like Flux's `sanitized.go`, it prefers to over-redact: a log line is not the place
 for a secret.
@@ -52,6 +53,7 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
             r"\b(?:xox[abposre]-[A-Za-z0-9\-]+|xapp-[A-Za-z0-9\-]+|sk-ant-[A-Za-z0-9_\-]+"
             r"|sk-(?:proj-)?[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
             r"|glpat-[A-Za-z0-9_\-]{20,}|AKIA[0-9A-Z]{16}\b|AIza[0-9A-Za-z_\-]{35}"
+            r"|\d{6,12}:AA[A-Za-z0-9_\-]{30,}|EAA[A-Za-z0-9]{30,}"
             r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)"
         ),
         REDACTED,
@@ -59,7 +61,8 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # key=value / key: value in free text, and --token VALUE flags
     (
         re.compile(
-            r"(?i)\b((?:password|passwd|pwd|secret|client_secret|api[_-]?key|access[_-]?token|token)"
+            r"(?i)\b((?:password|passwd|pwd|secret|client_secret|api[_-]?key|access[_-]?token|token"
+            r"|(?:aws_)?secret_access_key)"
             r"[\"']?\s*[=:]\s*)(?!\[REDACTED\])[\"']?[^\s\"',;&]+[\"']?"
         ),
         r"\1" + REDACTED,
@@ -82,7 +85,7 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
 _MAYBE_SECRET: Final[tuple[str, ...]] = (
     "://", "?", "&", ";", "bearer", "basic", "token", "authoriz", "api_key", "api-key", "apikey", "xox",
     "xapp", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat", "glpat", "akia", "aiza", "eyj",
-    "passw", "pwd", "secret", "-u",
+    "passw", "pwd", "secret", "-u", ":aa", "eaa",
 )  # fmt: skip
 """Literals (lower case) of which every pattern of `_PATTERNS` needs one: text with none of them is
 returned as it is, after a few substring searches instead of every pattern (the audit log runs this

@@ -19,6 +19,7 @@ from aofd.cli import (
     audit_cmd,
     can_i_cmd,
     graph_cmd,
+    memory_cmd,
     run_cmd,
     schema_cmd,
     validate_cmd,
@@ -33,6 +34,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     run_cmd,
     audit_cmd,
     can_i_cmd,
+    memory_cmd,
 )
 
 

@@ -16,6 +16,11 @@ refuse that revision whole). ARGV is
 the command as an agent would give it: several arguments are taken as the argv, a single one
 is split like a command string. What depends on the moment (rate limits, a kubeconfig file
 that is missing on this host) is not judged here.
+
+`-- mcp:<server>/<tool>` asks about an MCP tool instead, with `policy.evaluate_tool` (the
+function the guard's `call_tool` calls). What a tool's server says of it (its annotations)
+is only known at run time: `--hints read-only|write|destructive` says what to assume; without
+it the tool is taken as destructive (the strictest case), and a note on stderr says so.
 """
 
 from __future__ import annotations
@@ -35,15 +40,26 @@ EXIT_DENIED = 1
 EXIT_USAGE = 2
 EXIT_APPROVAL = 3
 
+MCP_PREFIX = "mcp:"
+HINTS = {
+    "read-only": policy.ToolHints(read_only=True, destructive=False),
+    "write": policy.ToolHints(read_only=False, destructive=False),
+    "destructive": policy.ToolHints(read_only=False, destructive=True),
+}
+"""What `--hints` may say of an MCP tool (its server's readOnlyHint and destructiveHint)."""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "can-i",
-        usage="aofctl can-i PATH --context NAME [--user ID] [--platform P] [--config FILE] -- ARGV...",
+        usage=(
+            "aofctl can-i PATH --context NAME [--user ID] [--platform P] [--config FILE] "
+            "[--hints read-only|write|destructive] -- ARGV... | mcp:SERVER/TOOL"
+        ),
         help="would this command run under a Context? (exit 0 allowed, 1 denied, 3 needs approval)",
         description=(
-            "Check one command against a Context's policy, compiled from PATH as the daemon "
-            "compiles it. Put the command after `--`."
+            "Check one command, or one MCP tool (`-- mcp:SERVER/TOOL`), against a Context's "
+            "policy, compiled from PATH as the daemon compiles it. Put the command after `--`."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="a directory of resources or one file")
@@ -51,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--user", help="the platform user id asking (decides self-approval)")
     parser.add_argument("--platform", help="where the approval would be asked: slack, telegram, ...")
     parser.add_argument("--config", type=Path, help="a daemon config: its pinned executables")
+    parser.add_argument(
+        "--hints",
+        choices=sorted(HINTS),
+        help="for mcp:SERVER/TOOL: what its server says of the tool (default: destructive)",
+    )
     parser.set_defaults(func=run, argv=[])
 
 
@@ -72,13 +93,30 @@ def run(args: argparse.Namespace) -> int:
     if ctx is None:
         known = ", ".join(sorted(compiled.contexts)) or "none"
         return _usage(f"no Context named {args.context!r} under {args.path} (Contexts: {known})")
-    executables = dict(cfg.executables.paths) if args.config else _default_executables()
-    try:
-        tokens = policy.tokenize(argv[0] if len(argv) == 1 else argv)
-    except errors.PolicyDenied as exc:
-        print(f"denied: {exc.reason}")
-        return EXIT_DENIED
-    verdict = policy.evaluate(tokens, policy=ctx.policy, executables=executables)
+    verdict: policy.Verdict | policy.ToolVerdict
+    what = "command"
+    if len(argv) == 1 and argv[0].startswith(MCP_PREFIX):
+        server, slash, tool = argv[0][len(MCP_PREFIX) :].partition("/")
+        if not (server and slash and tool):
+            return _usage(f"{argv[0]!r}: give an MCP tool as mcp:SERVER/TOOL, e.g. mcp:git/git_status")
+        if args.hints is None:
+            print(
+                "note: assuming the tool is destructive (its server's annotations are known only at "
+                "run time); say otherwise with --hints read-only|write",
+                file=sys.stderr,
+            )
+        verdict = policy.evaluate_tool(server, tool, HINTS[args.hints or "destructive"], ctx.policy)
+        what = "MCP tool call"
+    elif args.hints is not None:
+        return _usage("--hints is for an MCP tool (-- mcp:SERVER/TOOL)")
+    else:
+        executables = dict(cfg.executables.paths) if args.config else _default_executables()
+        try:
+            tokens = policy.tokenize(argv[0] if len(argv) == 1 else argv)
+        except errors.PolicyDenied as exc:
+            print(f"denied: {exc.reason}")
+            return EXIT_DENIED
+        verdict = policy.evaluate(tokens, policy=ctx.policy, executables=executables)
     if not verdict.allowed:
         print(f"denied: {verdict.reason}")
         return EXIT_DENIED
@@ -87,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print("allowed")
         return EXIT_ALLOWED
     who = approvers(approval, user=args.user, platform=args.platform)
-    rule = "every command" if verdict.approval_rule == "*" else f"require_for rule {verdict.approval_rule!r}"
+    rule = f"every {what}" if verdict.approval_rule == "*" else f"require_for rule {verdict.approval_rule!r}"
     if len(who) < approval.min_approvers:
         can = f"only {len(who)} of approval.allowed_users" if who else "nobody in approval.allowed_users"
         print(f"denied: needs {approval.min_approvers} approval(s) ({rule}), and {can} can give one")

@@ -61,10 +61,12 @@ def is_local_address(address: str) -> bool:
         return False
 
 
-ZERO_CONFIG_TOOLS = ("kubectl", "helm", "curl", "mcp-server-time")
-"""Tools `aofd serve PATH` pins from its own PATH (then the directory of its own interpreter, a
-venv's `bin/`) at start-up; a config file names them instead. `mcp-server-time` serves the
-example repo's MCP agent."""
+ZERO_CONFIG_TOOLS = ("kubectl", "helm", "curl")
+"""Tools `aofd serve PATH` pins (`executables.paths`) from its own PATH (then the directory of its
+own interpreter, a venv's `bin/`) at start-up; a config file names them instead."""
+ZERO_CONFIG_MCP_SERVERS = ("mcp-server-time",)
+"""MCP servers `aofd serve PATH` pins (`executables.mcp_servers`) the same way: the example repo's
+MCP agent uses `mcp-server-time`."""
 
 
 def pinned_tools(
@@ -118,7 +120,8 @@ def zero_config(
     environ: Mapping[str, str] | None = None,
 ) -> settings.DaemonConfig:
     """`aofd serve PATH`: one watched directory source for every kind, state under PATH/.aofd,
-    and kubectl/helm/curl pinned from the daemon's PATH as it is at start-up. `settle`
+    kubectl/helm/curl (and the MCP server mcp-server-time) pinned from the daemon's PATH as it is at
+    start-up. `settle`
     (`--settle`) is how long a change must be quiet before it applies (default 1 s). Platform
     base URLs come from `environ` (default `os.environ`), else the defaults.
 
@@ -137,7 +140,9 @@ def zero_config(
         raise errors.ConfigError("invalid platform base URL in the environment", issues) from None
     config = settings.DaemonConfig(
         platforms=platforms,
-        executables=settings.ExecutablesSpec(paths=pinned_tools()),
+        executables=settings.ExecutablesSpec(
+            paths=pinned_tools(), mcp_servers=pinned_tools(ZERO_CONFIG_MCP_SERVERS)
+        ),
         sources=(
             settings.SourceSpec(
                 name="local",
@@ -241,6 +246,12 @@ def _resolve_paths(data: dict[str, Any], *, base: Path) -> dict[str, Any]:
         for entry in admin_api["tokens"]:
             if isinstance(entry, dict) and "token_file" in entry:
                 entry["token_file"] = fix(entry["token_file"])
+    cluster = data.get("cluster")
+    etcd = cluster.get("etcd") if isinstance(cluster, dict) else None
+    if isinstance(etcd, dict):
+        for key in ("ca_file", "cert_file", "key_file", "password_file"):
+            if key in etcd:
+                etcd[key] = fix(etcd[key])
     sources = data.get("sources")
     if isinstance(sources, list):
         for src in sources:

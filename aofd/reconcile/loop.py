@@ -17,7 +17,9 @@ shared with the loop while it runs: the caches are the pass's own, the pass is s
 and its inputs (snapshots, variables, inventory, the applied state) are taken before it starts.
 A listener of the running revision that could not start is started again
 after `LISTENER_RETRY_S` (`retry_listeners`: the running revision planned against what runs),
-also while newer revisions are being rejected.
+also while newer revisions are being rejected. The same retry re-applies while an MCP server the
+bindings need is not ready, and at once when the server pool says one failed or recovered
+(`retry_soon`), so the bindings' stall reasons (`aofctl get`) stay current.
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class Reconciler:
         self._compile_cache = compiler.Cache()
         self._retry_at: float | None = None
         self._wake = asyncio.Event()
+        self._pass_wanted = False
+        self._retry_now = False
+        self._mcp_waiting = 0
+        """MCP servers the running revision wants that were not ready at its last apply."""
         self._lock = asyncio.Lock()
         self._snapshots: dict[str, snapshot.Snapshot] = {}
         self._applied_snapshots: dict[str, snapshot.Snapshot] = {}
@@ -118,6 +124,12 @@ class Reconciler:
         self.request()
 
     def request(self) -> None:
+        self._pass_wanted = True
+        self._wake.set()
+
+    def retry_soon(self) -> None:
+        """Re-apply the running revision soon (not a pass): an MCP server failed or recovered."""
+        self._retry_now = True
         self._wake.set()
 
     def restore(self) -> bool:
@@ -163,7 +175,11 @@ class Reconciler:
                     break
                 if self._wake.is_set():
                     self._wake.clear()
-                    await self.reconcile_once()
+                    if self._pass_wanted or not self._retry_now:
+                        self._pass_wanted = False
+                        await self.reconcile_once()
+                    if self._retry_now:
+                        await self.retry_listeners()
                 elif retry_in is not None:
                     await self.retry_listeners()
         finally:
@@ -260,6 +276,7 @@ class Reconciler:
         self.inventory = diff_mod.Inventory.of(
             desired, listeners=outcome.listeners, serving=None if failed else compiled.listeners
         )
+        self._mcp_waiting = outcome.mcp_waiting
         self._arm_retry(failed)
         self._applied_snapshots = snaps
         self.conditions = status_mod.conditions_after_apply(
@@ -328,7 +345,8 @@ class Reconciler:
         return _Worked(desired, compiled, plan=plan, counts=counts, touched=touched)
 
     async def retry_listeners(self) -> None:
-        """Start the running revision's listeners that are not running (they failed to start).
+        """Start the running revision's listeners that are not running (they failed to start), and
+        re-apply it while MCP servers it wants are not ready or after the pool said one changed.
 
         Not a pass: the running revision is planned against what runs, which starts only the
         missing listeners; newer revisions are not looked at (a rejected one is not rejected and
@@ -337,8 +355,9 @@ class Reconciler:
         async with self._lock:
             compiled = self.compiled
             self._retry_at = None
+            servers_changed, self._retry_now = self._retry_now, False
             missing = _not_running(compiled, self.inventory.listeners) if compiled is not None else set()
-            if compiled is None or not missing:
+            if compiled is None or not (missing or self._mcp_waiting or servers_changed):
                 return
             try:
                 outcome = await self._applier.apply(diff_mod.compute(compiled, self.inventory))
@@ -350,6 +369,7 @@ class Reconciler:
             self.inventory = diff_mod.Inventory.of(
                 compiled.desired, listeners=outcome.listeners, serving=None if failed else compiled.listeners
             )
+            self._mcp_waiting = outcome.mcp_waiting
             self._arm_retry(failed)
             refreshed = status_mod.conditions_after_apply(
                 keys=compiled.desired.resources.keys(),
@@ -360,10 +380,16 @@ class Reconciler:
             )
             self.conditions = status_mod.carry_marks(self.conditions, self._applied_conditions, refreshed)
             self._applied_conditions = refreshed
-            log.info("listeners.retried", started=sorted(missing - failed), failed=sorted(failed) or None)
+            log.info(
+                "listeners.retried",
+                started=sorted(missing - failed),
+                failed=sorted(failed) or None,
+                mcp_waiting=outcome.mcp_waiting or None,
+            )
 
     def _arm_retry(self, failed: set[str]) -> None:
-        self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S if failed else None
+        waiting = failed or self._mcp_waiting
+        self._retry_at = asyncio.get_running_loop().time() + LISTENER_RETRY_S if waiting else None
 
     async def _back_to_applied(self) -> None:
         """The desired state is the running one again (e.g. a bad commit was reverted):

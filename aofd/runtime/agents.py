@@ -1,9 +1,11 @@
 """One agent answering one prompt: the model call and the tool-use loop.
 
 This module owns `RunScope` (what one flow run lends its agents: run id, Context, user,
-origin, deadline, the Context's max-tokens cap and the usage tally) and `AgentRunner.run`
+origin, deadline, the Context's max-tokens cap, the usage tally and the conversation's earlier
+turns, `aofd.runtime.memory`, which come before the prompt) and `AgentRunner.run`
 for a compiled `aofd.specs.flows.AgentSpec`, the loop: call the model with the instructions
-as system prompt and the built-in tools; run each requested tool through the guard (`tools.Toolbox`); feed the
+as system prompt and the built-in tools and its MCP servers' tools (as listed when the run's agent
+starts); run each requested tool through the guard (`tools.Toolbox`); feed the
 results back; stop at a final answer or after `max_iterations` model turns. Model errors
 are retried with backoff inside the run's deadline (`base.complete_with_retry`).
 
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import structlog
 
 from aofd import errors
+from aofd.runtime import memory as memory_mod
 from aofd.runtime import ports, tools
 from aofd.runtime.providers import base, registry
 from aofd.specs import flows
@@ -51,6 +54,13 @@ class RunScope:
     approvals: int = 0
     commands_run: int = 0
     commands_denied: int = 0
+    binding: str = ""
+    conversation: str = ""
+    """The conversation the run continues (`aofd.runtime.memory`), '' none."""
+    memory: memory_mod.Recall | None = None
+    """The conversation's earlier turns, shown to the agent they belong to; None: no memory."""
+    tool_log: list[memory_mod.ToolUse] = dataclasses.field(default_factory=list)
+    """The tools the run's agents called and whether each succeeded (a remembered turn's summary)."""
 
     def note_approval(self) -> None:
         """One approval request began to wait (`aofd.runtime.deadlines` `on_pause`)."""
@@ -77,7 +87,14 @@ class RunScope:
             user=self.user,
             origin=self.origin,
             on_command=self.note_command,
+            time_left=self.time_left,
         )
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (event-loop time), None without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,7 +122,9 @@ class AgentRunner:
         toolbox: tools.Toolbox,
         retry: base.RetryPolicy,
         clock: Callable[[], float] | None = None,
+        mcp: tools.McpListing | None = None,
     ) -> None:
+        self._mcp = mcp  # the daemon's MCP servers (their current tool listings); None: none
         self._providers = providers
         self._toolbox = toolbox
         self._retry = retry
@@ -121,6 +140,15 @@ class AgentRunner:
             return max(1, min(wanted, scope.max_tokens_cap))
         return wanted
 
+    def history(self, agent: flows.AgentSpec, scope: RunScope) -> list[base.Message]:
+        """The conversation's earlier turns as user/assistant messages, within the agent's memory
+        budget and the Context's `max_tokens_per_request` (none for another agent of the flow)."""
+        recall = scope.memory
+        if recall is None or recall.agent != agent.name or not recall.turns:
+            return []
+        pairs = memory_mod.history_messages(recall.turns, recall.policy, cap_tokens=scope.max_tokens_cap)
+        return [base.Message(role, text) for role, text in pairs]
+
     async def run(self, agent: flows.AgentSpec, prompt: str, scope: RunScope) -> AgentResult:
         """Answer `prompt` as `agent`, using its tools through the guard. Raises `AgentFailed`."""
         ref = agent.model_ref
@@ -132,6 +160,7 @@ class AgentRunner:
         except base.ModelError as exc:
             raise AgentFailed(f"agent {agent.name}: {exc}") from exc
         offered = tools.offered(agent.tools)
+        offered += tools.mcp_tools(agent.mcp, scope.context_name, self._mcp)  # `<server>__<tool>`
         unknown = agent.unknown_tools
         by_name = {t.name: t for t in offered}
         for alias in ("bash", "sh"):
@@ -139,7 +168,7 @@ class AgentRunner:
                 by_name.setdefault(alias, by_name["shell"])
         if "http" in by_name:
             by_name.setdefault("http_request", by_name["http"])
-        messages: list[base.Message] = [base.Message("user", prompt)]
+        messages: list[base.Message] = [*self.history(agent, scope), base.Message("user", prompt)]
         usage = base.Usage()
         calls = 0
         text = ""
@@ -182,6 +211,9 @@ class AgentRunner:
                     "agent.tool", run_id=scope.run_id, agent=agent.name, tool=call.name, error=output.is_error
                 )
                 results.append(base.ToolResult(call.id, call.name, output.text, output.is_error))
+                # only names the agent was offered: a name the model made up is its text, not a tool
+                used = call.name if tool is not None else memory_mod.UNKNOWN_TOOL
+                scope.tool_log.append(memory_mod.ToolUse(used, not output.is_error))
             messages.append(base.Message("user", tool_results=tuple(results)))
         note = f"(agent {agent.name} stopped after {agent.max_iterations} model turns without a final answer)"
         return AgentResult(

@@ -8,6 +8,12 @@ applier executes them and diffs nothing. Apply is make-before-break (DESIGN.md s
    a provider that is installed and configured. What fails is Stalled with a reason, and so are
    the bindings of a stalled Context; bindings the files already mark inactive (disabled, no
    Trigger, a Trigger type without a listener) are Stalled with that reason.
+   **MCP servers** (`aofd.runtime.mcpservers`): the servers the bindings that can run use are
+   started (per Context and config, new ones in parallel, each within its `timeout_secs`) before
+   anything is swapped (all within the pool's `apply_wait`), and those nobody uses are retired
+   after the swap, once their runs let go; a binding
+   whose server is not ready is Stalled with `McpServerNotReady` ("MCP server git (Context
+   prod): why"). This is looked at on every apply (servers die and recover in between).
 2. **Listeners.** The plan's `create` and `update` actions are built from their `ListenerSpec`
    and started (a replacement first takes over what must carry across a swap, e.g. Telegram's
    polling offset); a listener that does not start stalls its Trigger and bindings, and the rest
@@ -48,10 +54,11 @@ from aofd import errors
 from aofd.plan import actions, compiler, desired, extract
 from aofd.plan import diff as diff_mod
 from aofd.resources import ids
-from aofd.runtime import commands, limits, ports, routing, tasks
+from aofd.runtime import commands, limits, mcpservers, ports, routing, tasks
 from aofd.runtime.listeners import base as listener_base
 from aofd.runtime.providers import registry
 from aofd.specs import bindings, listeners, policy
+from aofd.specs import mcp as mcp_specs
 from aofd.specs import models as model_refs
 
 log = structlog.get_logger("aofd.runtime")
@@ -74,6 +81,8 @@ class ApplyOutcome:
     stalled: Mapping[Key, str] = dataclasses.field(default_factory=dict)
     reasons: Mapping[Key, str] = dataclasses.field(default_factory=dict)
     listeners: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    mcp_waiting: int = 0
+    """How many MCP servers the bindings want are not ready (the reconciler retries while any is)."""
 
 
 SLICE_SECONDS = 0.005
@@ -324,6 +333,21 @@ class _Started:
         self.reasons[key] = reason
 
 
+@dataclasses.dataclass(slots=True)
+class _Servers:
+    """Step 1b's result: the bindings stalled because an MCP server they need is not ready.
+
+    Worked out afresh on every apply (never carried in `_Checks`): servers die and recover
+    between applies."""
+
+    stalled: dict[Key, str] = dataclasses.field(default_factory=dict)
+    reasons: dict[Key, str] = dataclasses.field(default_factory=dict)
+    not_ready: dict[str, routing.Stall] = dataclasses.field(default_factory=dict)
+    waiting: int = 0
+    wanted: frozenset[mcpservers.ServerKey] = frozenset()
+    """The servers this apply's bindings use: the others are retired once its table is live."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Applied:
     """What the last apply published: the next apply checks only what changed since."""
@@ -344,8 +368,9 @@ class Applier:
     (a `ListenerFactory`), the `providers` whose readiness decides `ProviderNotReady`, the audit
     logs to open, the shared `policies` map the command guard reads, the rate `limits` (their
     windows of removed Contexts are forgotten), the flow `starter` (runs of deleted bindings),
-    the kubeconfig credential plugins allowed, the drain grace, and `slice_seconds`: how long a
-    step of apply may hold the event loop before it gives the loop a turn.
+    the kubeconfig credential plugins allowed, the drain grace, `slice_seconds`: how long a
+    step of apply may hold the event loop before it gives the loop a turn, and the `mcp` server
+    pool (None: a binding whose agents use MCP servers is stalled).
     """
 
     def __init__(
@@ -361,8 +386,10 @@ class Applier:
         credential_plugins: Sequence[str] = (),
         drain_grace: float = 30.0,
         slice_seconds: float = SLICE_SECONDS,
+        mcp: mcpservers.McpPool | None = None,
     ) -> None:
         self._switchboard = switchboard
+        self._mcp = mcp
         self._build = build
         self._providers = providers
         self._audit_logs = audit_logs
@@ -396,10 +423,13 @@ class Applier:
             last = None  # not planned against what runs: check everything
         contexts = await self._contexts(compiled, pacer)
         checks = await self._bindings(plan, compiled, contexts, last, pacer)
+        servers = await self._mcp_servers(compiled, contexts, checks, pacer)
         started = await self._listeners(plan, compiled, last, pacer)
-        stalled = {**contexts.stalled, **checks.stalled, **started.stalled}
-        reasons = {**contexts.reasons, **checks.reasons, **started.reasons}
+        stalled = {**contexts.stalled, **checks.stalled, **servers.stalled, **started.stalled}
+        reasons = {**contexts.reasons, **checks.reasons, **servers.reasons, **started.reasons}
         not_ready = checks.not_ready
+        if servers.not_ready:
+            not_ready = {**not_ready, **servers.not_ready}
         if started.unrouted:
             not_ready = dict(not_ready)
             for binding_id in started.unrouted:
@@ -421,6 +451,9 @@ class Applier:
         self._policies.update(contexts.policies)
         old = self._switchboard.swap(table)
         self.applied = True
+        if self._mcp is not None:
+            # Only now: a run planned on the previous table may still take a lease on its servers.
+            self._mcp.retire_unwanted(servers.wanted)
         self._checks = checks.committed()
         self._limits.forget(keep=set(contexts.policies))
         deleted = {
@@ -465,6 +498,7 @@ class Applier:
             stalled=MappingProxyType(stalled),
             reasons=MappingProxyType(reasons),
             listeners=MappingProxyType(running),  # never changed: the next apply copies it
+            mcp_waiting=servers.waiting,
         )
 
     async def aclose(self) -> None:
@@ -552,6 +586,58 @@ class Applier:
             readiness(provider)
         checks.providers = providers
         return checks
+
+    # -- 1b. MCP servers ----------------------------------------------------------------------------
+
+    async def _mcp_servers(
+        self, compiled: compiler.Compiled, contexts: _Contexts, checks: _Checks, pacer: _Pacer
+    ) -> _Servers:
+        """Start the MCP servers the bindings that can run use (one per Context and config; those
+        nobody uses are retired after the table swap, once their runs let go), and stall the
+        bindings whose servers are not ready (`McpServerNotReady`). Looked at on every apply: a
+        server may have died or recovered since the last one (the pool asks the reconciler for a
+        re-apply when it does)."""
+        out = _Servers()
+        wanted: dict[mcpservers.ServerKey, tuple[policy.GuardPolicy, mcp_specs.McpServerSpec]] = {}
+        users: dict[mcpservers.ServerKey, list[str]] = {}
+        for binding_id, spec in compiled.bindings.items():
+            if not spec.mcp:
+                continue
+            await pacer.tick()
+            if spec.inactive is not None or binding_id in checks.not_ready:
+                continue
+            resolved = compiled.desired.bindings.get(binding_id)
+            if resolved is None or resolved.context is None:
+                continue
+            pol = contexts.policies.get(resolved.context.name)
+            if pol is None:
+                continue
+            for server in spec.mcp:
+                key = mcpservers.key_of(pol.context, server)
+                wanted[key] = (pol, server)
+                users.setdefault(key, []).append(binding_id)
+        if self._mcp is None:
+            why = dict.fromkeys(wanted, "this daemon runs no MCP servers")
+        else:
+            why = await self._mcp.ensure(wanted, retire=False)
+        out.wanted = frozenset(wanted)
+        out.waiting = len(why)
+        messages: dict[str, list[str]] = {}
+        for key, reason in why.items():
+            pol, server = wanted[key]
+            for binding_id in users.get(key, ()):
+                messages.setdefault(binding_id, []).append(
+                    f"MCP server {server.name} (Context {pol.context}): {reason}"
+                )
+        for binding_id, parts in messages.items():
+            resolved = compiled.desired.bindings.get(binding_id)
+            if resolved is None:
+                continue
+            message = "; ".join(parts)
+            out.stalled[resolved.key] = message
+            out.reasons[resolved.key] = "McpServerNotReady"
+            out.not_ready[binding_id] = routing.Stall("McpServerNotReady", message)
+        return out
 
     # -- 2. listeners -------------------------------------------------------------------------------
 

@@ -13,7 +13,10 @@ under its Context's rate limits, schedules its nodes and reports the outcome:
 - both flow forms run the same way (the short form is compiled to a chain of Agent nodes);
 - posting the answer (or a clear failure, as a `ports.private` answer: only the asker needs it,
   where the platform can do that) back to the origin through `ports.Replier`, the run
-  record in `runs.RunHistory`, and the `agent.run.started`/`finished` audit records.
+  record in `runs.RunHistory`, and the `agent.run.started`/`finished` audit records;
+- conversation memory (`aofd.runtime.memory`): a run of one agent whose event continues a
+  conversation lends the agent its earlier turns, and a completed run appends its own (after the
+  answer was posted, so a Telegram reply to the answer continues the conversation).
 
 What each node type does is `aofd.runtime.nodes`'. It must not run subprocesses or read
 `os.environ`; templates never read the host environment and a Context's env values never
@@ -23,6 +26,7 @@ reach a prompt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -40,16 +44,19 @@ from aofd.runtime import (
     guard,
     httpclient,
     limits,
+    mcpservers,
     nodes,
     ports,
     runs,
     templates,
     tools,
 )
+from aofd.runtime import memory as memory_mod
 from aofd.runtime.providers import base as provider_base
 from aofd.runtime.providers import registry
 from aofd.specs import flows
 from aofd.specs import http_policy as http_policy_mod
+from aofd.specs import memory as memory_specs
 
 log = structlog.get_logger()
 
@@ -135,7 +142,9 @@ class Engine:
     Collaborators (keyword-only): `providers` (model clients), `commands` (the guard),
     `replier` (answers to the origin), `history` (run records), and optionally `approvals`
     (Approval nodes and human review), `audit` (agent.run.started/finished records; the
-    guard audits commands), `http_policy`, `retry`, `default_timeout`.
+    guard audits commands), `http_policy`, `retry`, `default_timeout`, and `mcp` (the daemon's
+    MCP servers: agents are offered their tools, and a run holds a lease on those it uses), and
+    `memory` (conversations: a run of one agent with memory sees its thread's earlier turns).
     """
 
     def __init__(
@@ -151,7 +160,11 @@ class Engine:
         http_policy: http_policy_mod.HttpPolicy | None = None,
         retry: provider_base.RetryPolicy | None = None,
         default_timeout: float = DEFAULT_TIMEOUT,
+        mcp: mcpservers.McpPool | None = None,
+        memory: memory_mod.Memory | None = None,
     ) -> None:
+        self._mcp = mcp
+        self._memory = memory
         self._replier = replier
         self._history = history
         self.approvals = approvals
@@ -163,7 +176,9 @@ class Engine:
         self.toolbox = tools.Toolbox(runner=commands)
         self.providers = providers
         retry_policy = retry or provider_base.RetryPolicy(max_retries=providers.models.max_retries)
-        self.agents = agents.AgentRunner(providers=providers, toolbox=self.toolbox, retry=retry_policy)
+        self.agents = agents.AgentRunner(
+            providers=providers, toolbox=self.toolbox, retry=retry_policy, mcp=mcp
+        )
         self.fleets = fleets.FleetRunner(agents=self.agents, approvals=approvals)
 
     @property
@@ -207,6 +222,7 @@ class Engine:
             deadline=loop.time() + timeout,
             max_tokens_cap=plan.context.max_tokens_per_request,
             approvers=plan.context.approvers,
+            binding=plan.binding,
         )
         run = nodes.RunState(plan, message, record, scope, _initial_vars(plan, message, record.run_id))
         lease: limits.Lease | None = None
@@ -222,9 +238,13 @@ class Engine:
             lease = admitted
         await self._audit_write(run, "agent.run.started", "unknown")
         try:
-            async with deadlines.deadline(
-                scope.deadline, on_extend=scope.extend, on_pause=scope.note_approval
-            ) as cm:
+            await self._recall(run)  # inside the try: whatever happens, the lease is released
+            async with (
+                deadlines.deadline(
+                    scope.deadline, on_extend=scope.extend, on_pause=scope.note_approval
+                ) as cm,
+                self._servers_leased(plan),
+            ):
                 run.timeout = cm
                 await self._drive(run)
         except TimeoutError:
@@ -254,12 +274,73 @@ class Engine:
         if lease is not None:
             lease.release()
         self._tally(run)
-        await self._report(run)
+        answer_id = await self._report(run)
+        await self._remember(run, answer_id)
         await self._audit_write(
             run, "agent.run.finished", "success" if record.status is runs.RunStatus.COMPLETED else "failure"
         )
         self._history.prune()
         return record
+
+    def _servers_leased(self, plan: flows.RunPlan) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the plan's MCP servers (in its Context) for the run: a hot swap retires none it uses."""
+        servers = flows.mcp_servers(plan)
+        if self._mcp is None or not servers:
+            return contextlib.nullcontext()
+        return self._mcp.lease(mcpservers.key_of(plan.context.name, spec) for spec in servers)
+
+    # --- conversation memory -----------------------------------------------------------------
+
+    def _memory_policy(self, plan: flows.RunPlan) -> tuple[str, memory_specs.MemoryPolicy] | None:
+        """The flow's one agent and its memory, when it has memory (a flow of several agents has none)."""
+        name = plan_agent(plan)
+        agent = plan.agents.get(name) if name is not None else None
+        if agent is None or not agent.memory.enabled:
+            return None
+        return agent.name, agent.memory
+
+    async def _recall(self, run: nodes.RunState) -> None:
+        """Lend the run's agent the earlier turns of the conversation its event continues."""
+        plan, message, scope = run.plan, run.message, run.scope
+        found = self._memory_policy(plan)
+        if self._memory is None or found is None or not message.conversation:
+            return
+        agent, policy = found
+        try:
+            conversation = message.conversation
+            if message.platform in memory_mod.ALIASED_PLATFORMS:  # a reply chain: its root
+                conversation = await self._memory.resolve(plan.context.name, plan.binding, conversation)
+            key = memory_mod.Key(plan.context.name, plan.binding, conversation)
+            turns = await self._memory.recall(key, policy, idle=memory_mod.IDLE_SECONDS.get(message.platform))
+        except Exception as exc:  # memory is best effort: the run goes on without it
+            log.warning("memory.recall_failed", run_id=run.record.run_id, error=type(exc).__name__)
+            return
+        scope.conversation = conversation
+        scope.memory = memory_mod.Recall(agent, policy, turns)
+
+    async def _remember(self, run: nodes.RunState, answer_id: str | None) -> None:
+        """Append the completed run's turn (the person's text, the answer, the tools used)."""
+        scope, record, message = run.scope, run.record, run.message
+        if self._memory is None or scope.memory is None or record.status is not runs.RunStatus.COMPLETED:
+            return
+        answer = run.plan.flow.node(run.answer_node) if run.answer_node is not None else None
+        if answer is None or answer.type != "agent" or answer.config.agent != scope.memory.agent:
+            return  # the answer is not the agent's own (a conditional skipped it): no turn to remember
+        aliases = [memory_mod.own_ref(message)]
+        if answer_id and message.platform in memory_mod.ALIASED_PLATFORMS:
+            aliases.append(f"{message.channel_id}/{answer_id}")
+        try:
+            await self._memory.remember(
+                memory_mod.Key(run.plan.context.name, run.plan.binding, scope.conversation),
+                scope.memory.policy,
+                user_text=message.text,
+                answer_text=record.answer or "",
+                tools=scope.tool_log,
+                idle=memory_mod.IDLE_SECONDS.get(message.platform),
+                aliases=aliases,
+            )
+        except Exception as exc:  # best effort: a damaged store loses the turn, never the run
+            log.warning("memory.remember_failed", run_id=record.run_id, error=type(exc).__name__)
 
     async def aclose(self) -> None:
         """Close the HTTP client of HTTP nodes and the provider clients."""
@@ -418,15 +499,17 @@ class Engine:
         if self._admission is not None:
             self._admission.charge_tokens(run.plan.context.name, record.input_tokens + record.output_tokens)
 
-    async def _report(self, run: nodes.RunState) -> None:
+    async def _report(self, run: nodes.RunState) -> str | None:
+        """Post the answer (or the failure) to the origin; the answer's message id where the platform
+        gives one (a reply to it continues the conversation)."""
         record = run.record
         origin = run.message.reply_target()
         if record.status is runs.RunStatus.COMPLETED:
             if run.answered_origin or not record.answer:
-                return
-            await self.reply(origin, record.answer)
-            return
+                return None
+            return await self._post(origin, record.answer)
         await self.reply(ports.private(origin), failure_text(record))
+        return None
 
     async def _finish_quietly(self, run: nodes.RunState) -> None:
         """After cancellation: tell the origin (bounded) and audit, without raising."""
@@ -439,10 +522,14 @@ class Engine:
         self._history.prune()
 
     async def reply(self, target: ports.ReplyTarget, text: str) -> None:
+        await self._post(target, text)
+
+    async def _post(self, target: ports.ReplyTarget, text: str) -> str | None:
         try:
-            await self._replier.reply(target, text)
+            return await self._replier.reply(target, text)
         except Exception:
             log.exception("run.reply_failed", platform=target.platform, channel=target.channel_id)
+            return None
 
     async def _audit_write(self, run: nodes.RunState, action: str, outcome: ports.AuditOutcome) -> None:
         if self._audit is None:

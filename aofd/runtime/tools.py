@@ -13,6 +13,11 @@ into a `CommandRequest(context_name, argv, run_id, agent, user, origin, tool)`:
   `curl` argv (`--proto =http,https`, no redirects, size and time caps) run through the same
   guard, so policy, approvals, rate limits and audit apply to it like to any command.
 
+MCP tools (`aofd.specs.mcp`) are offered under `<server>__<tool>` with the description and input
+schema of their server's current listing (`mcp_tools`); a call becomes a `guard.ToolRequest` to
+`CommandGuard.call_tool`, and its result (or refusal, or failure) an output the model reads
+(`format_mcp_result`).
+
 It must not run a subprocess or touch the environment: the guard (`CommandRunner`) builds
 the child's environment from scratch per Context and runs it. Policy refusals come back
 to the model as an error tool result it can read; they never crash the run.
@@ -24,15 +29,21 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aofd import errors
-from aofd.runtime import guard, ports
+from aofd.runtime import guard, mcpservers, ports
 from aofd.runtime.providers import base
 from aofd.specs import flows, http_policy, policy
+from aofd.specs import mcp as mcp_specs
 
 MAX_TOOL_OUTPUT = 16_000
 """Characters of a command's output returned to the model (the head is kept, the rest noted)."""
+MAY_HAVE_RUN_TEXT: Mapping[str, str] = {
+    "timeout": "timed out",
+    "closed": "lost its server during the call",
+}
+"""How the model is told of an MCP call that got no answer but may have been carried out."""
 
 
 CommandRequest = guard.CommandRequest
@@ -49,6 +60,19 @@ class CommandRunner(Protocol):
     async def run(self, request: guard.CommandRequest) -> Any: ...
 
 
+@runtime_checkable
+class ToolCaller(Protocol):
+    """The guard's MCP path (`aofd.runtime.guard.CommandGuard.call_tool`)."""
+
+    async def call_tool(self, request: guard.ToolRequest) -> mcpservers.McpResult | guard.Denial: ...
+
+
+class McpListing(Protocol):
+    """The tools each running MCP server lists now (`aofd.runtime.mcpservers.McpPool.tools`)."""
+
+    def tools(self, key: mcpservers.ServerKey) -> tuple[mcpservers.McpTool, ...] | None: ...
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallContext:
     """Who is calling a tool: the run, its Context, the agent, the user and the origin."""
@@ -59,7 +83,9 @@ class CallContext:
     user: ports.UserRef
     origin: ports.ReplyTarget
     on_command: Callable[[bool], None] | None = None
-    """Told of each command sent to the guard: True when it ran, False when it was refused."""
+    """Told of each command (or MCP call) sent to the guard: True when it ran, False when refused."""
+    time_left: Callable[[], float | None] | None = None
+    """Seconds left in the run (None: no deadline); bounds an MCP call's timeout."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,12 +140,25 @@ _HTTP_DESCRIPTION = "Make one HTTP request (http/https only, redirects not follo
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class McpRef:
+    """Which MCP server and tool a model tool name stands for."""
+
+    key: mcpservers.ServerKey
+    server: str
+    tool: str
+    transport: str = "stdio"
+    timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Tool:
-    """A built-in tool: the schema shown to the model and the kind of argv it builds."""
+    """A tool offered to the model: the schema it is shown and what a call of it does."""
 
     name: str
-    kind: str  # "cli", "shell", "http" (or "unknown": a name the model made up, see `refuse_unknown`)
+    kind: str  # "cli", "shell", "http", "mcp" (or "unknown": a name the model made up, see `refuse_unknown`)
     schema: base.ToolSchema
+    mcp: McpRef | None = None
+    """For kind "mcp": the server and tool called."""
 
 
 def builtin(name: str) -> Tool | None:
@@ -137,6 +176,31 @@ def builtin(name: str) -> Tool | None:
 def offered(names: Sequence[str]) -> tuple[Tool, ...]:
     """The tools a compiled agent is offered (`AgentSpec.tools`: built-in names, once each)."""
     return tuple(tool for tool in map(builtin, names) if tool is not None)
+
+
+def mcp_tools(
+    servers: Sequence[mcp_specs.McpServerSpec], context: str, listing: McpListing | None
+) -> tuple[Tool, ...]:
+    """The MCP tools an agent is offered in `context`: each server's tools as it lists them now
+    (filter applied), named `<server>__<tool>`. A server that is not ready offers none."""
+    if listing is None:
+        return ()
+    found: list[Tool] = []
+    taken: set[str] = set()
+    for spec in servers:
+        key = mcpservers.key_of(context, spec)
+        for listed in listing.tools(key) or ():
+            if not spec.offers(listed.name):
+                continue
+            name = mcp_specs.model_tool_name(spec.name, listed.name)
+            if name in taken:
+                continue
+            taken.add(name)
+            description = listed.description or f"{listed.name} (MCP server {spec.name})"
+            ref = McpRef(key, spec.name, listed.name, spec.transport, spec.timeout_for(listed.name))
+            schema = base.ToolSchema(name, description, listed.input_schema)
+            found.append(Tool(name, "mcp", schema, mcp=ref))
+    return tuple(found)
 
 
 def argv_for(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...]:
@@ -191,21 +255,8 @@ def raw_input(tool: Tool, arguments: Mapping[str, Any]) -> tuple[str, ...] | str
     return text[:MAX_RAW_INPUT]
 
 
-SECRET_KEYS = ("token", "secret", "password", "passwd", "api_key", "apikey", "auth", "credential", "cookie")
-"""Parts of a key whose value a refused tool call's audit record leaves out (any case: `DB_PASSWORD`)."""
-
-
-def _masked(value: Any, key: str = "", depth: int = 0) -> Any:
-    """`value` with the values under secret-looking keys replaced, at any depth (for the audit log)."""
-    if key and any(part in key.lower() for part in SECRET_KEYS):
-        return "[REDACTED]"
-    if depth > 8:
-        return "[…]"
-    if isinstance(value, Mapping):
-        return {str(k)[:64]: _masked(v, str(k), depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_masked(v, "", depth + 1) for v in value]
-    return value
+_masked = guard.mask_secrets
+"""`value` with the values under secret-named keys replaced, at any depth (for the audit log)."""
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
@@ -245,6 +296,8 @@ class Toolbox:
 
     async def call(self, tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> ToolOutput:
         """Run one tool call; refusals and failures become an error `ToolOutput`, never an exception."""
+        if tool.mcp is not None:
+            return await self.call_mcp(tool.mcp, arguments, ctx)
         try:
             try:
                 argv = argv_for(tool, arguments)
@@ -264,6 +317,49 @@ class Toolbox:
         if isinstance(result, guard.Denial):
             return ToolOutput(f"not run ({result.stage}): {result.reason}", is_error=True)
         return format_result(result)
+
+    async def call_mcp(self, ref: McpRef, arguments: Mapping[str, Any], ctx: CallContext) -> ToolOutput:
+        """One MCP tool call through the guard; a refusal or a failed call is an error output."""
+        if not isinstance(self._runner, ToolCaller):
+            if ctx.on_command is not None:
+                ctx.on_command(False)
+            return ToolOutput(f"not run: {guard.NO_MCP}", is_error=True)
+        request = guard.ToolRequest(
+            context_name=ctx.context_name,
+            key=ref.key,
+            server=ref.server,
+            tool=ref.tool,
+            arguments=dict(arguments),
+            run_id=ctx.run_id,
+            agent=ctx.agent,
+            user=ctx.user,
+            origin=ctx.origin,
+            transport=ref.transport,
+            timeout=ref.timeout,
+            time_left=ctx.time_left,
+        )
+        try:
+            result = await self._runner.call_tool(request)
+        except mcpservers.McpCallFailed as exc:
+            if ctx.on_command is not None:
+                ctx.on_command(True)  # it was called (and audited as such)
+            if exc.kind in guard.MAY_HAVE_RUN:  # the request went out and is not undone
+                return ToolOutput(
+                    f"{ref.server}/{ref.tool} {MAY_HAVE_RUN_TEXT[exc.kind]}: the tool may have run; "
+                    f"check before retrying ({exc})",
+                    is_error=True,
+                )
+            return ToolOutput(f"{ref.server}/{ref.tool} failed ({exc.kind}): {exc}", is_error=True)
+        except errors.AofdError as exc:
+            if ctx.on_command is not None:
+                ctx.on_command(False)
+            return ToolOutput(f"not run: {exc}", is_error=True)
+        ran = not isinstance(result, guard.Denial)
+        if ctx.on_command is not None:
+            ctx.on_command(ran)
+        if isinstance(result, guard.Denial):
+            return ToolOutput(f"not run ({result.stage}): {result.reason}", is_error=True)
+        return format_mcp_result(result)
 
     async def refuse_unknown(self, name: str, arguments: Mapping[str, Any], ctx: CallContext) -> ToolOutput:
         """A call of a tool the agent was not offered: never run, but audited like any attempt
@@ -355,3 +451,12 @@ def format_result(result: Any) -> ToolOutput:
     if len(text) > MAX_TOOL_OUTPUT:
         text = text[:MAX_TOOL_OUTPUT] + f"\n[output truncated: {len(text) - MAX_TOOL_OUTPUT} more characters]"
     return ToolOutput(text, is_error=code != 0)
+
+
+def format_mcp_result(result: mcpservers.McpResult) -> ToolOutput:
+    """An MCP tool's result as the model reads it (its `is_error` kept), capped at `MAX_TOOL_OUTPUT`
+    (the pool already capped it and said how much it left out)."""
+    text = result.text or "(no output)"
+    if len(text) > MAX_TOOL_OUTPUT:
+        text = text[:MAX_TOOL_OUTPUT] + f"\n[output truncated: {len(text) - MAX_TOOL_OUTPUT} more characters]"
+    return ToolOutput(text, is_error=result.is_error)

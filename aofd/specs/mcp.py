@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from aofd.resources.kinds import agent as agent_kind
-from aofd.specs import policy
+from aofd.specs import http_policy, policy
 from aofd.specs.problems import Problem
 
 Transport = Literal["stdio", "http", "sse"]
@@ -43,6 +43,14 @@ SERVER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?$")
 """A server name: letters, digits and single dashes inside, at most 32 characters (never `__`)."""
 _NOT_NAME_CHAR = re.compile(r"[^A-Za-z0-9_-]")
 _HASH_CHARS = 6
+MAX_TIMEOUT_SECS = 300.0
+"""The longest `timeout_secs` a server may have (a start, a listing, a call)."""
+GUARD_TOOLS: frozenset[str] = frozenset({"kubectl", "helm", "curl", "git", "oc", "kustomize", "jq"})
+"""Command-guard tools that are never started as MCP servers (the daemon also refuses every name in
+its `executables.paths`)."""
+_STATIC_ENDPOINTS = http_policy.HttpPolicy(allow_loopback=True)
+"""What every endpoint must pass whatever the daemon allows: http(s), no credentials, no
+link-local or metadata address (the daemon's own policy decides loopback and hosts at start)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,14 +218,22 @@ def _server_problems(spec: McpServerSpec, at: Loc) -> list[Problem]:
     if spec.transport == "stdio":
         if not spec.command:
             problems.append(Problem((*at, "command"), f"{label}: a stdio server needs a command"))
+        elif spec.command in GUARD_TOOLS:
+            problems.append(
+                Problem(
+                    (*at, "command"),
+                    f"{label}: command {spec.command!r} is a command-guard tool, never an MCP server "
+                    "(its commands run through the guard: allowed_commands, approval, audit)",
+                )
+            )
         elif "/" in spec.command or "\\" in spec.command or policy.is_wrapper(spec.command):
             what = "a path" if "/" in spec.command or "\\" in spec.command else "a wrapper or interpreter"
             problems.append(
                 Problem(
                     (*at, "command"),
                     f"{label}: command {spec.command!r} is {what}"
-                    "; aofd starts only bare names pinned in the daemon's executables.paths, so this "
-                    "server will not start (install the server and pin its executable)",
+                    "; aofd starts only bare names pinned in the daemon's executables.mcp_servers, so "
+                    "this server will not start (install the server and pin its executable)",
                     "warning",
                     "mcp-unpinned-command",
                 )
@@ -230,7 +246,18 @@ def _server_problems(spec: McpServerSpec, at: Loc) -> list[Problem]:
         problems.append(Problem((*at, "endpoint"), f"{label}: a {spec.transport} server needs an endpoint"))
     elif not spec.endpoint.startswith(("http://", "https://")):
         problems.append(Problem((*at, "endpoint"), f"{label}: endpoint must be an http:// or https:// URL"))
-    for name, message in policy.env_problems(dict(spec.env)):
+    else:
+        refused = _STATIC_ENDPOINTS.check(spec.endpoint)
+        if refused is not None:
+            problems.append(Problem((*at, "endpoint"), f"{label}: endpoint refused: {refused}"))
+    if spec.timeout_secs > MAX_TIMEOUT_SECS:
+        problems.append(
+            Problem(
+                (*at, "timeout_secs"),
+                f"{label}: timeout_secs {spec.timeout_secs:g} is over the maximum of {MAX_TIMEOUT_SECS:g}",
+            )
+        )
+    for name, message in policy.server_env_problems(dict(spec.env)):
         problems.append(Problem((*at, "env", name), f"{label}: {message}"))
     return problems
 

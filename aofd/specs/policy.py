@@ -425,6 +425,58 @@ def env_problems(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return problems
 
 
+SERVER_FORBIDDEN_ENV: frozenset[str] = frozenset(
+    {
+        "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "GLIBC_TUNABLES", "SSLKEYLOGFILE",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "BROWSER",
+        "PERLLIB", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CONFIG_DIRS", "XDG_DATA_DIRS",
+        "XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "HISTFILE", "INPUTRC", "TERMINFO", "LOCPATH", "NLSPATH",
+        "RES_OPTIONS", "HOSTALIASES", "LOCALDOMAIN", "TZDIR", "MANPAGER", "LESSOPEN", "LESSCLOSE",
+    }
+)  # fmt: skip
+"""More variables an MCP server's own `env` may not set (besides `env_problems`' refusals):
+ones that make a program load code or configuration, trust other certificates or send its
+traffic elsewhere."""
+
+SERVER_FORBIDDEN_ENV_PREFIXES: tuple[str, ...] = (
+    "GIT_", "NODE_", "NPM_CONFIG_", "YARN_", "PNPM_", "BUN_", "DENO_", "OPENSSL_", "JAVA_", "JDK_",
+    "UV_", "PIP_", "CONDA", "VIRTUAL_ENV", "GEM_", "BUNDLE_", "CARGO_", "RUSTC", "RUSTFLAGS",
+    "GOFLAGS", "GOENV", "GOTOOLCHAIN", "DOTNET_", "COMPLUS_", "CORECLR_", "KUBECTL_", "HELM_",
+    "SSH_", "GPG", "GNUPG", "XDG_",
+)  # fmt: skip
+"""Prefixes of variable families an MCP server's `env` may not set (`GIT_CONFIG_*` runs any
+command through git's config, `NODE_*` and `NPM_CONFIG_*` load modules, `OPENSSL_*` loads
+engines, ...)."""
+
+
+def server_env_problems(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`(name, problem)` for each variable of an MCP server's `env` that may not be set: what
+    `env_problems` refuses, the families in `SERVER_FORBIDDEN_ENV_PREFIXES`, the names in
+    `SERVER_FORBIDDEN_ENV` and every proxy variable (`*_PROXY`, any case)."""
+    problems = env_problems(env)
+    refused = {name for name, _ in problems}
+    for name in env:
+        if name in refused:
+            continue
+        upper = name.upper()
+        if (
+            upper in SERVER_FORBIDDEN_ENV
+            or upper in FORBIDDEN_ENV
+            or upper in RESERVED_ENV
+            or upper.startswith(SERVER_FORBIDDEN_ENV_PREFIXES)
+            or upper.startswith(FORBIDDEN_ENV_PREFIXES)
+            or upper.endswith("_PROXY")
+        ):
+            problems.append(
+                (
+                    name,
+                    f"env: {name} can make an MCP server run other code, load other configuration "
+                    "or send its traffic elsewhere; not allowed in an MCP server's env",
+                )
+            )
+    return problems
+
+
 # --------------------------------------------------------------------------- tokens
 
 

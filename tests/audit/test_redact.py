@@ -32,6 +32,10 @@ from aofd.audit import redact
         ("refused: curl -uops:hunter2 https://x", "hunter2"),
         ("refused: curl --user=ops:hunter2 https://x", "hunter2"),
         ("refused: curl --proxy-user ops:hunter2 https://x", "hunter2"),
+        ("bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0 failed", "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0"),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
+        ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
+        ("graph call with EAAGm0PX4ZCpsBAKZBZCdTyzEXAMPLEt0k3nZZZ failed", "EAAGm0PX4ZCpsBA"),
     ],
 )
 def test_redact_text_removes_secrets(text: str, secret: str) -> None:

@@ -135,3 +135,58 @@ def test_the_installed_command(repo: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert done.stdout.startswith("needs approval from ")
+
+
+MCP_CONTEXT = """\
+apiVersion: aof.dev/v1
+kind: Context
+metadata: {name: prod}
+spec:
+  approval:
+    required: true
+    allowed_users: [U_LEAD]
+    require_for: ["kubectl delete", "mcp:git/git_commit", "mcp:destructive"]
+  security:
+    allowed_tools: ["time/*", "git/git_status", "git/git_commit", "git/git_clean"]
+    blocked_tools: ["git/git_reset"]
+"""
+
+
+def mcp_can_i(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = aofctl_main.main(["can-i", str(tmp_path), "--context", "prod", *args])
+    captured = capsys.readouterr()
+    return code, captured.out.strip(), captured.err.strip()
+
+
+def test_mcp_tools_are_judged_by_the_tool_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "prod.yaml").write_text(MCP_CONTEXT)
+    ro = ("--hints", "read-only")
+    assert mcp_can_i(tmp_path, capsys, *ro, "--", "mcp:time/get_current_time") == (0, "allowed", "")
+    assert mcp_can_i(tmp_path, capsys, *ro, "--", "mcp:git/git_status")[:2] == (0, "allowed")
+    code, out, _ = mcp_can_i(tmp_path, capsys, "--hints", "write", "--", "mcp:git/git_commit")
+    assert (code, out) == (3, "needs approval from U_LEAD (require_for rule 'mcp:git/git_commit')")
+    code, out, _ = mcp_can_i(tmp_path, capsys, *ro, "--", "mcp:git/git_reset")
+    assert (code, out) == (1, "denied: blocked by blocked_tools rule 'git/git_reset'")
+    code, out, _ = mcp_can_i(tmp_path, capsys, *ro, "--", "mcp:git/git_push")
+    assert code == 1
+    assert "'git/git_push' is not in the Context's allowed_tools" in out
+
+
+def test_without_hints_an_mcp_tool_is_taken_as_destructive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "prod.yaml").write_text(MCP_CONTEXT)
+    code, out, err = mcp_can_i(tmp_path, capsys, "--", "mcp:git/git_clean")
+    assert (code, out) == (3, "needs approval from U_LEAD (require_for rule 'mcp:destructive')")
+    assert "assuming the tool is destructive" in err
+    assert mcp_can_i(tmp_path, capsys, "--hints", "write", "--", "mcp:git/git_clean")[:2] == (0, "allowed")
+
+
+def test_mcp_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "prod.yaml").write_text(MCP_CONTEXT)
+    code, _, err = mcp_can_i(tmp_path, capsys, "--", "mcp:git")
+    assert code == 2
+    assert "mcp:SERVER/TOOL" in err
+    code, _, err = mcp_can_i(tmp_path, capsys, "--hints", "write", "--", "kubectl", "get", "pods")
+    assert code == 2
+    assert "--hints is for an MCP tool" in err

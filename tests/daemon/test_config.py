@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
+import pydantic
 import pytest
 
 from aofd import errors, settings
@@ -120,3 +123,25 @@ def test_zero_config_pins_tools_from_path(tmp_path: Path) -> None:
     pinned = config.pinned_tools(("kubectl", "helm"), search_path=str(bin_dir))
 
     assert {"kubectl": real.resolve()} == pinned
+
+
+def test_zero_config_pins_mcp_server_time_as_a_server_only(tmp_path: Path) -> None:
+    """`mcp-server-time` goes to `executables.mcp_servers` (never the guard's `paths`), alone."""
+    cfg = config.zero_config(tmp_path, config.Overrides(listen="127.0.0.1:0"))
+    assert "mcp-server-time" not in cfg.executables.paths
+    assert set(cfg.executables.mcp_servers) <= {"mcp-server-time"}
+    if (Path(sys.executable).parent / "mcp-server-time").exists():
+        assert cfg.executables.mcp_servers["mcp-server-time"].is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ({"paths": {"kubectl": "/usr/bin/kubectl"}, "mcp_servers": {"kubectl": "/usr/bin/kubectl"}}, "guard"),
+        ({"mcp_servers": {"helm": "/usr/bin/helm"}}, "guard"),
+        ({"mcp_servers": {"mcp-x": "bin/mcp-x"}}, "absolute"),
+    ],
+)
+def test_mcp_servers_pins_are_apart_from_the_guards_tools(spec: dict[str, Any], want: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=want):
+        settings.ExecutablesSpec.model_validate(spec)

@@ -123,6 +123,26 @@ def test_the_digest_follows_the_config_and_only_the_config() -> None:
             ("spec", "mcp_servers", 0, "env", "LD_PRELOAD"),
             "LD_PRELOAD",
         ),
+        (
+            {"name": "x", "command": "kubectl", "args": ["delete", "namespace", "prod"]},
+            ("spec", "mcp_servers", 0, "command"),
+            "command-guard tool",
+        ),
+        (
+            {"name": "x", "command": "c", "timeout_secs": 2147483647},
+            ("spec", "mcp_servers", 0, "timeout_secs"),
+            "over the maximum of 300",
+        ),
+        (
+            {"name": "x", "transport": "http", "endpoint": "http://169.254.169.254/latest/meta-data/"},
+            ("spec", "mcp_servers", 0, "endpoint"),
+            "link-local",
+        ),
+        (
+            {"name": "x", "transport": "sse", "endpoint": "https://u:p@mcp.example.com/sse"},
+            ("spec", "mcp_servers", 0, "endpoint"),
+            "credentials",
+        ),
     ],
 )
 def test_a_server_that_cannot_run_is_an_error_at_its_field(
@@ -139,7 +159,31 @@ def test_a_server_that_cannot_run_is_an_error_at_its_field(
 def test_an_interpreter_or_path_command_is_a_warning_at_compile(command: str) -> None:
     found = problems(agent(mcp_servers=[{"name": "x", "command": command, "args": ["-y", "pkg"]}]))
     assert [(("spec", "mcp_servers", 0, "command"), "warning")] == [(loc, sev) for loc, sev, _ in found]
-    assert "executables.paths" in found[0][2]
+    assert "executables.mcp_servers" in found[0][2]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_SYSTEM", "GIT_DIR",
+        "GIT_TEMPLATE_DIR", "GIT_PROXY_COMMAND", "GIT_EXTERNAL_DIFF", "GIT_PAGER", "GIT_EDITOR",
+        "GIT_SSH_COMMAND", "GIT_ASKPASS", "GIT_EXEC_PATH", "NODE_PATH", "NODE_OPTIONS", "NPM_CONFIG_PREFIX",
+        "PYTHONPATH", "PYTHONSTARTUP", "PERL5OPT", "PERLLIB", "RUBYOPT", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS", "LD_PRELOAD", "LD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES", "GLIBC_TUNABLES",
+        "OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "HOME",
+        "PATH", "SHELL", "BASH_ENV", "ENV", "PROMPT_COMMAND", "IFS", "HTTP_PROXY", "https_proxy",
+        "ALL_PROXY", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE", "KUBECONFIG", "SSLKEYLOGFILE", "BROWSER",
+    ],
+)  # fmt: skip
+def test_a_server_env_that_runs_other_code_is_an_error(name: str) -> None:
+    found = problems(agent(mcp_servers=[{"name": "x", "command": "c", "env": {name: "v"}}]))
+    assert [(loc, sev) for loc, sev, _ in found] == [(("spec", "mcp_servers", 0, "env", name), "error")]
+
+
+def test_ordinary_server_env_passes() -> None:
+    env = {"TZ": "UTC", "GITHUB_TOKEN": "t", "LOG_LEVEL": "debug", "GOOGLE_CLOUD_PROJECT": "p"}
+    assert problems(agent(mcp_servers=[{"name": "x", "command": "c", "env": env}])) == []
 
 
 def test_twice_the_same_server_name_and_unknown_servers_are_reported() -> None:

@@ -391,7 +391,7 @@ async def test_an_approval_prompt_is_replaced_by_its_outcome() -> None:
         (posted,) = slack.calls("chat.postMessage")
         (update,) = slack.calls("chat.update")
     assert ref == "C1/1700000000.000100"
-    assert [b["type"] for b in _blocks(posted)] == ["section", "actions"]
+    assert [b["type"] for b in _blocks(posted)] == ["section", "section", "actions"]
     assert (update["channel"], update["ts"]) == ("C1", "1700000000.000100")
     assert update["text"] == "Denied by &lt;@U2&gt; &amp; co: not run."
     blocks = _blocks(update)

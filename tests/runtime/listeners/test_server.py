@@ -134,10 +134,10 @@ async def test_slack_approval_prompt_has_buttons_and_ascii_argv(slack_api: platf
     )
     post = slack_api.calls("chat.postMessage")[0]
     blocks = post["blocks"] if isinstance(post["blocks"], list) else json.loads(post["blocks"])
-    buttons = [(e["action_id"], e["value"]) for e in blocks[1]["elements"]]
-    section = blocks[0]["text"]["text"]
+    buttons = [(e["action_id"], e["value"]) for e in blocks[2]["elements"]]
+    section = blocks[1]["text"]["text"]  # the argv's own section, after the summary's
     assert [("aofd_approve", "req-9"), ("aofd_deny", "req-9")] == buttons
-    assert '["kubectl", "delete", "pod", "web-\\u202e1", "&lt;!here&gt;"]' in section
+    assert '["kubectl", "delete", "pod", "web-\\u202e1", "\\u003c!here\\u003e"]' in section
     assert section.isascii()
 
 
