@@ -67,6 +67,12 @@ class AuditUnavailable(AofdError):
     """An audit record could not be made durable; the gated action must not run."""
 
 
+class CoordinatorUnavailable(AofdError):
+    """The replicas' coordinator (etcd, `cluster:`) could not answer in time: whatever needed it
+    (a delivery claim, a shared approval, a leader's action) must not go ahead. The message says
+    what could not be done and never holds credentials."""
+
+
 class PolicyDenied(AofdError):
     """A Context's guardrails refused an action; `reason` is safe to show the user."""
 

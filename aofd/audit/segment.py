@@ -4,7 +4,9 @@ This module owns the synchronous, single-threaded core of the journal. A `Contex
 is confined to one thread (the context's writer thread in `aofd.audit.journal`) and does:
 
 - paths: `<audit_dir>/<context>/audit-<UTC yyyymmddThhmmssZ>-<first_seq>.jsonl`, the
-  context name checked as a DNS-1123 label before any path is built;
+  context name checked as a DNS-1123 label before any path is built; a replica of a set
+  (`cluster:`) names its segments `audit-<member>-<UTC>-<first_seq>.jsonl` and keeps its own
+  chain and seq, so logs of several members collected into one directory stay apart;
 - one writer per directory (`flock(LOCK_EX|LOCK_NB)` on `.lock`);
 - one `os.write` per complete line, the return value checked; a short or failed write
   marks the segment failed and raises `AuditUnavailable`;
@@ -65,7 +67,11 @@ OPEN_RUNS_DIR: Final = ".open-runs"
 """A Context directory's ledger of runs started and not finished: `<run_id>.json` each."""
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SEGMENT_GLOB: Final = "audit-*.jsonl"
-_SEGMENT_RE = re.compile(r"^audit-(\d{8}T\d{6}Z)-(\d+)\.jsonl$")
+_SEGMENT_RE = re.compile(
+    r"^audit-(?:(?P<member>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-)?(?P<stamp>\d{8}T\d{6}Z)-(?P<seq>\d+)\.jsonl$"
+)
+ANY_MEMBER: Final = "*"
+"""`list_segments(member=ANY_MEMBER)`: the segments of every member (and of a single host)."""
 _OPEN_APPEND: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -99,30 +105,52 @@ def utc_stamp(ts: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ts))
 
 
-def segment_name(ts: float, first_seq: int) -> str:
-    """`audit-<UTC yyyymmddThhmmssZ>-<first_seq>.jsonl`."""
-    return f"audit-{utc_stamp(ts)}-{first_seq}.jsonl"
+def segment_name(ts: float, first_seq: int, member: str | None = None) -> str:
+    """`audit-<UTC yyyymmddThhmmssZ>-<first_seq>.jsonl`; a replica's: `audit-<member>-<UTC>-<seq>.jsonl`."""
+    prefix = f"audit-{member}-" if member else "audit-"
+    return f"{prefix}{utc_stamp(ts)}-{first_seq}.jsonl"
 
 
 def segment_first_seq(name: str) -> int | None:
     """The first seq encoded in a segment file name, or None if `name` is not a segment."""
     m = _SEGMENT_RE.match(name)
-    return int(m.group(2)) if m else None
+    return int(m.group("seq")) if m else None
 
 
-def list_segments(directory: Path) -> list[Path]:
+def segment_member(name: str) -> str | None:
+    """The replica (`cluster.member`) a segment file name carries; None for a single host's."""
+    m = _SEGMENT_RE.match(name)
+    return m.group("member") if m else None
+
+
+def list_segments(directory: Path, member: str | None = ANY_MEMBER) -> list[Path]:
     """The segments of one context directory in chain order (by first seq, not by time:
-    the wall clock may have jumped backwards between two of them)."""
-    found: list[tuple[int, str, Path]] = []
+    the wall clock may have jumped backwards between two of them).
+
+    `member`: only that replica's segments (None: only a single host's, unnamed ones); the
+    default lists every member's, grouped by member (each member's chain in order)."""
+    found: list[tuple[str, int, str, Path]] = []
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
     for entry in entries:
-        first = segment_first_seq(entry.name)
-        if first is not None:
-            found.append((first, entry.name, Path(entry.path)))
-    return [path for _, _, path in sorted(found)]
+        m = _SEGMENT_RE.match(entry.name)
+        if m is None:
+            continue
+        owner = m.group("member")
+        if member != ANY_MEMBER and owner != member:
+            continue
+        found.append((owner or "", int(m.group("seq")), entry.name, Path(entry.path)))
+    return [path for _, _, _, path in sorted(found)]
+
+
+def by_member(paths: list[Path]) -> dict[str | None, list[Path]]:
+    """`paths` (as `list_segments` orders them) split into one chain per member."""
+    groups: dict[str | None, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(segment_member(path.name), []).append(path)
+    return groups
 
 
 def context_dir(audit_dir: Path, context: str) -> Path:
@@ -316,6 +344,7 @@ class ContextJournal:
         self.directory = directory
         self._options = options
         self._origin = origin
+        self._member = origin.member  # a replica's segments carry its name; its own chain
         self._clock = clock
         self._sealer = sealer
         # The key chain that counts every seal written (for its next certificate); seals are
@@ -586,10 +615,10 @@ class ContextJournal:
 
     def _rotate(self) -> None:
         key = self._sealer() if self._sealer else None
-        next_name = segment_name(self._clock(), self.seq + (3 if key else 2))
+        next_name = segment_name(self._clock(), self.seq + (3 if key else 2), self._member)
         # The seal names the next segment: removing it breaks a seal, not only a chain.
         if key is not None and not self._write_seal(None, "rotation", next_file=next_name):
-            next_name = segment_name(self._clock(), self.seq + 2)
+            next_name = segment_name(self._clock(), self.seq + 2, self._member)
         rotated = records.build(
             "audit.file.rotated",
             context=self.context,
@@ -612,7 +641,11 @@ class ContextJournal:
         """Create the next segment and write its `audit.file.opened` line (fsynced)."""
         now = self._clock()
         first_seq = self.seq + 1
-        name = name if name and segment_first_seq(name) == first_seq else segment_name(now, first_seq)
+        name = (
+            name
+            if name and segment_first_seq(name) == first_seq
+            else segment_name(now, first_seq, self._member)
+        )
         path = self.directory / name
         previous = self.path
         try:
@@ -768,7 +801,7 @@ class ContextJournal:
 
         Returns the records to write right after the new segment's `audit.file.opened`.
         """
-        segments = list_segments(self.directory)
+        segments = list_segments(self.directory, self._member)
         for seg in segments:
             if stat.S_ISLNK(os.lstat(seg).st_mode):
                 raise errors.AuditUnavailable(
@@ -1042,7 +1075,7 @@ class ContextJournal:
             return
         cutoff = self._clock() - keep
         removed: list[str] = []
-        for seg in list_segments(self.directory):
+        for seg in list_segments(self.directory, self._member):
             if seg == self.path:
                 continue
             try:
@@ -1059,7 +1092,7 @@ class ContextJournal:
     def _note_pruned(self, removed: list[str]) -> None:
         """Say in the log (chained, and sealed by the next seal) which segments retention removed
         and the first seq still kept: a verifier tells retention from deleted segments by it."""
-        kept = list_segments(self.directory)
+        kept = list_segments(self.directory, self._member)
         first = segment_first_seq(kept[0].name) if kept else None
         record = records.build(
             "audit.pruned",

@@ -884,9 +884,7 @@ def verify(
         return _cross_skipped(_with_conflicts(one, derivers))
     segments = segment.list_segments(target)
     if segments:
-        one = _verify_segments(
-            segments, root=target.parent, whole_log=True, keys=derivers, now=now, expect=expect
-        )
+        one = _verify_members(segments, root=target.parent, keys=derivers, now=now, expect=expect)
         missing = sorted(set(expect or {}) - {target.name})
         return _cross_skipped(_with_conflicts(_with_missing(one, missing, target.parent), derivers))
     subs = [
@@ -895,31 +893,13 @@ def verify(
         if sub.is_dir() and not sub.is_symlink() and segment.list_segments(sub)
     ]
     reports = [
-        _verify_segments(
-            segment.list_segments(sub), root=target, whole_log=True, keys=derivers, now=now, expect=expect
-        )
+        _verify_members(segment.list_segments(sub), root=target, keys=derivers, now=now, expect=expect)
         for sub in subs
     ]
     if not reports:
         return VerifyReport((), 0, None, None, None, (), (f"no audit segments under {target}",))
     missing = sorted(set(expect or {}) - {sub.name for sub in subs})
-    whole = _with_missing(
-        VerifyReport(
-            files=tuple(f for r in reports for f in r.files),
-            records=sum(r.records for r in reports),
-            first_seq=None,
-            last_seq=None,
-            head=None,
-            problems=tuple(p for r in reports for p in r.problems),
-            notes=tuple(n for r in reports for n in r.notes),
-            gaps=tuple(g for r in reports for g in r.gaps),
-            seals=tuple(s for r in reports for s in r.seals),
-            downtime=tuple(d for r in reports for d in r.downtime),
-            sealed=tuple(s for r in reports for s in r.sealed),
-        ),
-        missing,
-        target,
-    )
+    whole = _with_missing(_combined(reports), missing, target)
     whole = _with_conflicts(whole, derivers)
     if derivers is None:
         return whole
@@ -927,6 +907,58 @@ def verify(
     return dataclasses.replace(
         whole, problems=whole.problems + problems, notes=whole.notes + notes, cross_checked=True
     )
+
+
+def _combined(reports: list[VerifyReport]) -> VerifyReport:
+    """Several logs' reports as one (no single first/last seq or head)."""
+    return VerifyReport(
+        files=tuple(f for r in reports for f in r.files),
+        records=sum(r.records for r in reports),
+        first_seq=None,
+        last_seq=None,
+        head=None,
+        problems=tuple(p for r in reports for p in r.problems),
+        notes=tuple(n for r in reports for n in r.notes),
+        gaps=tuple(g for r in reports for g in r.gaps),
+        seals=tuple(s for r in reports for s in r.seals),
+        downtime=tuple(d for r in reports for d in r.downtime),
+        sealed=tuple(s for r in reports for s in r.sealed),
+    )
+
+
+def _verify_members(
+    paths: list[Path],
+    *,
+    root: Path,
+    keys: Mapping[str, seal.CertStore] | None,
+    now: float | None,
+    expect: Mapping[str, Expectation] | None,
+) -> VerifyReport:
+    """One Context directory's segments: one chain per member of a replica set (segment names
+    `audit-<member>-...`; a single host's unnamed ones are one more), each checked on its own.
+    `expect` (the newest seq a copy holds) applies only to a directory with one chain."""
+    groups = segment.by_member(paths)
+    if len(groups) == 1:
+        return _verify_segments(paths, root=root, whole_log=True, keys=keys, now=now, expect=expect)
+    reports = []
+    for member, chain in groups.items():
+        report = _verify_segments(chain, root=root, whole_log=True, keys=keys, now=now)
+        who = f"member {member}" if member else "the single-host log"
+        reports.append(
+            dataclasses.replace(
+                report, notes=(f"{chain[0].parent.name}: {who}: {report.records} record(s)", *report.notes)
+            )
+        )
+    whole = _combined(reports)
+    if expect and paths[0].parent.name in expect:
+        extra = Problem(
+            paths[0].parent.name,
+            0,
+            None,
+            "--expect cannot be checked: this log holds several members' chains",
+        )
+        whole = dataclasses.replace(whole, problems=(*whole.problems, extra))
+    return whole
 
 
 def _cross_skipped(report: VerifyReport) -> VerifyReport:

@@ -292,5 +292,33 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"Last pass:         {last.get('outcome')} {last.get('revision')} in {last.get('duration_ms')} ms"
         )
+    _print_cluster(data.get("cluster"))
     _print_rejection(data, stream=sys.stdout, limit=None)
     return 0
+
+
+def _print_cluster(cluster: dict[str, Any] | None) -> None:
+    """The replica set as this member sees it: etcd, the leader, each member and the revision it
+    serves (a member serving another revision than this one is flagged)."""
+    if not cluster:
+        return
+    etcd = cluster.get("etcd") or {}
+    state = "up" if etcd.get("up") else f"DOWN ({etcd.get('lastError') or 'no session'})"
+    print(
+        f"Cluster:           {cluster.get('name')} as {cluster.get('member')}; etcd {state}, "
+        f"revision {etcd.get('revision', 0)}"
+    )
+    leader = cluster.get("leader") or "none"
+    mine = " (this member)" if cluster.get("isLeader") else ""
+    print(f"Leader:            {leader}{mine}; lease valid for {cluster.get('leaseValidFor', 0)}s")
+    members = cluster.get("members") or []
+    own = next((m.get("revision") for m in members if m.get("member") == cluster.get("member")), "")
+    for m in members:
+        revision = m.get("revision") or "-"
+        tags = []
+        if m.get("member") == cluster.get("leader"):
+            tags.append("leader")
+        if own and m.get("revision") and m.get("revision") != own:
+            tags.append("serves another revision")
+        tag = f"  [{', '.join(tags)}]" if tags else ""
+        print(f"  member {m.get('member')}: revision {revision}, admin {m.get('admin') or '-'}{tag}")

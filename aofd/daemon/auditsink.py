@@ -71,10 +71,16 @@ def render(
 class AuditAdapter:
     """`ports.AuditSink` over the journal (the daemon's and `aofctl run`'s)."""
 
-    def __init__(self, journal_: journal.AuditLog, *, redactor: records.ArgvRedactor) -> None:
+    def __init__(
+        self,
+        journal_: journal.AuditLog,
+        *,
+        redactor: records.ArgvRedactor,
+        origin: records.Origin | None = None,
+    ) -> None:
         self._journal = journal_
         self._redactor = redactor
-        self._origin = records.Origin(service_version=__version__)
+        self._origin = origin or records.Origin(service_version=__version__)
 
     def redact(self, argv: Sequence[str]) -> tuple[str, ...]:
         """argv as the audit log shows it (secret values replaced): for other views of a command."""

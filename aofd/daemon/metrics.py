@@ -21,6 +21,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from aofd.audit import journal
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HistogramSample:
@@ -58,6 +60,20 @@ class Samples:
     audit_failures: int = 0
     audit_durable_latency: HistogramSample | None = None
     audit_grouped_latency: HistogramSample | None = None
+    cluster: ClusterSample | None = None  # None on a single host (no `cluster:`)
+    cluster_claims: Mapping[str, int] = dataclasses.field(default_factory=dict)  # result
+    cluster_claim_latency: HistogramSample | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterSample:
+    """This replica's view of the set (`cluster:`): etcd reachable, leadership, session lease."""
+
+    etcd_up: bool
+    is_leader: bool
+    leader_changes: int
+    lease_valid_seconds: float
+    approvals_unrecorded: int = 0
 
 
 class _Pull(Collector):
@@ -172,19 +188,68 @@ class _Pull(Collector):
             family = family_type(name, doc)
             family.add_metric([], float(value))
             yield family
-        for name, sample in (
-            ("aofd_audit_durable_write_seconds", s.audit_durable_latency),
-            ("aofd_audit_grouped_write_seconds", s.audit_grouped_latency),
+        yield from _cluster_families(s)
+        for name, doc, sample in (
+            ("aofd_audit_durable_write_seconds", "Audit write latency", s.audit_durable_latency),
+            ("aofd_audit_grouped_write_seconds", "Audit write latency", s.audit_grouped_latency),
+            (
+                "aofd_cluster_claim_seconds",
+                "Time to claim a delivery in etcd (one transaction)",
+                s.cluster_claim_latency,
+            ),
         ):
             if sample is None:
                 continue
-            hist = HistogramMetricFamily(name, "Audit write latency")
+            hist = HistogramMetricFamily(name, doc)
             hist.add_metric(
                 [],
                 buckets=[("+Inf" if b == float("inf") else repr(b), float(c)) for b, c in sample.buckets],
                 sum_value=sample.total,
             )
             yield hist
+
+
+def _cluster_families(s: Samples) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The replica set's metrics; none on a single host."""
+    c = s.cluster
+    if c is None:
+        return
+    for family_type, name, doc, value in (
+        (
+            GaugeMetricFamily,
+            "aofd_cluster_etcd_up",
+            "1 while etcd answers and the session is valid",
+            c.etcd_up,
+        ),
+        (GaugeMetricFamily, "aofd_cluster_leader", "1 while this replica is the leader", c.is_leader),
+        (
+            CounterMetricFamily,
+            "aofd_cluster_leader_changes",
+            "Times this replica gained or lost leadership",
+            c.leader_changes,
+        ),
+        (
+            GaugeMetricFamily,
+            "aofd_cluster_lease_valid_seconds",
+            "Seconds the session lease is still known to be valid",
+            c.lease_valid_seconds,
+        ),
+        (
+            CounterMetricFamily,
+            "aofd_cluster_approvals_unrecorded",
+            "Approval requests denied because etcd could not record them",
+            c.approvals_unrecorded,
+        ),
+    ):
+        family = family_type(name, doc)
+        family.add_metric([], float(value))
+        yield family
+    claims = CounterMetricFamily(
+        "aofd_cluster_claims", "Delivery claims in etcd by result", labels=["result"]
+    )
+    for result, n in sorted(s.cluster_claims.items()):
+        claims.add_metric([result], float(n))
+    yield claims
 
 
 class Metrics:
@@ -226,6 +291,13 @@ class Counters:
         self.received: dict[str, int] = {}
         self.rejected: dict[tuple[str, str], int] = {}
         self.not_run: dict[tuple[str, str], int] = {}
+        self.claims: dict[str, int] = {}  # result of each etcd claim (replicas only)
+        self.claim_latency = journal.Histogram()
+
+    def claim_observed(self, result: str, seconds: float) -> None:
+        """One delivery claim in etcd (`aofd.runtime.claims.Claims`): its result and duration."""
+        self.claims[result] = self.claims.get(result, 0) + 1
+        self.claim_latency.observe(seconds)
 
     def event_received(self, platform: str) -> None:
         self.received[platform] = self.received.get(platform, 0) + 1

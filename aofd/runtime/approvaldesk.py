@@ -17,7 +17,10 @@ both go through `ApprovalDesk`, which owns these promises:
   the requester approving their own request, a vote on a request already decided or no longer
   open, a second vote) as `approval.refused`, a vote that still needs more approvers as
   `approval.granted` with `final: false`; the final decision is audited when the request
-  closes. A redelivered click (same `action_id`) changes nothing and is not audited again.
+  closes. A redelivered click (same `action_id`) changes nothing and is not audited again;
+- **in a replica set a request that cannot be recorded is denied**: the store
+  (`approvals.SharedApprovals`) publishes it in etcd before anyone is asked, and when it cannot,
+  the request closes as `approval.denied` with the reason `approval could not be recorded`.
 
 The store (`aofd.runtime.approvals`) keeps the state; this module never imports the audit
 package: records go through the `AuditSink` port.
@@ -103,8 +106,9 @@ def outcome_text(outcome: approvals.Outcome) -> str:
     if outcome.state is approvals.State.GRANTED:
         return f"Approved by {_who(outcome.approvers)}: {subject} goes ahead."
     if outcome.state is approvals.State.DENIED:
-        denier = (outcome.denier,) if outcome.denier is not None else ()
-        return f"Denied by {_who(denier)}: {subject} will not run."
+        if outcome.denier is None:  # nobody denied it: it could not be asked (not recorded)
+            return f"Not asked ({outcome.reason or 'denied'}): {subject} will not run."
+        return f"Denied by {_who((outcome.denier,))}: {subject} will not run."
     if outcome.state is approvals.State.EXPIRED:
         return f"No decision within {req.timeout_seconds:g} s: {subject} will not run."
     return f"Approval withdrawn ({outcome.reason or 'cancelled'}): {subject} will not run."
@@ -151,6 +155,9 @@ class ApprovalDesk:
         self._audit = audit
         self._prompter = prompter
         self._settle_timeout = settle_timeout
+        # Invariant: request id -> the record maker of a request `obtain` is waiting for; removed
+        # when it returns (click records of an MCP call are shaped like its other records).
+        self._makers: dict[str, RecordMaker] = {}
 
     async def obtain(
         self, pending: approvals.ApprovalRequest, record: RecordMaker | None = None
@@ -162,6 +169,14 @@ class ApprovalDesk:
         run ends while it waits.
         """
         make = record or default_record(pending)
+        rid = pending.id
+        self._makers[rid] = make
+        try:
+            return await self._obtain(pending, make)
+        finally:
+            self._makers.pop(rid, None)
+
+    async def _obtain(self, pending: approvals.ApprovalRequest, make: RecordMaker) -> approvals.Outcome:
         rid = pending.id
         try:
             await self._audit.write(
@@ -179,6 +194,11 @@ class ApprovalDesk:
             self.store.cancel(rid, "audit unavailable")
             raise
         except asyncio.CancelledError:  # the record may be written already: close it too
+            await self._close(self._end(pending, "the run ended before a decision"), make, "")
+            raise
+        try:  # a replica set records it in etcd; when it cannot, the request is denied (now final)
+            await self.store.publish(rid)
+        except asyncio.CancelledError:
             await self._close(self._end(pending, "the run ended before a decision"), make, "")
             raise
         prompt = ""
@@ -236,7 +256,7 @@ class ApprovalDesk:
             event = make(
                 "approval.denied",
                 outcome="failure",
-                reason="denied",
+                reason=outcome.reason or "denied",
                 info={"final": True, "denier": _user(denier) if denier else None},
                 related=(denier.id,) if denier else (),
             )
@@ -276,7 +296,7 @@ class ApprovalDesk:
     ) -> approvals.Decision:
         """Apply a click (a chat button, `aofctl approve`), log it and audit it unless it is the
         final decision (audited when the request closes) or a redelivery of the same click."""
-        decision = self.store.decide(request_id, user, approve=approve, action_id=action_id)
+        decision = await self.store.click(request_id, user, approve=approve, action_id=action_id)
         pending = self.store.get(request_id)
         refused = decision in approvals.REFUSED
         log.info(
@@ -308,17 +328,27 @@ class ApprovalDesk:
         if counted:
             info["approver"] = _user(user)
             info["missing"] = self.store.missing(request_id)
-        event = ports.AuditEvent(
-            "approval.granted" if counted else "approval.refused",
-            outcome="success" if counted else "failure",
-            reason=decision.value,
-            user=pending.requester,
-            related=(pending.requester.id, user.id),
-            run_id=pending.run_id,
-            agent=pending.agent or None,
-            process=ports.AuditProcess(args=tuple(pending.argv)),
-            details={"approval": info},
-        )
+        make = self._makers.get(request_id)
+        if make is not None:  # the requester's record shape: an MCP call's has `aofd.mcp`, no process
+            event = make(
+                "approval.granted" if counted else "approval.refused",
+                outcome="success" if counted else "failure",
+                reason=decision.value,
+                info=info,
+                related=(pending.requester.id, user.id),
+            )
+        else:
+            event = ports.AuditEvent(
+                "approval.granted" if counted else "approval.refused",
+                outcome="success" if counted else "failure",
+                reason=decision.value,
+                user=pending.requester,
+                related=(pending.requester.id, user.id),
+                run_id=pending.run_id,
+                agent=pending.agent or None,
+                process=ports.AuditProcess(args=tuple(pending.argv)),
+                details={"approval": info},
+            )
         with contextlib.suppress(errors.AuditUnavailable):
             await self._audit.write(pending.context, event)
         return decision
@@ -333,7 +363,7 @@ class PromptReplier(Protocol):
 
     async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None: ...
 
-    async def reply(self, target: ports.ReplyTarget, text: str) -> None: ...
+    async def reply(self, target: ports.ReplyTarget, text: str) -> str | None: ...
 
 
 class ChatPrompter:
@@ -350,8 +380,9 @@ class ChatPrompter:
                 "approval.not_posted", request_id=request.id, context=request.context, reason="no origin"
             )
             return ""
+        what = f" for {request.subject}" if request.subject else ""
         summary = (
-            f"Approval needed in context {request.context} (agent {request.agent or '-'}); "
+            f"Approval needed in context {request.context} (agent {request.agent or '-'}){what}; "
             f"expires in {request.timeout_seconds:g} s; request {request.id[:12]}"
         )
         return await self._replier.ask_approval(

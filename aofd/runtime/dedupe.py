@@ -1,6 +1,8 @@
 """The idempotency cache: have we already accepted this delivery?
 
-Owns a bounded, time-limited set of `(platform, trigger, delivery id)` keys. The daemon
+Owns a bounded, time-limited set of `(platform, trigger, delivery id)` keys (a delivery id, or
+`body:<digest>` of a webhook's raw body, `aofd.runtime.listeners.base.body_key`: a webhook
+delivery with an id takes two entries). The daemon
 creates one and hands it to every listener it builds, so the cache outlives hot swaps:
 a Slack retry that reaches the replacement listener is still recognised.
 

@@ -19,19 +19,34 @@ refused triggers give one `ratelimit.exceeded` record, not 100. The refusals lef
 counted; the guard writes one summary record for them when the quiet window ends (or at
 shutdown), taking the count with `take_suppressed`, and an audited refusal carries any count
 not yet told (`suppressed`); `/metrics` counts every one.
-Time comes from an injected monotonic clock. No I/O, no asyncio tasks.
+Time comes from an injected monotonic clock. `RateLimits` does no I/O and starts no tasks.
+
+In a replica set (`cluster:`) the daemon uses `SharedLimits`: the same checks (`first_hit`,
+and the pure `admit_counts` on the set's stored counts), with the counts of every replica kept
+in etcd; when etcd cannot be read, admission is refused (see the class).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import dataclasses
+import datetime
+import json
 import math
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
+from aofd import errors
+from aofd.runtime.tasks import TaskSet
 from aofd.specs import policy
+
+if TYPE_CHECKING:
+    from aofd.runtime import cluster
 
 AUDIT_QUIET_S = 60.0
 """At most this long between two audited refusals of one Context and limit (a day's limit too)."""
@@ -122,6 +137,13 @@ class RateLimits:
         while state.tokens and state.tokens[0][0] <= now - DAY:
             state.token_total -= state.tokens.popleft()[1]
 
+    async def acquire(self, context: str, limits: policy.LimitsPolicy, run_id: str = "") -> Lease | Refusal:
+        """`admit`, as the guard calls it (a replica set's registry counts every replica's runs)."""
+        return self.admit(context, limits)
+
+    async def aclose(self) -> None:
+        """Nothing to write back here (a replica set's registry writes buffered tokens)."""
+
     def admit(self, context: str, limits: policy.LimitsPolicy) -> Lease | Refusal:
         """Admit one request now, or say which limit refuses it and when to retry.
 
@@ -143,49 +165,18 @@ class RateLimits:
         return Lease(release)
 
     def _check(self, context: str, state: _State, limits: policy.LimitsPolicy, now: float) -> Refusal | None:
-        checks: list[tuple[str, int | None, collections.deque[float], float]] = [
-            ("max_requests_per_minute", limits.max_requests_per_minute, state.minute, MINUTE),
-            ("max_requests_per_hour", limits.max_requests_per_hour, state.hour, HOUR),
-        ]
-        for name, cap, window, length in checks:
-            if cap is not None and len(window) >= cap:
-                # the slot that frees first is the one taken `len - cap` admissions ago
-                oldest = window[len(window) - cap] if cap > 0 else now
-                retry = max(0.0, oldest + length - now) if cap > 0 else length
-                return self._refuse(
-                    context, state, name, f"{cap} requests per {_span(length)}", retry, now, length
-                )
-        if limits.max_concurrent is not None and state.active >= limits.max_concurrent:
-            return self._refuse(
-                context,
-                state,
-                "max_concurrent",
-                f"{limits.max_concurrent} concurrent requests",
-                1.0,
-                now,
-                MINUTE,
-            )
-        if limits.max_tokens_per_day is not None and state.token_total >= limits.max_tokens_per_day:
-            retry = self._token_retry(state, limits.max_tokens_per_day, now)
-            return self._refuse(
-                context,
-                state,
-                "max_tokens_per_day",
-                f"{limits.max_tokens_per_day} tokens per day",
-                retry,
-                now,
-                DAY,
-            )
-        return None
-
-    def _token_retry(self, state: _State, cap: int, now: float) -> float:
-        excess = state.token_total - cap
-        freed = 0
-        for stamp, tokens in state.tokens:
-            freed += tokens
-            if freed > excess:
-                return max(0.0, stamp + DAY - now)
-        return DAY
+        hit = first_hit(
+            limits,
+            minute=state.minute,
+            hour=state.hour,
+            active=state.active,
+            tokens=state.token_total,
+            token_spans=state.tokens,
+            now=now,
+        )
+        if hit is None:
+            return None
+        return self._refuse(context, state, hit.limit, hit.what, hit.retry, now, hit.window)
 
     def _refuse(
         self, context: str, state: _State, limit: str, what: str, retry: float, now: float, window: float
@@ -245,5 +236,334 @@ class RateLimits:
             del self._states[name]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hit:
+    """The limit a request would exceed: which, in words, when to retry, its window (seconds)."""
+
+    limit: str
+    what: str
+    retry: float
+    window: float
+
+
+def first_hit(
+    limits: policy.LimitsPolicy,
+    *,
+    minute: Sequence[float],
+    hour: Sequence[float],
+    active: int,
+    tokens: int,
+    token_spans: Iterable[tuple[float, int]],
+    now: float,
+) -> Hit | None:
+    """The first limit one more request would exceed, given the admissions of the last minute and
+    hour (sorted times, pruned), the requests running, the tokens of the last day and when they
+    were charged (sorted; when each can stop counting is its time + a day)."""
+    checks: list[tuple[str, int | None, Sequence[float], float]] = [
+        ("max_requests_per_minute", limits.max_requests_per_minute, minute, MINUTE),
+        ("max_requests_per_hour", limits.max_requests_per_hour, hour, HOUR),
+    ]
+    for name, cap, window, length in checks:
+        if cap is not None and len(window) >= cap:
+            # the slot that frees first is the one taken `len - cap` admissions ago
+            oldest = window[len(window) - cap] if cap > 0 else now
+            retry = min(length, max(0.0, oldest + length - now)) if cap > 0 else length
+            return Hit(name, f"{cap} requests per {_span(length)}", retry, length)
+    if limits.max_concurrent is not None and active >= limits.max_concurrent:
+        return Hit("max_concurrent", f"{limits.max_concurrent} concurrent requests", 1.0, MINUTE)
+    cap = limits.max_tokens_per_day
+    if cap is not None and tokens >= cap:
+        retry = DAY
+        excess, freed = tokens - cap, 0
+        for stamp, charged in token_spans:
+            freed += charged
+            if freed > excess:
+                retry = max(0.0, stamp + DAY - now)
+                break
+        return Hit("max_tokens_per_day", f"{cap} tokens per day", retry, DAY)
+    return None
+
+
 def _span(seconds: float) -> str:
     return {MINUTE: "minute", HOUR: "hour", DAY: "day"}.get(seconds, f"{seconds:g} s")
+
+
+# ---- limits across a replica set (`cluster:`) ----------------------------------------------
+
+UNAVAILABLE = "cluster"
+"""The `Refusal.limit` of a request refused because the set's counts could not be read (etcd)."""
+UNAVAILABLE_RETRY = 5.0
+TOKEN_BUCKET = HOUR
+"""Tokens are kept per member and hour (`tokens/<context>/<member>/<YYYYMMDDHH>`, UTC)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counts:
+    """One Context's shared counts (`limits/<context>` in etcd): admission times of the last
+    minute and hour (at most the cap each) and the runs holding a concurrency slot (run id ->
+    member). Times are wall-clock seconds: the hosts of a set need synchronised clocks (NTP)."""
+
+    minute: tuple[float, ...] = ()
+    hour: tuple[float, ...] = ()
+    active: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        doc = {"minute": list(self.minute), "hour": list(self.hour), "active": dict(self.active)}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Counts:
+        """The stored counts; nothing (or a record that is not one) counts as none."""
+        if raw is None:
+            return cls()
+        try:
+            doc = json.loads(raw)
+            return cls(
+                tuple(sorted(float(t) for t in doc["minute"])),
+                tuple(sorted(float(t) for t in doc["hour"])),
+                {str(k): str(v) for k, v in doc["active"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return cls()
+
+    def pruned(self, now: float, *, member: str, mine: frozenset[str], live: frozenset[str] | None) -> Counts:
+        """Without admissions older than their window, runs of `member` it no longer runs (a
+        release that could not be written) and, when `live` is known, runs of members gone."""
+        active = {
+            run: who
+            for run, who in self.active.items()
+            if (run in mine if who == member else live is None or who in live)
+        }
+        return Counts(
+            tuple(t for t in self.minute if t > now - MINUTE),
+            tuple(t for t in self.hour if t > now - HOUR),
+            active,
+        )
+
+
+def admit_counts(
+    raw: bytes | None,
+    limits: policy.LimitsPolicy,
+    *,
+    now: float,
+    run_id: str,
+    member: str,
+    mine: frozenset[str],
+    live: frozenset[str] | None,
+    tokens: int,
+    token_spans: Sequence[tuple[float, int]],
+) -> tuple[Hit | None, bytes | None]:
+    """One admission against the set's stored counts, pure: (the limit hit or None, the counts to
+    store). A refusal stores nothing new; an admission adds `now` to the windows (each kept to its
+    cap) and `run_id` (of `member`) to the running ones."""
+    counts = Counts.decode(raw).pruned(now, member=member, mine=mine, live=live)
+    hit = first_hit(
+        limits,
+        minute=counts.minute,
+        hour=counts.hour,
+        active=len(counts.active),
+        tokens=tokens,
+        token_spans=token_spans,
+        now=now,
+    )
+    if hit is not None:
+        return hit, raw
+    minute_cap = limits.max_requests_per_minute
+    hour_cap = limits.max_requests_per_hour
+    admitted = Counts(
+        tuple(sorted((*counts.minute, now)))[-minute_cap:] if minute_cap else (),
+        tuple(sorted((*counts.hour, now)))[-hour_cap:] if hour_cap else (),
+        {**counts.active, run_id: member} if limits.max_concurrent is not None else {},
+    )
+    return None, admitted.encode()
+
+
+def release_counts(raw: bytes | None, *, run_id: str) -> tuple[None, bytes | None]:
+    """The stored counts without `run_id`'s concurrency slot."""
+    if raw is None:
+        return None, None
+    counts = Counts.decode(raw)
+    if run_id not in counts.active:
+        return None, raw
+    active = {k: v for k, v in counts.active.items() if k != run_id}
+    return None, dataclasses.replace(counts, active=active).encode()
+
+
+def bucket_name(wall: float) -> str:
+    return datetime.datetime.fromtimestamp(wall, datetime.UTC).strftime("%Y%m%d%H")
+
+
+def bucket_start(name: str) -> float | None:
+    try:
+        return datetime.datetime.strptime(name, "%Y%m%d%H").replace(tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+class SharedLimits(RateLimits):
+    """The limits of a replica set: every replica's runs count (plan: one compare-and-swap
+    record per Context for the windows and running requests, token buckets per member).
+
+    - `acquire` reads the tokens of the last day (every member's hourly buckets, plus what this
+      replica charged and has not written yet), the live members when `max_concurrent` is set,
+      and admits by compare-and-swap on `limits/<context>`: two replicas admitting at once both
+      see each other's admission (one of them retries on the new counts).
+    - A lease's release removes its run by compare-and-swap in the background; a release that
+      could not be written is dropped on this replica's next admission, and the runs of a
+      member whose session ended are dropped by the next admission anywhere.
+    - `charge_tokens` stays synchronous: tokens are buffered and written to this member's bucket
+      at once in the background (`flush`; no contention: only this member writes it).
+    - etcd unavailable: the request is **refused** (`limit` "cluster", retry after 5 s), audited
+      like any refusal (fail closed: no replica runs past a limit it cannot check).
+
+    The audit throttling of refusals (quiet windows, summaries) stays per replica.
+    """
+
+    def __init__(
+        self,
+        coordinator: cluster.Coordinator,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
+        self._coord = coordinator
+        self.member = coordinator.member
+        self._wall = wall
+        self._running: dict[str, set[str]] = {}  # Context -> run ids admitted here and not released
+        self._unwritten: dict[tuple[str, str], int] = {}  # (Context, bucket) -> tokens not yet written
+        self._tasks: TaskSet[None] = TaskSet("limits")
+        self._flush_lock = asyncio.Lock()
+        self._flush_due = False  # a flush task is spawned and has not started writing yet
+
+    async def acquire(self, context: str, limits: policy.LimitsPolicy, run_id: str = "") -> Lease | Refusal:
+        shared = (limits.max_requests_per_minute, limits.max_requests_per_hour, limits.max_concurrent)
+        if all(cap is None for cap in shared) and limits.max_tokens_per_day is None:
+            return self.admit(context, limits)  # nothing to count across the set
+        run = run_id or secrets.token_hex(8)
+        now_local = self._clock()
+        state = self._state(context)
+        now = self._wall()
+        running = self._running.setdefault(context, set())
+        running.add(run)  # before the write: a concurrent admission here must not drop its slot
+        try:
+            tokens, spans = (
+                await self._tokens(context, now) if limits.max_tokens_per_day is not None else (0, [])
+            )
+            live = await self._live() if limits.max_concurrent is not None else None
+            mine = frozenset(running)
+            hit = await self._coord.update(
+                f"limits/{context}",
+                lambda raw: admit_counts(
+                    raw,
+                    limits,
+                    now=now,
+                    run_id=run,
+                    member=self.member,
+                    mine=mine,
+                    live=live,
+                    tokens=tokens,
+                    token_spans=spans,
+                ),
+            )
+        except errors.CoordinatorUnavailable as exc:
+            running.discard(run)
+            refusal = self._refuse(context, state, UNAVAILABLE, "", UNAVAILABLE_RETRY, now_local, MINUTE)
+            reason = (
+                f"limits of Context {context} could not be checked across the replica set ({exc}); "
+                f"retry after {UNAVAILABLE_RETRY:g} s"
+            )
+            return dataclasses.replace(refusal, reason=reason)
+        except BaseException:
+            running.discard(run)
+            raise
+        if hit is not None:
+            running.discard(run)
+            return self._refuse(context, state, hit.limit, hit.what, hit.retry, now_local, hit.window)
+        state.active += 1
+
+        def release() -> None:
+            state.active -= 1
+            running.discard(run)
+            self._tasks.spawn(self._release(context, run), name=f"limits-release:{context}")
+
+        return Lease(release)
+
+    async def _release(self, context: str, run: str) -> None:
+        with contextlib.suppress(errors.CoordinatorUnavailable):
+            await self._coord.update(f"limits/{context}", lambda raw: release_counts(raw, run_id=run))
+
+    async def _live(self) -> frozenset[str]:
+        return frozenset(e.key.removeprefix("members/") for e in await self._coord.scan("members/"))
+
+    async def _tokens(self, context: str, now: float) -> tuple[int, list[tuple[float, int]]]:
+        """Tokens charged by every member in the last 24 hourly buckets (this one's unwritten
+        ones too) and (bucket start, tokens) oldest first."""
+        since = math.floor(now / TOKEN_BUCKET) * TOKEN_BUCKET - DAY + TOKEN_BUCKET
+        by_bucket: dict[float, int] = collections.defaultdict(int)
+        stale: list[str] = []
+        for entry in await self._coord.scan(f"tokens/{context}/"):
+            who, _, name = entry.key.removeprefix(f"tokens/{context}/").partition("/")
+            start = bucket_start(name)
+            if start is None:
+                continue
+            if start < since:
+                if who == self.member:
+                    stale.append(entry.key)
+                continue
+            with contextlib.suppress(ValueError):
+                by_bucket[start] += max(0, int(entry.value))
+        for (ctx, name), count in self._unwritten.items():
+            start = bucket_start(name)
+            if ctx == context and start is not None and start >= since:
+                by_bucket[start] += count
+        for key in stale:
+            self._tasks.spawn(self._drop(key), name="limits-tokens-drop")
+        spans = sorted(by_bucket.items())
+        return sum(count for _, count in spans), spans
+
+    async def _drop(self, key: str) -> None:
+        with contextlib.suppress(errors.CoordinatorUnavailable):
+            await self._coord.delete(key)
+
+    def charge_tokens(self, context: str, tokens: int) -> None:
+        super().charge_tokens(context, tokens)
+        if tokens <= 0:
+            return
+        key = (context, bucket_name(self._wall()))
+        self._unwritten[key] = self._unwritten.get(key, 0) + tokens
+        if not self._flush_due:
+            self._flush_due = True
+            self._tasks.spawn(self.flush(), name="limits-tokens")
+
+    async def flush(self) -> None:
+        """Write the tokens charged here to this member's buckets (what failed stays buffered and
+        keeps counting here until a later flush writes it)."""
+        async with self._flush_lock:
+            self._flush_due = False
+            while self._unwritten:
+                (context, name), count = next(iter(self._unwritten.items()))
+                key = f"tokens/{context}/{self.member}/{name}"
+
+                def add(raw: bytes | None, count: int = count) -> tuple[None, bytes]:
+                    try:
+                        before = int(raw) if raw is not None else 0
+                    except ValueError:
+                        before = 0
+                    return None, str(before + count).encode()
+
+                try:
+                    await self._coord.update(key, add)
+                except errors.CoordinatorUnavailable:
+                    return
+                left = self._unwritten.get((context, name), 0) - count
+                if left > 0:
+                    self._unwritten[(context, name)] = left
+                else:
+                    self._unwritten.pop((context, name), None)
+
+    async def aclose(self) -> None:
+        """Write what is buffered and wait for the background writes (bounded)."""
+        with contextlib.suppress(errors.CoordinatorUnavailable):
+            await self.flush()
+        await self._tasks.drain(2.0)

@@ -302,3 +302,13 @@ async def test_get_on_a_decision_path_is_405_and_unknown_verbs_404(fake: Approva
         assert (await call(bound, "POST", "/api/v1/approvals", token=ALICE))[0] == 405
         assert (await call(bound, "POST", f"/api/v1/approvals/{req.id}/maybe", token=ALICE))[0] == 404
     assert fake.decided == []
+
+
+def test_a_decision_etcd_could_not_record_answers_503_try_again() -> None:
+    """In a replica set a click that etcd could not record changed nothing: 503, "try again"."""
+    status, message = admin.decision_answer(
+        approvals.Decision.UNRECORDED, "admin:ops", approve=True, item=None
+    )
+    assert status == 503
+    assert "could not be recorded" in message
+    assert "try again" in message

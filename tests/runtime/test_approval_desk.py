@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aofd import errors
 from aofd.runtime import approvaldesk, approvals, commands, deadlines, guard, limits, ports, tools
 from aofd.specs import policy
 from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harness, RecordingAudit
@@ -552,3 +554,46 @@ async def test_a_refused_tool_calls_secret_looking_values_stay_out_of_the_audit_
     for secret in ("hunter2-very-secret", "pw-2", "k-3"):
         assert secret not in text
     assert len(h.audit.find("command.denied")) == 2
+
+
+class UnreachableEtcd:
+    """A replica set's coordinator (`aofd.runtime.cluster.Coordinator`) whose etcd is down."""
+
+    member = "host-a"
+
+    async def _down(self, *args: Any, **kwargs: Any) -> Any:
+        raise errors.CoordinatorUnavailable("etcd: write failed (UNAVAILABLE: connection refused)")
+
+    put = update = get = delete = scan = scan_at = _down
+
+
+async def test_an_approval_that_cannot_be_recorded_is_denied_and_nobody_is_asked(tmp_path: Path) -> None:
+    """In a replica set a request lives in etcd; when etcd cannot record it, the command is denied
+    (never left open, never granted) and the denial says why; a click is refused with "try again"."""
+    h = Harness(tmp_path)
+    h.store = approvals.SharedApprovals(typing.cast("Any", UnreachableEtcd()))
+    prompter = RecordingPrompter()
+    h.use_desk(prompter)
+    h.add("prod", approval=STRICT_APPROVAL)
+    result = await h.run("prod", "kubectl delete pod x")
+    assert isinstance(result, guard.Denial)
+    assert "approval could not be recorded" in result.reason
+    assert prompter.asked == []
+    assert h.runs("prod") == []
+    assert approval_actions(h) == [
+        "command.requested",
+        "approval.requested",
+        "approval.denied",
+        "command.denied",
+    ]
+    denied = h.audit.find("approval.denied")[0]
+    assert denied["event"]["reason"].startswith("approval could not be recorded")
+    assert h.store.unrecorded == 1
+    # Nobody was asked; the thread is told why the command will not run.
+    [(_, state, prompt, text)] = prompter.settled
+    assert (state, prompt) == (approvals.State.DENIED, "")
+    assert text.startswith("Not asked (approval could not be recorded")
+    click = await guard.Decider(h.guard).decide("0" * 64, LEAD, True, "a1")
+    assert click.decision is approvals.Decision.UNRECORDED
+    assert "try again" in click.text
+    await h.store.aclose()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import pytest
+
 from aofd.runtime import approvals, ports
 
 REQUESTER = ports.UserRef("U0REQUESTER", "alice", "slack:T1")
@@ -174,3 +176,60 @@ def test_rendered_argv_is_ascii_json() -> None:
     store = approvals.ApprovalStore(clock=Clock())
     req = open_request(store, argv=("kubectl", "delete", "ns", "prod\u202e"))
     assert req.rendered_argv() == '["kubectl", "delete", "ns", "prod\\u202e"]'
+
+
+def test_decide_on_is_pure_and_the_store_uses_it() -> None:
+    """The click rules as a function: the input state is never changed; a redelivered click (same
+    action id) returns the state it was given; expiry is judged at the `now` passed in."""
+    req = approvals.ApprovalRequest(
+        id="r1",
+        context="prod",
+        argv=ARGV,
+        run_id="run-1",
+        requester=REQUESTER,
+        allowed_users=(LEAD.id, ADMIN.id),
+        min_approvers=2,
+        timeout_seconds=10.0,
+        created_at=100.0,
+    )
+    start = approvals.EntryState(req)
+    first, after = approvals.decide_on(start, LEAD, True, "a1", now=101.0)
+    assert (first, after.state, after.approvers) == (
+        approvals.Decision.PENDING_MORE,
+        approvals.State.PENDING,
+        (LEAD,),
+    )
+    assert start.approvers == ()
+    assert dict(start.actions) == {}
+    again, same = approvals.decide_on(after, LEAD, True, "a1", now=101.0)
+    assert again is approvals.Decision.REDELIVERED
+    assert same is after
+    done, granted = approvals.decide_on(after, ADMIN, True, "a2", now=102.0)
+    assert (done, granted.state, granted.reason) == (
+        approvals.Decision.GRANTED,
+        approvals.State.GRANTED,
+        "approved",
+    )
+    late, expired = approvals.decide_on(after, ADMIN, True, "a3", now=110.0)
+    assert (late, expired.state) == (approvals.Decision.EXPIRED, approvals.State.EXPIRED)
+    self_deny, denied = approvals.decide_on(start, REQUESTER, False, "", now=101.0)
+    assert (self_deny, denied.denier, dict(denied.actions)) == (approvals.Decision.DENIED, REQUESTER, {})
+
+
+def test_stored_records_round_trip_and_bad_ones_are_refused() -> None:
+    """What a replica set keeps in etcd: canonical JSON (same state, same bytes), the origin
+    without its `extra` (a slash command's response URL stays on the asking replica)."""
+    origin = ports.ReplyTarget("slack", "t", "C1", "1.2", extra={ports.RESPONSE_URL: "https://hooks/secret"})
+    req = approvals.ApprovalRequest(
+        "r2", "prod", ARGV, "run-1", REQUESTER, (LEAD.id,), requested_at=1700000000.5, origin=origin
+    )
+    _, st = approvals.decide_on(approvals.EntryState(req), LEAD, False, "c", now=0.0)
+    raw = approvals.encode(st, "host-a")
+    assert b"secret" not in raw
+    back, owner = approvals.decode(raw, created_at=lambda at: at)
+    assert owner == "host-a"
+    assert approvals.encode(back, owner) == raw
+    assert (back.state, back.denier, back.request.origin.channel_id) == (approvals.State.DENIED, LEAD, "C1")  # type: ignore[union-attr]
+    for bad in (b"{", b"[]", raw.replace(b'"denied"', b'"maybe"')):
+        with pytest.raises(ValueError, match="not an approval record"):
+            approvals.decode(bad, created_at=lambda at: at)

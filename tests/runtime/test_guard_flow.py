@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -588,3 +589,38 @@ async def test_a_kubeconfig_denial_never_shows_the_kubeconfig_value(tmp_path: Pa
     assert secret not in result.reason
     assert "spec.kubeconfig" in result.reason
     assert secret not in json.dumps(h.audit.records)
+
+
+class DownEtcd:
+    """A replica set's coordinator (`aofd.runtime.cluster.Coordinator`) whose etcd is down."""
+
+    member = "host-a"
+
+    async def _down(self, *args: Any, **kwargs: Any) -> Any:
+        raise errors.CoordinatorUnavailable("etcd: read failed (DEADLINE_EXCEEDED)")
+
+    update = get = delete = scan = _down
+
+
+async def test_limits_that_cannot_be_checked_across_the_set_refuse_and_are_audited(tmp_path: Path) -> None:
+    """In a replica set a Context's limits count every replica's runs; when etcd cannot be read the
+    run is refused (fail closed), audited like a rate-limit refusal with the reason; a Context
+    without limits needs no etcd."""
+    h = Harness(tmp_path)
+    h.limits = limits.SharedLimits(typing.cast("Any", DownEtcd()))
+    h.use_desk(None)
+    h.add("prod", limits=policy.LimitsPolicy(max_concurrent=5))
+    h.add("free")
+    got = await h.guard.admit("prod", user=REQUESTER, run_id="r1")
+    assert isinstance(got, guard.Denial)
+    assert got.stage == "limits"
+    assert "could not be checked across the replica set" in got.reason
+    assert "retry after 5 s" in got.reason
+    [record] = h.audit.find("ratelimit.exceeded")
+    assert record["aofd"]["ratelimit"]["limit"] == "cluster"
+    assert "DEADLINE_EXCEEDED" in record["aofd"]["ratelimit"]["message"]
+    lease = await h.guard.admit("free", user=REQUESTER, run_id="r2")
+    assert isinstance(lease, limits.Lease)
+    lease.release()
+    await h.guard.aclose()
+    await h.limits.aclose()
