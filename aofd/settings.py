@@ -12,6 +12,7 @@ declares shapes and defaults, so every layer can read settings without doing I/O
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -40,6 +41,12 @@ DEFAULT_SUBSTITUTION_ALLOW: tuple[str, ...] = (
     "PAGERDUTY_*",
     "GITHUB_*",
     "WEBHOOK_*",
+    "DISCORD_*",
+    "TEAMS_*",
+    "JIRA_*",
+    "GITLAB_*",
+    "BITBUCKET_*",
+    "OPSGENIE_*",
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -207,6 +214,27 @@ class ExecutablesSpec(_Strict):
     allowed_credential_plugins: tuple[str, ...] = ()
     command_timeout: float = 60.0
     max_output_bytes: int = 1024 * 1024
+    mcp_servers: dict[str, Path] = Field(default_factory=dict)
+    """MCP server names -> pinned absolute paths: the only programs an agent's stdio MCP server
+    may start (docs/mcp.md "Pinning"); never a command-guard tool."""
+    mcp_endpoint_hosts: tuple[str, ...] = ()
+    """When non-empty, the only hosts (or their subdomains) an http/sse MCP server may reach."""
+    mcp_allow_loopback: bool = False
+    """Let http/sse MCP servers reach loopback addresses (a server on this host)."""
+
+    @model_validator(mode="after")
+    def _mcp_servers_apart(self) -> ExecutablesSpec:
+        for name, path in self.mcp_servers.items():
+            if not name or "/" in name or "\\" in name:
+                raise ValueError(f"mcp_servers: {name!r} must be a bare command name")
+            if not path.is_absolute():
+                raise ValueError(f"mcp_servers.{name}: {str(path)!r} is not an absolute path")
+            if name in self.paths or name in ("kubectl", "helm"):
+                raise ValueError(
+                    f"mcp_servers.{name}: a command-guard tool (in executables.paths, or kubectl/helm) "
+                    "is never started as an MCP server"
+                )
+        return self
 
 
 class ModelsSpec(_Strict):
@@ -226,6 +254,13 @@ PLATFORM_URL_ENV: dict[str, str] = {
     "slack_response_url_base": "AOFD_SLACK_RESPONSE_URL_BASE",
     "telegram_api_url": "AOFD_TELEGRAM_API_URL",
     "whatsapp_api_url": "AOFD_WHATSAPP_API_URL",
+    "jira_api_url": "AOFD_JIRA_API_URL",
+    "gitlab_api_url": "AOFD_GITLAB_API_URL",
+    "bitbucket_api_url": "AOFD_BITBUCKET_API_URL",
+    "opsgenie_api_url": "AOFD_OPSGENIE_API_URL",
+    "discord_api_url": "AOFD_DISCORD_API_URL",
+    "teams_openid_metadata_url": "AOFD_TEAMS_OPENID_METADATA_URL",
+    "teams_token_url": "AOFD_TEAMS_TOKEN_URL",
 }
 """The environment variable that sets each `platforms` base URL the config file leaves out
 (read by `aofd.daemon.config`; the file wins over the environment)."""
@@ -279,6 +314,17 @@ class PlatformsSpec(_Strict):
     slack_response_url_base: str = "https://hooks.slack.com/"
     telegram_api_url: str = "https://api.telegram.org"
     whatsapp_api_url: str = "https://graph.facebook.com/v19.0"
+    jira_api_url: str = "https://api.atlassian.com"
+    """Jira Cloud by `cloud_id`: `<jira_api_url>/ex/jira/<cloud_id>/rest/api/3/...`."""
+    gitlab_api_url: str = "https://gitlab.com/api/v4"
+    bitbucket_api_url: str = "https://api.bitbucket.org/2.0"
+    opsgenie_api_url: str = "https://api.opsgenie.com"
+    discord_api_url: str = "https://discord.com/api/v10"
+    """Discord's REST API: interaction follow-ups (`/webhooks/<application_id>/<token>`)."""
+    teams_openid_metadata_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    """The Bot Framework's OpenID metadata: its `jwks_uri` holds the keys Teams tokens are signed with."""
+    teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"  # noqa: S105
+    """Where a Teams trigger's `app_id`/`app_password` get the token its replies are posted with."""
     trigger_base_urls: tuple[str, ...] = ()
     """API addresses a Trigger's own `config.base_url` may name (a proxy, a regional endpoint);
     any other is an error, because the listener sends the Trigger's tokens there."""
@@ -286,6 +332,16 @@ class PlatformsSpec(_Strict):
     @field_validator("slack_api_url", "slack_response_url_base", "telegram_api_url", "whatsapp_api_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
+
+    @field_validator("jira_api_url", "gitlab_api_url", "bitbucket_api_url", "opsgenie_api_url")
+    @classmethod
+    def _tracker_url(cls, value: str) -> str:
+        return check_base_url(value)
+
+    @field_validator("discord_api_url", "teams_openid_metadata_url", "teams_token_url")
+    @classmethod
+    def _chat_url(cls, value: str) -> str:
         return check_base_url(value)
 
 
@@ -450,6 +506,165 @@ class RepoLimitsSpec(_Strict):
         return parse_bytes(value)
 
 
+def default_member_name() -> str:
+    """The host name made label-safe (lowercase, `-` for anything else, at most 63 characters)."""
+    raw = os.uname().nodename.split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:63].strip("-")
+    return name or "aofd"
+
+
+class EtcdSpec(_Strict):
+    """`cluster.etcd`: where the etcd cluster is and how to authenticate to it.
+
+    `endpoints` are `http://host:port` or `https://host:port` URLs, all of one scheme. With
+    `https://` the server is verified against `ca_file` (the system roots when not given);
+    `cert_file` + `key_file` are a client certificate (both or neither); `user` +
+    `password_file` log in to etcd's own auth (both or neither; the password is read from the
+    file at start). `tls_server_name` is the name the server certificates carry, needed with
+    TLS and several endpoints (with one, its host name is checked). Host names are resolved to
+    IPv4 addresses when aofd starts (the etcd client connects to addresses). `dial_timeout`
+    bounds joining at start, `request_timeout` each
+    request (a delivery claim, a lease renewal).
+    """
+
+    endpoints: Annotated[tuple[str, ...], Field(min_length=1)]
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    user: str | None = None
+    password_file: Path | None = None
+    tls_server_name: str | None = None
+    dial_timeout: float = 5.0
+    request_timeout: float = 1.0
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        schemes: set[str] = set()
+        for i, url in enumerate(value):
+            try:
+                parts = urllib.parse.urlsplit(url.strip())
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"endpoint {i + 1} is not a URL such as https://etcd-1:2379") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+                raise ValueError(
+                    f"endpoint {i + 1} must be http://HOST:PORT or https://HOST:PORT (such as https://etcd-1:2379)"
+                )
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(f"endpoint {i + 1} must not hold user info: use user and password_file")
+            if parts.path not in ("", "/") or parts.query or parts.fragment:
+                raise ValueError(f"endpoint {i + 1} must not have a path, a query or a fragment")
+            schemes.add(parts.scheme)
+        if len(schemes) > 1:
+            raise ValueError("endpoints must all be https:// or all be http://, not a mix")
+        return tuple(u.strip() for u in value)
+
+    @field_validator("dial_timeout", "request_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if not 0 < seconds <= 300:
+            raise ValueError("must be more than 0s and at most 5m")
+        return seconds
+
+    @model_validator(mode="after")
+    def _pairs(self) -> EtcdSpec:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if (self.user is None) != (self.password_file is None):
+            raise ValueError("user and password_file go together: give both or neither")
+        if not self.tls and (self.ca_file or self.cert_file or self.tls_server_name):
+            raise ValueError("ca_file, cert_file, key_file and tls_server_name need https:// endpoints")
+        if self.tls and len(self.endpoints) > 1 and not self.tls_server_name:
+            raise ValueError(
+                "several https:// endpoints need tls_server_name: the one name all etcd server "
+                "certificates carry (the client checks every member against it)"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.endpoints[0].strip().startswith("https://")
+
+    def host_ports(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of each endpoint."""
+        out = []
+        for url in self.endpoints:
+            parts = urllib.parse.urlsplit(url)
+            out.append((parts.hostname or "", parts.port or 0))
+        return tuple(out)
+
+
+class ClusterSpec(_Strict):
+    """`cluster:` (DESIGN.md section 5): run as one of a set of replicas coordinated by etcd.
+
+    Replicas with the same `name` form one set (their keys live under `/aofd/<name>/`); each
+    needs its own `member` name (default: the host name). `lease_ttl` is the session lease:
+    a leader that stops renewing it loses the singleton duties after at most this long
+    (followers take over then); at least 3s. `misfire_grace` is how late a missed schedule tick
+    may still be fired by a new leader (at least a failover: `min_misfire_grace`);
+    `etcd.request_timeout` at most a third of `lease_ttl`; `claim_ttl` how long a delivery
+    claim is kept (at least the platforms' retry horizon). See docs/operations.md "Replicas".
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    member: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)] = Field(
+        default_factory=default_member_name
+    )
+    etcd: EtcdSpec
+    lease_ttl: float = 10.0
+    misfire_grace: float = 30.0
+    claim_ttl: float = 3600.0
+
+    @field_validator("lease_ttl", mode="before")
+    @classmethod
+    def _lease_ttl(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds < 3 or seconds > 300 or seconds != int(seconds):
+            raise ValueError("lease_ttl is a whole number of seconds from 3s to 5m (such as 10s)")
+        return seconds
+
+    @field_validator("misfire_grace", mode="before")
+    @classmethod
+    def _grace(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if not 0 <= seconds <= 86400:
+            raise ValueError("misfire_grace must be from 0s to 24h")
+        return seconds
+
+    @field_validator("claim_ttl", mode="before")
+    @classmethod
+    def _claim_ttl(cls, value: object) -> float:
+        seconds = parse_duration(value)
+        if not 600 <= seconds <= 7 * 86400:
+            raise ValueError("claim_ttl must be from 10m to 168h (platforms retry for up to an hour)")
+        return seconds
+
+    @model_validator(mode="after")
+    def _timings(self) -> ClusterSpec:
+        ttl, timeout = self.lease_ttl, self.etcd.request_timeout
+        if timeout > ttl / 3:
+            raise ValueError(
+                f"etcd.request_timeout ({timeout:g}s) must be at most a third of lease_ttl ({ttl:g}s): "
+                "the lease is renewed every lease_ttl/3, and a renewal that hangs longer outlives it; "
+                "lower request_timeout or raise lease_ttl"
+            )
+        floor = min_misfire_grace(ttl)
+        if self.misfire_grace < floor:
+            raise ValueError(
+                f"misfire_grace ({self.misfire_grace:g}s) must be at least {floor:g}s with lease_ttl "
+                f"{ttl:g}s (lease_ttl + max(1s, lease_ttl/5) + 2s): a failover takes up to that "
+                "long, and the new leader catches up only ticks within the grace"
+            )
+        return self
+
+
+def min_misfire_grace(lease_ttl: float) -> float:
+    """The shortest `misfire_grace` that still covers a failover (see `ClusterSpec`)."""
+    return lease_ttl + max(1.0, lease_ttl / 5) + 2.0
+
+
 class DaemonConfig(_Strict):
     sources: tuple[SourceSpec, ...] = ()
     repo_limits: RepoLimitsSpec = RepoLimitsSpec()
@@ -467,6 +682,8 @@ class DaemonConfig(_Strict):
     drain_grace_seconds: float = 30.0
     run_history: int = 200
     log_format: Literal["auto", "json", "console"] = "auto"
+    cluster: ClusterSpec | None = None
+    """Replicas coordinated through etcd (docs/operations.md "Replicas"); None: a single host."""
 
     @model_validator(mode="after")
     def _unique_sources(self) -> DaemonConfig:

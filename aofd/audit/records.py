@@ -55,7 +55,9 @@ Outcome = Literal["success", "failure", "unknown"]
 # action -> (event.category, event.type): ECS allowed values only, and every type one that ECS
 # expects with one of the categories (`expected_event_types`). Verdicts (`allowed`, `denied`) are
 # expected with `api` only, so a decision on a command or an approval also carries `api`: the
-# guard decides on a tool call the agent made through aofd's tool interface.
+# guard decides on a tool call the agent made through aofd's tool interface. An MCP tool call keeps
+# the `command.*` actions but has no process: `build` gives its records the category `api` alone
+# (every type above is one ECS expects with `api`).
 ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "daemon.started": (("process",), ("start",)),
     "daemon.stopping": (("process",), ("end",)),
@@ -83,6 +85,7 @@ ACTIONS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "audit.recovered": (("file",), ("change",)),
     "audit.sealed": (("file",), ("info",)),
     "audit.pruned": (("file",), ("deletion",)),
+    "memory.cleared": (("file",), ("deletion",)),
 }
 
 BODY_PATHS: Final[tuple[tuple[str, ...], ...]] = (
@@ -167,11 +170,17 @@ class Actor:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Origin:
-    """Who writes the records: `service.*` and `host.hostname` of every line."""
+    """Who writes the records: `service.*` and `host.hostname` of every line.
+
+    A replica of a set (`cluster:`) also stamps `service.node.name` (ECS: the name of one
+    instance of a service) with its member name and `aofd.cluster.name` with the set's name;
+    `orchestrator.cluster.name` stays the Context's Kubernetes cluster."""
 
     service_version: str = __version__
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
     service_name: str = "aofd"
+    member: str | None = None
+    cluster_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -251,6 +260,47 @@ class ArgvRedactor:
         return tuple(out)
 
 
+class _ShownRedactor(ArgvRedactor):
+    """`ArgvRedactor`'s rules with `[REDACTED]` for a value (text for people, not a digest)."""
+
+    def digest(self, value: str) -> str:
+        return redact.REDACTED
+
+
+_SHOWN = _ShownRedactor(key=b"shown")
+
+
+def redact_argument(text: str) -> str:
+    """One string of a tool call's arguments as approvers and the audit log see it: the secret
+    patterns of `aofd.audit.redact.redact_text` (bearer tokens, URL userinfo, `sk-ant-` ...) and,
+    when it reads as a command line, the values `ArgvRedactor` hides (`mysql -pSECRET`,
+    `curl -u user:pass`, `--token X`) as `[REDACTED]` (then re-joined with `shlex.join`)."""
+    text = redact.redact_text(text)
+    if " -" not in text:
+        return text
+    try:
+        argv = shlex.split(text)
+    except ValueError:
+        return text
+    hidden = _SHOWN.redact(argv)
+    return text if hidden == tuple(argv) else shlex.join(hidden)
+
+
+def _mcp_arguments(record: Mapping[str, Any]) -> str | None:
+    """`aofd.mcp.arguments` (JSON text) scrubbed value by value and re-encoded, so it stays JSON;
+    None when the record has none or it is not JSON (cut: then it is scrubbed as free text)."""
+    aofd = record.get("aofd")
+    mcp = aofd.get("mcp") if isinstance(aofd, Mapping) else None
+    text = mcp.get("arguments") if isinstance(mcp, Mapping) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    return json.dumps(redact.redact_value(parsed), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def rfc3339(ts: float) -> str:
     """`2025-06-01T12:00:03.412918Z`: RFC 3339, UTC, microseconds."""
     dt = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
@@ -327,6 +377,14 @@ def build(
     ts = time.time() if now is None else now
     stamp = rfc3339(ts)
     categories, types = ACTIONS[action]
+    if (
+        action.startswith("command.")
+        and process is None
+        and command_line is None
+        and extra
+        and "mcp" in extra
+    ):
+        categories = ("api",)  # an MCP tool call (`aofd.mcp`): no process, a call through an API
     if "denied" in types and outcome == "success":
         outcome = "failure"  # a refusal is never a success (ECS: the verdict is event.type)
     event: dict[str, Any] = {
@@ -362,6 +420,9 @@ def build(
         aofd["prompt"] = body(prompt)
     if extra:
         aofd.update(extra)
+    who = origin or Origin()
+    if who.cluster_name is not None:
+        aofd["cluster"] = {"name": who.cluster_name}
     if approver is not None:  # the seed's `approved_by`, also when `extra` brings its own `approval`
         aofd["approval"] = {**(aofd.get("approval") or {}), "approver": _actor(approver)}
     aofd["status"] = "denied" if "denied" in types else outcome
@@ -400,8 +461,13 @@ def build(
                 "resource": {"type": resource_type} if resource_type is not None else None,
             }
         )
-    who = origin or Origin()
-    record["service"] = _compact({"name": who.service_name, "version": who.service_version or None})
+    record["service"] = _compact(
+        {
+            "name": who.service_name,
+            "version": who.service_version or None,
+            "node": {"name": who.member} if who.member else None,
+        }
+    )
     record["host"] = {"hostname": who.hostname}
     if trace_id is not None or run_id is not None:
         record["trace"] = {"id": trace_id or run_id}
@@ -430,7 +496,8 @@ def scrub_secrets(record: Mapping[str, Any]) -> dict[str, Any]:
     `aofd.errors`, `aofd.ratelimit.message` ...), and a value under a secret-sounding key
     (`password`, `token`, `api_key` ...) is replaced whole (`aofd.audit.redact.redact_value`).
     Identifiers, hashes and names do not look like secrets and pass unchanged. A body's
-    `sha256` and `bytes` describe the output as it was, before redaction.
+    `sha256` and `bytes` describe the output as it was, before redaction. An MCP call's
+    `aofd.mcp.arguments` (JSON text) is scrubbed value by value and stays valid JSON.
     """
     out = dict(record)
     process = out.get("process")
@@ -444,9 +511,12 @@ def scrub_secrets(record: Mapping[str, Any]) -> dict[str, Any]:
         out["process"] = proc
     if isinstance(out.get("command"), str):  # a hand-built record with the seed's flat `command`
         out["command"] = joined if joined is not None else redact.redact_text(out["command"])
+    arguments = _mcp_arguments(out)
     for key, value in out.items():
         if key not in NOT_FREE_TEXT:
             out[key] = redact.redact_value(value)
+    if arguments is not None:  # `out["aofd"]["mcp"]` is redact_value's fresh copy
+        out["aofd"]["mcp"]["arguments"] = arguments
     return out
 
 

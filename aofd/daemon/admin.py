@@ -20,6 +20,21 @@ the named token's operator, `admin:<name>` (the unnamed token, or none, cannot: 
 the request's 64 hex digits or a unique prefix (8 or more) of a pending one; a decision's
 outcome maps to 200/202/403/404/409 (`decision_answer`).
 
+Runs started by hand: `POST /api/v1/runs` `{"binding", "input"}` starts one run of a binding of a
+Manual trigger as the named token's operator (`admin:<name>`; others: 403), through the daemon's
+dispatcher (`DaemonView.start_run`): 202 with the run id, 404/409/503 saying why not.
+
+The status web page (`aofd.daemon.webui`): `/ui/...` serves its files and its sign-in form,
+which starts a session whose cookie (a random id) reads the page's routes only, GET and HEAD
+(`_caller`). Its read-only data: `GET /api/v1/runs[/<id>]`, `/api/v1/graph[?focus=Kind/name]`,
+`/api/v1/audit[/<context>[?verify=1]]`. Browser checks (`__call__`): without tokens, a
+non-loopback `Host` is refused (DNS rebinding); a write a browser sends from another site, or
+with the page's cookie from anywhere but the page, is refused; every answer says `nosniff`.
+
+Memory: `GET /api/v1/memory?context=C&binding=B&thread=T` shows one remembered conversation
+(`aofd.runtime.memory`); `DELETE` with the same query forgets it, as the named token's operator
+(audited `memory.cleared`; the unnamed token cannot: 403).
+
 Secret-bearing values (Context env values and kubeconfig from a variable, Trigger tokens,
 secrets and `required_headers` values, secret values in a pending command's argv) are masked
 in every response.
@@ -47,7 +62,7 @@ from typing import Any, Protocol
 import structlog
 
 from aofd import errors, settings
-from aofd.daemon import config
+from aofd.daemon import config, webui
 from aofd.resources import ids, snapshot
 from aofd.runtime import approvals as approvals_mod
 from aofd.runtime import httpserver, ports, verify
@@ -204,6 +219,29 @@ class DaemonView(Protocol):
     async def decide_approval(
         self, request_id: str, *, user: ports.UserRef, approve: bool, action_id: str
     ) -> approvals_mod.Decision: ...
+    def start_run(self, binding: str, *, text: str, user: ports.UserRef) -> ports.RouteOutcome:
+        """Start binding `binding` of a Manual trigger for `text` as `user`.
+
+        Raises:
+            LookupError: no such binding. ValueError: its trigger is not Manual.
+        """
+        ...
+
+    def runs(self, binding: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def run(self, run_id: str) -> dict[str, Any] | None: ...
+    def graph(self, focus: str | None) -> dict[str, Any]: ...
+    async def audit(self) -> list[dict[str, Any]]: ...
+    async def audit_tail(
+        self, context: str, lines: int, *, verify: bool = False
+    ) -> dict[str, Any] | None: ...
+    async def memory_show(self, context: str, binding: str, thread: str) -> list[dict[str, Any]] | None:
+        """The stored copies of one conversation (`aofd.runtime.memory`), None when there is none."""
+        ...
+
+    async def memory_clear(self, context: str, binding: str, thread: str, *, user: ports.UserRef) -> int:
+        """Forget one conversation (audited `memory.cleared`); how many stored copies were removed.
+        `LookupError` (nothing audited) for a Context the daemon neither runs nor keeps memory for."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -283,23 +321,70 @@ class AdminApi:
         self._limits = limits
         self._diff_busy = False
         self._encoding = asyncio.Semaphore(1)  # large responses encoded one at a time
+        self._sessions = webui.Sessions()  # the web page's sign-ins (opaque ids, never tokens)
+        self._ui = webui.WebUi(
+            authorized=lambda r: self._caller(r) is not None,
+            matches=self._match,
+            open_=not self._keys,
+            sessions=self._sessions,
+        )
 
-    def _caller(self, request: ports.HttpRequest) -> Caller | None:
-        """The authorized caller, or None (answer 401)."""
-        if not self._keys:
-            return _ANYONE
-        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        # A wrong scheme is compared too, and every key always is: timing tells nothing.
+    def _match(self, given: str) -> tuple[bool, str | None]:
+        """Whether `given` is one of the tokens, and its operator. Every key is always compared:
+        the time taken tells nothing of which matched or how long the token is."""
         digest = _digest(given.strip())
         matched, name = False, None
         for key, owner in self._keys:
             if hmac.compare_digest(digest, key):
                 matched, name = True, owner
+        return matched, name
+
+    def _caller(self, request: ports.HttpRequest) -> Caller | None:
+        """The authorized caller, or None (answer 401). The web page's session cookie
+        (`webui.COOKIE`, an opaque id of a `webui.Sessions` sign-in) counts for GET and HEAD of
+        the page's own routes only (`_PAGE_READS`): a page can read what it shows, never decide,
+        reconcile, diff, start runs, read memory or metrics."""
+        if not self._keys:
+            return _ANYONE
+        header = request.headers.get("Authorization", "").strip()
+        if not header:
+            if request.method not in ("GET", "HEAD") or not _page_read(request.path):
+                return None
+            for sid in webui.cookie_values(request.headers.get("Cookie", "")):
+                session = self._sessions.get(sid)
+                if session is not None:
+                    return _ANYONE  # read-only, whoever signed in
+            return None
+        scheme, _, given = header.partition(" ")
+        # A wrong scheme is compared too: timing tells nothing.
+        matched, name = self._match(given)
         if not matched or scheme.lower() != "bearer":
             return None
         return Caller(name)
 
     async def __call__(self, request: ports.HttpRequest) -> ports.HttpResponse:
+        """`_route`, behind the browser checks: without tokens only a loopback `Host` (a
+        DNS-rebound name is refused); a write a browser sends from another site's page, or with
+        the page's cookie from anywhere but the page, is refused (`aofctl` sends no `Origin`);
+        every answer says `nosniff` and may not be framed."""
+        path = request.path.rstrip("/") or "/"
+        host = request.headers.get("Host", "")
+        if not self._keys and host and not webui.loopback_host(host) and path not in ("/healthz", "/readyz"):
+            answer = _text(
+                403, "forbidden: without admin tokens the admin API answers to a loopback Host only\n"
+            )
+        elif request.method not in ("GET", "HEAD") and (
+            webui.cross_site(request)
+            or (webui.cookie_values(request.headers.get("Cookie", "")) and not webui.same_origin(request))
+        ):
+            answer = _text(403, "forbidden: a cross-site request\n")
+        else:
+            answer = await self._route(request)
+        if answer.headers and "Content-Security-Policy" in answer.headers:
+            return answer
+        return answer._replace(headers={**API_HEADERS, **(answer.headers or {})})
+
+    async def _route(self, request: ports.HttpRequest) -> ports.HttpResponse:
         method, path = request.method, request.path.rstrip("/") or "/"
         get = method in ("GET", "HEAD")
         if path == "/healthz" and get:
@@ -308,6 +393,8 @@ class AdminApi:
         if path == "/readyz" and get:
             ready, why = self._view.ready()
             return _text(200 if ready else 503, "ready\n" if ready else f"not ready: {why}\n")
+        if path == "/ui" or path.startswith("/ui/"):
+            return await self._ui(request)  # the web page checks access itself (its sign-in form)
         open_metrics = path == "/metrics" and get and self._metrics_open
         caller = _ANYONE if open_metrics else self._caller(request)
         if caller is None:
@@ -325,6 +412,8 @@ class AdminApi:
             return self._reconcile(request)
         if path == "/api/v1/diff" and method == "POST":
             return await self._diff(request)
+        if path == "/api/v1/runs" and method == "POST":
+            return await self._start_run(caller, request)
         if path == "/api/v1/approvals" and get:
             return _json({"items": self._view.approvals()})
         parts = path.split("/")
@@ -334,8 +423,122 @@ class AdminApi:
             return await self._decide(caller, parts[4], approve=parts[5] == "approve")
         if parts[:4] == ["", "api", "v1", "resources"] and len(parts) <= 6 and get:
             return await self._resources(*parts[4:])
-        known = path in _ROUTES or parts[:4] == ["", "api", "v1", "resources"]
+        if parts[:4] in (_RUNS, _GRAPH, _AUDIT) and get:
+            return await self._page_data(request, parts)
+        if path == "/api/v1/memory" and method in ("GET", "HEAD", "DELETE"):
+            return await self._memory(caller, request)
+        known = path in _ROUTES or parts[:4] in (_RUNS, _GRAPH, _AUDIT, ["", "api", "v1", "resources"])
         return _text(405, "method not allowed\n") if known else _text(404, "not found\n")
+
+    # -- the web page's data (webui.Pages) -------------------------------------------------
+
+    async def _page_data(self, request: ports.HttpRequest, parts: list[str]) -> ports.HttpResponse:
+        """`/api/v1/runs[/<id>]`, `/api/v1/graph`, `/api/v1/audit[/<context>]`: read-only."""
+        if parts[:4] == _RUNS and len(parts) == 4:
+            binding = request.query.get("binding") or None
+            limit = _int_arg(request.query.get("limit"), 50)
+            return _json({"items": self._view.runs(binding, limit)})
+        if parts[:4] == _RUNS and len(parts) == 5:
+            found = await self._view.run(parts[4])
+            return _json(found) if found is not None else _json({"error": f"no run {parts[4][:40]!r}"}, 404)
+        if parts[:4] == _GRAPH and len(parts) == 4:
+            focus = request.query.get("focus") or None
+            data = self._view.graph(focus)
+            return _json(data, 404 if data.get("error") else 200)
+        if parts[:4] == _AUDIT and len(parts) == 4:
+            return _json({"items": await self._view.audit()})
+        if parts[:4] == _AUDIT and len(parts) == 5:
+            lines = _int_arg(request.query.get("lines"), 50)
+            check = request.query.get("verify", "") in ("1", "true")
+            tail = await self._view.audit_tail(parts[4], lines, verify=check)
+            if tail is None:
+                return _json({"error": f"no audit log for Context {parts[4][:80]!r}"}, 404)
+            return _json(tail)
+        return _text(404, "not found\n")
+
+    # -- conversation memory (`aofctl memory`) -----------------------------------------------------
+
+    async def _memory(self, caller: Caller, request: ports.HttpRequest) -> ports.HttpResponse:
+        """`GET /api/v1/memory?context=C&binding=B&thread=T`: the conversation's turns; `DELETE`:
+        forget it, as the named token's operator (audited `memory.cleared` in the Context's log).
+        400 a `context` that is not a Context name (a DNS-1123 label); 404 (nothing audited) a
+        Context this daemon neither runs nor keeps memory for."""
+        query = request.query
+        context, binding, thread = (query.get(k, "").strip() for k in ("context", "binding", "thread"))
+        missing = [k for k, v in (("context", context), ("binding", binding), ("thread", thread)) if not v]
+        if missing:
+            return _json({"error": f"missing query parameters: {', '.join(missing)}"}, 400)
+        if not _CONTEXT_NAME.fullmatch(context):
+            return _json({"error": f"{context[:80]!r} is not a Context name (a DNS-1123 label)"}, 400)
+        where = {"context": context, "binding": binding, "thread": thread}
+        if request.method != "DELETE":
+            found = await self._view.memory_show(context, binding, thread)
+            if found is None:
+                return _json({**where, "error": "no such conversation"}, 404)
+            return _json({**where, "stores": found})
+        if caller.name is None:
+            return _json({"error": f"clearing a conversation needs a named admin token: {NAMED_TOKENS}"}, 403)
+        user = ports.UserRef(
+            id=f"{approvals_mod.ADMIN}:{caller.name}", name=caller.name, domain=approvals_mod.ADMIN
+        )
+        try:
+            removed = await self._view.memory_clear(context, binding, thread, user=user)
+        except LookupError:  # `memory.UnknownContext`: nothing was audited
+            return _json({**where, "error": f"no such Context: {context}"}, 404)
+        except errors.AuditUnavailable as exc:
+            return _json({**where, "error": f"audit unavailable: {exc}"}, 503)
+        return _json({**where, "removed": removed}, 200 if removed else 404)
+
+    # -- runs started by hand (Manual triggers) -------------------------------------------------
+
+    async def _start_run(self, caller: Caller, request: ports.HttpRequest) -> ports.HttpResponse:
+        """`POST /api/v1/runs` `{"binding": ID, "input": TEXT}`: start one run of a binding whose
+        trigger is Manual, as the named token's operator (`admin:<name>`), through the same
+        dispatcher, guard and audit as any event. 202 with the run id; 400 an empty input; 403 the
+        binding's (or its trigger's) `users` filter does not name `admin:<name>` (audited by the
+        dispatcher); 404 no such binding; 409 its trigger is not Manual; 503 (with `Retry-After`)
+        its binding cannot run now. Every refusal is logged at warning."""
+        if caller.name is None:
+            log.warning("run.refused", status=403, why="unnamed admin token")
+            return _json({"error": f"starting a run needs a named admin token: {NAMED_TOKENS}"}, 403)
+        try:
+            raw = await request.body(MAX_RUN_BODY)
+        except verify.Rejected as exc:
+            too_large = f"the body is over {MAX_RUN_BODY} bytes"
+            return _json({"error": too_large if exc.status == 413 else exc.detail}, exc.status)
+        shape = 'expected JSON {"binding": NAME, "input": TEXT}'
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _json({"error": f"{shape}: the body is not JSON"}, 400)
+        binding = body.get("binding") if isinstance(body, dict) else None
+        text = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(binding, str) or not binding or not isinstance(text, str):
+            return _json({"error": shape}, 400)
+        if not text.strip():
+            return _json({"error": f"{shape}: the input is empty"}, 400)
+        user = ports.UserRef(
+            id=f"{approvals_mod.ADMIN}:{caller.name}", name=caller.name, domain=approvals_mod.ADMIN
+        )
+        try:
+            outcome = self._view.start_run(binding, text=text, user=user)
+        except LookupError as exc:
+            log.warning("run.refused", status=404, binding=binding[:200], user=user.id, why=str(exc))
+            return _json({"error": str(exc)}, 404)
+        except ValueError as exc:
+            log.warning("run.refused", status=409, binding=binding[:200], user=user.id, why=str(exc))
+            return _json({"error": str(exc)}, 409)
+        answer: dict[str, Any] = {"outcome": outcome.outcome, "binding": outcome.binding or binding}
+        if outcome.started:
+            answer.update(run_id=outcome.run_id, context=outcome.context, user=user.id)
+            return _json(answer, 202)
+        answer["error"] = outcome.detail or outcome.outcome
+        if outcome.outcome in ("stalled", "stopping"):
+            body_bytes = (json.dumps(answer, indent=2) + "\n").encode()
+            return ports.HttpResponse(503, body_bytes, "application/json", headers={"Retry-After": "30"})
+        if outcome.outcome == "filtered":
+            return _json(answer, 403)
+        return _json(answer, 404 if outcome.outcome == "unknown_binding" else 500)
 
     # -- approvals -------------------------------------------------------------------------
 
@@ -509,6 +712,8 @@ def decision_answer(
         return 409, f"the request has expired ({reason}); the command did not run"
     if decision is D.DUPLICATE:
         return 409, f"{who} has already decided on this request"
+    if decision is D.UNRECORDED:
+        return 503, "the decision could not be recorded (etcd is unreachable); nothing was changed: try again"
     return 404, "no such approval request"
 
 
@@ -528,14 +733,55 @@ _ROUTES = frozenset(
         "/api/v1/reconcile",
         "/api/v1/diff",
         "/api/v1/approvals",
+        "/api/v1/memory",
     }
 )
 _VERBS = frozenset({"approve", "deny"})
+_PAGE_PREFIXES = ("/ui/", "/api/v1/resources/", "/api/v1/runs/", "/api/v1/audit/")
+_PAGE_PATHS = frozenset(
+    {
+        "/ui",
+        "/api/v1/status",
+        "/api/v1/resources",
+        "/api/v1/runs",
+        "/api/v1/graph",
+        "/api/v1/approvals",
+        "/api/v1/audit",
+    }
+)
+API_HEADERS: Mapping[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+"""On every admin API answer but the page's own (which carry `webui.SECURITY_HEADERS`)."""
+
+
+def _page_read(path: str) -> bool:
+    """Whether the web page reads `path` (what its session cookie may be used for)."""
+    path = path.rstrip("/") or "/"
+    return path in _PAGE_PATHS or path.startswith(_PAGE_PREFIXES)
+
+
+_RUNS = ["", "api", "v1", "runs"]
+_GRAPH = ["", "api", "v1", "graph"]
+_AUDIT = ["", "api", "v1", "audit"]
+
+
+def _int_arg(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text else default
+    except ValueError:
+        return default
+
+
 ID_CHARS = 64
 MIN_PREFIX = 8
+_CONTEXT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _FULL_ID = re.compile(rf"[0-9a-f]{{{ID_CHARS}}}")
 _ID_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},{ID_CHARS - 1}}}")
 NAMED_TOKENS = "admin_api.tokens"
+MAX_RUN_BODY = 64 * 1024
+"""The largest `POST /api/v1/runs` body (the run's input text is in it)."""
 
 
 def _digest(token: str) -> bytes:

@@ -131,6 +131,7 @@ class Daemon:
                 group_commit_interval=a.group_commit_interval,
                 write_timeout=a.write_timeout,
             ),
+            origin=wiring.audit_origin(self.cfg),
             keychain=keychain,
         )
         await self.audit.open()
@@ -194,6 +195,8 @@ class Daemon:
                 who = "the socket's group" if admin_address.startswith("unix:") else "any local user"
                 log.warning(f"admin API has no token, so {who} can reconcile and diff", admin=admin_address)
             self.endpoints["admin"] = admin_address
+            if self.runtime.coordinator is not None:  # shown with this member in `aofctl status`
+                self.runtime.coordinator.set_member_info(admin=admin_address)
             self.endpoints["pid"] = str(os.getpid())
             self.store.save_endpoints(self.endpoints)
             self.load_pause.begin()
@@ -414,6 +417,11 @@ class Daemon:
                 continue
             if self.healthy():
                 self.notifier.watchdog()
+
+    def admin_tokens(self) -> tuple[str, ...]:
+        """The admin API's tokens (the status page hides them wherever run output echoes one)."""
+        unnamed = (self._admin_token,) if self._admin_token is not None else ()
+        return unnamed + tuple(self._admin_tokens.values())
 
     def healthy(self) -> bool:
         """Audit writable, runtime healthy, and no reconcile pass stuck for `WATCHDOG_STUCK_PASS_S`."""

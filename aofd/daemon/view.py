@@ -19,13 +19,15 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aofd import __version__
-from aofd.daemon import admin
+from aofd.daemon import admin, webui
 from aofd.plan import compiler, desired, dryrun, extract, render
 from aofd.reconcile import status as status_mod
 from aofd.resources import ids, snapshot
 from aofd.resources.kinds import base as kinds_base
 from aofd.runtime import approvals as approvals_mod
+from aofd.runtime import memory as memory_mod
 from aofd.runtime import ports
+from aofd.runtime.listeners import manual
 
 if TYPE_CHECKING:  # the daemon builds the view; the view never builds a daemon
     from aofd.daemon.main import Daemon
@@ -36,6 +38,7 @@ class AdminView:
 
     def __init__(self, daemon: Daemon) -> None:
         self._d = daemon
+        self._pages = webui.Pages(daemon)  # the web page's runs, graphs and audit tails
 
     def healthy(self) -> bool:
         return self._d.healthy()
@@ -47,6 +50,9 @@ class AdminView:
             return False, "no revision applied yet"
         if not rt.ready():
             return False, "listeners are not up"
+        cluster_why = rt.cluster_unready()
+        if cluster_why:
+            return False, cluster_why
         unavailable = self._d.audit.unavailable() if self._d.audit is not None else {}
         if unavailable:
             return False, f"audit unavailable for {sorted(unavailable)}"
@@ -99,6 +105,8 @@ class AdminView:
             "auditSealing": (
                 self._d.audit.sealing_status() if self._d.audit is not None else {"enabled": False}
             ),
+            # Replicas (`cluster:`): members, leader, the revision each serves; None on a single host.
+            "cluster": runtime.cluster_status() if runtime is not None else None,
         }
 
     def resources(self, kind: ids.Kind | None, name: str | None) -> Iterator[dict[str, Any]]:
@@ -163,7 +171,7 @@ class AdminView:
             item["spec"] = admin.mask_secrets(extract.masked_spec(res))
             item["usedBy"] = sorted(b.name for b in state.users_of(key) if b.key != key)
             if bound is not None and self._d.runtime is not None:
-                item["runs"] = self._d.runtime.history.recent(binding=bound.name, limit=10)
+                item["runs"] = self._pages.runs(bound.name, 10)  # redacted and capped as /api/v1/runs
         return item
 
     def inventory(self) -> dict[str, Any]:
@@ -237,6 +245,59 @@ class AdminView:
         if found is None:
             return approvals_mod.Decision.UNKNOWN
         return await found.decide_approval(request_id, user=user, approve=approve, action_id=action_id)
+
+    def start_run(self, binding: str, *, text: str, user: ports.UserRef) -> ports.RouteOutcome:
+        """One run of `binding`, whose trigger must be Manual, for `text` as `user` (the operator)."""
+        rt = self._d.runtime
+        if rt is None:
+            raise LookupError("no revision is applied yet")
+        table = rt.switchboard.current
+        spec = table.bindings.get(binding)
+        if spec is None:
+            raise LookupError(f"no binding {binding!r} is applied")
+        listener = table.listeners.get(spec.trigger) if spec.trigger else None
+        if spec.trigger is not None and listener is None:
+            # Its trigger is not served here now (its listener failed: the binding is stalled).
+            return ports.RouteOutcome(
+                "stalled",
+                binding,
+                spec.context,
+                detail=f"binding {binding}: its Trigger {spec.trigger} is not served here now",
+                reason="ListenerFailed",
+            )
+        if spec.trigger is None or listener is None or listener.platform != manual.ManualListener.platform:
+            raise ValueError(
+                f"binding {binding} is not bound to a Manual trigger (its trigger: "
+                f"{spec.trigger or 'none'}); it runs on its trigger's events"
+            )
+        return rt.dispatcher.start_binding(binding, manual.event(spec.trigger, text, user))
+
+    def runs(self, binding: str | None, limit: int) -> list[dict[str, Any]]:
+        return self._pages.runs(binding, limit)
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        return await self._pages.run(run_id)
+
+    def graph(self, focus: str | None) -> dict[str, Any]:
+        return self._pages.graph(focus)
+
+    async def audit(self) -> list[dict[str, Any]]:
+        return await self._pages.audit()
+
+    async def audit_tail(self, context: str, lines: int, *, verify: bool = False) -> dict[str, Any] | None:
+        return await self._pages.audit_tail(context, lines, verify=verify)
+
+    async def memory_show(self, context: str, binding: str, thread: str) -> list[dict[str, Any]] | None:
+        rt = self._d.runtime
+        if rt is None:
+            return None
+        return await rt.memory.show(memory_mod.Key(context, binding, thread))
+
+    async def memory_clear(self, context: str, binding: str, thread: str, *, user: ports.UserRef) -> int:
+        rt = self._d.runtime
+        if rt is None:
+            return 0
+        return await rt.memory.clear(memory_mod.Key(context, binding, thread), user=user)
 
 
 class Decide(Protocol):

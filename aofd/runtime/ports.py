@@ -55,6 +55,10 @@ RESPONSE_URL = "response_url"
 ISSUED_AT = "issued_at"
 """`ReplyTarget.extra` key: when the response URL was issued (`EventMessage.received_at`, as text)."""
 
+RESPONSE_URL_EVENTS = frozenset({"slash_command", "message_component"})
+"""Event types whose answers go to the `response_url` the event carries in its `raw` (Slack's slash
+commands; Discord's interactions, whose listener puts the interaction's webhook there)."""
+
 VISIBILITY = "visibility"
 """`ReplyTarget.extra` key; the value `private` asks for an answer only the asker sees, where possible."""
 
@@ -85,10 +89,15 @@ class EventMessage(NamedTuple):
     delivery_id: str = ""
     raw: Mapping[str, Any] = _NO_PAYLOAD
     received_at: float = 0.0  # time.time() at arrival
+    conversation: str = ""
+    """What the event continues, for conversation memory (`aofd.runtime.memory`): a Slack
+    `<channel>/<thread ts>`, a Telegram `<chat>/<message replied to, else its own id>`, a WhatsApp
+    sender, an HTTP `thread`; '' for events that are never remembered (schedules, webhooks)."""
 
     def reply_target(self) -> ReplyTarget:
-        """Where answers to this event go; a slash command's carry its `response_url` (see `ReplyTarget`)."""
-        if self.event_type == "slash_command":
+        """Where answers to this event go; a slash command's (and a Discord component click's) carry
+        its `response_url` (see `ReplyTarget`)."""
+        if self.event_type in RESPONSE_URL_EVENTS:
             url = self.raw.get(RESPONSE_URL)
             if url and isinstance(url, str):
                 extra = {RESPONSE_URL: url, ISSUED_AT: repr(self.received_at)}
@@ -172,9 +181,12 @@ class AuditLogs(Protocol):
 
 
 class Replier(Protocol):
-    """Post text back to where an event came from (escaping is the replier's job)."""
+    """Post text back to where an event came from (escaping is the replier's job).
 
-    async def reply(self, target: ReplyTarget, text: str) -> None: ...
+    `reply` may return the posted message's id where a conversation continues by replying to it
+    (Telegram); None elsewhere."""
+
+    async def reply(self, target: ReplyTarget, text: str) -> str | None: ...
 
 
 NO_MATCH_TEXT = "No flow is bound to this channel."
@@ -184,7 +196,15 @@ STALLED_TEXT = "This bot cannot run flows right now; the operators can see why i
 """What a chat platform is told when the binding that takes its message cannot run on this host now."""
 
 Outcome = Literal[
-    "started", "deferred", "no_match", "filtered", "unknown_trigger", "stalled", "stopping", "error"
+    "started",
+    "deferred",
+    "no_match",
+    "filtered",
+    "unknown_trigger",
+    "unknown_binding",
+    "stalled",
+    "stopping",
+    "error",
 ]
 
 
@@ -221,7 +241,7 @@ class Dispatch(Protocol):
 class ChatReplier(Protocol):
     """Posts to one chat platform with one trigger's credentials (built in `aofd.runtime.replies`)."""
 
-    async def reply(self, target: ReplyTarget, text: str) -> None: ...
+    async def reply(self, target: ReplyTarget, text: str) -> str | None: ...
 
     async def ask_approval(
         self, target: ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]

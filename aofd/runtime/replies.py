@@ -20,9 +20,16 @@ Owns
   click that changed nothing (Slack `chat.postEphemeral`, Telegram `answerCallbackQuery`);
 - `TelegramReplier` (`sendMessage`, inline keyboard for approvals) and `WhatsAppReplier`
   (Graph `/{phone_number_id}/messages`) over the runtime's HTTP client (`httpclient`);
+- `DiscordReplier`: interaction follow-ups (`/webhooks/<application_id>/<token>`, ephemeral for a
+  private answer) while the token is valid, else bot messages; no mentions allowed, markdown
+  escaped (`escape_discord`); Approve/Deny buttons (`custom_id` `aofd_approve:<id>`);
+- `TeamsReplier`: Bot Framework connector replies at the service URL a verified activity of the
+  conversation came with, with a client-credentials token (cached); Adaptive Card approvals;
 - `MultiReplier`, the `ports.Replier` the flow engine uses: it finds the trigger's *current*
-  listener in the routing table and posts through its replier; HTTP, PagerDuty, GitHub and
-  Schedule triggers have no chat to answer in (the answer is stored on the run), so it logs.
+  listener in the routing table and posts through its replier (Jira, GitLab, Bitbucket and
+  Opsgenie answers are comments and notes: `aofd.runtime.tracker_replies`); HTTP, PagerDuty,
+  GitHub, Schedule and Manual triggers have no chat to answer in (the answer is stored on the
+  run), so it logs.
 
 Every platform error is translated into `ReplyError` here. It must not log tokens (Telegram puts
 the token in the URL) and must not choose where to post: the target comes from the event.
@@ -30,8 +37,9 @@ the token in the URL) and must not choose where to post: the target comes from t
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import json
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -42,13 +50,23 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from aofd import errors
-from aofd.runtime import httpclient, ports
+from aofd.runtime import approvals, httpclient, ports
 
 log = structlog.get_logger()
 
 APPROVE_ACTION = "aofd_approve"
 DENY_ACTION = "aofd_deny"
 MAX_SLACK_TEXT = 39_000
+"""chat.postMessage truncates at 40,000 characters; stay under it after escaping."""
+SLACK_SECTION_TEXT = 3000
+"""Slack refuses a section block whose text is longer (`invalid_blocks`)."""
+TELEGRAM_MAX_TEXT = 4096
+"""Telegram refuses a message longer than 4,096 characters."""
+WHATSAPP_MAX_TEXT = 4096
+"""WhatsApp (Cloud API) takes a text body of at most 4,096 characters."""
+SUMMARY_ROOM = 300
+"""Characters an approval prompt keeps for its summary where one message holds summary and argv
+(the argv, held by the guard to `approvals.prompt_budget`, fits in what is left)."""
 """chat.postMessage truncates at 40,000 characters; stay under it after escaping."""
 
 DEFAULT_RESPONSE_URL_BASE = "https://hooks.slack.com/"
@@ -72,8 +90,19 @@ def escape_slack(text: str) -> str:
 
 
 def argv_json(argv: tuple[str, ...] | list[str]) -> str:
-    """An argv as a JSON array with only ASCII characters (what approvers read)."""
-    return json.dumps(list(argv), ensure_ascii=True)
+    """An argv as a JSON array with only ASCII characters and no markup characters (what approvers
+    read: `approvals.render_argv`, whose length the guard holds to `approvals.prompt_budget`)."""
+    return approvals.render_argv(argv)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters, else its start and a visible
+    `… (cut: N more characters)` marker, `limit` characters in all: an approval prompt never
+    loses its end silently."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - len(f"… (cut: {len(text)} more characters)"))
+    return text[:keep] + f"… (cut: {len(text) - keep} more characters)"
 
 
 def response_url_ok(url: str, base: str) -> bool:
@@ -182,10 +211,13 @@ class SlackReplier:
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
     ) -> str:
         """Post the prompt with Approve/Deny buttons; returns `<channel>/<ts>` of the message."""
-        command = escape_slack(argv_json(argv))
-        headline = escape_slack(summary)[:2000]
+        # Two sections (Slack takes at most 3,000 characters in one): the summary, then the argv in
+        # a code block, whole (the guard keeps it within `approvals.prompt_budget("slack")`).
+        command = cut(escape_slack(argv_json(argv)), SLACK_SECTION_TEXT - 6)
+        headline = cut(escape_slack(summary), SLACK_SECTION_TEXT)
         blocks: list[dict[str, Any]] = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"{headline}\n```{command}```"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"```{command}```"}},
             {
                 "type": "actions",
                 "block_id": "aofd_approval",
@@ -295,8 +327,14 @@ class _JsonPoster:
     async def post_json(
         self, url: str, body: dict[str, Any], *, headers: dict[str, str] | None = None, what: str
     ) -> dict[str, Any]:
+        return await self.send_json("POST", url, body, headers=headers, what=what)
+
+    async def send_json(
+        self, method: str, url: str, body: dict[str, Any], *, headers: dict[str, str] | None = None, what: str
+    ) -> dict[str, Any]:
+        """`method` `body` as JSON to `url`; the answer's JSON object. Raises `ReplyError` (no URL in it)."""
         try:
-            answer = await self._http.request("POST", url, json_body=body, headers=headers)
+            answer = await self._http.request(method, url, json_body=body, headers=headers)
             data = answer.json()
         except (httpclient.HttpError, ValueError) as exc:
             raise ReplyError(f"{what} failed: {type(exc).__name__}") from exc
@@ -317,8 +355,12 @@ class TelegramReplier(_JsonPoster):
         self._base = f"{api_url.rstrip('/')}/bot{token}"
         self._url = f"{self._base}/sendMessage"
 
-    async def reply(self, target: ports.ReplyTarget, text: str) -> None:
-        await self._send(target, {"text": text[:4096]})
+    async def reply(self, target: ports.ReplyTarget, text: str) -> str | None:
+        """`sendMessage`; the sent message's id (a reply to it continues the conversation)."""
+        data = await self._send(target, {"text": text[:4096]})
+        result = data.get("result")
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        return str(message_id) if isinstance(message_id, int) else None
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
@@ -332,7 +374,8 @@ class TelegramReplier(_JsonPoster):
                 ]
             ]
         }
-        text = f"{summary}\n{argv_json(argv)}"[:4096]
+        command = cut(argv_json(argv), TELEGRAM_MAX_TEXT - SUMMARY_ROOM)
+        text = f"{cut(summary, TELEGRAM_MAX_TEXT - len(command) - 1)}\n{command}"
         data = await self._send(target, {"text": text, "reply_markup": keyboard})
         result = data.get("result")
         message_id = result.get("message_id") if isinstance(result, dict) else None
@@ -388,11 +431,10 @@ class WhatsAppReplier(_JsonPoster):
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
     ) -> str:
         """WhatsApp has no buttons here: the prompt says how to decide (`aofctl approve`)."""
-        await self.reply(
-            target,
-            f"{summary}\n{argv_json(argv)}\nAn approver decides with: aofctl approve {request_id} "
-            f"(or aofctl deny {request_id}).",
-        )
+        command = cut(argv_json(argv), WHATSAPP_MAX_TEXT - 2 * SUMMARY_ROOM)
+        hint = f"An approver decides with: aofctl approve {request_id} (or aofctl deny {request_id})."
+        room = WHATSAPP_MAX_TEXT - len(command) - len(hint) - 2
+        await self.reply(target, f"{cut(summary, room)}\n{command}\n{hint}")
         return ""
 
     async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
@@ -400,7 +442,252 @@ class WhatsAppReplier(_JsonPoster):
         return
 
 
-NO_CHAT_PLATFORMS = frozenset({"http", "pagerduty", "github", "schedule", "cli"})
+DISCORD_MAX_TEXT = 2000
+"""Discord refuses message content longer than 2,000 characters."""
+DISCORD_TOKEN_TTL = 15 * 60.0
+"""Seconds an interaction token (its follow-up webhook) is valid (Discord: 15 minutes)."""
+DISCORD_EPHEMERAL = 64
+"""Message flag: only the user who started the interaction sees it."""
+_DISCORD_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()<@:-])")
+
+
+def escape_discord(text: str) -> str:
+    """Backslash-escape Discord's markdown characters, so agent output cannot disguise links
+    (`[good](https://evil)`), break out of formatting or spell a mention."""
+    return _DISCORD_MARKDOWN.sub(r"\\\1", text)
+
+
+class DiscordReplier(_JsonPoster):
+    """Posts to Discord for one application: through the interaction's follow-up webhook
+    (`/webhooks/<application_id>/<token>`, which the listener puts in the event as its response URL)
+    while its token is valid, else as the bot (`/channels/<id>/messages` with `bot_token`).
+
+    Every message is sent with `allowed_mentions: {parse: []}`: nothing an agent writes pings anyone.
+    """
+
+    def __init__(
+        self, *, api_url: str, application_id: str, bot_token: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__()
+        self._api = api_url.rstrip("/")
+        self.webhook_base = f"{self._api}/webhooks/{application_id}/"
+        self._bot = {"Authorization": f"Bot {bot_token}"} if bot_token else {}
+        self._clock = clock
+
+    def webhook(self, token: str) -> str:
+        """The follow-up webhook of the interaction whose token is `token`."""
+        return self.webhook_base + urllib.parse.quote(token, safe="")
+
+    def _hook(self, target: ports.ReplyTarget) -> str:
+        """The target's interaction webhook when it is this application's and still valid, else ''."""
+        url = target.extra.get(ports.RESPONSE_URL, "")
+        if not url or not response_url_ok(url, self.webhook_base):
+            return ""
+        try:
+            age = self._clock() - float(target.extra.get(ports.ISSUED_AT, ""))
+        except ValueError:
+            age = 0.0
+        return url if age < DISCORD_TOKEN_TTL - 30 else ""
+
+    async def _send(self, target: ports.ReplyTarget, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "allowed_mentions": {"parse": []}}
+        hook = self._hook(target)
+        if hook:
+            if target.extra.get(ports.VISIBILITY) == "private":
+                body["flags"] = DISCORD_EPHEMERAL
+            return await self.post_json(hook + "?wait=true", body, what="Discord follow-up")
+        if not self._bot or not target.channel_id:
+            raise ReplyError("Discord: the interaction's token has expired and no bot_token is configured")
+        url = f"{self._api}/channels/{urllib.parse.quote(target.channel_id, safe='')}/messages"
+        return await self.post_json(url, body, headers=self._bot, what="Discord create message")
+
+    async def reply(self, target: ports.ReplyTarget, text: str) -> None:
+        await self._send(target, {"content": escape_discord(text)[:DISCORD_MAX_TEXT]})
+
+    async def ask_approval(
+        self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
+    ) -> str:
+        """Post the prompt with Approve/Deny buttons (`custom_id` `aofd_approve:<id>`); returns
+        `<channel>/<message id>`."""
+        # The argv in a code block, as it is (`argv_json` has no backtick) and whole; the summary
+        # gets the rest of the 2,000 characters, cut with a marker if it must be.
+        command = "```\n" + cut(argv_json(argv), DISCORD_MAX_TEXT - SUMMARY_ROOM) + "\n```"
+        text = cut(escape_discord(summary), DISCORD_MAX_TEXT - len(command) - 1) + "\n" + command
+        buttons = [
+            {"type": 2, "style": 3, "label": "Approve", "custom_id": f"{APPROVE_ACTION}:{request_id}"},
+            {"type": 2, "style": 4, "label": "Deny", "custom_id": f"{DENY_ACTION}:{request_id}"},
+        ]
+        data = await self._send(target, {"content": text, "components": [{"type": 1, "components": buttons}]})
+        message_id, channel = data.get("id"), data.get("channel_id") or target.channel_id
+        return f"{channel}/{message_id}" if isinstance(message_id, str) and message_id else ""
+
+    async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
+        """Replace the prompt (`<channel>/<message id>`) with `text` and no buttons."""
+        channel, _, message_id = prompt.partition("/")
+        if not message_id.isdigit():
+            return
+        body = {"content": escape_discord(text)[:DISCORD_MAX_TEXT], "components": []}
+        hook = self._hook(target)
+        if hook:
+            url, headers = f"{hook}/messages/{message_id}", None
+        elif self._bot and channel:
+            url = f"{self._api}/channels/{urllib.parse.quote(channel, safe='')}/messages/{message_id}"
+            headers = self._bot
+        else:
+            return
+        await self.send_json("PATCH", url, body, headers=headers, what="Discord edit message")
+
+
+TEAMS_SCOPE = "https://api.botframework.com/.default"
+"""The scope a bot's token for the Bot Framework connector is asked for."""
+TEAMS_MAX_TEXT = 28_000
+"""Teams refuses messages over about 28 KB."""
+SERVICE_URL_MEMORY = 4096
+"""Conversations whose service URL a Teams replier remembers (the oldest is forgotten first)."""
+
+
+class TeamsReplier(_JsonPoster):
+    """Posts to Microsoft Teams through the Bot Framework connector, as one bot (`app_id`).
+
+    Where: `<serviceUrl>/v3/conversations/<conversation id>/activities/<activity id>` (a reply to
+    the activity). The service URL is the one a verified activity of that conversation came with
+    (its token's `serviceurl` claim vouches for it; the listener calls `trust`); a conversation
+    never seen is not posted to. The bearer token comes from the client-credentials flow at
+    `token_url` with `app_id`/`app_password`, cached until a minute before it expires. Text is sent
+    as `plain`, so agent output cannot disguise links or spell mentions.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        app_id: str,
+        app_password: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self._token_url = token_url
+        self._app_id = app_id
+        self._app_password = app_password
+        self._clock = clock
+        self._token = ""
+        self._token_expires = 0.0
+        self._token_lock = asyncio.Lock()
+        # Invariant: at most SERVICE_URL_MEMORY entries (conversation id -> service URL).
+        self._service_urls: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def trust(self, conversation_id: str, service_url: str) -> None:
+        """Remember the service URL a verified activity of `conversation_id` came with."""
+        self._service_urls.pop(conversation_id, None)
+        self._service_urls[conversation_id] = service_url
+        while len(self._service_urls) > SERVICE_URL_MEMORY:
+            self._service_urls.popitem(last=False)
+
+    def share_service_urls(self, other: TeamsReplier) -> None:
+        """Know the conversations `other` (the replier of the listener this one replaces) knew."""
+        self._service_urls = other._service_urls
+
+    async def token(self) -> str:
+        """A bearer token for the connector (client credentials; cached until shortly before expiry)."""
+        async with self._token_lock:
+            if self._token and self._clock() < self._token_expires:
+                return self._token
+            if not self._app_id or not self._app_password:
+                raise ReplyError("Teams: no app_id/app_password to get a token with")
+            form = urllib.parse.urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "client_id": self._app_id,
+                    "client_secret": self._app_password,
+                    "scope": TEAMS_SCOPE,
+                }
+            )
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            try:
+                answer = await self._http.request("POST", self._token_url, data=form, headers=headers)
+                data = answer.json()
+            except (httpclient.HttpError, ValueError) as exc:
+                raise ReplyError(f"Teams token request failed: {type(exc).__name__}") from exc
+            token = data.get("access_token") if isinstance(data, dict) else None
+            if answer.status != 200 or not isinstance(token, str) or not token:
+                raise ReplyError(f"Teams token request answered HTTP {answer.status}")
+            expires_in = data.get("expires_in", 3600)
+            seconds = float(expires_in) if isinstance(expires_in, int | float | str) else 3600.0
+            self._token, self._token_expires = token, self._clock() + max(seconds - 60.0, 0.0)
+            return token
+
+    def _conversation(self, target: ports.ReplyTarget) -> str:
+        service = self._service_urls.get(target.channel_id)
+        if service is None:
+            raise ReplyError("Teams: no verified activity came from this conversation")
+        conversation = urllib.parse.quote(target.channel_id, safe="")
+        return f"{service.rstrip('/')}/v3/conversations/{conversation}/activities"
+
+    async def _activity(
+        self, method: str, url: str, activity: dict[str, Any], *, what: str
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {await self.token()}"}
+        return await self.send_json(method, url, activity, headers=headers, what=what)
+
+    async def _post(self, target: ports.ReplyTarget, activity: dict[str, Any]) -> dict[str, Any]:
+        url = self._conversation(target)
+        if target.thread:
+            url += "/" + urllib.parse.quote(target.thread, safe="")
+            activity = {**activity, "replyToId": target.thread}
+        return await self._activity("POST", url, activity, what="Teams reply")
+
+    async def reply(self, target: ports.ReplyTarget, text: str) -> None:
+        await self._post(target, {"type": "message", "textFormat": "plain", "text": text[:TEAMS_MAX_TEXT]})
+
+    async def ask_approval(
+        self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]
+    ) -> str:
+        """Post an Adaptive Card with Approve/Deny buttons (`Action.Submit` with `aofd_action` and
+        `request_id`); returns the posted activity's id."""
+        card = {
+            "type": "AdaptiveCard",
+            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "version": "1.4",
+            # RichTextBlock/TextRun: a TextRun shows its text as written, where a TextBlock would
+            # render an agent-written `[safe](https://evil)` as a disguised link.
+            "body": [
+                {"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": cut(summary, 2000)}]},
+                {
+                    "type": "RichTextBlock",
+                    "inlines": [{"type": "TextRun", "text": argv_json(argv), "fontType": "Monospace"}],
+                },
+            ],
+            "actions": [
+                {
+                    "type": "Action.Submit",
+                    "title": title,
+                    "data": {TEAMS_ACTION: action, "request_id": request_id},
+                }
+                for title, action in (("Approve", APPROVE_ACTION), ("Deny", DENY_ACTION))
+            ],
+        }
+        activity = {
+            "type": "message",
+            "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}],
+        }
+        data = await self._post(target, activity)
+        activity_id = data.get("id")
+        return activity_id if isinstance(activity_id, str) else ""
+
+    async def update_approval(self, target: ports.ReplyTarget, *, prompt: str, text: str) -> None:
+        """Replace the prompt activity `prompt` with `text` (its card and buttons gone)."""
+        if not prompt:
+            return
+        url = f"{self._conversation(target)}/{urllib.parse.quote(prompt, safe='')}"
+        activity = {"type": "message", "id": prompt, "textFormat": "plain", "text": text[:TEAMS_MAX_TEXT]}
+        await self._activity("PUT", url, activity, what="Teams update activity")
+
+
+TEAMS_ACTION = "aofd_action"
+"""The key of an approval card button's `data` naming the action (`aofd_approve`/`aofd_deny`)."""
+
+
+NO_CHAT_PLATFORMS = frozenset({"http", "pagerduty", "github", "schedule", "cli", "manual"})
 
 
 class MultiReplier:
@@ -421,12 +708,12 @@ class MultiReplier:
             log.warning("reply.no_listener", platform=target.platform, trigger=target.trigger)
         return replier
 
-    async def reply(self, target: ports.ReplyTarget, text: str) -> None:
+    async def reply(self, target: ports.ReplyTarget, text: str) -> str | None:
         replier = self._replier(target)
         if replier is None:
             log.info("reply.not_posted", platform=target.platform, trigger=target.trigger, chars=len(text))
-            return
-        await replier.reply(target, text)
+            return None
+        return await replier.reply(target, text)
 
     async def ask_approval(
         self, target: ports.ReplyTarget, *, request_id: str, summary: str, argv: tuple[str, ...]

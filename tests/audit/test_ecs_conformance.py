@@ -5,7 +5,8 @@ line, and the seed's audit line fields at their documented places (docs/siem.md)
 
 The records come from the real writers over the daemon's own sink (`AuditAdapter` over a real
 journal with small segments): the command guard and the approval desk (allowed, refused, approved,
-denied, expired and cancelled commands, rate limits), the reconciler (an applied and a rejected
+denied, expired and cancelled commands, rate limits; MCP tool calls allowed, refused, approved,
+failed and timed out, which have no `process`), the reconciler (an applied and a rejected
 revision), a listener behind the real trigger server (a badly signed webhook), the dispatcher's
 record of an event a Stalled binding could not run, and the journal itself (segments opened and
 rotated, and what it writes at a restart after an unclean stop: abandoned commands, interrupted
@@ -30,8 +31,9 @@ from aofd.audit import journal, records, segment, verify
 from aofd.daemon import auditsink
 from aofd.reconcile import loop, state
 from aofd.resources import ids
-from aofd.runtime import commands, dispatch, guard, limits, ports, routing
+from aofd.runtime import commands, dispatch, guard, limits, mcpservers, memory, ports, routing
 from aofd.settings import PlatformsSpec
+from aofd.specs import memory as memory_specs
 from aofd.specs import policy
 from aofd.testing import resources
 from tests.audit import ecs_check
@@ -39,6 +41,9 @@ from tests.reconcile.test_loop import BINDING, RecordingApplier, files, snap
 from tests.runtime.fakes import harness, platforms, signing
 from tests.runtime.test_approval_desk import RecordingPrompter
 from tests.runtime.test_guard_flow import LEAD, REQUESTER, STRICT_APPROVAL, Harness
+
+OTHER = ports.UserRef("U0OTHER", "bob", "slack:T1")
+"""Not an approver anywhere: their clicks are refused."""
 
 NOT_WRITTEN = frozenset({"config.loaded"})
 """In the vocabulary for readers of older logs; no writer of this daemon writes them."""
@@ -144,12 +149,94 @@ def test_every_action_is_categorized_as_ecs_allows(action: str) -> None:
         http_status=401,
         message="m",
         related=("U3",),
+        origin=records.Origin(member="host-a", cluster_name="ops-prod"),
     )
+    assert everything["service"]["node"] == {"name": "host-a"}
+    assert everything["aofd"]["cluster"] == {"name": "ops-prod"}
     assert ecs_check.problems(records.build(action, context="prod")) == []
     assert ecs_check.problems(everything) == []
 
 
 # -- the real writers -------------------------------------------------------------------------
+
+
+class McpServers:
+    """One ready MCP server `git` in every Context, answering from a table (the real pool and servers
+    are in tests/runtime/test_guard_mcp.py; here only the records' shape matters)."""
+
+    TOOLS = {
+        "git_status": policy.ToolHints(read_only=True, destructive=False),
+        "git_commit": policy.ToolHints(read_only=False, destructive=False),
+        "git_reset": policy.ToolHints(read_only=False, destructive=True),
+        "git_gc": policy.ToolHints(),  # no annotations at all
+    }
+
+    def status(self, key: mcpservers.ServerKey) -> tuple[mcpservers.ServerState, str | None]:
+        return "ready", None
+
+    def tool(self, key: mcpservers.ServerKey, name: str) -> mcpservers.McpTool | None:
+        hints = self.TOOLS.get(name)
+        return mcpservers.McpTool("git", name, "", {"type": "object"}, hints) if hints else None
+
+    async def call(
+        self,
+        key: mcpservers.ServerKey,
+        tool: str,
+        arguments: Mapping[str, Any],
+        *,
+        timeout: float,
+    ) -> mcpservers.McpResult:
+        if tool == "git_gc":
+            raise mcpservers.McpCallFailed("timeout", f"git/git_gc did not answer within {timeout:g} s")
+        return mcpservers.McpResult(tool == "git_commit", "On branch main", 14, "ab" * 32)
+
+
+async def _mcp_records(h: Harness, prompter: RecordingPrompter, sink: auditsink.AuditAdapter) -> None:
+    """MCP tool calls through the guard: allowed, refused, approved, a tool error, a timeout."""
+    h.add(
+        "mcp",
+        cluster="prod-us-east-1",
+        allowed_tools=("git/*",),
+        blocked_tools=("git/git_reset",),
+        approval=policy.ApprovalPolicy(
+            required=True, allowed_users=(LEAD.id,), require_for_tools=("git/git_commit",)
+        ),
+        log_responses=True,
+    )
+    mcp_guard = guard.CommandGuard(
+        runner=h.runner,
+        limits=h.limits,
+        approvals=h.store,
+        audit=sink,
+        desk=h.guard.desk,
+        policy_provider=h.policies.get,
+        mcp=McpServers(),
+    )
+
+    async def call(tool: str, **arguments: Any) -> Any:
+        request = guard.ToolRequest(
+            context_name="mcp",
+            key=("mcp", "0" * 64),
+            server="git",
+            tool=tool,
+            arguments={"repo_path": "/srv/repo", **arguments},
+            run_id="run-1",
+            agent="k8s-ops",
+            user=REQUESTER,
+        )
+        return await mcp_guard.call_tool(request)
+
+    assert isinstance(await call("git_status"), mcpservers.McpResult)
+    assert isinstance(await call("git_reset", token="s3cr3t-value"), guard.Denial)
+    assert isinstance(await call("git_push"), guard.Denial)
+    prompter.prompted.clear()  # (the expiring command's prompt was never taken)
+    task = asyncio.create_task(call("git_commit", message="release"))
+    prompt = await prompter.next_prompt()
+    await mcp_guard.decide(prompt.id, user=OTHER, approve=True, action_id="m0")  # refused: not listed
+    await mcp_guard.decide(prompt.id, user=LEAD, approve=True, action_id="m1")
+    assert (await task).is_error
+    with pytest.raises(mcpservers.McpCallFailed):
+        await call("git_gc")
 
 
 async def _guard_records(tmp_path: Path, sink: auditsink.AuditAdapter) -> None:
@@ -186,6 +273,8 @@ async def _guard_records(tmp_path: Path, sink: auditsink.AuditAdapter) -> None:
     failing.add("noprompt", cluster="prod-us-east-1", namespace="web", approval=STRICT_APPROVAL)
     assert isinstance(await failing.run("noprompt", "kubectl delete pod web-3"), guard.Denial)
 
+    await _mcp_records(h, prompter, sink)
+
     h.add("limited", limits=policy.LimitsPolicy(max_requests_per_minute=1))
     leases = [
         await h.guard.admit("limited", user=REQUESTER, run_id=f"r{i}", agent="k8s-ops") for i in range(3)
@@ -210,6 +299,16 @@ async def _reconciler_records(tmp_path: Path, sink: auditsink.AuditAdapter) -> N
     assert (await rec.reconcile_once()).outcome == "applied"
     rec.offer(snap(files(**{"bindings/prod.yaml": BINDING.replace("ops-flow", "ops-flwo")})))
     assert (await rec.reconcile_once()).outcome == "rejected"
+
+
+async def _memory_records(tmp_path: Path, sink: auditsink.AuditAdapter) -> None:
+    """An operator clearing a remembered conversation (`memory.cleared`), and one that was not there."""
+    mem = memory.Memory(state_dir=tmp_path / "memory-state", audit=sink)
+    key = memory.Key("prod", "slack-prod-bot", "C1/1700000000.000100")
+    await mem.remember(key, memory_specs.MemoryPolicy(), user_text="q", answer_text="a")
+    operator = ports.UserRef("admin:alice", "alice", "admin")
+    assert await mem.clear(key, user=operator) == 1
+    assert await mem.clear(key, user=operator) == 0
 
 
 async def _listener_records() -> list[dict[str, Any]]:
@@ -275,6 +374,7 @@ async def test_every_record_the_real_writers_write_is_ecs(
         sink = auditsink.AuditAdapter(log, redactor=records.ArgvRedactor(key=b"k"))
         await _guard_records(tmp_path, sink)
         await _reconciler_records(tmp_path, sink)
+        await _memory_records(tmp_path, sink)
     await _unclean_stop_records(audit_dir, small)
     rendered = await _listener_records()
 
@@ -307,20 +407,48 @@ async def test_every_record_the_real_writers_write_is_ecs(
 
     # The seed's line: agent, user, command, cluster, namespace on the command records once the guard
     # parsed the command; `approved_by` on the records of an approved command; status.
+    # An MCP call has no process (and no Kubernetes target); its `aofd.mcp` says what was called.
     for action in ("command.started", "command.finished", "approval.requested", "approval.granted"):
         for rec in of(action):
             assert rec["aofd.agent.name"] == "k8s-ops", action
             assert rec["user.id"] == REQUESTER.id
+            assert rec["trace.id"] == rec["aofd.agent.run_id"] in ("run-1", "01OPENRUN")
+            if rec.get("aofd.tool") == "mcp":
+                continue
             assert "kubectl" in rec["process.command_line"]
             assert (rec["orchestrator.cluster.name"], rec["orchestrator.namespace"]) == (
                 "prod-us-east-1",
                 "web",
             )
-            assert rec["trace.id"] == rec["aofd.agent.run_id"] in ("run-1", "01OPENRUN")
+    mcp_calls = [r for r in written if r["aofd"].get("tool") == "mcp"]
+    assert {r["event"]["action"] for r in mcp_calls} == {
+        "command.requested",
+        "command.denied",
+        "command.started",
+        "command.finished",
+        "approval.requested",
+        "approval.refused",
+        "approval.granted",
+    }
+    # Every record of an MCP call, the approvers' clicks included, has `aofd.mcp` and no process.
+    assert [r for r in written if (r.get("process") or {}).get("executable") == "mcp"] == []
+    for record in mcp_calls:
+        assert "process" not in record, record["event"]["action"]
+        assert record["event"]["category"] == ["api"] or record["event"]["action"].startswith("approval.")
+        assert record["aofd"]["mcp"]["server"] == "git"
+        assert "s3cr3t-value" not in json.dumps(record)
+    [click] = [r for r in mcp_calls if r["event"]["action"] == "approval.refused"]
+    assert click["aofd"]["approval"]["voter"]["id"] == OTHER.id
+    assert click["aofd"]["mcp"]["tool"] == "git_commit"
+    timed_out = [r for r in mcp_calls if r["event"].get("reason") == "timeout"]
+    assert [r["event"]["outcome"] for r in timed_out] == ["unknown"]  # it may have run
+    finished = [r for r in mcp_calls if r["event"]["action"] == "command.finished"]
+    assert sorted(r["event"].get("reason", "") for r in finished) == ["", "timeout", "tool error"]
+    assert [r["aofd"]["output"]["text"] for r in finished if "output" in r["aofd"]] == ["On branch main"] * 2
     approved = [
         r
         for r in of("command.started") + of("command.finished")
-        if r["process.command_line"].endswith("delete pod web-1")
+        if r.get("process.command_line", "").endswith("delete pod web-1")
     ]
     assert [r["aofd.approval.approver.id"] for r in approved] == [LEAD.id, LEAD.id]
     assert {r["aofd.status"] for r in of("command.denied")} == {"denied"}
@@ -328,4 +456,4 @@ async def test_every_record_the_real_writers_write_is_ecs(
     [rejected] = of("trigger.rejected")
     assert (rejected["aofd.trigger.name"], rejected["aofd.status"]) == ("slack-bot", "denied")
     assert "trigger.name" not in rejected
-    assert {r["aofd.status"] for r in of("command.finished")} == {"success"}
+    assert {r["aofd.status"] for r in of("command.finished") if r.get("aofd.tool") != "mcp"} == {"success"}

@@ -187,3 +187,61 @@ def serve_directory(repo: Path, tmp_path: Path) -> Iterator[tuple[DaemonProcess,
     ):
         daemon.wait_endpoints()
         yield daemon, admin
+
+
+def replica_config(
+    home: Path,
+    *,
+    repo: Path,
+    member: str,
+    endpoints: tuple[str, ...],
+    model_url: str,
+    cluster: str = "ops-test",
+    lease_ttl: str = "3s",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """`home/aofd.yaml` of one replica of a set (`cluster:`): its own state and audit dirs under
+    `home`, the shared watched `repo`, loopback ports chosen by the OS, plus `extra` top-level
+    settings; returns the file."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "aofd.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "sources": [{"name": "local", "directory": {"path": str(repo)}}],
+                "listen": "127.0.0.1:0",
+                "admin": "127.0.0.1:0",
+                "state_dir": str(home / "state"),
+                "audit_dir": str(home / "audit"),
+                "models": {"anthropic_base_url": model_url},
+                "cluster": {
+                    "name": cluster,
+                    "member": member,
+                    "etcd": {"endpoints": list(endpoints), "request_timeout": "1s"},
+                    "lease_ttl": lease_ttl,
+                },
+                **(extra or {}),
+            }
+        )
+    )
+    return config
+
+
+@contextlib.contextmanager
+def run_replicas(
+    configs: Mapping[str, Path], *, env: Mapping[str, str] | None = None
+) -> Iterator[dict[str, DaemonProcess]]:
+    """Start one `aofd serve --config FILE` per member (all at once), wait until each is ready;
+    yields them by member name and kills whatever is left on exit."""
+    with contextlib.ExitStack() as stack:
+        daemons = {
+            member: stack.enter_context(
+                run_daemon(
+                    "--config", str(config), cwd=config.parent, state_dir=config.parent / "state", env=env
+                )
+            )
+            for member, config in configs.items()
+        }
+        for daemon in daemons.values():
+            daemon.wait_ready()
+        yield daemons

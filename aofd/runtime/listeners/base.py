@@ -9,13 +9,18 @@ Owns
 - `WebhookListener`: the request pipeline every webhook platform runs, in this order: method
   allowed -> body capped (`Content-Length`, then while reading; 413 before any HMAC) ->
   platform verification over the raw bytes (`aofd.runtime.verify`) -> parse -> normalize ->
-  dedupe on the platform's delivery id -> the `ports.Dispatch` port. Every failure answers a status
-  with a generic body, never 500, is logged, and is audited as `trigger.rejected` (with
-  `event.reason`) in the contexts of the trigger's bindings (throttled: one record per reason
-  per second, with the count of suppressed ones).
+  claim of the platform's delivery id (and, for platforms that pass the body to `accept`, of
+  the digest of the raw body) through `aofd.runtime.claims` (the local dedupe cache, and with
+  `cluster:` one etcd transaction, so a retry at another replica is a duplicate) -> the
+  `ports.Dispatch` port. Every failure answers a status with a generic body, never 500, is
+  logged, and is audited as `trigger.rejected` (with `event.reason`) in the contexts of the
+  trigger's bindings (throttled: one record per reason per second, with the count of
+  suppressed ones). A claim etcd cannot record (`errors.CoordinatorUnavailable`) answers 503
+  with `Retry-After` and is counted as not run (`coordinator_unavailable`).
 - `SignedWebhookListener`: a `WebhookListener` for platforms that sign with
   `webhook_secret`/`webhook_secrets` (GitHub, PagerDuty); without a secret it rejects everything.
-- `Deps`: the collaborators a listener is built with (keyword-only, owned by the daemon).
+- `Deps`: the collaborators a listener is built with (keyword-only, owned by the daemon),
+  including `claims` and, on a replica, the `coordinator` (leader-only duties ask it).
 - `ApprovalDecider`: the small port through which interactive approval clicks reach the guard.
 
 Platform modules subclass these; they must not import each other. This module must not import
@@ -25,6 +30,7 @@ slack_sdk, slack_bolt or apscheduler, nor anything that routes or starts runs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import json.encoder
@@ -36,7 +42,8 @@ import structlog
 
 from aofd import errors
 from aofd.resources.kinds import trigger as trigger_kind
-from aofd.runtime import approvals, ports, tasks, verify
+from aofd.runtime import approvals, cluster, ports, tasks, verify
+from aofd.runtime import claims as claims_mod
 from aofd.runtime import dedupe as dedupe_cache
 from aofd.settings import PlatformsSpec
 from aofd.specs import listeners as listener_specs
@@ -99,9 +106,12 @@ class Deps:
     __slots__ = (
         "approvals",
         "audit",
+        "claims",
         "clock",
+        "coordinator",
         "dedupe",
         "dispatcher",
+        "on_not_run",
         "on_rejected",
         "platforms",
         "scheduler",
@@ -118,11 +128,18 @@ class Deps:
         scheduler: object = None,
         clock: Callable[[], float] = time.time,
         on_rejected: Callable[[str, str], None] | None = None,
+        claims: claims_mod.Claims | None = None,
+        coordinator: cluster.Coordinator | None = None,
+        on_not_run: Callable[[str, str], None] | None = None,
     ) -> None:
         self.on_rejected = on_rejected  # (platform, reason) for every refused request; metrics
+        self.on_not_run = on_not_run  # (platform, reason) for an event answered but not run; metrics
         self.platforms = platforms
         self.dispatcher = dispatcher
         self.dedupe = dedupe
+        # One run per delivery across the set: the local cache and, with `cluster:`, etcd.
+        self.claims = claims if claims is not None else claims_mod.Claims(dedupe, coordinator)
+        self.coordinator = coordinator  # None on a single host; leader-only duties ask it
         self.audit = audit
         self.approvals = approvals
         self.scheduler = scheduler  # the schedule listener's hub; typed there (listeners are independent)
@@ -179,6 +196,11 @@ class Listener:
         """This listener's successor was abandoned (its apply was cancelled) after `succeed`
         and `start`: take back what it took over. Default: nothing (a schedule's job)."""
 
+    def on_leadership(self, leading: bool) -> None:
+        """This replica became (True) or stopped being (False) the leader of its set (`cluster:`).
+        Default: nothing (webhook listeners serve on every replica). The pull listeners that are
+        leader-only duties (schedules, Telegram polling, Socket Mode) subscribe and override it."""
+
     async def start(self) -> None:
         """Connect or subscribe (webhook listeners only mark themselves running)."""
         self.running = True
@@ -213,16 +235,39 @@ class Listener:
 
     # --- shared event path ----------------------------------------------------------------
 
-    def first_time(self, delivery_id: str) -> bool:
-        """Record `delivery_id` in the shared dedupe cache; False for a replay or a retry.
+    async def first_time(self, *ids: str) -> bool:
+        """Claim a delivery (its id and any twin keys, in one etcd round trip with `cluster:`);
+        False for a replay or a retry, here or on another replica.
 
         A duplicate is acknowledged to the sender (platform retries are normal) but logged and
-        audited as `trigger.rejected` with reason `replay`.
+        audited as `trigger.rejected` with reason `replay`. Raises `errors.CoordinatorUnavailable`
+        when a replica cannot reach etcd (nothing stays claimed; the webhook pipeline answers 503).
         """
-        fresh = self.deps.dedupe.first_time(self.platform, self.trigger_name, delivery_id)
+        fresh = await self.deps.claims.first_time(self.platform, self.trigger_name, ids)
         if not fresh:
-            self.duplicate(delivery_id)
+            self.duplicate(next((i for i in ids if i), ""))
         return fresh
+
+    async def forget(self, *ids: str) -> None:
+        """Drop the claims of a delivery that did not run (`retry_later`): its retry is taken."""
+        await self.deps.claims.forget(self.platform, self.trigger_name, ids)
+
+    def coordinator_unavailable(self, exc: errors.CoordinatorUnavailable, remote: str = "") -> None:
+        """Log, count (`aofd_events_not_run_total{reason="coordinator_unavailable"}`) and audit
+        (throttled) a delivery refused because etcd could not record its claim."""
+        log.warning(
+            "event.not_claimed",
+            platform=self.platform,
+            trigger=self.trigger_name,
+            reason=COORDINATOR_UNAVAILABLE,
+            detail=str(exc),
+        )
+        if self.deps.on_not_run is not None:
+            self.deps.on_not_run(self.platform, COORDINATOR_UNAVAILABLE)
+        self.audit_rejection(
+            verify.Rejected(503, COORDINATOR_UNAVAILABLE, f"delivery not claimed, the sender retries: {exc}"),
+            remote,
+        )
 
     def duplicate(self, delivery_id: str) -> None:
         """Log and audit (`trigger.rejected`, reason `replay`) a delivery the dedupe cache had seen."""
@@ -265,20 +310,36 @@ class Listener:
             except Exception:
                 log.exception("trigger.rejected_audit_failed", trigger=self.trigger_name, context=context)
 
-    def accept(
-        self, message: ports.EventMessage, *, reply_on_no_match: bool = False
+    async def accept(
+        self, message: ports.EventMessage, *, reply_on_no_match: bool = False, body: bytes | None = None
     ) -> ports.RouteOutcome | None:
-        """Dedupe then dispatch one normalized event; None when it was a duplicate.
+        """Claim then dispatch one normalized event; None when it was a duplicate.
 
-        An event that could not run now (`retry_later`) is forgotten by the dedupe cache, so the
-        sender's retry of it is taken.
+        With `body` (a webhook's raw, verified bytes) the event is also de-duplicated on the
+        digest of the body (`body_key`): a delivery id in a header the platform does not sign can
+        be changed or left out, so a captured body replayed under a new id, or with none, is still
+        a duplicate (a platform's retry resends the identical body). An event that could not run
+        now (`retry_later`) is forgotten by the dedupe cache, so the sender's retry of it is taken.
         """
-        if not self.first_time(message.delivery_id):
+        digest = body_key(body) if body is not None else ""
+        if not await self.first_time(message.delivery_id, digest):
             return None
         outcome = self.deps.dispatcher.dispatch(message, reply_on_no_match=reply_on_no_match)
         if retry_later(outcome):
-            self.deps.dedupe.forget(self.platform, self.trigger_name, message.delivery_id)
+            await self.forget(message.delivery_id, digest)
         return outcome
+
+
+BODY_KEY_PREFIX = "body:"
+
+
+def body_key(body: bytes) -> str:
+    """The dedupe key of a webhook body: `body:` and the first 128 bits of its SHA-256, in hex.
+
+    128 bits keep a cache entry small (the cache holds at most `max_entries` keys, and a delivery
+    with an id header takes two) and are far beyond any chance collision.
+    """
+    return BODY_KEY_PREFIX + hashlib.sha256(body).hexdigest()[:32]
 
 
 class WebhookListener(Listener):
@@ -307,6 +368,9 @@ class WebhookListener(Listener):
         except verify.Rejected as exc:
             await self.rejected(request, exc)
             return generic(exc.status)
+        except errors.CoordinatorUnavailable as exc:
+            self.coordinator_unavailable(exc, request.remote)
+            return coordinator_unavailable_response()
         except Exception:
             log.exception("listener.request_failed", trigger=self.trigger_name, platform=self.platform)
             return generic(400)
@@ -399,6 +463,23 @@ def json_response(data: Mapping[str, Any], *, status: int = 200) -> ports.HttpRe
 
 STALLED_RETRY_AFTER = 30
 """Seconds a sender is asked to wait before retrying an event whose binding is not ready."""
+
+
+COORDINATOR_UNAVAILABLE = "coordinator_unavailable"
+"""Why a delivery was refused when a replica cannot reach etcd to claim it."""
+
+COORDINATOR_RETRY_AFTER = 5
+"""Seconds a sender is asked to wait before retrying a delivery refused for want of etcd."""
+
+
+def coordinator_unavailable_response() -> ports.HttpResponse:
+    """503 with `Retry-After`: the delivery could not be claimed (etcd unreachable), so it did not
+    run here; the sender retries it (this or another replica takes it once etcd answers)."""
+    return ports.HttpResponse.text(
+        503,
+        "not ready: cannot record this delivery right now; retry later\n",
+        headers={"Retry-After": str(COORDINATOR_RETRY_AFTER)},
+    )
 
 
 def retry_later(outcome: ports.RouteOutcome | None) -> bool:

@@ -13,8 +13,25 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from aofd.runtime import dedupe, ports
-from aofd.runtime.listeners import base, github, http, pagerduty, schedule, slack, telegram, whatsapp
+from aofd.runtime import claims as claims_mod
+from aofd.runtime import cluster, dedupe, ports
+from aofd.runtime.listeners import (
+    base,
+    bitbucket,
+    discord,
+    github,
+    gitlab,
+    http,
+    jira,
+    manual,
+    opsgenie,
+    pagerduty,
+    schedule,
+    slack,
+    teams,
+    telegram,
+    whatsapp,
+)
 from aofd.settings import PlatformsSpec
 from aofd.specs import listeners as listener_specs
 
@@ -26,6 +43,13 @@ LISTENERS: dict[str, type[base.Listener]] = {
     "github": github.GitHubListener,
     "http": http.HttpListener,
     "schedule": schedule.ScheduleListener,
+    "jira": jira.JiraListener,
+    "gitlab": gitlab.GitLabListener,
+    "bitbucket": bitbucket.BitbucketListener,
+    "opsgenie": opsgenie.OpsgenieListener,
+    "manual": manual.ManualListener,
+    "discord": discord.DiscordListener,
+    "teams": teams.TeamsListener,
 }
 """Platform (the Trigger's `spec.type`, lower-cased) -> listener class."""
 
@@ -42,6 +66,12 @@ class ListenerFactory:
     scheduler: schedule.ScheduleHub | None = None
     clock: Callable[[], float] = time.time
     on_rejected: Callable[[str, str], None] | None = None
+    claims: claims_mod.Claims | None = None
+    """One run per delivery across the set (None: the local `dedupe` cache only)."""
+    coordinator: cluster.Coordinator | None = None
+    """The replica set's etcd adapter (`cluster:`), None on a single host."""
+    on_not_run: Callable[[str, str], None] | None = None
+    """(platform, reason) for a delivery answered but not run (etcd unreachable); metrics."""
 
     def __call__(self, spec: listener_specs.ListenerSpec) -> base.Listener:
         """The listener serving `spec` (not started).
@@ -62,5 +92,8 @@ class ListenerFactory:
             scheduler=self.scheduler,
             clock=self.clock,
             on_rejected=self.on_rejected,
+            claims=self.claims,
+            coordinator=self.coordinator,
+            on_not_run=self.on_not_run,
         )
         return cls(spec=spec, deps=deps)

@@ -2,7 +2,8 @@
 
 Owns GitHub's delivery format: `X-Hub-Signature-256` (`sha256=` HMAC of the raw body with
 `webhook_secret`/`webhook_secrets`; the legacy SHA-1 header is ignored), `X-GitHub-Event`
-(required), `X-GitHub-Delivery` (the dedupe key), JSON or form-encoded (`payload=`) bodies, and
+(required), `X-GitHub-Delivery` (a dedupe key; not signed, so the digest
+of the raw body is one as well), JSON or form-encoded (`payload=`) bodies, and
 event types `<event>.<action>` (`pull_request.opened`, `issues.labeled`, `push`). `ping` is
 answered without starting anything. The repository's full name is the channel; `sender` is the
 user; the text is the PR/issue title and body, the comment, or the head commit message.
@@ -41,7 +42,7 @@ class GitHubListener(base.SignedWebhookListener):
         if event == "ping":
             return base.json_response({"ok": True, "outcome": "pong"})
         message = normalize(self.trigger_name, event, delivery, payload)
-        return base.outcome_response(self.accept(message))
+        return base.outcome_response(await self.accept(message, body=body))
 
     def _payload(self, request: ports.HttpRequest, body: bytes) -> dict[str, Any]:
         if request.content_type == "application/x-www-form-urlencoded":

@@ -11,11 +11,21 @@ No secret configured means no signature is required: a warning says so at start.
 
 The body may be JSON (`text`/`message`, `user`, `channel`, `event`/`type`, `thread` are read) or
 plain text. The answer is 202 with the run id when a flow started. It must not reply in chat.
+
+Conversation memory (`aofd.runtime.memory`): the body's `thread`, else the `X-Aofd-Thread` header,
+names the thread a request continues (stripped; an id over `MAX_THREAD_CHARS` or with control
+characters is ignored). The conversation is `<user>/<thread>` (the user id percent-encoded, '' when
+the body names none): a caller continues its own threads, never another user's. A trigger without a
+webhook secret has no conversations at all (anyone who can reach it could write turns that later
+runs replay). The signature covers the body only: a `thread` in the body is signed, the header is
+not (it is no secret, but whoever can alter a signed request in flight can move it into another
+conversation of the same binding and user).
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from typing import Any
 
 import structlog
@@ -70,20 +80,15 @@ class HttpListener(base.WebhookListener):
         for name, expected in self._required:
             verify.static_header(expected=expected, given=headers.get(name), name=name)
         # X-Aofd-Delivery is not signed: a replay inside the window with a new delivery id must
-        # still be caught, so the signature itself is a dedupe key too.
-        if self.secrets and signature and not self.first_time("sig:" + signature.strip()):
-            return base.json_response(base.outcome_body(None))
+        # still be caught, so the signature itself is a dedupe key too; both are claimed at once
+        # (one etcd round trip with `cluster:`).
+        sig_key = "sig:" + signature.strip() if self.secrets and signature else ""
         message = self.normalize(request, body, delivery)
-        # `self.accept(message)`, inlined (this is the hottest path): dedupe on the delivery id, then route.
-        dedupe = self.deps.dedupe
-        if not dedupe.first_time(self.platform, self.trigger_name, message.delivery_id):
-            self.duplicate(message.delivery_id)
+        if not await self.first_time(sig_key, message.delivery_id):
             return base.outcome_response(None)
         outcome = self.deps.dispatcher.dispatch(message)
         if base.retry_later(outcome):  # the sender retries this very request: let it through then
-            dedupe.forget(self.platform, self.trigger_name, message.delivery_id)
-            if self.secrets and signature:
-                dedupe.forget(self.platform, self.trigger_name, "sig:" + signature.strip())
+            await self.forget(message.delivery_id, sig_key)
         return base.outcome_response(outcome)
 
     def normalize(self, request: ports.HttpRequest, body: bytes, delivery: str) -> ports.EventMessage:
@@ -113,9 +118,13 @@ class HttpListener(base.WebhookListener):
         channel = get("channel")
         if not isinstance(channel, str):
             channel = ""
-        thread = get("thread")
+        thread = _thread_id(get("thread")) or _thread_id(request.headers.get("X-Aofd-Thread"))
+        # memory only where requests are signed, and per user: `<user>/<thread>`
+        conversation = (
+            f"{urllib.parse.quote(user_ref.id, safe='')}/{thread}" if thread and self.secrets else ""
+        )
         # Positional, in field order (platform, trigger, text, user, channel_id, channel_name, thread,
-        # event_type, delivery_id, raw, received_at): the cheapest call of the frozen dataclass.
+        # event_type, delivery_id, raw, received_at, conversation): the cheapest call of the named tuple.
         return ports.EventMessage(
             self.platform,
             self.trigger_name,
@@ -123,15 +132,27 @@ class HttpListener(base.WebhookListener):
             user_ref,
             channel,
             channel,
-            thread if isinstance(thread, str) else "",
+            thread,
             event_type,
             delivery,
             payload,
             time.time(),
+            conversation,  # the conversation this request continues ('' none)
         )
 
 
 _JSON_START = (b"{", b"[")
+MAX_THREAD_CHARS = 200
+
+
+def _thread_id(value: object) -> str:
+    """A thread id from the body or the header, stripped; '' when absent, too long or not printable."""
+    if not isinstance(value, str):
+        return ""
+    value = value.strip()
+    if len(value) > MAX_THREAD_CHARS or not value.isprintable():
+        return ""
+    return value
 
 
 def _looks_like_json(body: bytes) -> bool:

@@ -40,7 +40,7 @@ class PagerDutyListener(base.SignedWebhookListener):
         if not message.event_type.startswith("incident."):
             log.info("event.ignored", trigger=self.trigger_name, event_type=message.event_type)
             return base.json_response({"accepted": False, "outcome": "ignored"})
-        return base.outcome_response(self.accept(message))
+        return base.outcome_response(await self.accept(message))
 
 
 def _dict(value: object) -> dict[str, Any]:

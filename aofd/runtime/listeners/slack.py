@@ -23,8 +23,15 @@ Owns
   (`chat.postEphemeral`, in the prompt's thread); the prompt itself is replaced when the request ends
   (`aofd.runtime.approvaldesk`);
 - Socket Mode when the trigger has an `app_token`: slack_sdk's aiohttp `SocketModeClient` with
-  `apps.connections.open` at `PlatformsSpec.slack_api_url`; each envelope is acknowledged first,
-  then handled by the same code as the HTTP path (no request signature exists there);
+  `apps.connections.open` at `PlatformsSpec.slack_api_url`; each envelope is claimed first (its
+  event id and `channel:ts` twin, command `trigger_id` or click id), then acknowledged, then
+  handled by the same code as the HTTP path (no request signature exists there);
+- replicas (`cluster:`): every replica serves the HTTP endpoints, and a delivery's ids are
+  claimed in etcd before the 200 (a retry, `X-Slack-Retry-Num`, that reaches another replica
+  does not run again; etcd unreachable -> 503, Slack retries). Socket Mode is a singleton duty:
+  only the leader holds the connection (opened on winning the election, closed on losing it),
+  and its claims are fenced: a claim refused by the fence, or etcd unreachable, leaves the
+  envelope unacknowledged (Slack delivers it again), a duplicate is acknowledged and dropped;
 - the trigger's replier (`aofd.runtime.replies.SlackReplier`).
 
 slack_sdk is imported here and in `aofd.runtime.replies` only. Bolt is not used: its request
@@ -39,6 +46,7 @@ import json
 import re
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -48,7 +56,9 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from aofd import errors
 from aofd.runtime import ports, replies, verify
+from aofd.runtime.cluster import ClaimResult
 from aofd.runtime.listeners import base
 
 log = structlog.get_logger()
@@ -79,6 +89,8 @@ class SlackListener(base.WebhookListener):
         self.replier = self.slack
         self.socket: SocketModeClient | None = None
         self.socket_ping_interval = 10.0
+        self.socket_retry_delay = 5.0
+        self._unsubscribe: Callable[[], None] | None = None
         self.events = frozenset(e for e in self.config.events if e)
         self._bot_user_id = ""
         # Invariant: at most CHANNEL_CACHE_SIZE entries, least recently added evicted first.
@@ -90,20 +102,8 @@ class SlackListener(base.WebhookListener):
             self.slack.share_response_urls(previous.slack)
 
     async def start(self) -> None:
-        if self.app_token:
-            client = SocketModeClient(
-                app_token=self.app_token,
-                web_client=AsyncWebClient(base_url=self.api_url),
-                ping_interval=self.socket_ping_interval,
-            )
-            client.socket_mode_request_listeners.append(self._on_socket_request)
-            self.socket = client
-            try:
-                # slack_sdk leaves connect/close unannotated.
-                await client.connect()  # type: ignore[no-untyped-call]
-            except BaseException:
-                await self._close_socket()
-                raise
+        if self.app_token and self.deps.coordinator is None:
+            await self._connect_socket()
         elif not self.signing_secret:
             log.warning(
                 "listener.no_secret",
@@ -112,8 +112,58 @@ class SlackListener(base.WebhookListener):
                 detail="no signing_secret and no app_token: every request will be rejected",
             )
         await super().start()
+        coordinator = self.deps.coordinator
+        if self.app_token and coordinator is not None and self._unsubscribe is None:
+            self._unsubscribe = coordinator.on_leadership(self.on_leadership)
+            self.on_leadership(coordinator.fence())
+
+    def on_leadership(self, leading: bool) -> None:
+        """With `cluster:`: hold the Socket Mode connection while this replica leads, close it
+        when it no longer does. Never blocks (the connection is a task of this listener)."""
+        if not self.app_token or self.deps.coordinator is None or not self.running:
+            return
+        task = self._tasks.get("socket")
+        alive = task is not None and not task.done() and not task.cancelling()
+        if leading and not alive:
+            self.spawn(self._hold_socket(), name=f"slack-socket:{self.trigger_name}", key="socket")
+        elif not leading and task is not None and alive:
+            task.cancel()
+
+    async def _hold_socket(self) -> None:
+        """Connect (retrying every `socket_retry_delay`) and hold the connection until cancelled."""
+        try:
+            while True:
+                try:
+                    await self._connect_socket()
+                    break
+                except Exception as exc:
+                    log.warning("slack.socket_failed", trigger=self.trigger_name, error=type(exc).__name__)
+                    await asyncio.sleep(self.socket_retry_delay)
+            log.info("slack.socket_connected", trigger=self.trigger_name, reason="leader")
+            await asyncio.Event().wait()
+        finally:
+            await self._close_socket()
+
+    async def _connect_socket(self) -> None:
+        client = SocketModeClient(
+            app_token=self.app_token,
+            web_client=AsyncWebClient(base_url=self.api_url),
+            ping_interval=self.socket_ping_interval,
+        )
+        client.socket_mode_request_listeners.append(self._on_socket_request)
+        self.socket = client
+        try:
+            # slack_sdk leaves connect/close unannotated.
+            await client.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await self._close_socket()
+            raise
 
     async def stop(self, *, drain: float) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        await self.cancel("socket")
         await self._close_socket()
         await super().stop(drain=drain)
 
@@ -150,9 +200,9 @@ class SlackListener(base.WebhookListener):
                     raise verify.Rejected(400, verify.MALFORMED, "interactive payload is not JSON") from None
                 if not isinstance(payload, dict):
                     raise verify.Rejected(400, verify.MALFORMED, "interactive payload is not an object")
-                self.on_interactive(payload)
+                await self.on_interactive(payload)
                 return ports.HttpResponse(200)
-            answer = self.on_command(form)
+            answer = await self.on_command(form)
             return base.json_response(answer)
         payload = self.parse_json(body)
         if not isinstance(payload, dict):
@@ -161,23 +211,31 @@ class SlackListener(base.WebhookListener):
         if kind == "url_verification":
             return base.json_response({"challenge": str(payload.get("challenge", ""))})
         if kind == "event_callback":
-            self.on_event(payload)
+            await self.on_event(payload)
         return ports.HttpResponse(200)
 
     # --- shared by HTTP and Socket Mode ------------------------------------------------------
 
-    def on_event(self, envelope: dict[str, Any]) -> None:
-        """Dedupe an Events API envelope now; normalize and route it in a task (after the ack)."""
+    async def on_event(self, envelope: dict[str, Any]) -> None:
+        """Claim an Events API envelope now (its `event_id` and `msg:<channel>:<ts>` twin in one
+        claim); normalize and route it in a task (after the ack)."""
+        ids = self._event_ids(envelope)
+        if ids is not None and await self.first_time(*ids):
+            self._route(envelope)
+
+    def _event_ids(self, envelope: dict[str, Any]) -> tuple[str, str] | None:
+        """The ids to claim for an event (None: an event this trigger ignores)."""
         event = envelope.get("event")
         if not isinstance(event, dict) or not _from_a_person(event):
-            return
+            return None
         if self.events and not _event_taken(str(event.get("type", "")), self.events):
-            return  # the trigger's filters would refuse it: it must not claim its `channel:ts` twin
-        if not self.first_time(str(envelope.get("event_id", ""))):
-            return
+            return None  # the trigger's filters would refuse it: it must not claim its `channel:ts` twin
         channel, ts = str(event.get("channel", "")), str(event.get("ts", ""))
-        if channel and ts and not self.first_time(f"msg:{channel}:{ts}"):
-            return
+        return str(envelope.get("event_id", "")), f"msg:{channel}:{ts}" if channel and ts else ""
+
+    def _route(self, envelope: dict[str, Any]) -> None:
+        event = envelope.get("event")
+        assert isinstance(event, dict)
         self.spawn(self._route_event(envelope, event), name=f"slack-event:{self.trigger_name}")
 
     async def _route_event(self, envelope: dict[str, Any], event: dict[str, Any]) -> None:
@@ -212,11 +270,20 @@ class SlackListener(base.WebhookListener):
                 self._channel_names.popitem(last=False)
         return name
 
-    def on_command(self, form: dict[str, str]) -> dict[str, Any]:
-        """Route a slash command; the answer is the HTTP (or Socket Mode ack) response body.
+    async def on_command(self, form: dict[str, str]) -> dict[str, Any]:
+        """Claim (on `trigger_id`) and route a slash command; the answer is the HTTP response body.
 
-        Nothing here waits on I/O, so the acknowledgement is well inside Slack's 3 seconds.
+        Nothing here waits on I/O but the claim (with `cluster:`, one etcd round trip), so the
+        acknowledgement is well inside Slack's 3 seconds.
         """
+        refused = self._check_command(form)
+        if refused is not None:
+            return refused
+        message = normalize_command(self.trigger_name, form, received_at=self.deps.clock())
+        return _command_answer(await self.accept(message))
+
+    def _check_command(self, form: dict[str, str]) -> dict[str, Any] | None:
+        """The answer to a command that must not run (a response_url that is not Slack's), else None."""
         url = form.get(ports.RESPONSE_URL, "")
         if url and not replies.response_url_ok(url, self.slack.response_url_base):
             self._refuse_command(f"slash command response_url is not under {self.slack.response_url_base}")
@@ -224,17 +291,15 @@ class SlackListener(base.WebhookListener):
                 "response_type": "ephemeral",
                 "text": "This command was refused: its response_url is not Slack's.",
             }
+        return None
+
+    async def _run_claimed_command(self, form: dict[str, str]) -> dict[str, Any]:
+        """Route a slash command whose `trigger_id` this replica has claimed (Socket Mode)."""
         message = normalize_command(self.trigger_name, form, received_at=self.deps.clock())
-        outcome = self.accept(message)
-        if outcome is None:
-            return {"response_type": "ephemeral", "text": "Already received."}
-        if outcome.started or outcome.outcome == "deferred":
-            return {"response_type": "ephemeral", "text": "Working on it."}
-        if outcome.outcome in ("no_match", "unknown_trigger"):
-            return {"response_type": "ephemeral", "text": ports.NO_MATCH_TEXT}
-        if outcome.outcome == "stalled":
-            return {"response_type": "ephemeral", "text": ports.STALLED_TEXT}
-        return {"response_type": "ephemeral", "text": "This command could not be started."}
+        outcome = self.deps.dispatcher.dispatch(message)
+        if base.retry_later(outcome):
+            await self.forget(message.delivery_id)
+        return _command_answer(outcome)
 
     def _refuse_command(self, detail: str) -> None:
         """Log, count and audit (`trigger.rejected`, reason `malformed`) a command that is not run."""
@@ -250,13 +315,16 @@ class SlackListener(base.WebhookListener):
             self.deps.on_rejected(self.platform, verify.MALFORMED)
         self.audit_rejection(verify.Rejected(200, verify.MALFORMED, detail), "")
 
-    def on_interactive(self, payload: dict[str, Any]) -> None:
-        """Pass approval button clicks to the approvals store (once per click)."""
+    async def on_interactive(self, payload: dict[str, Any]) -> None:
+        """Pass approval button clicks to the approvals store (once per click, across replicas)."""
         if payload.get("type") != "block_actions":
             return
-        click_id = f"{payload.get('trigger_id', '')}:{_first_action_ts(payload)}"
-        if not self.first_time("action:" + click_id):
-            return
+        if await self.first_time(_click_key(payload)):
+            self._decide_clicks(payload)
+
+    def _decide_clicks(self, payload: dict[str, Any]) -> None:
+        """Decide the approval buttons of a click this replica has claimed (in tasks)."""
+        click_id = _click_key(payload).removeprefix("action:")
         user = payload.get("user") if isinstance(payload.get("user"), dict) else {}
         assert isinstance(user, dict)
         team = str(user.get("team_id") or _dict(payload.get("team")).get("id", ""))
@@ -301,19 +369,87 @@ class SlackListener(base.WebhookListener):
     # --- Socket Mode -------------------------------------------------------------------------
 
     async def _on_socket_request(self, client: AsyncBaseSocketModeClient, req: SocketModeRequest) -> None:
-        """Acknowledge an envelope first, then handle it like the HTTP path would."""
+        """Claim an envelope, acknowledge it, then handle it like the HTTP path would.
+
+        The claim comes before the ack: an envelope this replica may not take (a fenced claim
+        refused: it no longer leads; etcd unreachable) is left unacknowledged, so Slack delivers
+        it again; a duplicate is acknowledged and dropped.
+        """
         payload: dict[str, Any] = req.payload or {}
+        ids: tuple[str, ...] | None = None
         if req.type == "slash_commands":
-            answer = self.on_command({k: str(v) for k, v in payload.items()})
-            await client.send_socket_mode_response(
-                SocketModeResponse(envelope_id=req.envelope_id, payload=answer)
-            )
+            form = {k: str(v) for k, v in payload.items()}
+            refused = self._check_command(form)
+            if refused is not None:
+                await _ack(client, req, refused)
+                return
+            ids = (form.get("trigger_id", ""),)
+        elif req.type == "events_api" and payload.get("type") == "event_callback":
+            ids = self._event_ids(payload)
+        elif req.type == "interactive" and payload.get("type") == "block_actions":
+            ids = (_click_key(payload),)
+        if ids is None:
+            await _ack(client, req)
             return
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
-        if req.type == "events_api" and payload.get("type") == "event_callback":
-            self.on_event(payload)
-        elif req.type == "interactive":
-            self.on_interactive(payload)
+        result = await self._socket_claim(ids)
+        if result is None:
+            return  # not acknowledged: Slack delivers it again
+        if req.type == "slash_commands":
+            answer = (
+                await self._run_claimed_command(form)
+                if result is ClaimResult.CLAIMED
+                else _command_answer(None)
+            )
+            await _ack(client, req, answer)
+            return
+        await _ack(client, req)
+        if result is not ClaimResult.CLAIMED:
+            return
+        if req.type == "events_api":
+            self._route(payload)
+        else:
+            self._decide_clicks(payload)
+
+    async def _socket_claim(self, ids: tuple[str, ...]) -> ClaimResult | None:
+        """Claim a Socket Mode envelope's ids (fenced with `cluster:`); None when it must not be
+        acknowledged (fenced, or etcd unreachable)."""
+        try:
+            result = await self.deps.claims.claim(
+                self.platform, self.trigger_name, ids, fenced=self.deps.coordinator is not None
+            )
+        except errors.CoordinatorUnavailable as exc:
+            self.coordinator_unavailable(exc)
+            return None
+        if result is ClaimResult.FENCED:
+            log.warning("slack.socket_envelope_not_taken", trigger=self.trigger_name, reason="not the leader")
+            return None
+        if result is ClaimResult.DUPLICATE:
+            self.duplicate(next((i for i in ids if i), ""))
+        return result
+
+
+async def _ack(
+    client: AsyncBaseSocketModeClient, req: SocketModeRequest, payload: dict[str, Any] | None = None
+) -> None:
+    await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id, payload=payload))
+
+
+def _command_answer(outcome: ports.RouteOutcome | None) -> dict[str, Any]:
+    """The immediate answer to a slash command (None: a duplicate)."""
+    if outcome is None:
+        return {"response_type": "ephemeral", "text": "Already received."}
+    if outcome.started or outcome.outcome == "deferred":
+        return {"response_type": "ephemeral", "text": "Working on it."}
+    if outcome.outcome in ("no_match", "unknown_trigger"):
+        return {"response_type": "ephemeral", "text": ports.NO_MATCH_TEXT}
+    if outcome.outcome == "stalled":
+        return {"response_type": "ephemeral", "text": ports.STALLED_TEXT}
+    return {"response_type": "ephemeral", "text": "This command could not be started."}
+
+
+def _click_key(payload: dict[str, Any]) -> str:
+    """The claim id of an interactive click: `action:<trigger_id>:<first action_ts>`."""
+    return f"action:{payload.get('trigger_id', '')}:{_first_action_ts(payload)}"
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -361,18 +497,21 @@ def normalize_event(
         if found is not None and found.group(1) == bot_user_id:
             text = text[found.end() :]
     team = str(envelope.get("team_id") or event.get("team") or "")
+    channel = str(event.get("channel", ""))
+    thread = str(event.get("thread_ts") or event.get("ts") or "")
     return ports.EventMessage(
         platform="slack",
         trigger=trigger,
         text=text,
         user=ports.UserRef(str(event.get("user", "")), "", f"slack:{team}" if team else "slack"),
-        channel_id=str(event.get("channel", "")),
+        channel_id=channel,
         channel_name=channel_name,
-        thread=str(event.get("thread_ts") or event.get("ts") or ""),
+        thread=thread,
         event_type=kind,
         delivery_id=str(envelope.get("event_id", "")),
         raw=envelope,
         received_at=time.time(),
+        conversation=f"{channel}/{thread}" if channel and thread else "",  # the thread: memory's key
     )
 
 

@@ -79,7 +79,7 @@ class WhatsAppListener(base.WebhookListener):
         if not isinstance(payload, dict):
             raise verify.Rejected(400, verify.MALFORMED, "payload is not an object")
         for message in normalize(self.trigger_name, payload):
-            self.accept(message, reply_on_no_match=True)
+            await self.accept(message, reply_on_no_match=True)
         return ports.HttpResponse.text(200, "ok")
 
 
@@ -132,6 +132,7 @@ def normalize(trigger: str, payload: dict[str, Any]) -> list[ports.EventMessage]
                         delivery_id=str(m.get("id", "")),
                         raw={"entry_id": waba, "phone_number_id": phone_number_id, "message": m},
                         received_at=time.time(),
+                        conversation=sender,  # one per sender (memory starts anew after a silence)
                     )
                 )
     return out

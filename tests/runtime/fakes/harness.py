@@ -14,7 +14,18 @@ import aiohttp
 
 from aofd.plan import desired, diff
 from aofd.resources.kinds import base as kinds_base
-from aofd.runtime import applier, dedupe, dispatch, limits, replies, routing, server
+from aofd.runtime import (
+    applier,
+    claims,
+    cluster,
+    dedupe,
+    dispatch,
+    limits,
+    mcpservers,
+    replies,
+    routing,
+    server,
+)
 from aofd.runtime.listeners import factory, schedule
 from aofd.runtime.listeners.base import Listener
 from aofd.runtime.providers import registry
@@ -38,6 +49,8 @@ class Rig:
         providers: registry.Providers | None = None,
         fail_to_start: Collection[str] = (),
         slice_seconds: float = applier.SLICE_SECONDS,
+        mcp: mcpservers.McpPool | None = None,
+        coordinator: cluster.Coordinator | None = None,
     ) -> None:
         """`fail_to_start` names triggers whose listeners cannot be made (until the set is emptied);
         `slice_seconds` is how long a step of apply holds the loop (0: it gives a turn at every item)."""
@@ -67,6 +80,9 @@ class Rig:
             approvals=self.approvals,
             scheduler=self.hub,
             clock=self.clock,
+            claims=claims.Claims(self.dedupe, coordinator),  # `coordinator`: a replica's claims in etcd
+            coordinator=coordinator,
+            on_not_run=lambda platform, reason: self.not_run.append((platform, reason)),
         )
         self.policies: dict[str, policy.GuardPolicy] = {}
         self.applier = applier.Applier(
@@ -79,6 +95,7 @@ class Rig:
             starter=self.starter,
             drain_grace=1.0,
             slice_seconds=slice_seconds,
+            mcp=mcp,
         )
         self.inventory = diff.Inventory.empty()
         self.server = server.TriggerServer(switchboard=self.switchboard, listen="127.0.0.1:0")

@@ -60,6 +60,6 @@ async def test_duplicate_tick_is_deduped() -> None:
         listener = rig.switchboard.current.listeners["t"]
         assert isinstance(listener, schedule.ScheduleListener)
         when = datetime.datetime(2030, 1, 1, 3, 0, tzinfo=datetime.UTC)
-        listener.on_tick(when)
-        listener.on_tick(when)
+        await listener.on_tick(when)
+        await listener.on_tick(when)
     assert ["b"] == rig.starter.bindings

@@ -97,6 +97,15 @@ async def test_github_pull_request_opened_runs_once_per_delivery(rig: harness.Ri
     ]
 
 
+async def test_github_signed_body_under_a_new_delivery_id_is_a_duplicate(rig: harness.Rig) -> None:
+    """X-GitHub-Delivery is not signed: a captured body sent again under another id runs nothing."""
+    body = _pr()
+    first = await rig.send("github", "gh", body, _gh_headers(body, delivery="72d3162e"))
+    renamed = await rig.send("github", "gh", body, _gh_headers(body, delivery="attacker-chosen"))
+    assert (202, 200, "duplicate") == (first[0], renamed[0], json.loads(renamed[1])["outcome"])
+    assert 1 == len(rig.starter.calls)
+
+
 @pytest.mark.parametrize(
     ("case", "status"),
     [
