@@ -38,6 +38,13 @@ def aofctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    """The records of one audit segment written so far: a line the daemon is still writing (no
+    newline yet) is left out, so a test may read while the daemon runs."""
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -102,8 +102,7 @@ def _model(request: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _actions(home: Path, context: str, action: str) -> list[dict[str, Any]]:
     found = []
     for path in segment.list_segments(home / "audit" / context):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
+        for record in harness.audit_lines(path):
             if record["event"]["action"] == action:
                 found.append(record)
     return found

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import json
 import signal
 import time
@@ -58,15 +57,27 @@ spec:
 """
 
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _ulid_time(ulid: str) -> float:
+    """The wall time a ULID was made (its first ten characters: milliseconds since the epoch)."""
+    ms = 0
+    for char in ulid[:10]:
+        ms = ms * 32 + _CROCKFORD.index(char)
+    return ms / 1000
+
+
 def _runs(home: Path) -> list[tuple[float, dict[str, Any]]]:
-    """(wall time the run started, record) of each schedule run in one replica's audit."""
+    """(wall time the run started, record) of each schedule run in one replica's audit.
+
+    The time is the run id's (a ULID made as the run starts), not the record's `@timestamp`: a
+    replica stopped between starting a run and writing its record stamps the record at waking."""
     found = []
     for path in segment.list_segments(home / "audit" / "prod"):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
+        for record in harness.audit_lines(path):
             if record["event"]["action"] == "agent.run.started":
-                started = datetime.datetime.fromisoformat(record["@timestamp"]).timestamp()
-                found.append((started, record))
+                found.append((_ulid_time(record["aofd"]["agent"]["run_id"]), record))
     return found
 
 

@@ -50,8 +50,7 @@ def _config(tmp_path: Path, repo: Path, member: str, etcd: EtcdCluster, model_ur
 def _runs_started(audit_dir: Path) -> list[dict[str, Any]]:
     found = []
     for segment in sorted((audit_dir / "prod").glob("audit-*.jsonl")):
-        for line in segment.read_text().splitlines():
-            record = json.loads(line)
+        for record in harness.audit_lines(segment):
             if record["event"]["action"] == "agent.run.started":
                 found.append(record)
     return found

@@ -237,10 +237,11 @@ def fx_pids(state: Path, context: str) -> set[int]:
 
 
 def audit(audit_dir: Path, context: str) -> list[dict[str, Any]]:
+    """The Context's audit records written so far (a line still being written is left out)."""
     return [
-        json.loads(line)
+        record
         for segment in sorted((audit_dir / context).glob("audit-*.jsonl"))
-        for line in segment.read_text().splitlines()
+        for record in harness.audit_lines(segment)
     ]
 
 
