@@ -42,7 +42,7 @@ import structlog
 
 from aofd import errors
 from aofd.resources.kinds import trigger as trigger_kind
-from aofd.runtime import approvals, cluster, ports, tasks, verify
+from aofd.runtime import approvals, cluster, ports, replies, tasks, verify
 from aofd.runtime import claims as claims_mod
 from aofd.runtime import dedupe as dedupe_cache
 from aofd.settings import PlatformsSpec
@@ -84,6 +84,38 @@ class ApprovalDecider(Protocol):
     """
 
     def decide(self, request_id: str, user: ports.UserRef, approve: bool, action_id: str) -> object: ...
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one: payload fields of unknown shape."""
+    return value if isinstance(value, dict) else {}
+
+
+class ClickAnswerer(Protocol):
+    """A platform replier that can answer the clicker (`replies.*Replier.reply`)."""
+
+    async def reply(self, target: ports.ReplyTarget, text: str) -> object: ...
+
+
+async def decide_and_answer(
+    deps: Deps,
+    trigger: str,
+    answerer: ClickAnswerer,
+    request_id: str,
+    user: ports.UserRef,
+    approve: bool,
+    action_id: str,
+    target: ports.ReplyTarget,
+) -> None:
+    """Decide one click (`decide_click`) and tell the clicker what it did, when there is anything
+    to tell (it changed nothing, or more approvers are needed); a reply that fails is logged."""
+    click = await decide_click(deps, trigger, request_id, user, approve, action_id)
+    if click is None or not click.text:
+        return
+    try:
+        await answerer.reply(target, click.text)
+    except replies.ReplyError as exc:
+        log.warning("approval.click_not_answered", trigger=trigger, request_id=request_id, error=str(exc))
 
 
 async def decide_click(

@@ -103,8 +103,7 @@ class BitbucketListener(base.SignedWebhookListener):
         return ""
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def normalize(trigger: str, event: str, delivery: str, payload: dict[str, Any]) -> ports.EventMessage:

@@ -193,22 +193,12 @@ class DiscordListener(base.WebhookListener):
     ) -> None:
         """Decide one click; a click that changed nothing (or still needs more approvers) is answered
         to the clicker alone (an ephemeral follow-up); the prompt itself changes when the request ends."""
-        click = await base.decide_click(self.deps, self.trigger_name, request_id, user, approve, click_id)
-        if click is None or not click.text:
-            return
-        try:
-            await self.discord.reply(target, click.text)
-        except replies.ReplyError as exc:
-            log.warning(
-                "approval.click_not_answered",
-                trigger=self.trigger_name,
-                request_id=request_id,
-                error=str(exc),
-            )
+        await base.decide_and_answer(
+            self.deps, self.trigger_name, self.discord, request_id, user, approve, click_id, target
+        )
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def _message(text: str) -> ports.HttpResponse:

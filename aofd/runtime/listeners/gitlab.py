@@ -94,8 +94,7 @@ class GitLabListener(base.SignedWebhookListener):
         return ""
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def _id(value: object) -> str:

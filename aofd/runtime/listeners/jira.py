@@ -116,8 +116,7 @@ class JiraListener(base.SignedWebhookListener):
         return ""
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def _fallback_id(payload: dict[str, Any]) -> str:

@@ -96,8 +96,7 @@ class OpsgenieListener(base.WebhookListener):
         return base.outcome_response(await self.accept(message, body=body))
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def normalize(trigger: str, event_type: str, payload: dict[str, Any]) -> ports.EventMessage:

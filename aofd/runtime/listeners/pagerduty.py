@@ -43,8 +43,7 @@ class PagerDutyListener(base.SignedWebhookListener):
         return base.outcome_response(await self.accept(message))
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def normalize(trigger: str, event: dict[str, Any]) -> ports.EventMessage:

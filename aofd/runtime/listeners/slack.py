@@ -452,8 +452,7 @@ def _click_key(payload: dict[str, Any]) -> str:
     return f"action:{payload.get('trigger_id', '')}:{_first_action_ts(payload)}"
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def _first_action_ts(payload: dict[str, Any]) -> str:

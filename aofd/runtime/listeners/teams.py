@@ -260,22 +260,12 @@ class TeamsListener(base.WebhookListener):
         self, request_id: str, user: ports.UserRef, approve: bool, click_id: str, target: ports.ReplyTarget
     ) -> None:
         """Decide one click; a click that changed nothing is answered in the conversation."""
-        click = await base.decide_click(self.deps, self.trigger_name, request_id, user, approve, click_id)
-        if click is None or not click.text:
-            return
-        try:
-            await self.teams.reply(target, click.text)
-        except replies.ReplyError as exc:
-            log.warning(
-                "approval.click_not_answered",
-                trigger=self.trigger_name,
-                request_id=request_id,
-                error=str(exc),
-            )
+        await base.decide_and_answer(
+            self.deps, self.trigger_name, self.teams, request_id, user, approve, click_id, target
+        )
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 TEAMS_CHANNEL = "msteams"

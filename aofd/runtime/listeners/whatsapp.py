@@ -87,8 +87,7 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+_dict = base.as_dict
 
 
 def normalize(trigger: str, payload: dict[str, Any]) -> list[ports.EventMessage]:
