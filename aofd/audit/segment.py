@@ -145,6 +145,19 @@ def list_segments(directory: Path, member: str | None = ANY_MEMBER) -> list[Path
     return [path for _, _, _, path in sorted(found)]
 
 
+def by_time(directory: Path) -> list[Path]:
+    """Every segment of one context directory, oldest first by the UTC time in its name (then by
+    first seq): reading order for a directory that holds several members' chains, or a single
+    host's older segments beside a member's (`aofd.audit.tail`). `list_segments` keeps chain
+    order instead, grouped by member, for verification."""
+    found: list[tuple[str, int, Path]] = []
+    for path in list_segments(directory):
+        m = _SEGMENT_RE.match(path.name)
+        if m is not None:
+            found.append((m.group("stamp"), int(m.group("seq")), path))
+    return [path for _, _, path in sorted(found)]
+
+
 def by_member(paths: list[Path]) -> dict[str | None, list[Path]]:
     """`paths` (as `list_segments` orders them) split into one chain per member."""
     groups: dict[str | None, list[Path]] = {}

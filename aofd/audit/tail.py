@@ -2,7 +2,9 @@
 
 This module owns `last_lines` (the end of the log) and `follow` (`tail -F` for a context
 directory: read the active segment, and when a newer segment appears, finish the old one
-and continue in the new). Only complete lines are yielded; symlinks are never followed.
+and continue in the new). Segments are read oldest first by the time in their names
+(`segment.by_time`), so a directory that also holds another member's or a single host's
+segments shows its newest lines last. Only complete lines are yielded; symlinks are never followed.
 It never writes.
 """
 
@@ -20,7 +22,7 @@ from aofd.audit import segment
 def last_lines(directory: Path, count: int) -> list[bytes]:
     """The last `count` complete lines of the context's log, oldest first."""
     found: deque[bytes] = deque(maxlen=count)
-    for path in reversed(segment.list_segments(directory)):
+    for path in reversed(segment.by_time(directory)):
         chunk: deque[bytes] = deque(maxlen=count)
         for line in _read_lines(path):
             chunk.append(line)
@@ -63,7 +65,7 @@ def follow(
     try:
         while not stop():
             if current is None:
-                segments = [p for p in segment.list_segments(directory) if p.name not in done]
+                segments = [p for p in segment.by_time(directory) if p.name not in done]
                 if not segments:
                     sleep(poll_interval)
                     continue
@@ -87,7 +89,7 @@ def follow(
                 for line in complete:
                     yield line + b"\n"
                 continue
-            newer = [p for p in segment.list_segments(directory) if p.name not in done and p != current]
+            newer = [p for p in segment.by_time(directory) if p.name not in done and p != current]
             if newer and _later(newer[-1], current):
                 data = handle.read()  # whatever the writer added before it rotated
                 pending += data

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from aofd.audit import journal, records, seal, segment, verify
+from aofd.audit import journal, records, seal, segment, tail, verify
 from tests.audit import ecs_check
 
 T0 = 1_750_000_000.0
@@ -134,3 +134,18 @@ async def test_each_member_seals_its_own_log_with_its_own_key(tmp_path: Path) ->
     report = verify.verify(collected, keys=keys)
     assert report.ok, (report.problems, report.gaps)
     assert len(report.seals) >= 2
+
+
+def test_the_tail_of_a_directory_with_several_chains_is_its_newest_lines(tmp_path: Path) -> None:
+    """A single host's newer segment beside a member's older one (a replica set gone back to one
+    host, a renamed host): the tail reads by the time in the names, not grouped by member."""
+    (tmp_path / "audit-host-a-20261201T000000Z-1.jsonl").write_text('{"n": "old, host-a"}\n')
+    (tmp_path / "audit-20261205T000000Z-1.jsonl").write_text('{"n": "newer, single host"}\n')
+    (tmp_path / "audit-zz-host-20261203T000000Z-1.jsonl").write_text('{"n": "middle, zz-host"}\n')
+    assert [b'{"n": "newer, single host"}\n'] == tail.last_lines(tmp_path, 1)
+    assert [b'{"n": "middle, zz-host"}\n', b'{"n": "newer, single host"}\n'] == tail.last_lines(tmp_path, 2)
+    assert [p.name for p in segment.by_time(tmp_path)] == [
+        "audit-host-a-20261201T000000Z-1.jsonl",
+        "audit-zz-host-20261203T000000Z-1.jsonl",
+        "audit-20261205T000000Z-1.jsonl",
+    ]

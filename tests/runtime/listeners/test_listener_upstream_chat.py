@@ -1,8 +1,7 @@
 """Upstream's own Discord and Teams trigger examples load with their `${DISCORD_*}`/`${TEAMS_*}`
 variables, their listeners start, and they answer a verified request.
 
-The examples are read from the conformance corpus (`shared/conformance/aof-examples`, outside the
-repository); without it these tests are skipped."""
+The examples are upstream's files, vendored byte for byte under tests/data/upstream-triggers."""
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ from tests.plan.conftest import WriteTree, agent, doc, flow, view
 from tests.plan.conftest import write_tree as write_tree  # the fixture
 from tests.runtime.fakes import chat_apis, harness
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-TRIGGERS = SHARED / "conformance" / "aof-examples" / "examples" / "triggers"
+TRIGGERS = Path(__file__).resolve().parents[2] / "data" / "upstream-triggers"
+"""Upstream's example Trigger files for these platforms, vendored byte for byte (see PROVENANCE)."""
 
 pytestmark = pytest.mark.skipif(not TRIGGERS.is_dir(), reason=f"conformance corpus not found at {TRIGGERS}")
 

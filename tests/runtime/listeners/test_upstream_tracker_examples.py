@@ -19,8 +19,8 @@ from aofd.specs import listeners as listener_specs
 from aofd.testing import resources
 from tests.runtime.fakes import harness
 
-EXAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "conformance" / "aof-examples" / "examples"
-TRIGGERS = EXAMPLES / "triggers"
+TRIGGERS = Path(__file__).resolve().parents[2] / "data" / "upstream-triggers"
+"""Upstream's example Trigger files for these platforms, vendored byte for byte (see PROVENANCE)."""
 SERVED = (
     "jira-bug-triage.yaml",
     "jira-sprint-assistant.yaml",
