@@ -122,7 +122,9 @@ class DiscordListener(base.WebhookListener):
             raise verify.Rejected(400, verify.MALFORMED, "interaction has no id or token")
         refusal = self._refusal(payload)
         if refusal:
-            self._refuse(refusal, request.remote)
+            # Logged, counted and audited like any rejection (`trigger.rejected`, `unknown_source`);
+            # the user is told privately.
+            await self.rejected(request, verify.Rejected(403, verify.UNKNOWN_SOURCE, refusal))
             return _message(NOT_ALLOWED_TEXT)
         if kind == MESSAGE_COMPONENT and await self._approval_click(payload):
             return base.json_response({"type": DEFERRED_UPDATE_MESSAGE})
@@ -145,22 +147,6 @@ class DiscordListener(base.WebhookListener):
             if not held & self.allowed_roles:
                 return "the member has none of allowed_roles"
         return ""
-
-    def _refuse(self, detail: str, remote: str) -> None:
-        """Log, count and audit (`trigger.rejected`, `unknown_source`) an interaction the filters refuse."""
-        exc = verify.Rejected(403, verify.UNKNOWN_SOURCE, detail)
-        log.warning(
-            "trigger.rejected",
-            trigger=self.trigger_name,
-            platform=self.platform,
-            status=exc.status,
-            reason=exc.reason,
-            detail=detail,
-            remote=remote,
-        )
-        if self.deps.on_rejected is not None:
-            self.deps.on_rejected(self.platform, exc.reason)
-        self.audit_rejection(exc, remote)
 
     async def _approval_click(self, payload: dict[str, Any]) -> bool:
         """Pass an Approve/Deny button click to the approvals store (once per interaction)."""
