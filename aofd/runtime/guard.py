@@ -517,19 +517,11 @@ class CommandGuard:
                 request, cid, problem, "kubeconfig", "kubeconfig", pol=pol, verdict=verdict
             )
 
-        approvers: tuple[ports.UserRef, ...] = ()
-        if verdict.needs_approval:
-            got = await self._approve(request, cid, pol, verdict)
-            if isinstance(got, Denial):
-                return got
-            approvers = got
-
+        got = await self._approve_and_reload(request, cid, pol, verdict)
+        if isinstance(got, Denial):
+            return got
+        approvers, now = got
         # Re-check against the policy as it is now: a reload may have tightened it meanwhile.
-        now = self._policy(request.context_name)
-        if now is None:
-            return await self._deny(
-                request, cid, "the Context was removed", "context", "recheck", verdict=verdict
-            )
         again = policy.evaluate(
             argv, policy=now, executables=self._runner.executables.paths, operators=not request.literal
         )
@@ -678,19 +670,11 @@ class CommandGuard:
                 request, cid, verdict.reason, verdict.rule, "policy", pol=pol, verdict=verdict
             )
 
-        approvers: tuple[ports.UserRef, ...] = ()
-        if verdict.needs_approval:
-            got = await self._approve(request, cid, pol, verdict)
-            if isinstance(got, Denial):
-                return got
-            approvers = got
-
+        got = await self._approve_and_reload(request, cid, pol, verdict)
+        if isinstance(got, Denial):
+            return got
+        approvers, now = got
         # Re-check against the policy and the server's listing as they are now.
-        now = self._policy(request.context_name)
-        if now is None:
-            return await self._deny(
-                request, cid, "the Context was removed", "context", "recheck", verdict=verdict
-            )
         listed_now = self._listed(request)
         if isinstance(listed_now, str):
             return await self._deny(request, cid, listed_now, "mcp", "recheck", pol=now)
@@ -821,6 +805,28 @@ class CommandGuard:
         return result
 
     # ------------------------------------------------------------------ approvals
+
+    async def _approve_and_reload(
+        self,
+        req: CommandRequest | ToolRequest,
+        cid: str,
+        pol: policy.GuardPolicy,
+        verdict: policy.Verdict | policy.ToolVerdict,
+    ) -> tuple[tuple[ports.UserRef, ...], policy.GuardPolicy] | Denial:
+        """The approvers (none when the verdict needs no approval) and the Context's policy as it
+        is now, for the caller's recheck; a Denial when approval was not given or the Context
+        was removed meanwhile (stage `recheck`)."""
+        approvers: tuple[ports.UserRef, ...] = ()
+        if verdict.needs_approval:
+            got = await self._approve(req, cid, pol, verdict)
+            if isinstance(got, Denial):
+                return got
+            approvers = got
+        now = self._policy(req.context_name)
+        if now is None:
+            reason = "the Context was removed"
+            return await self._deny(req, cid, reason, "context", "recheck", verdict=verdict)
+        return approvers, now
 
     async def _approve(
         self,
